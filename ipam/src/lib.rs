@@ -1,0 +1,1 @@
+//! Ferry IPAM (stub; being implemented).

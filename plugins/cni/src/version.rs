@@ -1,0 +1,99 @@
+//! CNI spec versions.
+
+use crate::error::{CniError, Result};
+
+/// Every version this suite speaks, oldest first.
+pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Version {
+    V010,
+    V020,
+    V030,
+    V031,
+    V040,
+    V100,
+    V110,
+}
+
+impl Version {
+    /// Exact-string parse (like the reference skel: `"1.0"` is not `"1.0.0"`). An empty or missing
+    /// version means 0.1.0, as the reference library treats it.
+    pub fn parse(s: &str) -> Result<Version> {
+        Ok(match s {
+            "" | "0.1.0" => Version::V010,
+            "0.2.0" => Version::V020,
+            "0.3.0" => Version::V030,
+            "0.3.1" => Version::V031,
+            "0.4.0" => Version::V040,
+            "1.0.0" => Version::V100,
+            "1.1.0" => Version::V110,
+            other => {
+                return Err(CniError::incompatible("incompatible CNI versions").with_details(format!(
+                    "config is {other:?}, plugin supports {}",
+                    SUPPORTED.join(", ")
+                )))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V010 => "0.1.0",
+            Version::V020 => "0.2.0",
+            Version::V030 => "0.3.0",
+            Version::V031 => "0.3.1",
+            Version::V040 => "0.4.0",
+            Version::V100 => "1.0.0",
+            Version::V110 => "1.1.0",
+        }
+    }
+
+    /// 0.1.0 / 0.2.0 results use the `ip4`/`ip6` shape.
+    pub fn is_legacy(self) -> bool {
+        self <= Version::V020
+    }
+    /// 0.3.x and 0.4.0 results carry `ips[].version`.
+    pub fn has_ip_version(self) -> bool {
+        (Version::V030..=Version::V040).contains(&self)
+    }
+    pub fn supports_check(self) -> bool {
+        self >= Version::V040
+    }
+    pub fn supports_gc_status(self) -> bool {
+        self >= Version::V110
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_supported_version_exactly() {
+        for s in SUPPORTED {
+            assert_eq!(Version::parse(s).unwrap().as_str(), *s);
+        }
+        assert_eq!(Version::parse("").unwrap(), Version::V010);
+        for bad in ["1.0", "9.9.9", "1.2.0", " 1.0.0", "v1.0.0"] {
+            let e = Version::parse(bad).unwrap_err();
+            assert_eq!(e.code.as_u32(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn feature_gates() {
+        assert!(!Version::V031.supports_check());
+        assert!(Version::V040.supports_check());
+        assert!(!Version::V100.supports_gc_status());
+        assert!(Version::V110.supports_gc_status());
+        assert!(Version::V020.is_legacy() && !Version::V030.is_legacy());
+        assert!(Version::V040.has_ip_version() && !Version::V100.has_ip_version());
+    }
+}
