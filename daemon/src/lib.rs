@@ -1,0 +1,2 @@
+//! ferryd: the Ferry node daemon.
+pub mod store;

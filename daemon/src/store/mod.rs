@@ -1,0 +1,196 @@
+//! Lease stores: where the cluster network config and the per-node subnet leases live.
+//!
+//! Two backends implement [`LeaseStore`]: [`file::FileStore`] (the embedded default, a directory
+//! shared by the nodes that use it) and [`etcd::EtcdStore`] (etcd v3, flannel-compatible layout).
+//! Both speak flannel's JSON for the config and for lease attributes.
+//!
+//! Wire formats (both stores):
+//! * config: `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.255.0","Backend":{"Type":"host-gw"}}`
+//! * lease key `<prefix>/subnets/10.244.1.0-24`, value `{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}`
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+pub mod etcd;
+pub mod file;
+
+/// The cluster network config, flannel's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    #[serde(rename = "Network")]
+    pub network: Ipv4Network,
+    #[serde(rename = "SubnetLen", default)]
+    pub subnet_len: u8,
+    #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_min: Option<Ipv4Addr>,
+    #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_max: Option<Ipv4Addr>,
+    #[serde(rename = "Backend", default)]
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend { kind: "host-gw".into() }
+    }
+}
+
+/// What a lease says about its node, flannel's `LeaseAttrs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "BackendType", default)]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default)]
+    pub backend_data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub subnet: Ipv4Network,
+    pub attrs: LeaseAttrs,
+    /// When the lease runs out; `None` for a permanent reservation.
+    pub expires: Option<SystemTime>,
+}
+
+/// A store entry that could not be read as a lease: kept so the daemon can warn and count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLease {
+    pub key: String,
+    pub reason: String,
+}
+
+/// One entry of a listing or a watch.
+pub type LeaseEntry = std::result::Result<Lease, BadLease>;
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Created or updated.
+    Put(LeaseEntry),
+    /// A lease key disappeared (deleted or expired).
+    Removed { key: String, subnet: Option<Ipv4Network> },
+    /// The watch lost track (compaction, reconnect): here is the full current list.
+    Resync(Vec<LeaseEntry>),
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The store cannot be reached right now (etcd down, timeout): retry with backoff.
+    Unavailable(String),
+    /// The store answered, but with something we cannot use.
+    Invalid(String),
+    /// Any other failure (I/O on the file store, ...).
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
+            StoreError::Invalid(m) => write!(f, "invalid store contents: {m}"),
+            StoreError::Other(m) => write!(f, "store error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The lease key for a subnet: `10.244.1.0-24`.
+pub fn subnet_key(subnet: Ipv4Network) -> String {
+    format!("{}-{}", subnet.network(), subnet.prefix())
+}
+
+/// Parse a lease key (`10.244.1.0-24`, the last path component); `None` if malformed.
+pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
+    let last = key.rsplit('/').next()?;
+    let (ip, len) = last.split_once('-')?;
+    let net = Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+    (net.network() == net.ip()).then_some(net)
+}
+
+/// Parse one stored lease value for `key`.
+pub fn parse_lease(key: &str, value: &[u8], expires: Option<SystemTime>) -> LeaseEntry {
+    let bad = |reason: String| BadLease { key: key.to_string(), reason };
+    let subnet = parse_subnet_key(key).ok_or_else(|| bad("key is not <ip>-<prefix>".into()))?;
+    let attrs: LeaseAttrs =
+        serde_json::from_slice(value).map_err(|e| bad(format!("value is not lease JSON: {e}")))?;
+    Ok(Lease { subnet, attrs, expires })
+}
+
+/// A lease store. All methods are cancel-safe except where noted.
+#[allow(async_fn_in_trait)]
+pub trait LeaseStore {
+    /// The stored network config; `Ok(None)` if none is stored yet.
+    async fn get_config(&mut self) -> Result<Option<NetworkConfig>>;
+
+    /// Store `cfg` unless a config exists; returns the config that is stored afterwards.
+    async fn put_config_if_absent(&mut self, cfg: &NetworkConfig) -> Result<NetworkConfig>;
+
+    /// Every lease entry (bad ones included), plus a revision to pass to `watch`.
+    async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)>;
+
+    /// Create the lease for `subnet` only if no key exists for it (a transaction on etcd, an
+    /// exclusive create under lock on the file store). `Ok(false)` if someone else holds it.
+    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool>;
+
+    /// Extend the TTL of a lease this node holds (same attrs). `Ok(false)` if the key is gone or
+    /// now belongs to another public IP.
+    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool>;
+
+    /// Delete the lease for `subnet` (no error if absent).
+    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()>;
+
+    /// Wait for the next batch of changes after `revision` (the first call gets the revision from
+    /// `list`); returns the events and the revision to pass next time. Not cancel-safe on etcd:
+    /// keep the future alive (select! on a pinned future) or call `list` again after cancelling.
+    async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let n: Ipv4Network = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(subnet_key(n), "10.244.3.0-24");
+        assert_eq!(parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24"), Some(n));
+        assert_eq!(parse_subnet_key("10.244.3.1-24"), None);
+        assert_eq!(parse_subnet_key("garbage"), None);
+        assert_eq!(parse_subnet_key("10.244.3.0-33"), None);
+    }
+
+    #[test]
+    fn flannel_lease_json_parses() {
+        let e = parse_lease(
+            "10.244.1.0-24",
+            br#"{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(e.attrs.public_ip, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+        assert!(parse_lease("10.244.1.0-24", b"{garbage", None).is_err());
+    }
+
+    #[test]
+    fn flannel_config_json_parses() {
+        let c: NetworkConfig = serde_json::from_str(
+            r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.backend.kind, "host-gw");
+    }
+}
