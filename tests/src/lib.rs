@@ -25,10 +25,23 @@ pub fn unique(prefix: &str) -> String {
 /// when it started. Networking tests must never run in the machine's root namespace.
 pub fn require_sandbox() {
     let me = std::fs::metadata("/proc/self/ns/net").expect("stat /proc/self/ns/net");
-    let init = std::fs::metadata("/proc/1/ns/net")
-        .expect("stat /proc/1/ns/net (tests must run as root, inside tests/run.sh's sandbox)");
+    // The kernel's initial network namespace always has inode PROC_NET_INIT_INO (0xEFFFFFF9,
+    // fixed since Linux 3.8): refuse it even when PID 1's namespace cannot be inspected.
+    const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
     assert!(
-        me.ino() != init.ino() || me.dev() != init.dev(),
+        me.ino() != PROC_NET_INIT_INO,
+        "refusing to run: this is the kernel's initial network namespace. Run the suite through \
+         tests/sandbox.sh, which enters a throw-away `unshare --net --mount` sandbox."
+    );
+    // PID 1's namespace may be unreadable (EACCES when PID 1 belongs to a container manager);
+    // then the inode check above is what protects the root namespace.
+    let init = match std::fs::metadata("/proc/1/ns/net") {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => me.clone(),
+        Err(e) => panic!("stat /proc/1/ns/net: {e} (tests must run as root, inside tests/sandbox.sh)"),
+    };
+    assert!(
+        std::ptr::eq(&me, &init) || me.ino() != init.ino() || me.dev() != init.dev(),
         "refusing to run: this is the root network namespace. Run the suite through tests/run.sh, \
          which enters a throw-away `unshare --net --mount` sandbox."
     );
@@ -321,4 +334,89 @@ pub fn cni(host: Option<&Netns>, plugin: &Path, env: &[(&str, &str)], stdin: &st
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The reference-libcni conformance driver (`tests/go/libcni-driver`, built by `tests/go/build.sh`
+/// to `<workspace>/target/go/libcni-driver`). `$FERRY_LIBCNI_DRIVER` overrides the path. Panics with
+/// the build hint when it is missing.
+pub fn libcni_driver() -> PathBuf {
+    let p = std::env::var_os("FERRY_LIBCNI_DRIVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/go/libcni-driver"));
+    assert!(
+        p.exists(),
+        "{} not built: run `tests/go/build.sh` (offline Go build against Debian's \
+         golang-github-appc-cni-dev)",
+        p.display()
+    );
+    p
+}
+
+/// Run the libcni driver inside the node namespace `host`, as a runtime would run libcni there:
+/// `args` are the driver's arguments, e.g.
+/// `["add", "--confdir", dir, "--name", "net", "--netns", pod.path(), "--id", "c1", "--ifname", "eth0",
+///   "--bindir", bins]`. The driver prints the ADD result (converted by libcni to the conflist's
+/// version) or, on failure, the plugin's CNI error object `{"code","msg","details"}` on stdout, so
+/// [`CniOut::json`] and [`CniOut::code`] work as for [`cni`]. Bounded: killed after 120 s.
+pub fn libcni(host: &Netns, args: &[&str]) -> CniOut {
+    libcni_env(host, args, &[])
+}
+
+/// [`libcni`] with extra environment variables for the driver (and so for the plugins it runs).
+pub fn libcni_env(host: &Netns, args: &[&str], env: &[(&str, &str)]) -> CniOut {
+    let driver = libcni_driver();
+    let mut cmd = host.cmd(&driver);
+    cmd.args(args);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    if let Ok(v) = std::env::var("FERRY_SANDBOX") {
+        cmd.env("FERRY_SANDBOX", v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output_bounded(cmd, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("libcni-driver {args:?} did not finish within 120 s (killed)"));
+    CniOut {
+        rc: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run `cmd` (stdin null, stdout/stderr captured), waiting at most `timeout`; on expiry the child
+/// (only it, by PID) is killed and reaped and `None` is returned.
+pub fn output_bounded(mut cmd: Command, timeout: Duration) -> Option<Output> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Some(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
 }

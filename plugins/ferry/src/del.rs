@@ -1,0 +1,36 @@
+//! DEL: release the IP and delete the host end of the veth (which takes the pod end and the host
+//! /32 route with it). Never fails for what is already gone: a missing netns, an empty CNI_NETNS,
+//! a container never added, a repeated DEL.
+
+use crate::conf::FerryConf;
+use crate::{delegate, names, nl_err};
+use ferry_cni::error::Result;
+use ferry_cni::skel::Request;
+use ferry_cni::Command;
+use ferry_ipam::{Owner, Store};
+use ferry_netlink::Netlink;
+
+pub fn del(req: &Request) -> Result<()> {
+    let conf = FerryConf::parse(&req.conf)?;
+    let (cid, ifname) = (req.args.container_id.as_str(), req.args.ifname.as_str());
+    // IP first: DEL must release it even when every network object is long gone.
+    match &conf.ipam_type {
+        None => {
+            let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
+            Store::open(&conf.data_dir, &conf.network)?.release(&owner)?;
+        }
+        Some(t) => {
+            delegate::exec(req, t, Command::Del)?;
+        }
+    }
+    // The host end has a deterministic name, so the pod's namespace need not be entered at all.
+    let name = names::host_veth(cid, ifname);
+    let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
+    if let Some(l) = host.link_by_name(&name).map_err(nl_err(format!("look up {name}")))? {
+        let alias = names::alias(&conf.network, cid, ifname);
+        if l.alias.is_none() || l.alias.as_deref() == Some(alias.as_str()) {
+            host.del_link(l.index).map_err(nl_err(format!("delete {name}")))?;
+        }
+    }
+    Ok(())
+}

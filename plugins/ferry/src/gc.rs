@@ -1,0 +1,75 @@
+//! GC (spec 1.1.0): release every IP and host-side object of this network that belongs to an
+//! attachment not in the valid list. STATUS: not ready (code 50) while the node subnet is unknown
+//! or the pool is full.
+
+use crate::conf::FerryConf;
+use crate::{delegate, names, nl_err};
+use ferry_cni::error::{CniError, Code, Result};
+use ferry_cni::skel::Request;
+use ferry_cni::Command;
+use ferry_ipam::{Owner, Pool, Store};
+use ferry_netlink::Netlink;
+use std::collections::BTreeSet;
+
+pub fn gc(req: &Request) -> Result<()> {
+    let conf = FerryConf::parse(&req.conf)?;
+    let keep: BTreeSet<Owner> = req
+        .conf
+        .valid_attachments()?
+        .into_iter()
+        .map(|a| Owner { container_id: a.container_id, ifname: a.ifname })
+        .collect();
+    let mut errors: Vec<CniError> = Vec::new();
+    match &conf.ipam_type {
+        None => {
+            let keep: Vec<Owner> = keep.iter().cloned().collect();
+            if let Err(e) = Store::open(&conf.data_dir, &conf.network).and_then(|mut s| s.gc(&keep)) {
+                errors.push(e);
+            }
+        }
+        Some(t) => {
+            if let Err(e) = delegate::exec(req, t, Command::Gc) {
+                errors.push(e);
+            }
+        }
+    }
+    // Host ends carry an alias naming network, container and ifname; delete ours that are stale.
+    let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
+    for l in host.links().map_err(nl_err("list links"))? {
+        let Some((net, cid, ifname)) = l.alias.as_deref().and_then(names::parse_alias) else { continue };
+        if net != conf.network || !l.name.starts_with(names::HOST_PREFIX) {
+            continue;
+        }
+        let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
+        if !keep.contains(&owner) {
+            if let Err(e) = host.del_link(l.index) {
+                errors.push(nl_err(format!("delete {}", l.name))(e));
+            }
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => {
+            let details: Vec<String> = errors.iter().map(|e| e.msg.clone()).collect();
+            Err(CniError { details: details.join("; "), ..errors.remove(0) })
+        }
+    }
+}
+
+pub fn status(req: &Request) -> Result<()> {
+    let conf = FerryConf::parse(&req.conf)?;
+    if let Some(t) = &conf.ipam_type {
+        delegate::exec(req, t, Command::Status)?;
+        return Ok(());
+    }
+    let not_ready = |msg: String| CniError::new(Code::NotAvailable, msg);
+    let node = conf.node_subnet().map_err(|e| not_ready(format!("node subnet unknown: {}", e.msg)))?;
+    let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())
+        .map_err(|e| not_ready(format!("node subnet unusable: {}", e.msg)))?;
+    let used = Store::open(&conf.data_dir, &conf.network)?.list()?.len() as u128;
+    if used >= pool.size() {
+        return Err(not_ready(format!("address pool {} is exhausted ({used} in use)", node.subnet)));
+    }
+    Ok(())
+}

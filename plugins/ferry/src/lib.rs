@@ -1,0 +1,51 @@
+//! The `ferry` CNI plugin: a routed point-to-point veth per pod, no bridge.
+//!
+//! ADD creates a veth pair (host end `fry<12 hex>`, pod end `CNI_IFNAME` inside `CNI_NETNS`),
+//! gives the pod an IP from the node subnet (in-process allocator, or a delegated IPAM plugin when
+//! the config has `ipam`), puts the node gateway address on the host end and a `/32` route to the
+//! pod via it, and in the pod a default route via the gateway.
+
+mod add;
+mod check;
+pub mod conf;
+mod del;
+mod delegate;
+mod gc;
+pub mod names;
+
+use ferry_cni::error::{CniError, Code, Result, NETLINK};
+use ferry_cni::skel::{Plugin, Request};
+use ferry_cni::CniResult;
+
+pub struct FerryPlugin;
+
+impl Plugin for FerryPlugin {
+    fn add(&mut self, req: &Request) -> Result<CniResult> {
+        add::add(req)
+    }
+    fn del(&mut self, req: &Request) -> Result<()> {
+        del::del(req)
+    }
+    fn check(&mut self, req: &Request) -> Result<()> {
+        check::check(req)
+    }
+    fn gc(&mut self, req: &Request) -> Result<()> {
+        gc::gc(req)
+    }
+    fn status(&mut self, req: &Request) -> Result<()> {
+        gc::status(req)
+    }
+}
+
+/// Netlink / kernel failures: plugin code 100, with what was being done.
+pub(crate) fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
+    move |e| CniError::new(NETLINK, format!("{what}: {e}"))
+}
+
+/// Open the pod's network namespace. Missing → code 3 (container unknown): nothing was changed.
+pub(crate) fn open_netns(path: &str) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound { Code::UnknownContainer } else { Code::Io };
+        CniError::new(code, format!("cannot open network namespace {path:?}: {e}"))
+    })
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole Ferry test suite, from a fresh clone on a fresh machine:
+#   sudo ./tests/run.sh [extra cargo test args]
+# 1. installs the Debian packages it needs, 2. builds everything (release binaries + test
+# binaries) with network access, 3. runs every test inside a throw-away network+mount namespace
+# sandbox (tests/sandbox.sh), where nothing can touch the machine's real network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (tests create network namespaces)" >&2
+    exit 1
+fi
+tests/install-deps.sh
+export CARGO_TERM_COLOR=never
+echo "== build (release binaries)" >&2
+cargo build --release --workspace --bins
+echo "== build (tests)" >&2
+cargo test --workspace --no-run
+echo "== build (reference libcni driver, Go, offline)" >&2
+tests/go/build.sh "$ROOT/target/go"
+export FERRY_BIN_DIR="$ROOT/target/release"
+echo "== test (inside the sandbox)" >&2
+exec tests/sandbox.sh cargo test --workspace --offline "$@"
