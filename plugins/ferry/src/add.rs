@@ -210,6 +210,7 @@ fn setup(
         rt.gateway = Some(r.gw.unwrap_or(p.gateway));
         rt.oif = Some(pl.index);
         rt.metric = r.priority;
+        rt.onlink = true;
         ok_if_exists(pod.add_route(&rt)).map_err(nl_err(format!("add pod route {} via {:?}", r.dst, rt.gateway)))?;
     }
     sysctls(ns, host_name, ifname, p.ip.is_ipv4())?;
