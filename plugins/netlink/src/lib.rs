@@ -5,7 +5,10 @@
 //! namespace (setns on the calling thread, socket(), setns back) and every later call on that handle
 //! acts in that namespace without switching threads again.
 //!
-//! Errors are `std::io::Error` carrying the kernel errno (`raw_os_error()`), with context in the message.
+//! Errors are `std::io::Error`. A kernel refusal is `io::Error::from_raw_os_error(errno)`, so
+//! `raw_os_error()` and `kind()` (EEXIST → `AlreadyExists`) work; the caller adds the context (which
+//! operation on what). Replies that cannot be parsed are `ErrorKind::InvalidData` with a message.
+//! "Not there" outcomes are not errors: `Ok(None)` / `Ok(false)`.
 
 use ipnetwork::IpNetwork;
 use std::fs::File;
@@ -13,7 +16,12 @@ use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
+pub mod addr;
+pub mod events;
+pub mod link;
 pub mod netns;
+pub mod route;
+mod socket;
 pub mod sysctl;
 
 /// Ferry's own route protocol id (`rtm_protocol`), so the daemon removes only routes it made.
@@ -80,144 +88,62 @@ impl Route {
     }
 }
 
-/// A synchronous rtnetlink socket bound to one network namespace.
+/// A synchronous rtnetlink socket bound to one network namespace. Its operations live in
+/// `socket.rs` (new, in_netns), `link.rs`, `addr.rs` and `route.rs`.
 pub struct Netlink {
-    _private: (),
-}
-
-impl Netlink {
-    /// A socket in the calling thread's current network namespace.
-    pub fn new() -> io::Result<Netlink> {
-        todo!()
-    }
-
-    /// A socket inside the namespace `ns` (an open `/run/netns/x` or `/proc/PID/ns/net`).
-    /// The calling thread is back in its own namespace when this returns, also on error.
-    pub fn in_netns(ns: &File) -> io::Result<Netlink> {
-        let _ = ns;
-        todo!()
-    }
-
-    /// Create a veth pair in one RTM_NEWLINK: `host` in this handle's namespace (set UP),
-    /// `peer` created directly inside `peer_ns` (left DOWN: bring it up from inside).
-    /// `mtu` applies to both ends. `alias`, if given, is set as IFLA_IFALIAS on the host end.
-    /// EEXIST surfaces as `io::ErrorKind::AlreadyExists`.
-    pub fn create_veth(&mut self, host: &str, peer: &str, peer_ns: &File, mtu: Option<u32>, alias: Option<&str>) -> io::Result<()> {
-        let _ = (host, peer, peer_ns, mtu, alias);
-        todo!()
-    }
-
-    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
-        let _ = name;
-        todo!()
-    }
-
-    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
-        let _ = index;
-        todo!()
-    }
-
-    pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        todo!()
-    }
-
-    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
-        let _ = index;
-        todo!()
-    }
-
-    /// Delete a link. `Ok(false)` if it did not exist.
-    pub fn del_link(&mut self, index: u32) -> io::Result<bool> {
-        let _ = index;
-        todo!()
-    }
-
-    /// Delete a link by name. `Ok(false)` if it did not exist.
-    pub fn del_link_by_name(&mut self, name: &str) -> io::Result<bool> {
-        let _ = name;
-        todo!()
-    }
-
-    /// Add `addr` (address with prefix length) to `index`. With `noprefixroute` the kernel adds no
-    /// connected-subnet route. EEXIST surfaces as `AlreadyExists`.
-    pub fn add_address(&mut self, index: u32, addr: IpNetwork, noprefixroute: bool) -> io::Result<()> {
-        let _ = (index, addr, noprefixroute);
-        todo!()
-    }
-
-    /// Addresses on `index` (all links when `None`): (ifindex, address/prefix).
-    pub fn addresses(&mut self, index: Option<u32>) -> io::Result<Vec<(u32, IpNetwork)>> {
-        let _ = index;
-        todo!()
-    }
-
-    /// Delete an address. `Ok(false)` if it was not there.
-    pub fn del_address(&mut self, index: u32, addr: IpNetwork) -> io::Result<bool> {
-        let _ = (index, addr);
-        todo!()
-    }
-
-    /// RTM_NEWROUTE with NLM_F_CREATE|NLM_F_EXCL (EEXIST → `AlreadyExists`).
-    pub fn add_route(&mut self, r: &Route) -> io::Result<()> {
-        let _ = r;
-        todo!()
-    }
-
-    /// RTM_NEWROUTE with NLM_F_CREATE|NLM_F_REPLACE: atomic add-or-replace.
-    pub fn replace_route(&mut self, r: &Route) -> io::Result<()> {
-        let _ = r;
-        todo!()
-    }
-
-    /// Delete a route (matched on dst, table, and gateway/oif/protocol when set). `Ok(false)` if absent.
-    pub fn del_route(&mut self, r: &Route) -> io::Result<bool> {
-        let _ = r;
-        todo!()
-    }
-
-    /// Dump routes of one family (`v6 == false`: IPv4) in `table`, optionally only those with `protocol`.
-    /// Only unicast routes (`RTN_UNICAST`) are returned.
-    pub fn routes(&mut self, v6: bool, table: u32, protocol: Option<u8>) -> io::Result<Vec<Route>> {
-        let _ = (v6, table, protocol);
-        todo!()
-    }
-
-    /// The route the kernel would use to reach `dst` (RTM_GETROUTE), for "is this gateway directly
-    /// reachable" checks: returns (oif, gateway if any).
-    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
-        let _ = dst;
-        todo!()
-    }
+    sock: netlink_sys::Socket,
+    seq: u32,
+    buf: Vec<u8>,
 }
 
 /// Multicast subscription to link and IPv4/IPv6 route and address changes, for the daemon's drift
-/// detection. `recv` blocks; run it on a dedicated thread.
+/// detection. `recv` blocks; run it on a dedicated thread. See `events.rs`.
 pub struct EventSocket {
-    _private: (),
+    sock: netlink_sys::Socket,
+    buf: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     RouteAdded(Route),
     RouteDeleted(Route),
-    LinkChanged { index: u32, name: String, up: bool },
-    LinkDeleted { index: u32, name: String },
+    LinkChanged {
+        index: u32,
+        name: String,
+        up: bool,
+    },
+    LinkDeleted {
+        index: u32,
+        name: String,
+    },
     AddressChanged,
     /// The kernel dropped events (ENOBUFS): do a full resync.
     Overrun,
 }
 
-impl EventSocket {
-    pub fn new() -> io::Result<EventSocket> {
-        todo!()
-    }
-    /// Block until at least one event arrives.
-    pub fn recv(&mut self) -> io::Result<Vec<Event>> {
-        todo!()
-    }
-}
-
 /// Convenience: open a namespace path (`/run/netns/x`, `/proc/PID/ns/net`).
 pub fn open_netns(path: &Path) -> io::Result<File> {
     File::open(path)
+}
+
+/// `aa:bb:cc:00:11:22` (lowercase, colon-separated), as `ip link` prints it.
+pub fn mac_to_string(mac: [u8; 6]) -> String {
+    let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_to_string_is_lowercase_colon_hex() {
+        assert_eq!(mac_to_string([0x0a, 0xBC, 0, 1, 0xff, 0x10]), "0a:bc:00:01:ff:10");
+    }
+
+    #[test]
+    fn route_new_defaults() {
+        let r = Route::new("10.0.0.0/8".parse().unwrap());
+        assert_eq!((r.protocol, r.table, r.scope, r.onlink), (3, RT_TABLE_MAIN, Scope::Universe, false));
+    }
 }

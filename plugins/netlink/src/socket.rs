@@ -3,8 +3,8 @@
 
 use crate::{netns, Netlink};
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -111,7 +111,7 @@ impl Netlink {
                             _ => 0,
                         };
                         if code < 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
+                            return Err(io::Error::from_raw_os_error(code.saturating_neg()));
                         }
                         return Ok(if interrupted { None } else { Some(replies) });
                     }
@@ -131,7 +131,11 @@ impl Netlink {
     }
 
     /// A request answered by at most one message (GET by name/index): `Ok(None)` on `absent` errnos.
-    pub(crate) fn get_one(&mut self, msg: RouteNetlinkMessage, absent: &[i32]) -> io::Result<Option<RouteNetlinkMessage>> {
+    pub(crate) fn get_one(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        absent: &[i32],
+    ) -> io::Result<Option<RouteNetlinkMessage>> {
         match self.request(msg, 0) {
             Ok(mut v) => Ok(v.pop()),
             Err(e) if is_errno(&e, absent) => Ok(None),
