@@ -214,7 +214,6 @@ fn setup(
         ok_if_exists(pod.add_route(&rt)).map_err(nl_err(format!("add pod route {} via {:?}", r.dst, rt.gateway)))?;
     }
     sysctls(ns, host_name, ifname, p.ip.is_ipv4())?;
-    let pl = pod.link_by_name(ifname).map_err(nl_err("look up pod veth"))?.ok_or_else(|| missing(ifname))?;
     Ok((h, pl))
 }
 

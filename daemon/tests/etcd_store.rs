@@ -1,0 +1,454 @@
+//! EtcdStore against a real etcd (Debian's /usr/bin/etcd), one private etcd per test, on
+//! 127.0.0.1 only. Run inside the sandbox:
+//! `tests/sandbox.sh cargo test -p ferryd --offline --test etcd_store`.
+
+use ferryd::store::etcd::{EtcdConfig, EtcdStore};
+use ferryd::store::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, StoreError, WatchEvent};
+use ipnetwork::Ipv4Network;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+use testlab::{require_sandbox, Proc, TempDir};
+
+const PREFIX: &str = "/coreos.com/network";
+
+/// A private single-member etcd, killed (by PID) on drop.
+struct Etcd {
+    proc: Option<Proc>,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    /// Serve clients over TLS with client-cert auth (certs in `dir`, see `make_certs`).
+    tls: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> Etcd {
+        require_sandbox();
+        let dir = TempDir::new("etcd");
+        let mut e = Etcd { proc: None, dir, client_port: free_port(), peer_port: free_port(), tls };
+        if tls {
+            make_certs(&e.dir);
+        }
+        e.launch();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.client_port)
+    }
+
+    /// etcdctl / etcd flags for TLS (`server` or `client` cert).
+    fn tls_args(&self, who: &str) -> Vec<String> {
+        let f = |n: &str| self.dir.path_str(n);
+        match (self.tls, who) {
+            (false, _) => vec![],
+            (true, "server") => vec![format!("--cert-file={}", f("server.pem")), format!("--key-file={}", f("server.key")),
+                "--client-cert-auth".into(), format!("--trusted-ca-file={}", f("ca.pem"))],
+            (true, _) => vec![format!("--cacert={}", f("ca.pem")), format!("--cert={}", f("client.pem")),
+                format!("--key={}", f("client.key"))],
+        }
+    }
+
+    /// Start etcd on this data dir and ports; wait (bounded) until it answers.
+    fn launch(&mut self) {
+        let (c, p) = (self.url(), format!("http://127.0.0.1:{}", self.peer_port));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log")).unwrap();
+        let mut cmd = Command::new("/usr/bin/etcd");
+        cmd.args(["--name", "t", "--data-dir", &self.dir.path_str("data")])
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .args(self.tls_args("server"))
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap", "--log-level", "warn"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.proc = Some(Proc::spawn("etcd", cmd));
+        let up = testlab::wait_for(Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
+                && etcdctl(self, &["endpoint", "health"]).status.success()
+        });
+        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        assert!(up, "etcd did not come up on {c}: {log}");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn etcdctl_cmd(e: &Etcd, args: &[&str]) -> Command {
+    let mut c = Command::new("etcdctl");
+    c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", e.url())).arg("--command-timeout=2s");
+    c.args(e.tls_args("client")).args(args).stdin(Stdio::null());
+    c
+}
+
+fn etcdctl(e: &Etcd, args: &[&str]) -> std::process::Output {
+    etcdctl_cmd(e, args).output().expect("spawn etcdctl")
+}
+
+/// Run an etcdctl command after `delay` on another thread; yields (start, how long it ran).
+fn etcdctl_later(e: &Etcd, delay: Duration, args: &[&str]) -> std::thread::JoinHandle<(Instant, Duration)> {
+    let mut cmd = etcdctl_cmd(e, args);
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let t = Instant::now();
+        assert!(cmd.stdout(Stdio::null()).status().unwrap().success());
+        (t, t.elapsed())
+    })
+}
+
+/// Watch from `rev` until an event batch satisfies `pred` (bounded by `limit`).
+async fn watch_until(s: &mut EtcdStore, mut rev: i64, limit: Duration, pred: impl Fn(&WatchEvent) -> bool) -> i64 {
+    let t0 = Instant::now();
+    loop {
+        let left = limit.saturating_sub(t0.elapsed());
+        let (evs, r) = tokio::time::timeout(left, s.watch(rev)).await.expect("expected event not seen in time").unwrap();
+        rev = r;
+        if evs.iter().any(&pred) {
+            return rev;
+        }
+    }
+}
+
+fn etcdctl_ok(e: &Etcd, args: &[&str]) -> String {
+    let out = etcdctl(e, args);
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn store(e: &Etcd) -> EtcdStore {
+    let cfg = EtcdConfig {
+        endpoints: vec![e.url()],
+        request_timeout: Duration::from_secs(2),
+        dial_timeout: Duration::from_secs(1),
+        ..EtcdConfig::default()
+    };
+    EtcdStore::connect(cfg).await.expect("connect")
+}
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn attrs(ip: &str) -> LeaseAttrs {
+    LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }
+}
+
+fn find(entries: &[LeaseEntry], subnet: &str) -> ferryd::store::Lease {
+    entries
+        .iter()
+        .filter_map(|e| e.as_ref().ok())
+        .find(|l| l.subnet == net(subnet))
+        .unwrap_or_else(|| panic!("{subnet} not listed in {entries:?}"))
+        .clone()
+}
+
+fn secs_left(l: &ferryd::store::Lease) -> f64 {
+    let exp = l.expires.expect("lease has an expiry");
+    exp.duration_since(SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn config_put_if_absent_and_get() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    assert_eq!(s.get_config().await.unwrap(), None);
+    let a: NetworkConfig =
+        serde_json::from_str(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#).unwrap();
+    let mut b = a.clone();
+    b.subnet_len = 26;
+    assert_eq!(s.put_config_if_absent(&a).await.unwrap(), a);
+    assert_eq!(s.put_config_if_absent(&b).await.unwrap(), a, "second put must not overwrite");
+    assert_eq!(s.get_config().await.unwrap(), Some(a.clone()));
+    // Stored as flannel JSON at <prefix>/config.
+    let raw = etcdctl_ok(&e, &["get", "--print-value-only", &format!("{PREFIX}/config")]);
+    let v: serde_json::Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(v["Network"], "10.244.0.0/16");
+    assert_eq!(v["Backend"]["Type"], "host-gw");
+    // A config written by hand (flannel style) is read; garbage is Invalid.
+    etcdctl_ok(&e, &["put", &format!("{PREFIX}/config"), r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#]);
+    assert_eq!(s.get_config().await.unwrap().unwrap().network, net("10.5.0.0/16"));
+    etcdctl_ok(&e, &["put", &format!("{PREFIX}/config"), "not json"]);
+    assert!(matches!(s.get_config().await, Err(StoreError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn create_is_exclusive_and_does_not_leak_leases() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    let mut other = store(&e).await;
+    let ttl = Duration::from_secs(600);
+    let t0 = Instant::now();
+    assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+    let first = t0.elapsed();
+    let leases_before = etcdctl_ok(&e, &["lease", "list"]);
+    assert!(!other.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), ttl).await.unwrap());
+    assert_eq!(etcdctl_ok(&e, &["lease", "list"]), leases_before, "failed create leaked an etcd lease");
+    let (list, rev) = s.list().await.unwrap();
+    assert!(rev > 0);
+    let l = find(&list, "10.244.1.0/24");
+    assert_eq!(l.attrs, attrs("198.18.0.11"));
+    assert!((590.0..=601.0).contains(&secs_left(&l)), "expiry {:?}", l.expires);
+    // Flannel wire format, attached to an etcd lease.
+    let raw = etcdctl_ok(&e, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
+    assert_eq!(raw.trim(), r#"{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}"#);
+    let json = etcdctl_ok(&e, &["get", "-w", "json", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
+    assert!(json.contains("\"lease\":"), "key has no etcd lease: {json}");
+    // Delete, then it can be created again.
+    s.delete(net("10.244.1.0/24")).await.unwrap();
+    s.delete(net("10.244.1.0/24")).await.unwrap(); // absent: no error
+    assert!(other.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), ttl).await.unwrap());
+    eprintln!("first create (grant + txn, cold connection): {first:?}");
+}
+
+#[tokio::test]
+async fn list_includes_reservations_and_bad_entries() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await.unwrap());
+    let sub = |k: &str| format!("{PREFIX}/subnets/{k}");
+    etcdctl_ok(&e, &["put", &sub("10.244.9.0-24"),
+        r#"{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#]);
+    etcdctl_ok(&e, &["put", &sub("10.244.7.0-24"), "{garbage"]);
+    etcdctl_ok(&e, &["put", &sub("nonsense"), r#"{"PublicIP":"198.18.0.5"}"#]);
+    etcdctl_ok(&e, &["put", &format!("{PREFIX}/subnetsX/10.244.8.0-24"), "{}"]); // not under subnets/
+    let (list, _) = s.list().await.unwrap();
+    assert_eq!(list.len(), 4, "{list:?}");
+    let r = find(&list, "10.244.9.0/24");
+    assert_eq!(r.expires, None, "a key without etcd lease is a reservation");
+    assert_eq!(r.attrs.public_ip.to_string(), "198.18.0.99");
+    assert!(find(&list, "10.244.1.0/24").expires.is_some());
+    let bad: Vec<&String> = list.iter().filter_map(|e| e.as_ref().err()).map(|b| &b.key).collect();
+    assert_eq!(bad.len(), 2, "{list:?}");
+    assert!(bad.contains(&&sub("10.244.7.0-24")) && bad.contains(&&sub("nonsense")), "{bad:?}");
+    // Renewing a reservation keeps it TTL-less.
+    assert!(s.renew(net("10.244.9.0/24"), &attrs("198.18.0.99"), Duration::from_secs(60)).await.unwrap());
+    assert_eq!(find(&s.list().await.unwrap().0, "10.244.9.0/24").expires, None);
+}
+
+#[tokio::test]
+async fn renew_extends_and_refuses_foreign_or_gone() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    let n = net("10.244.2.0/24");
+    assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(5)).await.unwrap());
+    let before = secs_left(&find(&s.list().await.unwrap().0, "10.244.2.0/24"));
+    assert!(before <= 5.0);
+    assert!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(120)).await.unwrap());
+    // A fresh store (no cached expiries) sees the new TTL from etcd itself.
+    let after = secs_left(&find(&store(&e).await.list().await.unwrap().0, "10.244.2.0/24"));
+    assert!(after > 110.0, "renew did not extend the TTL: {after}");
+    // Outlives the original 5 s lease.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    find(&s.list().await.unwrap().0, "10.244.2.0/24");
+    assert!(!s.renew(n, &attrs("198.18.0.12"), Duration::from_secs(120)).await.unwrap(), "foreign IP");
+    assert_eq!(find(&s.list().await.unwrap().0, "10.244.2.0/24").attrs.public_ip.to_string(), "198.18.0.11");
+    s.delete(n).await.unwrap();
+    assert!(!s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(120)).await.unwrap(), "deleted key");
+    assert!(s.list().await.unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn expired_lease_is_reported_removed() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    let n = net("10.244.3.0/24");
+    assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(2)).await.unwrap());
+    let (_, rev) = s.list().await.unwrap();
+    let t0 = Instant::now();
+    let key = format!("{PREFIX}/subnets/10.244.3.0-24");
+    watch_until(&mut s, rev, Duration::from_secs(8), |ev| {
+        matches!(ev, WatchEvent::Removed { subnet: Some(x), key: k } if *x == n && *k == key)
+    })
+    .await;
+    eprintln!("2 s lease removed after {:?}", t0.elapsed());
+    assert!(s.list().await.unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn watch_sees_etcdctl_put_and_delete() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut s = store(&e).await;
+    let (_, rev) = s.list().await.unwrap();
+    let key = format!("{PREFIX}/subnets/10.244.4.0-24");
+    let v = r#"{"PublicIP":"198.18.0.44","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
+    let writer = etcdctl_later(&e, Duration::from_millis(300), &["put", &key, v]);
+    let (evs, rev2) = tokio::time::timeout(Duration::from_secs(2), s.watch(rev)).await.expect("watch timed out").unwrap();
+    let got = Instant::now();
+    let (started, ctl_took) = writer.join().unwrap();
+    assert!(rev2 > rev);
+    match &evs[..] {
+        [WatchEvent::Put(Ok(l))] => {
+            assert_eq!(l.subnet, net("10.244.4.0/24"));
+            assert_eq!(l.attrs.public_ip.to_string(), "198.18.0.44");
+            assert_eq!(l.expires, None);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    assert!(got.duration_since(started) < Duration::from_secs(1));
+    eprintln!("etcdctl put → Put event: {:?} (etcdctl process itself took {ctl_took:?})", got.duration_since(started));
+    // An idle watch outlives request_timeout (2 s): the delete 3 s later arrives as an event.
+    let writer = etcdctl_later(&e, Duration::from_secs(3), &["del", &key]);
+    let (evs, _) = tokio::time::timeout(Duration::from_secs(5), s.watch(rev2)).await.unwrap().unwrap();
+    writer.join().unwrap();
+    assert!(matches!(&evs[..], [WatchEvent::Removed { subnet: Some(x), .. }] if *x == net("10.244.4.0/24")), "{evs:?}");
+}
+
+#[tokio::test]
+async fn watch_latency_and_compaction_resync() {
+    require_sandbox();
+    let e = Etcd::start();
+    let mut watcher = store(&e).await;
+    let mut writer = store(&e).await;
+    let (_, mut rev) = watcher.list().await.unwrap();
+    let (mut lat, mut took) = (Vec::new(), Vec::new());
+    for i in 0..40u32 {
+        let n = net(&format!("10.244.{}.0/24", i + 10));
+        let (w, t0) = tokio::join!(
+            async {
+                let r = watcher.watch(rev).await.unwrap();
+                (r, Instant::now())
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let t0 = Instant::now();
+                assert!(writer.create(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
+                (t0, t0.elapsed())
+            }
+        );
+        let ((evs, r), t1) = w;
+        assert!(matches!(&evs[..], [WatchEvent::Put(Ok(l))] if l.subnet == n && l.expires.is_some()), "{evs:?}");
+        rev = r;
+        lat.push(t1.duration_since(t0.0));
+        took.push(t0.1);
+    }
+    lat.sort();
+    took.sort();
+    let (p50, p90) = (lat[lat.len() / 2], lat[lat.len() * 9 / 10]);
+    eprintln!("create start → peer watch event (incl. its lease TTL lookup): p50 {p50:?} p90 {p90:?}; \
+        create alone (grant + txn): p50 {:?}", took[took.len() / 2]);
+    assert!(p50 < Duration::from_millis(10), "p50 {p50:?}");
+    // Fall behind, compact past our revision: the watch must resync with the full list.
+    writer.delete(net("10.244.10.0/24")).await.unwrap();
+    assert!(writer.create(net("10.244.200.0/24"), &attrs("198.18.0.12"), Duration::from_secs(600)).await.unwrap());
+    let (_, head) = writer.list().await.unwrap();
+    etcdctl_ok(&e, &["compact", &head.to_string()]);
+    let stale = rev; // events after `stale` are compacted away
+    let mut fresh = watcher.handle();
+    let (evs, r) = tokio::time::timeout(Duration::from_secs(3), fresh.watch(stale)).await.unwrap().unwrap();
+    match &evs[..] {
+        [WatchEvent::Resync(list)] => {
+            assert_eq!(list.len(), 40, "{list:?}");
+            find(list, "10.244.200.0/24");
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    assert!(r >= head);
+}
+
+#[tokio::test]
+async fn etcd_down_is_unavailable_and_store_recovers() {
+    require_sandbox();
+    let mut e = Etcd::start();
+    let mut s = store(&e).await; // request_timeout 2 s
+    let n = net("10.244.5.0/24");
+    assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
+    let (_, rev) = s.list().await.unwrap();
+    // A pending watch fails (not hangs) when etcd dies.
+    let (w, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(5), s.watch(rev)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        e.kill();
+    });
+    assert!(matches!(w.expect("watch hung after etcd died"), Err(StoreError::Unavailable(_))));
+    let limit = Duration::from_millis(2500);
+    let t = Instant::now();
+    assert!(matches!(s.list().await, Err(StoreError::Unavailable(_))));
+    assert!(t.elapsed() < limit, "list took {:?}", t.elapsed());
+    eprintln!("list with etcd down: Unavailable after {:?}", t.elapsed());
+    let t = Instant::now();
+    assert!(matches!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(s.create(net("10.244.6.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await,
+        Err(StoreError::Unavailable(_))));
+    assert!(matches!(s.get_config().await, Err(StoreError::Unavailable(_))));
+    assert!(t.elapsed() < limit * 3, "calls took {:?}", t.elapsed());
+    // Also a store created while etcd is down: connect succeeds (lazy), calls fail fast.
+    let mut cold = store(&e).await;
+    assert!(matches!(cold.list().await, Err(StoreError::Unavailable(_))));
+    // Back on the same data dir and ports: the same store object works again.
+    e.launch();
+    let t = Instant::now();
+    let listed = loop {
+        match s.list().await {
+            Ok(l) => break l,
+            Err(err) => assert!(t.elapsed() < Duration::from_secs(10), "store did not recover: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("store usable again {:?} after etcd restart", t.elapsed());
+    find(&listed.0, "10.244.5.0/24");
+    assert!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
+    // And the watch resumes from where it was.
+    etcdctl_ok(&e, &["put", &format!("{PREFIX}/subnets/10.244.6.0-24"), r#"{"PublicIP":"198.18.0.66"}"#]);
+    let n6 = net("10.244.6.0/24");
+    watch_until(&mut s, rev, Duration::from_secs(3), |ev| matches!(ev, WatchEvent::Put(Ok(l)) if l.subnet == n6)).await;
+    assert!(cold.list().await.is_ok());
+}
+
+/// A throw-away CA, a server cert for IP 127.0.0.1 and a client cert (EC P-256, openssl CLI).
+fn make_certs(dir: &TempDir) {
+    let script = r#"set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=ferry-test-ca \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        for who in server client; do
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who" \
+                -keyout $who.key -out $who.csr 2>/dev/null
+            printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > $who.ext
+            openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+                -extfile $who.ext -out $who.pem 2>/dev/null
+        done"#;
+    let st = Command::new("sh").arg("-c").arg(script).current_dir(&dir.path).status().unwrap();
+    assert!(st.success(), "openssl failed");
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    require_sandbox();
+    let e = Etcd::start_with(true);
+    let cfg = EtcdConfig {
+        endpoints: vec![e.url()],
+        ca_file: Some(e.dir.join("ca.pem")),
+        cert_file: Some(e.dir.join("client.pem")),
+        key_file: Some(e.dir.join("client.key")),
+        ..EtcdConfig::default()
+    };
+    let mut s = EtcdStore::connect(cfg.clone()).await.unwrap();
+    assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await.unwrap());
+    assert_eq!(find(&s.list().await.unwrap().0, "10.244.1.0/24").attrs.public_ip.to_string(), "198.18.0.11");
+    // Without a client certificate etcd refuses us.
+    let mut anon = EtcdStore::connect(EtcdConfig { cert_file: None, key_file: None, ..cfg }).await.unwrap();
+    assert!(anon.list().await.is_err());
+}
