@@ -302,7 +302,8 @@ mod tests {
     #[test]
     fn bad_input_is_code_7() {
         let n = net("10.0.0.0/24");
-        let cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Vec<(&str, &str)>)> = vec![
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
             (Some("10.0.1.1"), None, None, vec![]),
             (Some("10.0.0.0"), None, None, vec![]),
             (Some("10.0.0.255"), None, None, vec![]),

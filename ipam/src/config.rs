@@ -1,0 +1,276 @@
+//! The `ipam` section of a request, for the `ferry-ipam` plugin:
+//!
+//! ```json
+//! {"type": "ferry-ipam",
+//!  "subnet": "10.244.1.0/24",             // or "subnetFile": "/run/ferry/subnet.env" (one of the two)
+//!  "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.200", "gateway": "10.244.1.1",
+//!  "exclude": ["10.244.1.50-10.244.1.59", "10.244.1.77", "10.244.1.128/28", ["10.244.1.90", "10.244.1.95"]],
+//!  "routes": [{"dst": "0.0.0.0/0"}],
+//!  "dns": {"nameservers": ["10.96.0.10"]},
+//!  "dataDir": "/run/ferry/ipam"}
+//! ```
+//! `exclude` entries are inclusive: `"a-b"`, a single `"a"`, a CIDR `"a/n"`, or a pair `["a","b"]`.
+//! With `subnetFile`, the file's `*_SUBNET` (and `*_IPV6_SUBNET`, for dual stack) give one pool per
+//! family; `rangeStart`/`rangeEnd`/`gateway`/`exclude` apply to the pool of their family.
+//!
+//! Only JSON shapes are checked by [`IpamConf::parse`]; addresses are resolved by
+//! [`IpamConf::pools`], so DEL and GC (which only need `dataDir`) work even when the subnet part of
+//! the config has gone bad.
+
+use crate::pool::Pool;
+use crate::store::DEFAULT_DATA_DIR;
+use ferry_cni::result::{Dns, Route};
+use ferry_cni::subnet_env::SubnetEnv;
+use ferry_cni::CniError;
+use ipnetwork::IpNetwork;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpamConf {
+    pub subnet: Option<String>,
+    pub subnet_file: Option<PathBuf>,
+    pub range_start: Option<String>,
+    pub range_end: Option<String>,
+    pub gateway: Option<String>,
+    pub exclude: Vec<Value>,
+    pub routes: Vec<Value>,
+    pub dns: Option<Value>,
+    pub data_dir: PathBuf,
+}
+
+fn cfg(msg: impl Into<String>) -> CniError {
+    CniError::config(format!("ipam config: {}", msg.into()))
+}
+
+fn opt_str(m: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(cfg(format!("\"{key}\" must be a string, got {v}"))),
+    }
+}
+
+fn opt_list(m: &Map<String, Value>, key: &str) -> Result<Vec<Value>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => Ok(a.clone()),
+        Some(v) => Err(cfg(format!("\"{key}\" must be a list, got {v}"))),
+    }
+}
+
+fn parse_ip(key: &str, s: &str) -> Result<IpAddr, CniError> {
+    s.trim().parse().map_err(|_| cfg(format!("{key} {s:?} is not an IP address")))
+}
+
+fn parse_net(key: &str, s: &str) -> Result<IpNetwork, CniError> {
+    s.trim().parse().map_err(|_| cfg(format!("{key} {s:?} is not a CIDR (like 10.244.1.0/24)")))
+}
+
+/// One `exclude` entry as an inclusive pair.
+fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
+    match v {
+        Value::String(s) if s.contains('/') => {
+            let n = parse_net("exclude", s)?;
+            Ok((n.network(), n.broadcast()))
+        }
+        Value::String(s) => match s.split_once('-') {
+            Some((a, b)) => Ok((parse_ip("exclude", a)?, parse_ip("exclude", b)?)),
+            None => parse_ip("exclude", s).map(|ip| (ip, ip)),
+        },
+        Value::Array(a) if a.len() == 2 && a.iter().all(Value::is_string) => Ok((
+            parse_ip("exclude", a[0].as_str().unwrap_or(""))?,
+            parse_ip("exclude", a[1].as_str().unwrap_or(""))?,
+        )),
+        other => Err(cfg(format!(
+            "exclude entry {other} must be \"a-b\", \"a\", \"a/n\" or [\"a\",\"b\"]"
+        ))),
+    }
+}
+
+impl IpamConf {
+    pub fn parse(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
+        let subnet = opt_str(m, "subnet")?;
+        let subnet_file = opt_str(m, "subnetFile")?.map(PathBuf::from);
+        if subnet.is_some() && subnet_file.is_some() {
+            return Err(cfg("give either \"subnet\" or \"subnetFile\", not both"));
+        }
+        let dns = match m.get("dns") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(v) => return Err(cfg(format!("\"dns\" must be an object, got {v}"))),
+        };
+        let data_dir = opt_str(m, "dataDir")?.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(cfg(format!("dataDir {:?} must be an absolute path", data_dir.display().to_string())));
+        }
+        Ok(IpamConf {
+            subnet,
+            subnet_file,
+            range_start: opt_str(m, "rangeStart")?,
+            range_end: opt_str(m, "rangeEnd")?,
+            gateway: opt_str(m, "gateway")?,
+            exclude: opt_list(m, "exclude")?,
+            routes: opt_list(m, "routes")?,
+            dns,
+            data_dir,
+        })
+    }
+
+    /// The subnets to allocate from: `subnet`, or the node subnet file. A missing subnet file is
+    /// code 11 (the node daemon has not written it yet); an unreadable or garbled one code 7.
+    pub fn subnets(&self) -> Result<Vec<IpNetwork>, CniError> {
+        if let Some(s) = &self.subnet {
+            return Ok(vec![parse_net("subnet", s)?]);
+        }
+        let Some(path) = &self.subnet_file else {
+            return Err(cfg("one of \"subnet\" or \"subnetFile\" is required"));
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CniError::try_again(format!(
+                    "ferry-ipam: node subnet file {} does not exist yet: the node daemon (ferryd) has not written it",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(cfg(format!("cannot read subnetFile {}: {e}", path.display()))),
+        };
+        let env = SubnetEnv::parse(&text)
+            .map_err(|e| cfg(format!("subnetFile {} is garbled: {e}", path.display())))?;
+        Ok(env.subnet.into_iter().chain(env.ipv6_subnet).collect())
+    }
+
+    /// One validated pool per subnet (see [`IpamConf::subnets`] for the errors).
+    pub fn pools(&self) -> Result<Vec<Pool>, CniError> {
+        let subnets = self.subnets()?;
+        let gw = self.gateway.as_deref().map(|s| parse_ip("gateway", s)).transpose()?;
+        let start = self.range_start.as_deref().map(|s| parse_ip("rangeStart", s)).transpose()?;
+        let end = self.range_end.as_deref().map(|s| parse_ip("rangeEnd", s)).transpose()?;
+        let exclude = self.exclude.iter().map(parse_exclude).collect::<Result<Vec<_>, _>>()?;
+        for (what, ip) in [("gateway", gw), ("rangeStart", start), ("rangeEnd", end)] {
+            if let Some(ip) = ip {
+                if !subnets.iter().any(|n| n.is_ipv4() == ip.is_ipv4()) {
+                    return Err(cfg(format!("{what} {ip} matches no configured subnet's family")));
+                }
+            }
+        }
+        let fam = |ip: Option<IpAddr>, n: &IpNetwork| ip.filter(|i| i.is_ipv4() == n.is_ipv4());
+        subnets
+            .iter()
+            .map(|n| {
+                let ex = exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect();
+                Pool::new(*n, fam(gw, n), fam(start, n), fam(end, n), ex).map_err(|e| e.context("ipam config"))
+            })
+            .collect()
+    }
+
+    pub fn routes(&self) -> Result<Vec<Route>, CniError> {
+        self.routes
+            .iter()
+            .map(|r| {
+                let o = r.as_object().ok_or_else(|| cfg(format!("route {r} must be an object")))?;
+                let dst = match o.get("dst") {
+                    Some(Value::String(s)) => parse_net("route dst", s)?,
+                    _ => return Err(cfg(format!("route {r} needs a string \"dst\""))),
+                };
+                let gw = match o.get("gw") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(parse_ip("route gw", s)?),
+                    Some(v) => return Err(cfg(format!("route gw {v} must be a string"))),
+                };
+                Ok(Route::new(dst, gw))
+            })
+            .collect()
+    }
+
+    pub fn dns(&self) -> Result<Dns, CniError> {
+        match &self.dns {
+            None => Ok(Dns::default()),
+            Some(v) => Dns::from_json(v).map_err(|e| cfg(e.msg)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: Value) -> Result<IpamConf, CniError> {
+        IpamConf::parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn full_config() {
+        let c = conf(json!({"type":"ferry-ipam","subnet":"10.244.1.0/24","rangeStart":"10.244.1.10",
+            "rangeEnd":"10.244.1.20","gateway":"10.244.1.1","exclude":["10.244.1.12-10.244.1.13","10.244.1.15",
+            ["10.244.1.17","10.244.1.17"],"10.244.1.18/31"],"routes":[{"dst":"0.0.0.0/0"},{"dst":"10.0.0.0/8","gw":"10.244.1.1"}],
+            "dns":{"nameservers":["10.96.0.10"]},"dataDir":"/tmp/x"}))
+        .unwrap();
+        let p = &c.pools().unwrap()[0];
+        assert_eq!(p.size(), 11 - 6);
+        assert_eq!(c.routes().unwrap().len(), 2);
+        assert_eq!(c.dns().unwrap().nameservers, vec!["10.96.0.10"]);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = conf(json!({"subnet":"10.244.1.1/24"})).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/run/ferry/ipam"));
+        assert_eq!(c.pools().unwrap()[0].subnet.to_string(), "10.244.1.0/24");
+        assert!(c.routes().unwrap().is_empty() && c.dns().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_configs_are_code_7() {
+        for v in [
+            json!({"subnet":"10.0.0.0/24","subnetFile":"/x"}),
+            json!({"subnet":5}),
+            json!({"subnet":"10.0.0.0/24","dataDir":"rel"}),
+            json!({"subnet":"10.0.0.0/24","exclude":"x"}),
+            json!({"subnet":"10.0.0.0/24","routes":{}}),
+            json!({"subnet":"10.0.0.0/24","dns":[]}),
+        ] {
+            assert_eq!(conf(v.clone()).unwrap_err().code.as_u32(), 7, "{v}");
+        }
+        for v in [
+            json!({}),
+            json!({"subnet":"10.0.0.0/33"}),
+            json!({"subnet":"bogus"}),
+            json!({"subnet":"10.0.0.0/31"}),
+            json!({"subnet":"10.0.0.0/24","gateway":"10.0.1.1"}),
+            json!({"subnet":"10.0.0.0/24","gateway":"fd00::1"}),
+            json!({"subnet":"10.0.0.0/24","rangeStart":"10.1.0.1"}),
+            json!({"subnet":"10.0.0.0/24","rangeEnd":"x"}),
+            json!({"subnet":"10.0.0.0/24","exclude":[["10.0.0.1"]]}),
+            json!({"subnet":"10.0.0.0/24","exclude":["10.0.0.1-"]}),
+        ] {
+            assert_eq!(conf(v.clone()).unwrap().pools().unwrap_err().code.as_u32(), 7, "{v}");
+        }
+        let c = conf(json!({"subnet":"10.0.0.0/24","routes":[{"gw":"10.0.0.1"}]})).unwrap();
+        assert_eq!(c.routes().unwrap_err().code.as_u32(), 7);
+    }
+
+    #[test]
+    fn subnet_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-ipam-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("subnet.env");
+        let c = conf(json!({"subnetFile": f.to_str().unwrap(), "rangeStart":"fd00:1::10"})).unwrap();
+        assert_eq!(c.subnets().unwrap_err().code.as_u32(), 11);
+        std::fs::write(&f, "FLANNEL_SUBNET=bogus\n").unwrap();
+        assert_eq!(c.subnets().unwrap_err().code.as_u32(), 7);
+        std::fs::write(&f, "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_SUBNET=fd00:1::/64\n").unwrap();
+        let pools = c.pools().unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].start.to_string(), "10.244.3.1");
+        assert_eq!(pools[1].start.to_string(), "fd00:1::10");
+        std::fs::write(&f, "FLANNEL_SUBNET=10.244.3.1/24\n").unwrap();
+        assert_eq!(c.pools().unwrap_err().code.as_u32(), 7, "v6 rangeStart with no v6 subnet");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
