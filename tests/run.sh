@@ -19,6 +19,6 @@ echo "== build (tests)" >&2
 cargo test --workspace --no-run
 echo "== build (reference libcni driver, Go, offline)" >&2
 tests/go/build.sh "$ROOT/target/go"
-export FERRY_BIN_DIR="$ROOT/target/release"
+export FERRY_BIN_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
 echo "== test (inside the sandbox)" >&2
 exec tests/sandbox.sh cargo test --workspace --offline "$@"

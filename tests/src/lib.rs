@@ -36,12 +36,12 @@ pub fn require_sandbox() {
     // PID 1's namespace may be unreadable (EACCES when PID 1 belongs to a container manager);
     // then the inode check above is what protects the root namespace.
     let init = match std::fs::metadata("/proc/1/ns/net") {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => me.clone(),
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
         Err(e) => panic!("stat /proc/1/ns/net: {e} (tests must run as root, inside tests/sandbox.sh)"),
     };
     assert!(
-        std::ptr::eq(&me, &init) || me.ino() != init.ino() || me.dev() != init.dev(),
+        init.is_none_or(|init| me.ino() != init.ino() || me.dev() != init.dev()),
         "refusing to run: this is the root network namespace. Run the suite through tests/run.sh, \
          which enters a throw-away `unshare --net --mount` sandbox."
     );
@@ -57,11 +57,18 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Directory of the built binaries: `$FERRY_BIN_DIR`, else `<workspace>/target/release`.
+/// Directory of the built binaries: `$FERRY_BIN_DIR`, else the release dir of the build target
+/// (`.cargo/config.toml` sets an explicit target), else `<workspace>/target/release`.
 pub fn bin_dir() -> PathBuf {
-    std::env::var_os("FERRY_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release"))
+    if let Some(d) = std::env::var_os("FERRY_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let ws = workspace();
+    let targeted = ws.join("target/x86_64-unknown-linux-gnu/release");
+    if targeted.join("ferry").exists() {
+        return targeted;
+    }
+    ws.join("target/release")
 }
 
 /// Path of a built Ferry binary; panics with a hint when it was not built.

@@ -26,6 +26,7 @@ struct Plan {
 
 pub fn add(req: &Request) -> Result<CniResult> {
     let conf = FerryConf::parse(&req.conf)?;
+    crate::timing::mark("parse config");
     let prev = req.conf.prev_result()?;
     let netns_path = req.args.netns.clone().unwrap_or_default();
     let (cid, ifname) = (req.args.container_id.as_str(), req.args.ifname.as_str());
@@ -35,10 +36,13 @@ pub fn add(req: &Request) -> Result<CniResult> {
     // Everything that can be checked before changing anything is checked first.
     let node = if conf.ipam_type.is_none() { Some(conf.node_subnet()?) } else { None };
     let ns = open_netns(&netns_path)?;
+    crate::timing::mark("subnet + open netns");
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
     let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
+    crate::timing::mark("netlink sockets");
     let pod_link = pod.link_by_name(ifname).map_err(nl_err("look up pod interface"))?;
     let host_link = host.link_by_name(&host_name).map_err(nl_err("look up host interface"))?;
+    crate::timing::mark("existing-link lookups");
     let ours = |l: &Link| l.alias.as_deref() == Some(alias.as_str());
     let readd = match (&pod_link, &host_link) {
         (Some(_), Some(h)) if ours(h) => true,
@@ -90,6 +94,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
         }
     };
 
+    crate::timing::mark("ipam allocate");
     match setup(&mut host, &mut pod, &ns, &host_name, ifname, &alias, &plan, readd) {
         Ok((h, p)) => Ok(result(prev, &plan, &h, &p, &netns_path)),
         Err(e) => {
@@ -179,6 +184,7 @@ fn setup(
     if !readd {
         host.create_veth(host_name, ifname, ns, Some(p.mtu), Some(alias))
             .map_err(nl_err(format!("create veth {host_name} <-> {ifname}")))?;
+        crate::timing::mark("create veth (+alias)");
     }
     let missing = |what: &str| CniError::new(NETLINK, format!("{what} vanished during ADD"));
     let h = host.link_by_name(host_name).map_err(nl_err("look up host veth"))?.ok_or_else(|| missing(host_name))?;
@@ -191,6 +197,7 @@ fn setup(
     to_pod.protocol = RTPROT_FERRY_POD;
     ok_if_exists(host.add_route(&to_pod)).map_err(nl_err(format!("add host route {ip_host} dev {host_name}")))?;
 
+    crate::timing::mark("host addr + route");
     let pl = pod.link_by_name(ifname).map_err(nl_err("look up pod veth"))?.ok_or_else(|| missing(ifname))?;
     pod.set_up(pl.index).map_err(nl_err(format!("set {ifname} up")))?;
     let addr = IpNetwork::new(p.ip, p.prefix).map_err(|e| CniError::config(format!("pod address: {e}")))?;
@@ -213,7 +220,9 @@ fn setup(
         rt.onlink = true;
         ok_if_exists(pod.add_route(&rt)).map_err(nl_err(format!("add pod route {} via {:?}", r.dst, rt.gateway)))?;
     }
+    crate::timing::mark("pod link/addr/routes");
     sysctls(ns, host_name, ifname, p.ip.is_ipv4())?;
+    crate::timing::mark("sysctls");
     Ok((h, pl))
 }
 

@@ -67,9 +67,9 @@ pub fn status(req: &Request) -> Result<()> {
     let node = conf.node_subnet().map_err(|e| not_ready(format!("node subnet unknown: {}", e.msg)))?;
     let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())
         .map_err(|e| not_ready(format!("node subnet unusable: {}", e.msg)))?;
-    let used = Store::open(&conf.data_dir, &conf.network)?.list()?.len() as u128;
-    if used >= pool.size() {
-        return Err(not_ready(format!("address pool {} is exhausted ({used} in use)", node.subnet)));
+    let free = Store::open(&conf.data_dir, &conf.network)?.available(&pool)?;
+    if free == 0 {
+        return Err(not_ready(format!("address pool {} ({}) is exhausted", node.subnet, pool.range_str())));
     }
     Ok(())
 }

@@ -49,3 +49,25 @@ pub(crate) fn open_netns(path: &str) -> Result<std::fs::File> {
         CniError::new(code, format!("cannot open network namespace {path:?}: {e}"))
     })
 }
+
+/// Step timings on stderr when `FERRY_TIMING=1` (for profiling the ADD path; off by default).
+pub(crate) mod timing {
+    use std::cell::RefCell;
+    use std::time::Instant;
+
+    thread_local! {
+        static T: RefCell<Option<(Instant, Instant)>> = RefCell::new(
+            std::env::var_os("FERRY_TIMING").map(|_| (Instant::now(), Instant::now()))
+        );
+    }
+
+    pub fn mark(label: &str) {
+        T.with(|t| {
+            if let Some((start, last)) = t.borrow_mut().as_mut() {
+                let now = Instant::now();
+                eprintln!("ferry timing: {label:<24} +{:>6} us  (total {:>6} us)", (now - *last).as_micros(), (now - *start).as_micros());
+                *last = now;
+            }
+        });
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# CNI ADD/DEL benchmark: ferry vs the reference ptp + host-local (/usr/lib/cni), plus the kernel
+# floor for DEL. Builds the workspace in release mode, then runs target/x86_64-unknown-linux-gnu/release/cni-bench inside a
+# throw-away network sandbox (tests/sandbox.sh). Prints a markdown table ready for the README.
+#
+#   bench/cni.sh [-n N] [--warmup W] [--ptp-as-ferry] [--out FILE] [--ferry PATH] [--ref-dir DIR]
+#
+# Environment: CNI_BENCH_SKIP_BUILD=1 to skip the cargo build; CNI_BENCH_TIMEOUT (seconds, default
+# 1800) bounds the whole run.
+set -euo pipefail
+ws="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ws"
+if [ "${CNI_BENCH_SKIP_BUILD:-}" != 1 ]; then
+    if ! cargo build --release --workspace; then
+        echo "bench/cni.sh: 'cargo build --release --workspace' failed; fix the build (or set" \
+             "CNI_BENCH_SKIP_BUILD=1 to bench what is already in target/release)" >&2
+        exit 1
+    fi
+fi
+if [ ! -x target/x86_64-unknown-linux-gnu/release/cni-bench ]; then
+    echo "bench/cni.sh: target/x86_64-unknown-linux-gnu/release/cni-bench missing (cargo build --release -p ferry-tests --bin cni-bench)" >&2
+    exit 1
+fi
+exec timeout --kill-after=10 "${CNI_BENCH_TIMEOUT:-1800}" tests/sandbox.sh target/x86_64-unknown-linux-gnu/release/cni-bench "$@"

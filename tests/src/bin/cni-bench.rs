@@ -1,0 +1,624 @@
+//! `cni-bench`: CNI ADD/DEL latency of `ferry` vs the reference `ptp` + `host-local`, side by side,
+//! plus the kernel floors: creating a bare veth pair with its peer in the pod
+//! (`ip link add vkN type veth peer name eth0 netns <pod>`) and deleting it (`ip link del vkN`).
+//!
+//! Run through `bench/cni.sh [options]` (builds, then re-executes this inside `tests/sandbox.sh`).
+//! Must run inside the sandbox: it creates a "node" namespace, enters it (setns, so every timed
+//! process starts there exactly like a plugin started by a runtime on that node) and a fresh
+//! pre-created pod namespace per trial.
+//!
+//! Each trial is one whole-process invocation timed with a monotonic clock from spawn to reaped
+//! exit (`Instant` around spawn + stdin write + stdout drain + `wait4`); `wait4`'s rusage gives the
+//! peak RSS of the process tree (the plugin and any IPAM child it waited for). Trials interleave
+//! ferry / ptp / floor and alternate the order each iteration (ABC, CBA, ...) to cancel drift.
+//!
+//! Options:
+//!   -n N              iterations per system (default 200)
+//!   --warmup W        untimed warm-up iterations (default 5)
+//!   --ferry PATH      the ferry binary (default <workspace>/target/release/ferry); its directory
+//!                     is CNI_PATH for ferry (ferry-ipam lives there)
+//!   --ref-dir DIR     the reference plugins (default /usr/lib/cni)
+//!   --ptp-as-ferry    put ptp in the ferry slot (calibration: both columns should match)
+//!   --floor-via-pod   time the floor DEL as `ip -n <pod> link del eth0` (pays iproute2's netns
+//!                     switch: unshare + sysfs remount) instead of `ip link del <node end>`
+//!   --nice N          run the bench (and so every timed process) at this nice level (default -10,
+//!                     0 = unchanged): on a shared machine this keeps compile jobs from adding
+//!                     scheduler wait to every spawn; kernel work (RCU, netns cleanup) is unaffected
+//!   --data-root DIR   parent of the IPAM data dirs of both plugins (default /run: tmpfs, where
+//!                     ferry keeps its state by default, /run/ferry/ipam); e.g. /tmp (disk) to
+//!                     include storage cost (ferry fsyncs its state, host-local does not)
+//!   --out FILE        also write the markdown report to FILE
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use testlab::{bin_dir, ok, require_sandbox};
+
+struct Opts {
+    n: usize,
+    warmup: usize,
+    ferry: PathBuf,
+    ref_dir: PathBuf,
+    ptp_as_ferry: bool,
+    floor_via_pod: bool,
+    nice: i32,
+    data_root: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        n: 200,
+        warmup: 5,
+        ferry: bin_dir().join("ferry"),
+        ref_dir: PathBuf::from("/usr/lib/cni"),
+        ptp_as_ferry: false,
+        floor_via_pod: false,
+        nice: -10,
+        data_root: None,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
+        match a.as_str() {
+            "-n" | "--iterations" => o.n = val("-n").parse().unwrap_or_else(|_| die("-n: not a number")),
+            "--warmup" => {
+                o.warmup = val("--warmup")
+                    .parse()
+                    .unwrap_or_else(|_| die("--warmup: not a number"))
+            }
+            "--ferry" => o.ferry = PathBuf::from(val("--ferry")),
+            "--ref-dir" => o.ref_dir = PathBuf::from(val("--ref-dir")),
+            "--ptp-as-ferry" => o.ptp_as_ferry = true,
+            "--floor-via-pod" => o.floor_via_pod = true,
+            "--data-root" => o.data_root = Some(PathBuf::from(val("--data-root"))),
+            "--nice" => o.nice = val("--nice").parse().unwrap_or_else(|_| die("--nice: not a number")),
+            "--out" => o.out = Some(PathBuf::from(val("--out"))),
+            "-h" | "--help" => {
+                println!("usage: cni-bench [-n N] [--warmup W] [--ferry PATH] [--ref-dir DIR] [--ptp-as-ferry] [--floor-via-pod] [--nice N] [--data-root DIR] [--out FILE]");
+                std::process::exit(0);
+            }
+            _ => die(&format!("unknown argument {a:?}")),
+        }
+    }
+    if o.n == 0 {
+        die("-n must be > 0");
+    }
+    o
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("cni-bench: {msg}");
+    std::process::exit(2);
+}
+
+/// One finished process: wall time spawn→reaped, exit status, output, peak RSS (KiB).
+struct Run {
+    dur: Duration,
+    code: i32,
+    stdout: String,
+    stderr: String,
+    maxrss_kib: i64,
+}
+
+/// Spawn `cmd` with `stdin`, drain its output, reap it with wait4; all inside the timed region.
+fn timed(mut cmd: Command, stdin: &str) -> Run {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("spawn {:?}: {e}", cmd.get_program())));
+    {
+        let mut si = child.stdin.take().unwrap();
+        if !stdin.is_empty() {
+            let _ = si.write_all(stdin.as_bytes());
+        }
+    } // closed: EOF for the plugin
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    // Outputs are small (a result or an error object, far below the pipe buffer), so draining
+    // stdout to EOF and then stderr cannot deadlock.
+    let mut out = Vec::with_capacity(4096);
+    let _ = so.read_to_end(&mut out);
+    let mut err = Vec::new();
+    let _ = se.read_to_end(&mut err);
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        break r;
+    };
+    let dur = start.elapsed();
+    if r != pid {
+        die(&format!("wait4({pid}): {}", std::io::Error::last_os_error()));
+    }
+    // `child` was reaped by wait4; forget it so std never waits on a recycled PID.
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    };
+    Run {
+        dur,
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+        maxrss_kib: ru.ru_maxrss,
+    }
+}
+
+/// A CNI plugin invocation, as a runtime does it: CNI_* environment, config on stdin.
+struct Plugin {
+    label: String,
+    bin: PathBuf,
+    cni_path: String,
+    conf: Value,
+}
+
+impl Plugin {
+    fn invoke(&self, command: &str, id: &str, netns: &str, prev: Option<&Value>) -> Run {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.cni_path);
+        let mut conf = self.conf.clone();
+        if let Some(p) = prev {
+            // libcni (spec >= 0.4.0) passes the cached ADD result as prevResult on CHECK and DEL.
+            conf["prevResult"] = p.clone();
+        }
+        timed(cmd, &conf.to_string())
+    }
+
+    fn version(&self) -> Result<Value, String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        let r = timed(cmd, r#"{"cniVersion":"1.0.0"}"#);
+        if r.code != 0 {
+            return Err(format!("VERSION exited {}: {}{}", r.code, r.stdout, r.stderr));
+        }
+        let v: Value =
+            serde_json::from_str(r.stdout.trim()).map_err(|e| format!("VERSION output {:?}: {e}", r.stdout))?;
+        if !v["supportedVersions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == "1.0.0"))
+        {
+            return Err(format!("VERSION does not list 1.0.0: {v}"));
+        }
+        Ok(v)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    // Nearest-rank percentile.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Default)]
+struct Series {
+    ms: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, d: Duration) {
+        self.ms.push(d.as_secs_f64() * 1000.0);
+    }
+    fn pct(&self) -> (f64, f64, f64) {
+        let mut s = self.ms.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (percentile(&s, 50.0), percentile(&s, 90.0), percentile(&s, 99.0))
+    }
+}
+
+/// Pre-create pod namespaces (untimed).
+fn make_pods(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i}");
+            ok("ip", ["netns", "add", &name]);
+            name
+        })
+        .collect()
+}
+
+fn del_pods(names: &[String]) {
+    for n in names {
+        let _ = Command::new("ip")
+            .args(["netns", "del", n])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn enter_netns(path: &str) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| die(&format!("open {path}: {e}")));
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        die(&format!("setns {path}: {}", std::io::Error::last_os_error()));
+    }
+}
+
+fn file_size(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+fn fmt_size(b: Option<u64>) -> String {
+    match b {
+        Some(b) if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) => format!("{:.0} KiB", b as f64 / 1024.0),
+        None => "(not built)".into(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().next().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median_i64(v: &[i64]) -> i64 {
+    let mut s = v.to_vec();
+    s.sort();
+    s[s.len() / 2]
+}
+
+fn main() {
+    let o = parse_opts();
+    require_sandbox();
+    if o.nice != 0 {
+        // Children inherit the nice value.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, o.nice) } != 0 {
+            eprintln!(
+                "cni-bench: setpriority({}): {} (continuing)",
+                o.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let nice_now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let t0 = Instant::now();
+    let tmp = match &o.data_root {
+        None if false => testlab::TempDir::new("bench"),
+        None | Some(_) => {
+            let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from("/run"));
+            let path = root.join(testlab::unique("ferry-bench-"));
+            std::fs::create_dir_all(&path).unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
+            testlab::TempDir { path }
+        }
+    };
+    let data_fs = ok("stat", ["-f", "-c", "%T", &tmp.path.to_string_lossy()])
+        .trim()
+        .to_string();
+
+    // The reference pair: ptp + host-local, /16 like ferry's.
+    let ptp = Plugin {
+        label: "ptp + host-local".into(),
+        bin: o.ref_dir.join("ptp"),
+        cni_path: o.ref_dir.to_string_lossy().into_owned(),
+        conf: serde_json::json!({
+            "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.252.0.0/16"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": tmp.path_str("host-local")}
+        }),
+    };
+    if let Err(e) = ptp.version() {
+        die(&format!("reference ptp unusable: {e}"));
+    }
+
+    // The ferry slot: ferry itself, or ptp (calibration / until ferry works).
+    let ferry_real = Plugin {
+        label: "ferry".into(),
+        bin: o.ferry.clone(),
+        cni_path: o
+            .ferry
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_string_lossy()
+            .into_owned(),
+        conf: serde_json::json!({
+            "cniVersion": "1.0.0", "name": "bench", "type": "ferry",
+            "subnet": "10.251.0.0/16", "dataDir": tmp.path_str("ferry-ipam")
+        }),
+    };
+    let mut note = None;
+    let ferry = if o.ptp_as_ferry {
+        note = Some("--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)".to_string());
+        None
+    } else if !o.ferry.exists() {
+        note = Some(format!(
+            "{} not built; the \"ferry\" column is ptp + host-local",
+            o.ferry.display()
+        ));
+        None
+    } else {
+        match ferry_real.version() {
+            Ok(_) => Some(ferry_real),
+            Err(e) => {
+                note = Some(format!(
+                    "ferry VERSION failed ({e}); the \"ferry\" column is ptp + host-local"
+                ));
+                None
+            }
+        }
+    };
+    let ferry_is_real = ferry.is_some();
+    let ferry = ferry.unwrap_or_else(|| Plugin {
+        label: "ptp + host-local (in ferry's slot)".into(),
+        bin: o.ref_dir.join("ptp"),
+        cni_path: o.ref_dir.to_string_lossy().into_owned(),
+        conf: serde_json::json!({
+            "cniVersion": "1.0.0", "name": "benchptp2", "type": "ptp", "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.0.0/16"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": tmp.path_str("host-local-2")}
+        }),
+    });
+    if let Some(n) = &note {
+        eprintln!("cni-bench: note: {n}");
+    }
+
+    // The node: a namespace this process enters, so every timed process starts in it.
+    let node = "benchnode";
+    let _ = Command::new("ip")
+        .args(["netns", "del", node])
+        .stderr(Stdio::null())
+        .status();
+    ok("ip", ["netns", "add", node]);
+    ok("ip", ["-n", node, "link", "set", "lo", "up"]);
+    enter_netns(&format!("/run/netns/{node}"));
+
+    let total = o.warmup + o.n;
+    eprintln!("cni-bench: creating {} pod namespaces ...", 3 * total);
+    let pods_f = make_pods("bf", total);
+    let pods_p = make_pods("bp", total);
+    let pods_k = make_pods("bk", total);
+
+    let (mut f_add, mut f_del, mut p_add, mut p_del, mut k_add, mut k_del) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    let load_before = loadavg();
+    let (mut f_rss, mut p_rss) = (Vec::new(), Vec::new());
+
+    let fail = |what: &str, r: &Run| -> ! {
+        die(&format!(
+            "{what} failed (exit {}): stdout={} stderr={}",
+            r.code,
+            r.stdout.trim(),
+            r.stderr.trim()
+        ))
+    };
+
+    eprintln!("cni-bench: {} warm-up + {} timed iterations ...", o.warmup, o.n);
+    for i in 0..total {
+        let timed_iter = i >= o.warmup;
+        // ABC / CBA alternation.
+        let order: [u8; 3] = if i % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for which in order {
+            match which {
+                0 | 1 => {
+                    let (pl, ns, add_s, del_s, rss) = if which == 0 {
+                        (&ferry, &pods_f[i], &mut f_add, &mut f_del, &mut f_rss)
+                    } else {
+                        (&ptp, &pods_p[i], &mut p_add, &mut p_del, &mut p_rss)
+                    };
+                    let id = format!("bench-{which}-{i:06}");
+                    let netns = format!("/run/netns/{ns}");
+                    let add = pl.invoke("ADD", &id, &netns, None);
+                    if add.code != 0 {
+                        fail(&format!("{} ADD #{i}", pl.label), &add);
+                    }
+                    let res: Value = serde_json::from_str(add.stdout.trim()).unwrap_or_else(|e| {
+                        die(&format!("{} ADD #{i}: result not JSON ({e}): {}", pl.label, add.stdout))
+                    });
+                    if res["ips"].as_array().is_none_or(|a| a.is_empty()) {
+                        die(&format!("{} ADD #{i}: result without ips: {res}", pl.label));
+                    }
+                    let del = pl.invoke("DEL", &id, &netns, Some(&res));
+                    if del.code != 0 {
+                        fail(&format!("{} DEL #{i}", pl.label), &del);
+                    }
+                    if timed_iter {
+                        add_s.push(add.dur);
+                        del_s.push(del.dur);
+                        rss.push(add.maxrss_kib);
+                    }
+                }
+                _ => {
+                    // Kernel floor: a bare veth pair with its peer created in the pod as eth0, then
+                    // its deletion, each by a minimal whole process (`ip`), timed the same way.
+                    let ns = &pods_k[i];
+                    let mut cmd = Command::new("ip");
+                    cmd.env_clear().args([
+                        "link",
+                        "add",
+                        &format!("vk{i}"),
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        "eth0",
+                        "netns",
+                        ns,
+                    ]);
+                    let add = timed(cmd, "");
+                    if add.code != 0 {
+                        fail(
+                            &format!("floor `ip link add vk{i} type veth peer name eth0 netns {ns}`"),
+                            &add,
+                        );
+                    }
+                    // Deleting either end destroys the pair. Default: the node-side end, from the
+                    // node (no namespace switch); `--floor-via-pod`: `ip -n <pod> link del eth0`,
+                    // which also pays iproute2's netns switch (unshare + sysfs remount).
+                    let mut cmd = Command::new("ip");
+                    let host_end = format!("vk{i}");
+                    if o.floor_via_pod {
+                        cmd.env_clear().args(["-n", ns, "link", "del", "eth0"]);
+                    } else {
+                        cmd.env_clear().args(["link", "del", &host_end]);
+                    }
+                    let shown = format!("{cmd:?}");
+                    let del = timed(cmd, "");
+                    if del.code != 0 {
+                        fail(&format!("floor DEL #{i} ({shown})"), &del);
+                    }
+                    if timed_iter {
+                        k_add.push(add.dur);
+                        k_del.push(del.dur);
+                    }
+                }
+            }
+        }
+    }
+
+    // Leftovers a broken DEL would leave behind.
+    let leftover = ok("ip", ["-o", "link", "show", "type", "veth"]);
+    eprintln!("cni-bench: cleaning up ...");
+    del_pods(&pods_f);
+    del_pods(&pods_p);
+    del_pods(&pods_k);
+    // Leave the node namespace's name behind us (we are still inside it; the mount goes away).
+    let _ = Command::new("ip")
+        .args(["netns", "del", node])
+        .stderr(Stdio::null())
+        .status();
+
+    // ---- report ----
+    let load_after = loadavg();
+    let (fa, fd, pa, pd, ka, kd) = (
+        f_add.pct(),
+        f_del.pct(),
+        p_add.pct(),
+        p_del.pct(),
+        k_add.pct(),
+        k_del.pct(),
+    );
+    let add_ratio = fa.0 / pa.0;
+    // Drift-resistant cross-check: the median of per-iteration ratios (the trials of one iteration
+    // run back to back, so slow phases of the machine hit both sides).
+    let paired = {
+        let mut r: Vec<f64> = f_add.ms.iter().zip(&p_add.ms).map(|(f, p)| f / p).collect();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        percentile(&r, 50.0)
+    };
+    let del_over = fd.0 - kd.0;
+    let flabel = if ferry_is_real {
+        "ferry".to_string()
+    } else {
+        ferry.label.clone()
+    };
+    let uname = ok("uname", ["-srm"]).trim().to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let rel = bin_dir();
+    let mark = |okk: bool| if okk { "✅" } else { "❌" };
+
+    let mut md = String::new();
+    md += &format!(
+        "### CNI ADD/DEL latency: {} vs reference ptp + host-local\n\n",
+        if ferry_is_real {
+            "ferry"
+        } else {
+            "ptp in the ferry slot"
+        }
+    );
+    md += &format!(
+        "{} timed iterations per column (+{} warm-up), interleaved, whole-process spawn→exit, \
+         fresh pod netns per trial; {uname}, {cpus} CPUs{}; load average {load_before} before, \
+         {load_after} after; nice {nice_now}; IPAM data dirs on {data_fs} ({}).\n\n",
+        o.n,
+        o.warmup,
+        if cpu_model.is_empty() {
+            String::new()
+        } else {
+            format!(" ({cpu_model})")
+        },
+        tmp.path.display()
+    );
+    md += "| operation | p50 | p90 | p99 |\n|---|---:|---:|---:|\n";
+    let row = |name: &str, p: (f64, f64, f64)| format!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n", p.0, p.1, p.2);
+    md += &row(&format!("{flabel} ADD"), fa);
+    md += &row(&format!("{} ADD", ptp.label), pa);
+    md += &row(
+        "kernel floor ADD (`ip link add … type veth peer name eth0 netns pod`)",
+        ka,
+    );
+    md += &row(&format!("{flabel} DEL"), fd);
+    md += &row(&format!("{} DEL", ptp.label), pd);
+    md += &row(
+        if o.floor_via_pod {
+            "kernel floor DEL (`ip -n pod link del eth0`)"
+        } else {
+            "kernel floor DEL (`ip link del <node end>`)"
+        },
+        kd,
+    );
+    md += "\n| metric | value | target |\n|---|---:|---|\n";
+    md += &format!(
+        "| {flabel} ADD p50 / ptp ADD p50 | {add_ratio:.3} | ≤ 0.25 {} |\n",
+        mark(add_ratio <= 0.25)
+    );
+    md += &format!("| median of per-iteration ADD ratios ({flabel} / ptp) | {paired:.3} | (cross-check) |\n");
+    md += &format!(
+        "| {flabel} DEL p50 − floor p50 | {del_over:.2} ms | ≤ 3 ms {} |\n",
+        mark(del_over <= 3.0)
+    );
+    md += &format!(
+        "| ADD p50 − veth-create floor p50 | {flabel}: {:.2} ms, ptp: {:.2} ms | (informational) |\n",
+        fa.0 - ka.0,
+        pa.0 - ka.0
+    );
+    md += &format!(
+        "| peak RSS, one ADD (median over runs; plugin + IPAM child) | {flabel}: {} KiB, ptp: {} KiB | |\n",
+        median_i64(&f_rss),
+        median_i64(&p_rss)
+    );
+    md += &format!(
+        "| release binary size | ferry: {}, ferry-ipam: {} | |\n",
+        fmt_size(file_size(&rel.join("ferry"))),
+        fmt_size(file_size(&rel.join("ferry-ipam")))
+    );
+    md += &format!(
+        "\nCommand: `bench/cni.sh{}` (wall time {:.0} s)\n",
+        std::env::args().skip(1).map(|a| format!(" {a}")).collect::<String>(),
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(n) = &note {
+        md += &format!("\nNote: {n}\n");
+    }
+    if !leftover.trim().is_empty() {
+        md += &format!(
+            "\nWARNING: veths left in the node after all DELs:\n```\n{}```\n",
+            leftover
+        );
+    }
+    println!("{md}");
+    if let Some(p) = &o.out {
+        std::fs::write(p, &md).unwrap_or_else(|e| die(&format!("write {}: {e}", p.display())));
+    }
+}
