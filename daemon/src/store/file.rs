@@ -1,1 +1,390 @@
-//! The embedded file store (being implemented).
+//! The embedded file store: a directory shared by the nodes that use it.
+//!
+//! ```text
+//! <dir>/config          flannel's network config JSON
+//! <dir>/lock            flock(2) target; held for every read-modify-write
+//! <dir>/10.244.1.0-24   one lease: flannel's lease JSON plus "ExpiresUnixMs" (absent = permanent)
+//! ```
+//! Every write is a temp file (a dotfile, ignored by readers) + rename, so readers never see half
+//! a lease. A hand-written flannel lease (`{"PublicIP":"198.18.0.12","BackendType":"host-gw"}`)
+//! is a permanent lease. Expired leases read as absent; whoever holds the lock deletes them.
+//! Changes are watched with inotify, so they propagate in well under a millisecond.
+
+use super::{parse_lease, parse_subnet_key, subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, StoreError, WatchEvent};
+use ipnetwork::Ipv4Network;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Field added to flannel's lease JSON: expiry in milliseconds since the Unix epoch.
+pub const EXPIRES_FIELD: &str = "ExpiresUnixMs";
+
+/// How long a store operation waits for another holder of the lock before reporting Unavailable.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Ino(Inotify);
+
+impl AsRawFd for Ino {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+pub struct FileStore {
+    dir: PathBuf,
+    /// Set up by the first `list` of a watching store, so no change after that listing is missed.
+    inotify: Option<AsyncFd<Ino>>,
+    watching: bool,
+    /// Lease keys seen by this watcher and when they expire (for synthetic `Removed` events).
+    known: HashMap<String, Option<SystemTime>>,
+    rev: i64,
+}
+
+impl FileStore {
+    /// A store handle for claims and renewals (no inotify). Does no I/O.
+    pub fn open(dir: impl Into<PathBuf>) -> FileStore {
+        FileStore { dir: dir.into(), inotify: None, watching: false, known: HashMap::new(), rev: 0 }
+    }
+
+    /// A store handle whose `list` + `watch` follow changes.
+    pub fn open_watching(dir: impl Into<PathBuf>) -> FileStore {
+        FileStore { watching: true, ..FileStore::open(dir) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_dir(&self) -> Result<()> {
+        match fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Unavailable(format!("{} is not a directory", self.dir.display()))),
+            Err(e) => Err(StoreError::Unavailable(format!("store directory {}: {e}", self.dir.display()))),
+        }
+    }
+
+    /// Take the directory lock, waiting (asynchronously) up to [`LOCK_TIMEOUT`].
+    async fn lock(&self) -> Result<File> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            if let Some(f) = self.try_lock()? {
+                return Ok(f);
+            }
+            if start.elapsed() > LOCK_TIMEOUT {
+                return Err(StoreError::Unavailable(format!("{}/lock is held by someone else", self.dir.display())));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The lock if it is free right now; the returned file releases it when dropped.
+    fn try_lock(&self) -> Result<Option<File>> {
+        self.check_dir()?;
+        let path = self.dir.join("lock");
+        // Read-only (flock does not need write access): closing it then raises no inotify
+        // IN_CLOSE_WRITE, so taking the lock does not wake every watcher.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_CREAT)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| io_err("open", &path, e))?;
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(f));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(io_err("flock", &path, e))
+        }
+    }
+
+    fn read_entry(&self, name: &str) -> Result<Option<(LeaseEntry, Option<SystemTime>)>> {
+        let path = self.dir.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(parse_file(name, &bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path, e)),
+        }
+    }
+
+    fn write_lease(&self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
+        let mut v = serde_json::to_value(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
+        let expires = SystemTime::now() + ttl;
+        v[EXPIRES_FIELD] = serde_json::json!(expires.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+        write_atomic(&self.dir, &subnet_key(subnet), v.to_string().as_bytes())
+    }
+
+    fn ensure_inotify(&mut self) -> Result<()> {
+        if self.inotify.is_some() || !self.watching {
+            return Ok(());
+        }
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| StoreError::Other(format!("inotify_init: {e}")))?;
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        ino.add_watch(&self.dir, mask)
+            .map_err(|e| StoreError::Unavailable(format!("inotify watch {}: {e}", self.dir.display())))?;
+        // SAFETY: `Ino` owns the inotify fd; the AsyncFd owns `Ino`, so the fd outlives the
+        // registration and is closed only when the AsyncFd is dropped.
+        let afd = unsafe { AsyncFd::register_with_interest(Ino(ino), Interest::READABLE) };
+        self.inotify = Some(afd.map_err(|e| StoreError::Other(format!("register inotify: {e}")))?);
+        Ok(())
+    }
+
+    /// Delete the given expired lease files if the lock is free now (someone else cleans up otherwise).
+    fn cleanup_expired(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let Ok(Some(_lock)) = self.try_lock() else { return };
+        for name in names {
+            if let Ok(Some((_, Some(exp)))) = self.read_entry(name) {
+                if exp <= SystemTime::now() {
+                    let _ = fs::remove_file(self.dir.join(name));
+                }
+            }
+        }
+    }
+
+    /// Re-read the files named by inotify and turn them into watch events.
+    fn events_for(&mut self, names: Vec<String>) -> Result<Vec<WatchEvent>> {
+        let mut out = Vec::new();
+        let now = SystemTime::now();
+        for name in names {
+            match self.read_entry(&name)? {
+                Some((entry, exp)) if exp.is_none_or(|t| t > now) => {
+                    self.known.insert(name, exp);
+                    out.push(WatchEvent::Put(entry));
+                }
+                _ => {
+                    if self.known.remove(&name).is_some() {
+                        out.push(WatchEvent::Removed { subnet: parse_subnet_key(&name), key: name });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Synthetic removals for leases whose expiry passed.
+    fn expire_known(&mut self) -> Vec<WatchEvent> {
+        let now = SystemTime::now();
+        let gone: Vec<String> =
+            self.known.iter().filter(|(_, e)| e.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        self.cleanup_expired(&gone);
+        gone.into_iter()
+            .map(|k| {
+                self.known.remove(&k);
+                WatchEvent::Removed { subnet: parse_subnet_key(&k), key: k }
+            })
+            .collect()
+    }
+
+    fn next_expiry(&self) -> Option<SystemTime> {
+        self.known.values().flatten().min().copied()
+    }
+}
+
+/// File names in the store directory that are not leases.
+fn ignored(name: &str) -> bool {
+    name.starts_with('.') || name == "config" || name == "lock" || name.ends_with(".tmp")
+}
+
+/// Parse one lease file: flannel lease JSON, optionally with [`EXPIRES_FIELD`].
+pub fn parse_file(name: &str, bytes: &[u8]) -> (LeaseEntry, Option<SystemTime>) {
+    let bad = |reason: String| (Err(BadLease { key: name.to_string(), reason }), None);
+    let expires = match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => match v.get(EXPIRES_FIELD) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => match x.as_u64() {
+                Some(ms) => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+                None => return bad(format!("{EXPIRES_FIELD} is not a number of milliseconds")),
+            },
+        },
+        Err(e) => return bad(format!("value is not lease JSON: {e}")),
+    };
+    (parse_lease(name, bytes, expires), expires)
+}
+
+/// Write `dir/name` atomically: a dotfile temp in the same directory, fsync, rename.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))
+    })();
+    res.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("write", &dir.join(name), e)
+    })
+}
+
+fn io_err(op: &str, path: &Path, e: io::Error) -> StoreError {
+    StoreError::Other(format!("{op} {}: {e}", path.display()))
+}
+
+impl LeaseStore for FileStore {
+    async fn get_config(&mut self) -> Result<Option<NetworkConfig>> {
+        self.check_dir()?;
+        let path = self.dir.join("config");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path, e)),
+        }
+    }
+
+    async fn put_config_if_absent(&mut self, cfg: &NetworkConfig) -> Result<NetworkConfig> {
+        let _lock = self.lock().await?;
+        if let Some(c) = self.get_config().await? {
+            return Ok(c);
+        }
+        let json = serde_json::to_vec(cfg).map_err(|e| StoreError::Other(e.to_string()))?;
+        write_atomic(&self.dir, "config", &json)?;
+        Ok(cfg.clone())
+    }
+
+    async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
+        self.check_dir()?;
+        self.ensure_inotify()?;
+        let rd = fs::read_dir(&self.dir).map_err(|e| io_err("read directory", &self.dir, e))?;
+        let now = SystemTime::now();
+        let (mut out, mut expired) = (Vec::new(), Vec::new());
+        self.known.clear();
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err("read directory", &self.dir, e))?;
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+            if ignored(&name) || ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            match self.read_entry(&name)? {
+                Some((_, Some(exp))) if exp <= now => expired.push(name),
+                Some((entry, exp)) => {
+                    if self.watching {
+                        self.known.insert(name, exp);
+                    }
+                    out.push(entry);
+                }
+                None => {}
+            }
+        }
+        self.cleanup_expired(&expired);
+        self.rev += 1;
+        Ok((out, self.rev))
+    }
+
+    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+        let _lock = self.lock().await?;
+        let key = subnet_key(subnet);
+        match self.read_entry(&key)? {
+            Some((_, Some(exp))) if exp <= SystemTime::now() => {} // expired: free
+            Some(_) => return Ok(false),
+            None => {}
+        }
+        self.write_lease(subnet, attrs, ttl)?;
+        Ok(true)
+    }
+
+    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+        let _lock = self.lock().await?;
+        match self.read_entry(&subnet_key(subnet))? {
+            Some((Ok(l), _)) if l.attrs.public_ip == attrs.public_ip => {
+                self.write_lease(subnet, attrs, ttl)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+        let _lock = self.lock().await?;
+        let path = self.dir.join(subnet_key(subnet));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path, e)),
+        }
+    }
+
+    async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)> {
+        let _ = revision;
+        if self.inotify.is_none() {
+            // Not listed yet (or the directory went away): start over with a full listing.
+            let (all, rev) = self.list().await?;
+            return Ok((vec![WatchEvent::Resync(all)], rev));
+        }
+        loop {
+            let sleep_for = self
+                .next_expiry()
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1))
+                .unwrap_or(Duration::from_secs(3600));
+            let afd = self.inotify.as_ref().expect("inotify set up");
+            let read = tokio::time::timeout(
+                sleep_for,
+                afd.async_io(Interest::READABLE, |i| i.0.read_events().map_err(io::Error::from)),
+            )
+            .await;
+            let events = match read {
+                Err(_elapsed) => {
+                    let ev = self.expire_known();
+                    if ev.is_empty() {
+                        continue;
+                    }
+                    self.rev += 1;
+                    return Ok((ev, self.rev));
+                }
+                Ok(Err(e)) => {
+                    self.inotify = None;
+                    return Err(StoreError::Other(format!("inotify read: {e}")));
+                }
+                Ok(Ok(evs)) => evs,
+            };
+            let mut names: Vec<String> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for ev in events {
+                if ev.mask.intersects(AddWatchFlags::IN_Q_OVERFLOW) {
+                    let (all, rev) = self.list().await?;
+                    return Ok((vec![WatchEvent::Resync(all)], rev));
+                }
+                if ev.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED) {
+                    self.inotify = None;
+                    return Err(StoreError::Unavailable(format!("store directory {} was removed", self.dir.display())));
+                }
+                let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string)) else { continue };
+                if !ignored(&name) && seen.insert(name.clone()) {
+                    names.push(name);
+                }
+            }
+            let mut out = self.events_for(names)?;
+            out.extend(self.expire_known());
+            if !out.is_empty() {
+                self.rev += 1;
+                return Ok((out, self.rev));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
+pub mod any;
 pub mod etcd;
 pub mod file;
 

@@ -1,0 +1,336 @@
+//! Command-line flags, parsed by hand (`--flag value` or `--flag=value`; booleans also bare).
+
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+ferryd: Ferry's node daemon (subnet lease, host-gw routes, CNI config, masquerade)
+
+USAGE: ferryd [FLAGS]        ferryd --uninstall [FLAGS]
+
+Network (stored in the lease store on first start; the stored config wins):
+  --network CIDR            cluster network [10.244.0.0/16]
+  --subnet-len N            per-node subnet prefix length [24 for a /22 or larger network]
+  --subnet-min IP           first subnet to hand out [the network's second subnet]
+  --subnet-max IP           last subnet to hand out [the network's last subnet]
+  --strict-network          exit 2 if the stored config differs from --network/--subnet-*
+Store:
+  --store URL               file:///DIR or etcd://HOST:PORT[,HOST:PORT] [file:///var/lib/ferry/leases]
+  --etcd-prefix P           [/coreos.com/network]
+  --etcd-ca F  --etcd-cert F  --etcd-key F     TLS for etcd (https)
+  --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]
+  --lease-ttl D             [24h]    --renew-margin D          [1h] (renew at ttl/2 at the latest)
+Node:
+  --public-ip IP            this node's address peers route to [address of --iface]
+  --iface NAME              uplink interface [the one holding the default route]
+  --mtu N                   [MTU of the uplink]
+  --subnet-file PATH        [/run/ferry/subnet.env]
+  --cni-conf-dir DIR        [/etc/cni/net.d]    --cni-conf-name NAME [10-ferry.conflist]
+  --cni-network-name NAME   [ferry]             --cni-data-dir DIR   [/run/ferry/ipam]
+  --cni-portmap             chain the portmap plugin
+  --ip-masq[=BOOL]          masquerade pod traffic leaving the cluster network [true]
+  --nft PATH                nft binary [nft]
+  --resync D                full route sweep period [10s]
+Other:
+  --uninstall               remove Ferry's routes, nft table and conflist, then exit
+  -v, --verbose             debug logging      -q, --quiet   warnings and errors only
+  -h, --help                this text          --version
+Durations: 500ms, 30s, 5m, 24h (a bare number is seconds). Exit codes: 0 ok, 1 runtime error,
+2 unusable flags or a network config this node cannot honour (nothing is changed then).";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    File(PathBuf),
+    Etcd(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdOpts {
+    pub prefix: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub dial_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    pub network: Ipv4Network,
+    /// True when any of --network/--subnet-* was given (a mismatch with the store is then logged).
+    pub network_explicit: bool,
+    pub subnet_len: Option<u8>,
+    pub subnet_min: Option<Ipv4Addr>,
+    pub subnet_max: Option<Ipv4Addr>,
+    pub strict_network: bool,
+    pub store: StoreUrl,
+    pub etcd: EtcdOpts,
+    pub lease_ttl: Duration,
+    pub renew_margin: Duration,
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+    pub mtu: Option<u32>,
+    pub subnet_file: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_conf_name: String,
+    pub cni_network_name: String,
+    pub cni_data_dir: PathBuf,
+    pub cni_portmap: bool,
+    pub ip_masq: bool,
+    pub nft: String,
+    pub resync: Duration,
+    pub uninstall: bool,
+    pub log_level: u8,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            network: "10.244.0.0/16".parse().unwrap(),
+            network_explicit: false,
+            subnet_len: None,
+            subnet_min: None,
+            subnet_max: None,
+            strict_network: false,
+            store: StoreUrl::File("/var/lib/ferry/leases".into()),
+            etcd: EtcdOpts {
+                prefix: "/coreos.com/network".into(),
+                ca: None,
+                cert: None,
+                key: None,
+                dial_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+            },
+            lease_ttl: Duration::from_secs(24 * 3600),
+            renew_margin: Duration::from_secs(3600),
+            public_ip: None,
+            iface: None,
+            mtu: None,
+            subnet_file: "/run/ferry/subnet.env".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_conf_name: "10-ferry.conflist".into(),
+            cni_network_name: "ferry".into(),
+            cni_data_dir: "/run/ferry/ipam".into(),
+            cni_portmap: false,
+            ip_masq: true,
+            nft: "nft".into(),
+            resync: Duration::from_secs(10),
+            uninstall: false,
+            log_level: crate::log::INFO,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Args>),
+    Help,
+    Version,
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> {
+    let mut a = Args::default();
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        // Boolean flags: bare, or with an inline value.
+        let boolean = |v: Option<String>| -> Result<bool, String> {
+            match v.as_deref() {
+                None | Some("true") | Some("1") | Some("yes") => Ok(true),
+                Some("false") | Some("0") | Some("no") => Ok(false),
+                Some(x) => Err(format!("{flag}: expected true or false, got {x:?}")),
+            }
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--version" => return Ok(Parsed::Version),
+            "-v" | "--verbose" => a.log_level = crate::log::DEBUG,
+            "-q" | "--quiet" => a.log_level = crate::log::WARN,
+            "--strict-network" => a.strict_network = boolean(inline)?,
+            "--cni-portmap" => a.cni_portmap = boolean(inline)?,
+            "--ip-masq" => a.ip_masq = boolean(inline)?,
+            "--uninstall" => a.uninstall = boolean(inline)?,
+            _ if !VALUE_FLAGS.contains(&flag.as_str()) => {
+                return Err(if flag.starts_with('-') {
+                    format!("unknown flag {flag} (see --help)")
+                } else {
+                    format!("unexpected argument {flag:?} (see --help)")
+                })
+            }
+            _ => {
+                let v = match inline {
+                    Some(v) => v,
+                    None if flag.starts_with("--") => {
+                        it.next().ok_or_else(|| format!("{flag} needs a value"))?
+                    }
+                    None => return Err(format!("{flag} needs a value")),
+                };
+                value_flag(&mut a, &flag, &v)?;
+            }
+        }
+    }
+    Ok(Parsed::Run(Box::new(a)))
+}
+
+const VALUE_FLAGS: &[&str] = &[
+    "--network", "--subnet-len", "--subnet-min", "--subnet-max", "--store", "--etcd-prefix", "--etcd-ca",
+    "--etcd-cert", "--etcd-key", "--etcd-dial-timeout", "--etcd-request-timeout", "--lease-ttl",
+    "--renew-margin", "--public-ip", "--iface", "--mtu", "--subnet-file", "--cni-conf-dir", "--cni-conf-name",
+    "--cni-network-name", "--cni-data-dir", "--nft", "--resync",
+];
+
+fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
+    let bad = |what: &str| format!("{flag}: {v:?} is not {what}");
+    match flag {
+        "--network" => {
+            let n: Ipv4Network = v.parse().map_err(|_| bad("an IPv4 CIDR"))?;
+            if n.network() != n.ip() {
+                return Err(format!("{flag}: {v} has host bits set (did you mean {}/{}?)", n.network(), n.prefix()));
+            }
+            a.network = n;
+            a.network_explicit = true;
+        }
+        "--subnet-len" => {
+            a.subnet_len = Some(v.parse().map_err(|_| bad("a prefix length"))?);
+            a.network_explicit = true;
+        }
+        "--subnet-min" => {
+            a.subnet_min = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
+            a.network_explicit = true;
+        }
+        "--subnet-max" => {
+            a.subnet_max = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
+            a.network_explicit = true;
+        }
+        "--store" => a.store = parse_store(v)?,
+        "--etcd-prefix" => a.etcd.prefix = v.trim_end_matches('/').to_string(),
+        "--etcd-ca" => a.etcd.ca = Some(v.into()),
+        "--etcd-cert" => a.etcd.cert = Some(v.into()),
+        "--etcd-key" => a.etcd.key = Some(v.into()),
+        "--etcd-dial-timeout" => a.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?,
+        "--etcd-request-timeout" => a.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?,
+        "--lease-ttl" => a.lease_ttl = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?,
+        "--renew-margin" => a.renew_margin = duration(v).ok_or_else(|| bad("a duration"))?,
+        "--public-ip" => a.public_ip = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
+        "--iface" => a.iface = Some(v.to_string()),
+        "--mtu" => a.mtu = Some(v.parse().ok().filter(|m| (576..=65535).contains(m)).ok_or_else(|| bad("an MTU (576-65535)"))?),
+        "--subnet-file" => a.subnet_file = v.into(),
+        "--cni-conf-dir" => a.cni_conf_dir = v.into(),
+        "--cni-conf-name" => {
+            if v.contains('/') || !(v.ends_with(".conflist")) {
+                return Err(bad("a file name ending in .conflist"));
+            }
+            a.cni_conf_name = v.to_string();
+        }
+        "--cni-network-name" => a.cni_network_name = v.to_string(),
+        "--cni-data-dir" => a.cni_data_dir = v.into(),
+        "--nft" => a.nft = v.to_string(),
+        "--resync" => a.resync = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?,
+        _ => return Err(format!("unknown flag {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+fn parse_store(v: &str) -> Result<StoreUrl, String> {
+    if let Some(p) = v.strip_prefix("file://") {
+        if !p.starts_with('/') {
+            return Err(format!("--store: {v:?}: a file store needs an absolute path (file:///dir)"));
+        }
+        return Ok(StoreUrl::File(p.into()));
+    }
+    for scheme in ["etcd://", "http://", "https://"] {
+        if let Some(rest) = v.strip_prefix(scheme) {
+            let eps: Vec<String> = rest
+                .split(',')
+                .map(|e| e.trim().trim_end_matches('/'))
+                .filter(|e| !e.is_empty())
+                .map(|e| if e.contains("://") { e.to_string() } else { format!("{}{e}", if scheme == "https://" { "https://" } else { "http://" }) })
+                .collect();
+            if eps.is_empty() {
+                return Err(format!("--store: {v:?} names no etcd endpoint"));
+            }
+            return Ok(StoreUrl::Etcd(eps));
+        }
+    }
+    Err(format!("--store: {v:?}: expected file:///dir or etcd://host:port[,host:port]"))
+}
+
+/// `500ms`, `30s`, `5m`, `24h`, `1d`, or bare seconds.
+pub fn duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        match parse(v.iter().map(|s| s.to_string()))? {
+            Parsed::Run(a) => Ok(*a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a, Args::default());
+        assert!(!a.network_explicit);
+        let a = args(&["--network=10.9.0.0/16", "--subnet-len", "26", "--ip-masq=false", "--cni-portmap",
+            "--store", "etcd://198.18.0.1:2379,h2:2379", "--lease-ttl", "4s", "--public-ip", "198.18.0.11"]).unwrap();
+        assert_eq!(a.network.to_string(), "10.9.0.0/16");
+        assert!(a.network_explicit);
+        assert_eq!(a.subnet_len, Some(26));
+        assert!(!a.ip_masq && a.cni_portmap);
+        assert_eq!(a.store, StoreUrl::Etcd(vec!["http://198.18.0.1:2379".into(), "http://h2:2379".into()]));
+        assert_eq!(a.lease_ttl, Duration::from_secs(4));
+        assert_eq!(args(&["--store", "file:///tmp/x"]).unwrap().store, StoreUrl::File("/tmp/x".into()));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            &["--network", "10.244.1.0/16"][..],
+            &["--network", "nope"],
+            &["--bogus"],
+            &["--store", "file://relative"],
+            &["--store", "consul://x"],
+            &["--lease-ttl", "0"],
+            &["--ip-masq=maybe"],
+            &["--mtu", "20"],
+            &["stray"],
+            &["--iface"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(duration("24h"), Some(Duration::from_secs(86400)));
+        assert_eq!(duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(duration("5x"), None);
+        assert_eq!(duration(""), None);
+    }
+}

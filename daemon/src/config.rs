@@ -1,0 +1,181 @@
+//! The cluster network config: defaults, validation, and the subnet range it hands out.
+
+use crate::args::Args;
+use crate::store::{Backend, NetworkConfig};
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+
+/// A validated network config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+    /// First and last subnet (network addresses) to hand out, inclusive.
+    pub min: Ipv4Addr,
+    pub max: Ipv4Addr,
+}
+
+/// The config this node would store: its flags, host-gw.
+pub fn from_args(a: &Args) -> NetworkConfig {
+    NetworkConfig {
+        network: a.network,
+        subnet_len: a.subnet_len.unwrap_or_else(|| default_subnet_len(a.network)),
+        subnet_min: a.subnet_min,
+        subnet_max: a.subnet_max,
+        backend: Backend::default(),
+    }
+}
+
+/// Defaults as flannel fills them: SubnetLen 24 for a /22 or larger network, else prefix + 2.
+pub fn default_subnet_len(network: Ipv4Network) -> u8 {
+    if network.prefix() <= 22 {
+        24
+    } else {
+        network.prefix() + 2
+    }
+}
+
+/// Check `cfg` and fill in the defaults; the error says what cannot be honoured and why.
+pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
+    let network = cfg.network;
+    if network.ip() != network.network() {
+        return Err(format!("network {network} has host bits set"));
+    }
+    if !cfg.backend.kind.eq_ignore_ascii_case("host-gw") {
+        return Err(format!("backend type {:?} is not supported (ferryd implements host-gw only)", cfg.backend.kind));
+    }
+    let len = if cfg.subnet_len == 0 { default_subnet_len(network) } else { cfg.subnet_len };
+    if len <= network.prefix() {
+        return Err(format!("subnet length /{len} must be longer than the network's /{} ({network})", network.prefix()));
+    }
+    if len > 30 {
+        return Err(format!("subnet length /{len} is too long: at most /30 (a node subnet needs room for pods)"));
+    }
+    let size = 1u32 << (32 - len);
+    let first = u32::from(network.network());
+    let last = u32::from(network.broadcast()) - (size - 1);
+    let check = |what: &str, ip: Option<Ipv4Addr>, default: u32| -> Result<u32, String> {
+        let Some(ip) = ip else { return Ok(default) };
+        let v = u32::from(ip);
+        if !network.contains(ip) {
+            return Err(format!("{what} {ip} is outside the network {network}"));
+        }
+        if (v - first) % size != 0 {
+            return Err(format!("{what} {ip} is not aligned to the subnet length /{len}"));
+        }
+        Ok(v)
+    };
+    // Skip the first subnet by default, as flannel does: no node gets the network's own address.
+    let min = check("SubnetMin", cfg.subnet_min, if last > first { first + size } else { first })?;
+    let max = check("SubnetMax", cfg.subnet_max, last)?;
+    if min > max {
+        return Err(format!("SubnetMin {} is above SubnetMax {}", Ipv4Addr::from(min), Ipv4Addr::from(max)));
+    }
+    Ok(Net { network, subnet_len: len, min: min.into(), max: max.into() })
+}
+
+/// Node-specific checks: the node's own address must not be inside the pod network.
+pub fn check_node(net: &Net, public_ip: Ipv4Addr) -> Result<(), String> {
+    if net.network.contains(public_ip) {
+        return Err(format!(
+            "this node's address {public_ip} is inside the cluster network {}: node and pod addresses \
+             would overlap; pick another --network",
+            net.network
+        ));
+    }
+    Ok(())
+}
+
+impl Net {
+    pub fn subnet_size(&self) -> u32 {
+        1u32 << (32 - self.subnet_len)
+    }
+
+    /// Whether `s` is a subnet this config could hand out (right length, inside the range).
+    pub fn in_range(&self, s: Ipv4Network) -> bool {
+        s.prefix() == self.subnet_len
+            && s.ip() == s.network()
+            && u32::from(s.network()) >= u32::from(self.min)
+            && u32::from(s.network()) <= u32::from(self.max)
+    }
+
+    /// Every subnet in [min, max], in order.
+    pub fn candidates(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+        let size = self.subnet_size();
+        let (lo, hi) = (u32::from(self.min), u32::from(self.max));
+        (0..=(hi - lo) / size).map(move |i| Ipv4Network::new((lo + i * size).into(), self.subnet_len).unwrap())
+    }
+
+    /// The same network config as stored, for comparisons and logs.
+    pub fn describe(&self) -> String {
+        format!("network {} subnets /{} from {} to {}", self.network, self.subnet_len, self.min, self.max)
+    }
+}
+
+/// Address interval [first, last] of a CIDR.
+pub fn span(n: Ipv4Network) -> (u32, u32) {
+    (u32::from(n.network()), u32::from(n.broadcast()))
+}
+
+pub fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    let ((a0, a1), (b0, b1)) = (span(a), span(b));
+    a0 <= b1 && b0 <= a1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_skip_the_first_subnet() {
+        let n = validate(&cfg(r#"{"Network":"10.244.0.0/16"}"#)).unwrap();
+        assert_eq!(n.subnet_len, 24);
+        assert_eq!(n.min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(n.max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(n.candidates().count(), 255);
+        let small = validate(&cfg(r#"{"Network":"10.0.0.0/26"}"#)).unwrap();
+        assert_eq!(small.subnet_len, 28);
+        assert_eq!(small.candidates().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/28"]);
+    }
+
+    #[test]
+    fn explicit_range() {
+        let n = validate(&cfg(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}"#)).unwrap();
+        assert_eq!(n.candidates().count(), 3);
+        assert!(n.in_range("10.244.11.0/24".parse().unwrap()));
+        assert!(!n.in_range("10.244.13.0/24".parse().unwrap()));
+        assert!(!n.in_range("10.244.11.0/25".parse().unwrap()));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_honoured() {
+        for (json, needle) in [
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":16}"#, "longer than"),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#, "longer than"),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#, "at most /30"),
+            (r#"{"Network":"10.0.0.0/30"}"#, "at most /30"),
+            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#, "outside"),
+            (r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.7"}"#, "not aligned"),
+            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#, "above"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, "not supported"),
+        ] {
+            let e = validate(&cfg(json)).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+        }
+        let n = validate(&cfg(r#"{"Network":"198.18.0.0/16"}"#)).unwrap();
+        assert!(check_node(&n, "198.18.0.11".parse().unwrap()).unwrap_err().contains("inside the cluster network"));
+        assert!(check_node(&n, "192.0.2.7".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn overlap_math() {
+        let a: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        assert!(overlaps(a, "10.244.3.0/24".parse().unwrap()));
+        assert!(overlaps("10.244.3.0/24".parse().unwrap(), a));
+        assert!(!overlaps("10.244.3.0/24".parse().unwrap(), "10.244.4.0/24".parse().unwrap()));
+    }
+}

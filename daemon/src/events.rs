@@ -1,0 +1,123 @@
+//! Kernel events: a dedicated thread blocks on the netlink multicast socket and feeds the event
+//! loop; `classify` decides which events mean drift. Ferry's own route changes echo back as events
+//! too; those that match the wanted state are ignored, so repairs never loop.
+
+use crate::routes::Want;
+use ferry_netlink::{Event, EventSocket, RTPROT_FERRY, RT_TABLE_MAIN};
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trigger {
+    /// Nothing to do.
+    None,
+    /// Something changed that may make an unreachable peer reachable (a route/address/link
+    /// appeared): reconcile, retrying known-unreachable peers, only if there are any.
+    Connectivity,
+    /// A wanted route vanished or a foreign/stale one appeared: reconcile now.
+    Drift,
+    /// A link or address changed (flap): reconcile and retry every peer.
+    Link,
+}
+
+pub fn classify(ev: &Event, want: &Want) -> Trigger {
+    match ev {
+        Event::RouteDeleted(r) => match (r.dst, r.table) {
+            (IpNetwork::V4(d), RT_TABLE_MAIN) if want.contains_key(&d) => Trigger::Drift,
+            _ => Trigger::None,
+        },
+        Event::RouteAdded(r) => match (r.dst, r.table) {
+            (IpNetwork::V4(d), RT_TABLE_MAIN) => {
+                let gw = match r.gateway {
+                    Some(IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                };
+                if r.protocol == RTPROT_FERRY {
+                    if want.get(&d).copied() == gw && gw.is_some() && r.metric.unwrap_or(0) == 0 {
+                        Trigger::None // our own change echoing back
+                    } else {
+                        Trigger::Drift
+                    }
+                } else if want.contains_key(&d) {
+                    Trigger::Drift
+                } else {
+                    Trigger::Connectivity
+                }
+            }
+            _ => Trigger::None,
+        },
+        Event::LinkChanged { .. } | Event::LinkDeleted { .. } | Event::AddressChanged | Event::Overrun => Trigger::Link,
+    }
+}
+
+/// Start the event thread. The socket is opened on the new thread, which shares this process's
+/// network namespace. Errors opening it are returned; later receive errors become `Overrun`.
+pub fn spawn(tx: UnboundedSender<Vec<Event>>) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("netlink-events".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut sock = match EventSocket::new() {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let batch = match sock.recv() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!("netlink event socket: {e}; resyncing");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        vec![Event::Overrun]
+                    }
+                };
+                if !batch.is_empty() && tx.send(batch).is_err() {
+                    return; // the event loop is gone
+                }
+            }
+        })?;
+    ready_rx.recv().map_err(|_| std::io::Error::other("netlink event thread died"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::peer_route;
+    use ferry_netlink::Route;
+
+    fn want() -> Want {
+        [("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap())].into_iter().collect()
+    }
+
+    #[test]
+    fn own_echoes_are_ignored_and_drift_is_seen() {
+        let w = want();
+        let ours = peer_route("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap(), 2);
+        assert_eq!(classify(&Event::RouteAdded(ours.clone()), &w), Trigger::None);
+        assert_eq!(classify(&Event::RouteDeleted(ours.clone()), &w), Trigger::Drift);
+        // Deleting a route we no longer want (our own cleanup) is not drift.
+        let stale = peer_route("10.244.9.0/24".parse().unwrap(), "198.18.0.19".parse().unwrap(), 2);
+        assert_eq!(classify(&Event::RouteDeleted(stale.clone()), &w), Trigger::None);
+        // Someone adds a proto-113 route we do not want.
+        assert_eq!(classify(&Event::RouteAdded(stale), &w), Trigger::Drift);
+        // A foreign route for a peer's subnet.
+        let mut foreign = Route::new("10.244.2.0/24".parse().unwrap());
+        foreign.protocol = 4;
+        assert_eq!(classify(&Event::RouteAdded(foreign), &w), Trigger::Drift);
+        // A connected route coming back (link up): maybe someone is reachable now.
+        let conn = Route::new("198.18.0.0/24".parse().unwrap());
+        assert_eq!(classify(&Event::RouteAdded(conn), &w), Trigger::Connectivity);
+        assert_eq!(classify(&Event::LinkChanged { index: 2, name: "eth0".into(), up: true }, &w), Trigger::Link);
+        assert_eq!(classify(&Event::Overrun, &w), Trigger::Link);
+        let mut other_table = ours;
+        other_table.table = 100;
+        assert_eq!(classify(&Event::RouteDeleted(other_table), &w), Trigger::None);
+    }
+}

@@ -1,0 +1,73 @@
+//! A tiny stderr logger: `info!`, `warn!`, `error!`, `debug!`. One line per record:
+//! `2026-11-25T12:00:00.123Z INFO message`. The level is a process-wide atomic.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const ERROR: u8 = 0;
+pub const WARN: u8 = 1;
+pub const INFO: u8 = 2;
+pub const DEBUG: u8 = 3;
+
+static LEVEL: AtomicU8 = AtomicU8::new(INFO);
+
+pub fn set_level(l: u8) {
+    LEVEL.store(l, Ordering::Relaxed);
+}
+
+pub fn enabled(l: u8) -> bool {
+    l <= LEVEL.load(Ordering::Relaxed)
+}
+
+pub fn write(level: u8, args: std::fmt::Arguments) {
+    use std::io::Write;
+    let name = ["ERROR", "WARN", "INFO", "DEBUG"][level.min(3) as usize];
+    let line = format!("{} {name} {args}\n", timestamp(SystemTime::now()));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// RFC 3339 UTC with milliseconds, computed without a date crate.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[macro_export]
+macro_rules! error { ($($a:tt)*) => { $crate::log::write($crate::log::ERROR, format_args!($($a)*)) } }
+#[macro_export]
+macro_rules! warn { ($($a:tt)*) => { if $crate::log::enabled($crate::log::WARN) { $crate::log::write($crate::log::WARN, format_args!($($a)*)) } } }
+#[macro_export]
+macro_rules! info { ($($a:tt)*) => { if $crate::log::enabled($crate::log::INFO) { $crate::log::write($crate::log::INFO, format_args!($($a)*)) } } }
+#[macro_export]
+macro_rules! debug { ($($a:tt)*) => { if $crate::log::enabled($crate::log::DEBUG) { $crate::log::write($crate::log::DEBUG, format_args!($($a)*)) } } }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // a leap-year date
+        assert_eq!(timestamp(t), "2024-02-29T12:34:56.789Z");
+    }
+}

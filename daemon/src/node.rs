@@ -1,0 +1,215 @@
+//! Node-side state: the uplink (public IP + MTU), the subnet file, the CNI conflist, sysctls.
+//! Every file is written atomically (temp + rename) and only when its content changes.
+
+use crate::args::Args;
+use ferry_cni::subnet_env::SubnetEnv;
+use ferry_netlink::{Netlink, RT_TABLE_MAIN};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde_json::json;
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub public_ip: Ipv4Addr,
+    pub iface: String,
+    pub mtu: u32,
+}
+
+/// Find the node's public IP and uplink: `--public-ip`, else the first IPv4 address of `--iface`,
+/// else of the interface holding the default route, else of the only interface with an address.
+pub fn find_uplink(nl: &mut Netlink, public_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Uplink, String> {
+    let addrs = nl.addresses(None).map_err(|e| format!("list addresses: {e}"))?;
+    let v4_of = |idx: u32| addrs.iter().find_map(|(i, a)| match a {
+        IpNetwork::V4(n) if *i == idx && !n.ip().is_loopback() => Some(n.ip()),
+        _ => None,
+    });
+    let link = |nl: &mut Netlink, idx: u32| nl.link_by_index(idx).ok().flatten();
+    let index = if let Some(name) = iface {
+        let l = nl.link_by_name(name).map_err(|e| format!("look up --iface {name}: {e}"))?;
+        Some(l.ok_or_else(|| format!("--iface {name}: no such interface"))?.index)
+    } else if let Some(ip) = public_ip {
+        let found = addrs.iter().find(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)).map(|(i, _)| *i);
+        match found {
+            Some(i) => Some(i),
+            None => {
+                warn!("--public-ip {ip} is not assigned to any interface here (NAT?); using the default-route interface for the MTU");
+                default_route_oif(nl)
+            }
+        }
+    } else {
+        match default_route_oif(nl) {
+            Some(i) => Some(i),
+            None => {
+                let cands: Vec<u32> = {
+                    let mut v: Vec<u32> = addrs
+                        .iter()
+                        .filter(|(_, a)| matches!(a, IpNetwork::V4(n) if !n.ip().is_loopback() && !n.ip().is_link_local()))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    v.dedup();
+                    v
+                };
+                match cands.as_slice() {
+                    [one] => Some(*one),
+                    [] => return Err("no default route and no interface with an IPv4 address: pass --iface or --public-ip".into()),
+                    _ => return Err("no default route and several interfaces with IPv4 addresses: pass --iface or --public-ip".into()),
+                }
+            }
+        }
+    };
+    let l = index.and_then(|i| link(nl, i));
+    let ip = match public_ip {
+        Some(ip) => ip,
+        None => {
+            let i = index.ok_or("cannot find the uplink interface: pass --iface or --public-ip")?;
+            v4_of(i).ok_or_else(|| format!("interface {} has no IPv4 address: pass --public-ip", l.as_ref().map(|l| l.name.as_str()).unwrap_or("?")))?
+        }
+    };
+    Ok(Uplink {
+        public_ip: ip,
+        iface: l.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
+        mtu: l.map(|l| l.mtu).filter(|m| *m > 0).unwrap_or(1500),
+    })
+}
+
+fn default_route_oif(nl: &mut Netlink) -> Option<u32> {
+    let routes = nl.routes(false, RT_TABLE_MAIN, None).ok()?;
+    routes.iter().find(|r| r.dst.prefix() == 0).and_then(|r| r.oif)
+}
+
+/// The subnet file's content for this node's lease.
+pub fn subnet_env(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: bool) -> String {
+    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    SubnetEnv {
+        network: Some(IpNetwork::V4(network)),
+        subnet: Some(IpNetwork::V4(Ipv4Network::new(first, subnet.prefix()).expect("prefix from a network"))),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu: Some(mtu),
+        ipmasq: Some(ipmasq),
+    }
+    .render()
+}
+
+/// The subnet a previous run wrote into the subnet file, if it belongs to `network`.
+pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
+    let text = fs::read_to_string(path).ok()?;
+    let env = SubnetEnv::parse(&text).ok()?;
+    let IpNetwork::V4(s) = env.subnet? else { return None };
+    if let Some(IpNetwork::V4(n)) = env.network {
+        if n != network {
+            return None;
+        }
+    }
+    let s = Ipv4Network::new(s.network(), s.prefix()).ok()?;
+    network.contains(s.network()).then_some(s)
+}
+
+/// The CNI network config list ferryd installs.
+pub fn conflist(a: &Args) -> String {
+    let mut plugins = vec![json!({
+        "type": "ferry",
+        "subnetFile": a.subnet_file,
+        "dataDir": a.cni_data_dir,
+    })];
+    if a.cni_portmap {
+        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+    }
+    let v = json!({"cniVersion": "1.0.0", "name": a.cni_network_name, "plugins": plugins});
+    serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
+
+/// Write `path` atomically unless it already holds `content`. Returns whether it was written.
+/// The temp file is a dotfile ending in `.tmp`, which CNI runtimes ignore.
+pub fn write_if_changed(path: &Path, content: &str) -> io::Result<bool> {
+    if fs::read(path).ok().as_deref() == Some(content.as_bytes()) {
+        return Ok(false);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map(|()| true).map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
+}
+
+/// Remove the conflist if it is one ferryd wrote (its first plugin is `ferry`). Returns whether
+/// it was removed.
+pub fn remove_conflist(path: &Path) -> io::Result<bool> {
+    let Ok(text) = fs::read_to_string(path) else { return Ok(false) };
+    let ours = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["plugins"][0]["type"].as_str().map(|t| t == "ferry"))
+        .unwrap_or(false);
+    if !ours {
+        warn!("{} is not a Ferry conflist; leaving it", path.display());
+        return Ok(false);
+    }
+    fs::remove_file(path)?;
+    Ok(true)
+}
+
+pub fn enable_forwarding() -> io::Result<()> {
+    ferry_netlink::sysctl::set("net.ipv4.ip_forward", "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_env_is_flannel_format() {
+        let t = subnet_env("10.244.0.0/16".parse().unwrap(), "10.244.7.0/24".parse().unwrap(), 1500, true);
+        assert_eq!(t, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n");
+    }
+
+    #[test]
+    fn remembers_previous_subnet_of_the_same_network() {
+        let d = std::env::temp_dir().join(format!("ferryd-node-{}", std::process::id()));
+        let p = d.join("subnet.env");
+        assert!(write_if_changed(&p, &subnet_env("10.244.0.0/16".parse().unwrap(), "10.244.7.0/24".parse().unwrap(), 1500, true)).unwrap());
+        assert!(!write_if_changed(&p, &fs::read_to_string(&p).unwrap()).unwrap(), "unchanged content is not rewritten");
+        assert_eq!(remembered_subnet(&p, "10.244.0.0/16".parse().unwrap()), Some("10.244.7.0/24".parse().unwrap()));
+        assert_eq!(remembered_subnet(&p, "10.9.0.0/16".parse().unwrap()), None);
+        assert_eq!(remembered_subnet(&d.join("missing"), "10.244.0.0/16".parse().unwrap()), None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn conflist_names_the_subnet_file() {
+        let a = Args { subnet_file: "/run/n1/subnet.env".into(), cni_portmap: true, ..Args::default() };
+        let v: serde_json::Value = serde_json::from_str(&conflist(&a)).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["name"], "ferry");
+        assert_eq!(v["plugins"][0]["type"], "ferry");
+        assert_eq!(v["plugins"][0]["subnetFile"], "/run/n1/subnet.env");
+        assert_eq!(v["plugins"][0]["dataDir"], "/run/ferry/ipam");
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn only_our_conflist_is_removed() {
+        let d = std::env::temp_dir().join(format!("ferryd-conf-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let ours = d.join("10-ferry.conflist");
+        let theirs = d.join("20-other.conflist");
+        fs::write(&ours, conflist(&Args::default())).unwrap();
+        fs::write(&theirs, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#).unwrap();
+        assert!(remove_conflist(&ours).unwrap());
+        assert!(!remove_conflist(&theirs).unwrap());
+        assert!(theirs.exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,173 @@
+use super::*;
+
+fn n(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn have(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
+    let mut r = peer_route(n(dst), ip(gw.unwrap_or("0.0.0.0")), 2);
+    r.gateway = gw.map(|g| IpAddr::V4(ip(g)));
+    r.metric = metric;
+    r
+}
+
+fn want(pairs: &[(&str, &str)]) -> Want {
+    pairs.iter().map(|(d, g)| (n(d), ip(g))).collect()
+}
+
+struct Case {
+    name: &'static str,
+    want: Want,
+    have: Vec<Route>,
+    add: Vec<&'static str>,
+    replace: Vec<&'static str>,
+    del: Vec<&'static str>,
+}
+
+#[test]
+fn plan_table() {
+    let cases = vec![
+        Case { name: "empty", want: want(&[]), have: vec![], add: vec![], replace: vec![], del: vec![] },
+        Case {
+            name: "fresh node adds everything",
+            want: want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.13")]),
+            have: vec![],
+            add: vec!["10.244.2.0/24", "10.244.3.0/24"],
+            replace: vec![],
+            del: vec![],
+        },
+        Case {
+            name: "in sync does nothing",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None)],
+            add: vec![],
+            replace: vec![],
+            del: vec![],
+        },
+        Case {
+            name: "metric 0 counts as unset",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), Some(0))],
+            add: vec![],
+            replace: vec![],
+            del: vec![],
+        },
+        Case {
+            name: "wrong gateway is replaced, not deleted",
+            want: want(&[("10.244.2.0/24", "198.18.0.22")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None)],
+            add: vec![],
+            replace: vec!["10.244.2.0/24"],
+            del: vec![],
+        },
+        Case {
+            name: "route without gateway is replaced",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", None, None)],
+            add: vec![],
+            replace: vec!["10.244.2.0/24"],
+            del: vec![],
+        },
+        Case {
+            name: "stale peer is deleted",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.9.0/24", Some("198.18.0.19"), None)],
+            add: vec![],
+            replace: vec![],
+            del: vec!["10.244.9.0/24"],
+        },
+        Case {
+            name: "nothing wanted: delete all of ours",
+            want: want(&[]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.3.0/24", Some("198.18.0.13"), None)],
+            add: vec![],
+            replace: vec![],
+            del: vec!["10.244.2.0/24", "10.244.3.0/24"],
+        },
+        Case {
+            name: "a metric we never set is deleted and the route re-added",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), Some(100))],
+            add: vec!["10.244.2.0/24"],
+            replace: vec![],
+            del: vec!["10.244.2.0/24"],
+        },
+        Case {
+            name: "duplicates: keep one, delete the rest",
+            want: want(&[("10.244.2.0/24", "198.18.0.12")]),
+            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.2.0/24", Some("198.18.0.12"), Some(5))],
+            add: vec![],
+            replace: vec![],
+            del: vec!["10.244.2.0/24"],
+        },
+        Case {
+            name: "mixed",
+            want: want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.33"), ("10.244.4.0/24", "198.18.0.14")]),
+            have: vec![have("10.244.3.0/24", Some("198.18.0.13"), None), have("10.244.5.0/24", Some("198.18.0.15"), None)],
+            add: vec!["10.244.2.0/24", "10.244.4.0/24"],
+            replace: vec!["10.244.3.0/24"],
+            del: vec!["10.244.5.0/24"],
+        },
+    ];
+    for c in cases {
+        let p = plan(&c.want, &c.have);
+        let add: Vec<String> = p.add.iter().map(|(d, _)| d.to_string()).collect();
+        let rep: Vec<String> = p.replace.iter().map(|(d, _)| d.to_string()).collect();
+        let del: Vec<String> = p.del.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(add, c.add, "{}: add", c.name);
+        assert_eq!(rep, c.replace, "{}: replace", c.name);
+        assert_eq!(del, c.del, "{}: del", c.name);
+        // Replacements carry the wanted gateway.
+        for (d, g) in &p.replace {
+            assert_eq!(c.want.get(d), Some(g), "{}", c.name);
+        }
+    }
+}
+
+#[test]
+fn plan_is_fast_for_5000_peers() {
+    let mut w = Want::new();
+    let mut h = Vec::new();
+    for i in 0..5000u32 {
+        let d = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + (i + 2) * 256), 24).unwrap();
+        let g = Ipv4Addr::from(0xac10_0000 + i + 2);
+        w.insert(d, g);
+        if i % 2 == 0 {
+            h.push(peer_route(d, if i % 4 == 0 { g } else { Ipv4Addr::new(1, 1, 1, 1) }, 2));
+        }
+    }
+    let t = std::time::Instant::now();
+    let p = plan(&w, &h);
+    assert!(t.elapsed() < std::time::Duration::from_millis(100), "{:?}", t.elapsed());
+    assert_eq!((p.add.len(), p.replace.len(), p.del.len()), (2500, 1250, 0));
+}
+
+#[test]
+fn peer_routes_are_tagged() {
+    let r = peer_route(n("10.244.2.0/24"), ip("198.18.0.12"), 3);
+    assert_eq!(r.protocol, 113);
+    assert_eq!(r.table, 254);
+    assert_eq!(r.oif, Some(3));
+    assert_eq!(r.gateway, Some(IpAddr::V4(ip("198.18.0.12"))));
+}
+
+#[test]
+fn diff_finds_added_removed_and_moved_peers() {
+    let old = want(&[("10.244.1.0/24", "198.18.0.11"), ("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.13")]);
+    let new = want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.33"), ("10.244.4.0/24", "198.18.0.14")]);
+    let d: Vec<String> = diff(&old, &new).iter().map(|(d, a, b)| format!("{d} {a:?} {b:?}")).collect();
+    assert_eq!(
+        d,
+        [
+            "10.244.1.0/24 Some(198.18.0.11) None",
+            "10.244.3.0/24 Some(198.18.0.13) Some(198.18.0.33)",
+            "10.244.4.0/24 None Some(198.18.0.14)",
+        ]
+    );
+    assert!(diff(&new, &new).is_empty());
+    assert_eq!(diff(&Want::new(), &new).len(), 3);
+}

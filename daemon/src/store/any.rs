@@ -1,0 +1,77 @@
+//! The store the command line picked, as one type (async trait methods rule out `dyn`).
+
+use super::etcd::{EtcdConfig, EtcdStore};
+use super::file::FileStore;
+use super::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, WatchEvent};
+use crate::args::{Args, StoreUrl};
+use ipnetwork::Ipv4Network;
+use std::time::Duration;
+
+pub enum AnyStore {
+    File(FileStore),
+    Etcd(Box<EtcdStore>),
+}
+
+impl AnyStore {
+    /// Two handles: one for claims/renewals, one that lists and watches (so a watch in progress
+    /// never delays a renewal).
+    pub async fn open_pair(a: &Args) -> Result<(AnyStore, AnyStore)> {
+        Ok(match &a.store {
+            StoreUrl::File(dir) => (AnyStore::File(FileStore::open(dir)), AnyStore::File(FileStore::open_watching(dir))),
+            StoreUrl::Etcd(endpoints) => {
+                let cfg = EtcdConfig {
+                    endpoints: endpoints.clone(),
+                    prefix: a.etcd.prefix.clone(),
+                    dial_timeout: a.etcd.dial_timeout,
+                    request_timeout: a.etcd.request_timeout,
+                    ca_file: a.etcd.ca.clone(),
+                    cert_file: a.etcd.cert.clone(),
+                    key_file: a.etcd.key.clone(),
+                };
+                let s = EtcdStore::connect(cfg).await?;
+                let w = s.handle();
+                (AnyStore::Etcd(Box::new(s)), AnyStore::Etcd(Box::new(w)))
+            }
+        })
+    }
+
+    pub fn describe(a: &Args) -> String {
+        match &a.store {
+            StoreUrl::File(d) => format!("file store {}", d.display()),
+            StoreUrl::Etcd(e) => format!("etcd {} (prefix {})", e.join(","), a.etcd.prefix),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::File($s) => $e,
+            AnyStore::Etcd($s) => $e,
+        }
+    };
+}
+
+impl LeaseStore for AnyStore {
+    async fn get_config(&mut self) -> Result<Option<NetworkConfig>> {
+        each!(self, s => s.get_config().await)
+    }
+    async fn put_config_if_absent(&mut self, cfg: &NetworkConfig) -> Result<NetworkConfig> {
+        each!(self, s => s.put_config_if_absent(cfg).await)
+    }
+    async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
+        each!(self, s => s.list().await)
+    }
+    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+        each!(self, s => s.create(subnet, attrs, ttl).await)
+    }
+    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+        each!(self, s => s.renew(subnet, attrs, ttl).await)
+    }
+    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+        each!(self, s => s.delete(subnet).await)
+    }
+    async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)> {
+        each!(self, s => s.watch(revision).await)
+    }
+}

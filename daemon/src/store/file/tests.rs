@@ -1,0 +1,137 @@
+use super::*;
+use crate::store::LeaseStore;
+use std::net::Ipv4Addr;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("ferryd-fs-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn attrs(ip: &str) -> LeaseAttrs {
+    LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }
+}
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+#[test]
+fn create_is_exclusive_and_renew_checks_owner() {
+    let d = tmpdir("create");
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        let ttl = Duration::from_secs(60);
+        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        assert!(!s.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), ttl).await.unwrap());
+        assert!(s.renew(net("10.244.1.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        assert!(!s.renew(net("10.244.1.0/24"), &attrs("198.18.0.12"), ttl).await.unwrap());
+        assert!(!s.renew(net("10.244.2.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        let (all, _) = s.list().await.unwrap();
+        assert_eq!(all.len(), 1);
+        let l = all[0].as_ref().unwrap();
+        assert_eq!(l.attrs.public_ip, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+        assert!(l.expires.unwrap() > SystemTime::now());
+        // The file holds flannel's JSON plus the expiry.
+        let text = fs::read_to_string(d.join("10.244.1.0-24")).unwrap();
+        assert!(text.contains(r#""PublicIP":"198.18.0.11""#) && text.contains(EXPIRES_FIELD), "{text}");
+        s.delete(net("10.244.1.0/24")).await.unwrap();
+        s.delete(net("10.244.1.0/24")).await.unwrap();
+        assert!(s.list().await.unwrap().0.is_empty());
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn hand_written_flannel_lease_is_permanent_and_garbage_is_reported() {
+    let d = tmpdir("hand");
+    fs::write(d.join("10.244.7.0-24"), r#"{"PublicIP":"198.18.0.17","BackendType":"host-gw","BackendData":null}"#).unwrap();
+    fs::write(d.join("10.244.8.0-24"), "{garbage").unwrap();
+    fs::write(d.join("junk"), "{}").unwrap();
+    fs::write(d.join(".10.244.9.0-24.123.tmp"), "{half").unwrap();
+    fs::write(d.join("config"), r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#).unwrap();
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        let (mut all, _) = s.list().await.unwrap();
+        all.sort_by_key(|e| format!("{e:?}"));
+        let ok: Vec<_> = all.iter().filter_map(|e| e.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].expires, None);
+        let bad: Vec<_> = all.iter().filter_map(|e| e.as_ref().err()).map(|b| b.key.clone()).collect();
+        assert_eq!(bad.len(), 2, "{all:?}");
+        assert!(bad.contains(&"10.244.8.0-24".to_string()) && bad.contains(&"junk".to_string()));
+        // A garbage file still occupies its key.
+        assert!(!s.create(net("10.244.8.0/24"), &attrs("198.18.0.11"), Duration::from_secs(9)).await.unwrap());
+        assert_eq!(s.get_config().await.unwrap().unwrap().subnet_len, 24);
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn config_is_put_once() {
+    let d = tmpdir("config");
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        assert_eq!(s.get_config().await.unwrap(), None);
+        let a: NetworkConfig = serde_json::from_str(r#"{"Network":"10.244.0.0/16","SubnetLen":24}"#).unwrap();
+        let b: NetworkConfig = serde_json::from_str(r#"{"Network":"10.9.0.0/16","SubnetLen":24}"#).unwrap();
+        assert_eq!(s.put_config_if_absent(&a).await.unwrap(), a);
+        assert_eq!(s.put_config_if_absent(&b).await.unwrap(), a);
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn missing_directory_is_unavailable() {
+    let d = tmpdir("missing").join("nope");
+    rt().block_on(async {
+        let mut s = FileStore::open_watching(&d);
+        assert!(matches!(s.list().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(s.create(net("10.244.1.0/24"), &attrs("1.2.3.4"), Duration::from_secs(1)).await, Err(StoreError::Unavailable(_))));
+    });
+}
+
+#[test]
+fn expired_leases_are_absent_and_free() {
+    let d = tmpdir("expiry");
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_millis(1)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(s.list().await.unwrap().0.is_empty());
+        assert!(!d.join("10.244.1.0-24").exists(), "expired lease cleaned up under the lock");
+        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), Duration::from_secs(9)).await.unwrap());
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn watch_sees_puts_removals_and_expiry() {
+    let d = tmpdir("watch");
+    rt().block_on(async {
+        let mut w = FileStore::open_watching(&d);
+        let mut s = FileStore::open(&d);
+        let (all, rev) = w.list().await.unwrap();
+        assert!(all.is_empty());
+        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_millis(300)).await.unwrap());
+        let (ev, rev) = tokio::time::timeout(Duration::from_secs(2), w.watch(rev)).await.unwrap().unwrap();
+        assert!(matches!(&ev[..], [WatchEvent::Put(Ok(l))] if l.subnet == net("10.244.1.0/24")), "{ev:?}");
+        fs::write(d.join("10.244.2.0-24"), r#"{"PublicIP":"198.18.0.12"}"#).unwrap();
+        let (ev, rev) = tokio::time::timeout(Duration::from_secs(2), w.watch(rev)).await.unwrap().unwrap();
+        assert!(matches!(&ev[..], [WatchEvent::Put(Ok(l))] if l.subnet == net("10.244.2.0/24")), "{ev:?}");
+        s.delete(net("10.244.2.0/24")).await.unwrap();
+        let (ev, rev) = tokio::time::timeout(Duration::from_secs(2), w.watch(rev)).await.unwrap().unwrap();
+        assert!(matches!(&ev[..], [WatchEvent::Removed { subnet: Some(n), .. }] if *n == net("10.244.2.0/24")), "{ev:?}");
+        // The first lease runs out: a synthetic removal.
+        let (ev, _) = tokio::time::timeout(Duration::from_secs(2), w.watch(rev)).await.unwrap().unwrap();
+        assert!(matches!(&ev[..], [WatchEvent::Removed { subnet: Some(n), .. }] if *n == net("10.244.1.0/24")), "{ev:?}");
+    });
+    fs::remove_dir_all(&d).unwrap();
+}

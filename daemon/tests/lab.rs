@@ -1,0 +1,310 @@
+//! Multi-node lab tests for ferryd, each run against the file store and against etcd.
+//! Run inside the sandbox: `tests/sandbox.sh cargo test -p ferryd --offline --test lab`.
+
+mod common;
+
+use common::{key, Lab, Store};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use testlab::wait_for;
+
+const T: Duration = Duration::from_secs(5);
+
+fn lab3(kind: Store) -> (Lab, Vec<String>) {
+    let mut lab = Lab::new(kind, 3);
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let subnets = lab.wait_subnets(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), T);
+    }
+    (lab, subnets)
+}
+
+fn leases_are_distinct_and_routed(kind: Store) {
+    let (lab, subnets) = lab3(kind);
+    let mut uniq = subnets.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 3, "{subnets:?}");
+    for (i, s) in subnets.iter().enumerate() {
+        assert!(s.starts_with("10.244.") && s.ends_with("/24") && s != "10.244.0.0/24", "{s}");
+        let v = lab.get_lease(&key(s)).unwrap_or_else(|| panic!("no lease {s} in the store"));
+        assert!(v.contains(&format!(r#""PublicIP":"{}""#, lab.nodes[i].ip)), "{v}");
+        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
+        assert_eq!(conf["cniVersion"], "1.0.0");
+        assert_eq!(conf["plugins"][0]["type"], "ferry");
+        assert_eq!(conf["plugins"][0]["subnetFile"], lab.nodes[i].dir.join("subnet.env").display().to_string());
+        assert_eq!(lab.nodes[i].ns.sysctl("net.ipv4.ip_forward"), "1");
+        let env = std::fs::read_to_string(lab.nodes[i].dir.join("subnet.env")).unwrap();
+        assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n") && env.contains("FLANNEL_MTU=1500\n") && env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+        // Routes go out of eth0 and are tagged proto 113.
+        let r = lab.nodes[i].ns.ip(&["route", "get", &subnets[(i + 1) % 3].replace(".0/24", ".5")]);
+        assert!(r.contains(&format!("via {}", lab.nodes[(i + 1) % 3].ip)) && r.contains("dev eth0"), "{r}");
+    }
+}
+
+fn nodes_join_and_leave(kind: Store) {
+    let mut lab = Lab::new(kind, 2);
+    lab.start(0, &[]);
+    lab.start(1, &[]);
+    lab.wait_subnets(&[0, 1]);
+    lab.wait_routes(0, &lab.expected(0, &[0, 1]), T);
+    let j = lab.add_node();
+    lab.start(j, &[]);
+    let s = lab.wait_subnets(&[j])[0].clone();
+    for i in 0..3 {
+        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), T);
+    }
+    // Node 2 leaves: its daemon stops (exit 0, datapath left) and its lease is deleted.
+    let st = lab.stop(j).expect("ferryd exits on SIGTERM");
+    assert!(st.success(), "{st:?}");
+    assert_eq!(lab.routes(j).len(), 2, "a stopped daemon leaves its routes in place");
+    assert!(lab.conflist(j).exists());
+    lab.del_lease(&key(&s));
+    for i in 0..2 {
+        lab.wait_routes(i, &lab.expected(i, &[0, 1]), T);
+    }
+}
+
+fn hand_made_drift_is_repaired(kind: Store) {
+    let (lab, subnets) = lab3(kind);
+    let ns = &lab.nodes[0].ns;
+    let want = lab.expected(0, &[0, 1, 2]);
+    // A route deleted by hand comes back.
+    ns.ip(&["route", "del", &subnets[1]]);
+    lab.wait_routes(0, &want, Duration::from_secs(1));
+    // A wrong gateway is replaced.
+    ns.ip(&["route", "replace", &subnets[2], "via", "198.18.0.99", "proto", "113"]);
+    lab.wait_routes(0, &want, Duration::from_secs(1));
+    // A stray proto-113 route is removed; a foreign route is never touched.
+    ns.ip(&["route", "add", "10.244.250.0/24", "via", "198.18.0.13", "proto", "113"]);
+    ns.ip(&["route", "add", "10.77.0.0/24", "via", "198.18.0.13"]);
+    lab.wait_routes(0, &want, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(700)); // a couple of sweeps
+    assert!(ns.ip(&["route"]).contains("10.77.0.0/24 via 198.18.0.13"), "foreign route kept");
+    // Link flap: the kernel flushes routes via eth0, ferryd restores them once it is up.
+    ns.ip(&["link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(lab.routes(0).is_empty(), "the kernel flushed the routes");
+    ns.ip(&["link", "set", "eth0", "up"]);
+    lab.wait_routes(0, &want, Duration::from_secs(2));
+}
+
+fn restart_reuses_lease_without_flap(kind: Store) {
+    let (mut lab, subnets) = lab3(kind);
+    let (mut mon, mon_path) = lab.monitor(0, "mon0");
+    assert!(lab.stop(0).unwrap().success());
+    lab.start(0, &[]);
+    assert!(wait_for(T, || lab.log(0).matches("INFO lease ").count() >= 2), "{}", lab.log(0));
+    std::thread::sleep(Duration::from_millis(500));
+    mon.stop(Duration::from_secs(2));
+    let seen = std::fs::read_to_string(&mon_path).unwrap();
+    assert!(!seen.contains("Deleted"), "routes flapped during restart:\n{seen}");
+    assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
+    assert_eq!(lab.lease_keys().len(), 3, "{:?}", lab.lease_keys());
+    lab.wait_routes(0, &lab.expected(0, &[0, 1, 2]), T);
+
+    // A peer vanishes while node 0's daemon is down: the stale route goes at start.
+    assert!(lab.stop(0).unwrap().success());
+    assert!(lab.stop(2).unwrap().success());
+    lab.del_lease(&key(&subnets[2]));
+    lab.wait_routes(1, &lab.expected(1, &[0, 1]), T);
+    assert_eq!(lab.routes(0).len(), 2, "node 0 is down: nothing changed yet");
+    lab.start(0, &[]);
+    lab.wait_routes(0, &lab.expected(0, &[0, 1]), T);
+    assert_eq!(lab.subnet(0).unwrap(), subnets[0]);
+}
+
+fn bad_leases_are_ignored(kind: Store) {
+    let (mut lab, subnets) = lab3(kind);
+    let own: ipnetwork::Ipv4Network = subnets[0].parse().unwrap();
+    let n1: ipnetwork::Ipv4Network = subnets[1].parse().unwrap();
+    let n1_wide = ipnetwork::Ipv4Network::new(n1.network(), 23).unwrap();
+    let n1_wide = format!("{}-23", n1_wide.network());
+    let lease = |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw","BackendData":null}}"#);
+    let bad = [
+        ("10.244.200.0-24".to_string(), "{garbage".to_string()),
+        ("10.99.0.0-24".to_string(), lease("198.18.0.50")),
+        (format!("{}-25", own.network()), lease("198.18.0.51")),
+        ("10.244.201.0-24".to_string(), lease("198.18.0.11")),
+        (n1_wide.clone(), lease("198.18.0.52")),
+    ];
+    for (k, v) in &bad {
+        lab.put_lease(k, v);
+    }
+    // A hand-written flannel lease (no expiry) is routed; an unreachable peer is not.
+    lab.put_lease("10.244.202.0-24", &lease("198.18.0.42"));
+    lab.put_lease("10.244.203.0-24", &lease("203.0.113.5"));
+    let mut want = lab.expected(0, &[0, 1, 2]);
+    want.insert("10.244.202.0/24".into(), "198.18.0.42".into());
+    lab.wait_routes(0, &want, T);
+    std::thread::sleep(Duration::from_millis(800)); // several sweeps
+    assert_eq!(lab.routes(0), want);
+    assert!(lab.running(0) && lab.running(1) && lab.running(2));
+    let log = lab.log(0);
+    for (k, _) in &bad {
+        assert!(log.contains(&format!("ignoring lease {k}")), "no warning for {k}:\n{log}");
+    }
+    assert_eq!(log.matches("10.244.203.0/24 via 203.0.113.5 not routed").count(), 1, "unreachable peer reported once:\n{log}");
+    // Bad leases are never routed anywhere (10.244.201.0/24 is bad only for the node it points
+    // at: to the others it is a second lease of node 0).
+    for i in 0..3 {
+        let r = lab.routes(i);
+        assert!(!r.contains_key("10.244.200.0/24") && !r.contains_key("10.99.0.0/24"), "{r:?}");
+        assert!(!r.keys().any(|d| d.ends_with("/23") || d.ends_with("/25")), "{r:?}");
+    }
+    // The lease moves to another node address: the route's gateway is replaced in place.
+    let (mut mon, mon_path) = lab.monitor(0, "mon-move");
+    lab.put_lease("10.244.202.0-24", &lease("198.18.0.43"));
+    want.insert("10.244.202.0/24".into(), "198.18.0.43".into());
+    lab.wait_routes(0, &want, T);
+    std::thread::sleep(Duration::from_millis(100));
+    mon.stop(Duration::from_secs(2));
+    let seen = std::fs::read_to_string(&mon_path).unwrap();
+    assert!(!seen.contains("Deleted"), "gateway change must be an atomic replace:\n{seen}");
+    // A lease overwritten with garbage stops being routed.
+    lab.put_lease("10.244.202.0-24", "not json");
+    lab.wait_routes(0, &lab.expected(0, &[0, 1, 2]), T);
+}
+
+fn conflist_appears_only_after_lease(kind: Store) {
+    let mut lab = Lab::with_store(kind, 1, false);
+    lab.start(0, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.running(0), "ferryd waits for the store:\n{}", lab.log(0));
+    assert!(!lab.conflist(0).exists(), "conflist before any lease");
+    assert!(lab.subnet(0).is_none());
+    lab.store_up();
+    lab.wait_subnets(&[0]);
+    assert!(lab.conflist(0).exists());
+}
+
+fn store_outage_keeps_routes(kind: Store) {
+    let mut lab = Lab::new(kind, 3);
+    lab.common.extend(["--lease-ttl".to_string(), "3s".to_string()]);
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let subnets = lab.wait_subnets(&[0, 1, 2]);
+    let want: Vec<BTreeMap<String, String>> = (0..3).map(|i| lab.expected(i, &[0, 1, 2])).collect();
+    for (i, w) in want.iter().enumerate() {
+        lab.wait_routes(i, w, T);
+    }
+    let away = lab.dir.join("store-away");
+    match kind {
+        Store::File => std::fs::rename(lab.store_dir(), &away).unwrap(),
+        Store::Etcd => lab.etcd_down(),
+    }
+    std::thread::sleep(Duration::from_secs(4)); // longer than the lease TTL
+    for (i, w) in want.iter().enumerate() {
+        assert!(lab.running(i));
+        assert_eq!(&lab.routes(i), w, "node {i} lost routes during the outage");
+    }
+    match kind {
+        Store::File => std::fs::rename(&away, lab.store_dir()).unwrap(),
+        Store::Etcd => lab.store_up(),
+    }
+    // Every node gets its own subnet back and routes stay.
+    let back = wait_for(Duration::from_secs(10), || {
+        (0..3).all(|i| lab.get_lease(&key(&subnets[i])).is_some_and(|v| v.contains(&lab.nodes[i].ip)))
+    });
+    assert!(back, "leases not renewed/re-claimed: {:?}\n{}", lab.lease_keys(), lab.log(0));
+    for i in 0..3 {
+        assert_eq!(lab.subnet(i).unwrap(), subnets[i]);
+        lab.wait_routes(i, &want[i], T);
+    }
+}
+
+fn masquerade_table(kind: Store) {
+    let mut lab = Lab::new(kind, 2);
+    lab.start(0, &[]);
+    lab.start(1, &["--ip-masq=false"]);
+    let s = lab.wait_subnets(&[0, 1]);
+    let t = lab.nft_table(0).expect("table ip ferry on node 0");
+    assert!(t.contains(&format!("ip saddr {} ip daddr 10.244.0.0/16 return", s[0])) && t.contains("masquerade"), "{t}");
+    assert!(lab.nft_table(1).is_none(), "--ip-masq=false: no table");
+    assert!(std::fs::read_to_string(lab.nodes[1].dir.join("subnet.env")).unwrap().contains("FLANNEL_IPMASQ=false"));
+    // Uninstall removes routes, table and our conflist, and nothing else.
+    lab.wait_routes(0, &lab.expected(0, &[0, 1]), T);
+    let other = lab.nodes[0].dir.join("net.d/20-other.conflist");
+    std::fs::write(&other, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#).unwrap();
+    lab.nodes[0].ns.ip(&["route", "add", "10.77.0.0/24", "via", "198.18.0.13"]);
+    assert!(lab.stop(0).unwrap().success());
+    let (st, out) = lab.run_once(0, &["--uninstall"], T);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(lab.routes(0).is_empty());
+    assert!(lab.nft_table(0).is_none());
+    assert!(!lab.conflist(0).exists() && other.exists());
+    assert!(lab.nodes[0].ns.ip(&["route"]).contains("10.77.0.0/24"));
+}
+
+fn unusable_config_exits_2_and_changes_nothing(kind: Store) {
+    let lab = Lab::new(kind, 1);
+    for (flags, needle) in [
+        (&["--subnet-len", "16"][..], "longer than"),
+        (&["--subnet-len", "31"], "at most /30"),
+        (&["--subnet-min", "10.245.0.0"], "outside"),
+        (&["--subnet-max", "10.244.3.7"], "not aligned"),
+        (&["--network", "198.18.0.0/16"], "inside the cluster network"),
+        (&["--iface", "nope0"], "no such interface"),
+        (&["--bogus-flag"], "unknown flag"),
+    ] {
+        let (st, out) = lab.run_once(0, flags, T);
+        assert_eq!(st.and_then(|s| s.code()), Some(2), "{flags:?}: {out}");
+        assert!(out.contains(needle), "{flags:?}: {out}");
+    }
+    // A stored config that differs is used, unless --strict-network refuses it.
+    let (st, out) = lab.run_once(0, &["--network", "10.9.0.0/16", "--strict-network", "--lease-ttl", "1s"], Duration::from_millis(1500));
+    assert!(st.is_none(), "first start stores its config and keeps running: {out}");
+    let (st, out) = lab.run_once(0, &["--network", "10.8.0.0/16", "--strict-network"], T);
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{out}");
+    assert!(out.contains("--strict-network"), "{out}");
+    let n = &lab.nodes[0];
+    // Only the first (accepted) start may have left files; the refused ones changed nothing more.
+    let conf = std::fs::read_to_string(lab.conflist(0)).unwrap_or_default();
+    assert!(conf.is_empty() || conf.contains("ferry"));
+    assert!(n.ns.ip(&["route"]).lines().all(|l| !l.contains("10.8.")));
+}
+
+fn nothing_changes_on_refusal(kind: Store) {
+    let lab = Lab::new(kind, 1);
+    let (st, out) = lab.run_once(0, &["--subnet-len", "8"], T);
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{out}");
+    assert!(out.contains("refusing to start"), "{out}");
+    assert!(!lab.conflist(0).exists());
+    assert!(lab.subnet(0).is_none());
+    assert!(lab.nft_table(0).is_none());
+    assert_eq!(lab.nodes[0].ns.sysctl("net.ipv4.ip_forward"), "0");
+    assert!(lab.lease_keys().is_empty());
+    if kind == Store::File {
+        assert!(!lab.store_dir().join("config").exists());
+    } else {
+        assert!(lab.etcdctl(&["get", "--prefix", "/coreos.com/network"]).stdout.is_empty());
+    }
+}
+
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod file {
+            $(#[test] fn $name() { super::$name(super::Store::File) })*
+        }
+        mod etcd {
+            $(#[test] fn $name() { super::$name(super::Store::Etcd) })*
+        }
+    };
+}
+
+per_store!(
+    leases_are_distinct_and_routed,
+    nodes_join_and_leave,
+    hand_made_drift_is_repaired,
+    restart_reuses_lease_without_flap,
+    bad_leases_are_ignored,
+    conflist_appears_only_after_lease,
+    store_outage_keeps_routes,
+    masquerade_table,
+    unusable_config_exits_2_and_changes_nothing,
+    nothing_changes_on_refusal,
+);
