@@ -21,4 +21,11 @@ echo "== build (reference libcni driver, Go, offline)" >&2
 tests/go/build.sh "$ROOT/target/go"
 export FERRY_BIN_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
 echo "== test (inside the sandbox)" >&2
-exec tests/sandbox.sh cargo test --workspace --offline "$@"
+LOG="$ROOT/target/test-run.log"
+set +e
+tests/sandbox.sh cargo test --workspace --offline --lib --bins --tests "$@" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals over every test binary.
+awk '/^test result: / { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$LOG"
+exit "$rc"
