@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR=never
 echo "== build (release binaries)" >&2
 cargo build --release --workspace --bins
 echo "== build (tests)" >&2
-cargo test --workspace --no-run
+cargo test --workspace --lib --bins --tests --no-run
 echo "== build (reference libcni driver, Go, offline)" >&2
 tests/go/build.sh "$ROOT/target/go"
 export FERRY_BIN_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"

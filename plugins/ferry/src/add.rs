@@ -8,6 +8,7 @@ use ferry_cni::result::{Interface, IpConfig, Route as CniRoute};
 use ferry_cni::skel::Request;
 use ferry_cni::{CniResult, Command};
 use ferry_ipam::{Owner, Pool, Store};
+use ferry_netlink::batch::Op;
 use ferry_netlink::{Link, Netlink, Route, Scope, RTPROT_FERRY_POD};
 use ipnetwork::IpNetwork;
 use std::fs::File;
@@ -163,11 +164,17 @@ fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
-fn ok_if_exists(r: std::io::Result<()>) -> std::io::Result<()> {
-    match r {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        other => other,
+/// Run a batch; "already exists" counts as done (a repeated ADD re-applies the same state).
+fn apply(nl: &mut Netlink, ops: &[(Op, String)]) -> Result<()> {
+    let only: Vec<Op> = ops.iter().map(|(o, _)| o.clone()).collect();
+    let results = nl.batch(&only).map_err(nl_err("netlink batch"))?;
+    for (r, (_, what)) in results.into_iter().zip(ops) {
+        match r {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(nl_err(what)(e)),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -181,45 +188,60 @@ fn setup(
     p: &Plan,
     readd: bool,
 ) -> Result<(Link, Link)> {
+    let mut created = None;
     if !readd {
-        host.create_veth(host_name, ifname, ns, Some(p.mtu), Some(alias))
+        created = host
+            .create_veth_link(host_name, ifname, ns, Some(p.mtu), Some(alias))
             .map_err(nl_err(format!("create veth {host_name} <-> {ifname}")))?;
         crate::timing::mark("create veth (+alias)");
     }
     let missing = |what: &str| CniError::new(NETLINK, format!("{what} vanished during ADD"));
-    let h = host.link_by_name(host_name).map_err(nl_err("look up host veth"))?.ok_or_else(|| missing(host_name))?;
+    let h = match created {
+        Some(l) => l,
+        None => host.link_by_name(host_name).map_err(nl_err("look up host veth"))?.ok_or_else(|| missing(host_name))?,
+    };
     let gw_host = IpNetwork::new(p.gateway, host_prefix(p.gateway)).expect("valid prefix");
     let ip_host = IpNetwork::new(p.ip, host_prefix(p.ip)).expect("valid prefix");
-    ok_if_exists(host.add_address(h.index, gw_host, true)).map_err(nl_err(format!("add {gw_host} to {host_name}")))?;
     let mut to_pod = Route::new(ip_host);
     to_pod.oif = Some(h.index);
     to_pod.scope = Scope::Link;
     to_pod.protocol = RTPROT_FERRY_POD;
-    ok_if_exists(host.add_route(&to_pod)).map_err(nl_err(format!("add host route {ip_host} dev {host_name}")))?;
-
+    // Host side in one round trip: the gateway /32 on the host end, the /32 route to the pod.
+    apply(host, &[(Op::AddAddress(h.index, gw_host, true), format!("add {gw_host} to {host_name}")),
+                  (Op::AddRoute(&to_pod), format!("add host route {ip_host} dev {host_name}"))])?;
     crate::timing::mark("host addr + route");
+
     let pl = pod.link_by_name(ifname).map_err(nl_err("look up pod veth"))?.ok_or_else(|| missing(ifname))?;
-    pod.set_up(pl.index).map_err(nl_err(format!("set {ifname} up")))?;
     let addr = IpNetwork::new(p.ip, p.prefix).map_err(|e| CniError::config(format!("pod address: {e}")))?;
-    ok_if_exists(pod.add_address(pl.index, addr, true)).map_err(nl_err(format!("add {addr} to {ifname}")))?;
     let mut to_gw = Route::new(gw_host);
     to_gw.oif = Some(pl.index);
     to_gw.scope = Scope::Link;
-    ok_if_exists(pod.add_route(&to_gw)).map_err(nl_err(format!("add pod route {gw_host} dev {ifname}")))?;
     let mut routes = p.routes.clone();
-    let has_default = routes.iter().any(|r| r.dst.prefix() == 0);
-    if !has_default {
+    if !routes.iter().any(|r| r.dst.prefix() == 0) {
         // Without a default route the node subnet still goes via the gateway (no connected route).
         routes.push(CniRoute::new(IpNetwork::new(addr.network(), addr.prefix()).expect("valid"), None));
     }
-    for r in &routes {
-        let mut rt = Route::new(r.dst);
-        rt.gateway = Some(r.gw.unwrap_or(p.gateway));
-        rt.oif = Some(pl.index);
-        rt.metric = r.priority;
-        rt.onlink = true;
-        ok_if_exists(pod.add_route(&rt)).map_err(nl_err(format!("add pod route {} via {:?}", r.dst, rt.gateway)))?;
+    let pod_routes: Vec<Route> = routes
+        .iter()
+        .map(|r| {
+            let mut rt = Route::new(r.dst);
+            rt.gateway = Some(r.gw.unwrap_or(p.gateway));
+            rt.oif = Some(pl.index);
+            rt.metric = r.priority;
+            rt.onlink = true;
+            rt
+        })
+        .collect();
+    // Pod side in one round trip, in order: link up, address, gateway route, then the routes.
+    let mut ops = vec![
+        (Op::SetUp(pl.index), format!("set {ifname} up")),
+        (Op::AddAddress(pl.index, addr, true), format!("add {addr} to {ifname}")),
+        (Op::AddRoute(&to_gw), format!("add pod route {gw_host} dev {ifname}")),
+    ];
+    for rt in &pod_routes {
+        ops.push((Op::AddRoute(rt), format!("add pod route {} via {:?}", rt.dst, rt.gateway)));
     }
+    apply(pod, &ops)?;
     crate::timing::mark("pod link/addr/routes");
     sysctls(ns, host_name, ifname, p.ip.is_ipv4())?;
     crate::timing::mark("sysctls");

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 pub mod addr;
+pub mod batch;
 pub mod events;
 pub mod link;
 pub mod netns;

@@ -2,7 +2,7 @@
 
 use crate::socket::invalid;
 use crate::{Link, Netlink};
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::fs::File;
@@ -112,19 +112,39 @@ impl Netlink {
         mtu: Option<u32>,
         alias: Option<&str>,
     ) -> io::Result<()> {
+        self.create_veth_link(host, peer, peer_ns, mtu, alias).map(drop)
+    }
+
+    /// [`Netlink::create_veth`], also returning the host end as the kernel reports it when that
+    /// comes for free: the create carries NLM_F_ECHO, and kernels since 6.3 echo the new link back
+    /// in the same round trip. `Ok(None)` when there was no echo (older kernels): look it up then.
+    pub fn create_veth_link(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_ns: &File,
+        mtu: Option<u32>,
+        alias: Option<&str>,
+    ) -> io::Result<Option<Link>> {
         let msg = veth_msg(host, peer, peer_ns.as_raw_fd(), mtu);
-        self.request(Rt::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+        let replies = self.request(Rt::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO)?;
+        let mut link = replies.iter().rev().find_map(|r| match r {
+            Rt::NewLink(l) => parse_link(l).ok().filter(|l| l.name == host),
+            _ => None,
+        });
         // The kernel ignores IFLA_IFALIAS in a create (only do_setlink applies it): set it after,
         // selecting the link by name to save a lookup.
-        if let Some(alias) = alias {
-            let mut m = select_msg(0, Some(host));
-            m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-            if let Err(e) = self.request(Rt::SetLink(m), 0) {
-                let _ = self.del_link_by_name(host); // takes the peer with it
-                return Err(e);
-            }
+        let Some(alias) = alias else { return Ok(link) };
+        let mut m = select_msg(0, Some(host));
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        if let Err(e) = self.request(Rt::SetLink(m), 0) {
+            let _ = self.del_link_by_name(host); // takes the peer with it
+            return Err(e);
         }
-        Ok(())
+        if let Some(l) = link.as_mut() {
+            l.alias = Some(alias.to_string());
+        }
+        Ok(link)
     }
 
     pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {

@@ -303,3 +303,31 @@ fn event_socket_reports_overrun_when_not_read() {
     let routes = Netlink::in_netns(&open(&ns)).unwrap().routes(false, 254, Some(3)).unwrap();
     assert_eq!(routes.len(), 2000);
 }
+
+#[test]
+fn batch_runs_every_op_in_order_and_reports_each() {
+    use ferry_netlink::batch::Op;
+    let mut l = lab();
+    let mut to_gw = Route::new(net("10.77.0.1/32"));
+    to_gw.oif = Some(l.v0);
+    to_gw.scope = Scope::Link;
+    let mut dflt = Route::new(net("0.0.0.0/0"));
+    dflt.gateway = Some("10.77.0.1".parse().unwrap());
+    dflt.oif = Some(l.v0);
+    let ops = [
+        Op::SetUp(l.v0),
+        Op::AddAddress(l.v0, net("10.77.0.2/24"), true),
+        Op::AddAddress(l.v0, net("10.77.0.2/24"), true), // duplicate: EEXIST, later ops still run
+        Op::AddRoute(&to_gw),
+        Op::AddRoute(&dflt),
+    ];
+    let res = l.nl.batch(&ops).unwrap();
+    assert_eq!(res.len(), 5);
+    assert!(res[0].is_ok() && res[1].is_ok() && res[3].is_ok() && res[4].is_ok(), "{res:?}");
+    assert_eq!(res[2].as_ref().unwrap_err().kind(), ErrorKind::AlreadyExists);
+    let routes = l.nl.routes(false, ferry_netlink::RT_TABLE_MAIN, None).unwrap();
+    assert!(routes.iter().any(|r| r.dst == net("0.0.0.0/0") && r.gateway == dflt.gateway));
+    assert!(l.nl.addresses(Some(l.v0)).unwrap().iter().any(|(_, a)| *a == net("10.77.0.2/24")));
+    assert!(l.nl.batch(&[]).unwrap().is_empty());
+    let _ = &l.host;
+}
