@@ -69,8 +69,8 @@ fn parse_net(key: &str, s: &str) -> Result<IpNetwork, CniError> {
     s.trim().parse().map_err(|_| cfg(format!("{key} {s:?} is not a CIDR (like 10.244.1.0/24)")))
 }
 
-/// One `exclude` entry as an inclusive pair.
-fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
+/// One `exclude` entry as an inclusive pair: `"a-b"`, `"a"`, `"a/n"` or `["a","b"]`.
+pub fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
     match v {
         Value::String(s) if s.contains('/') => {
             let n = parse_net("exclude", s)?;
@@ -88,6 +88,24 @@ fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
             "exclude entry {other} must be \"a-b\", \"a\", \"a/n\" or [\"a\",\"b\"]"
         ))),
     }
+}
+
+/// Read the node subnet file (flannel's `subnet.env`, written by ferryd or flanneld). Missing →
+/// code 11, try again later (the node daemon has not claimed a lease yet); unreadable or garbled
+/// → code 7 with the reason.
+pub fn read_subnet_file(path: &std::path::Path) -> Result<SubnetEnv, CniError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CniError::try_again(format!(
+                "node subnet file {} does not exist yet: the node daemon (ferryd) has not written it; is it running? (or set \"subnet\" in the config)",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(CniError::config(format!("cannot read node subnet file {}: {e}", path.display()))),
+    };
+    SubnetEnv::parse(&text)
+        .map_err(|e| CniError::config(format!("node subnet file {} is invalid: {e}", path.display())))
 }
 
 impl IpamConf {
@@ -128,18 +146,7 @@ impl IpamConf {
         let Some(path) = &self.subnet_file else {
             return Err(cfg("one of \"subnet\" or \"subnetFile\" is required"));
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CniError::try_again(format!(
-                    "ferry-ipam: node subnet file {} does not exist yet: the node daemon (ferryd) has not written it",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(cfg(format!("cannot read subnetFile {}: {e}", path.display()))),
-        };
-        let env = SubnetEnv::parse(&text)
-            .map_err(|e| cfg(format!("subnetFile {} is garbled: {e}", path.display())))?;
+        let env = read_subnet_file(path)?;
         Ok(env.subnet.into_iter().chain(env.ipv6_subnet).collect())
     }
 

@@ -191,7 +191,7 @@ fn setup(
     let mut created = None;
     if !readd {
         created = host
-            .create_veth_link(host_name, ifname, ns, Some(p.mtu), Some(alias))
+            .create_veth(host_name, ifname, ns, Some(p.mtu), Some(alias))
             .map_err(nl_err(format!("create veth {host_name} <-> {ifname}")))?;
         crate::timing::mark("create veth (+alias)");
     }

@@ -14,7 +14,6 @@
 
 use ferry_cni::error::{CniError, Result};
 use ferry_cni::result::{Dns, Route};
-use ferry_cni::subnet_env::SubnetEnv;
 use ferry_cni::NetConf;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -97,16 +96,15 @@ impl FerryConf {
             }
             Ok(PathBuf::from(p))
         };
-        let mut exclude = Vec::new();
-        if let Some(v) = c.get("exclude") {
-            let list = v.as_array().ok_or_else(|| cfg_err("\"exclude\" must be a list of \"A-B\" or \"A\" strings"))?;
-            for item in list {
-                let s = item.as_str().ok_or_else(|| cfg_err("\"exclude\" entries must be strings"))?;
-                let (a, b) = s.split_once('-').unwrap_or((s, s));
-                let p = |x: &str| x.trim().parse::<IpAddr>().map_err(|_| cfg_err(format!("\"exclude\": {s:?} is not \"IP\" or \"IP-IP\"")));
-                exclude.push((p(a)?, p(b)?));
-            }
-        }
+        let exclude = match c.get("exclude") {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(ferry_ipam::config::parse_exclude)
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| cfg_err(format!("\"exclude\": {}", e.msg)))?,
+            Some(_) => return Err(cfg_err("\"exclude\" must be a list of \"A-B\", \"A\" or \"A/N\" strings")),
+        };
         let routes = match c.get("routes") {
             None => None,
             Some(v) => {
@@ -147,18 +145,7 @@ impl FerryConf {
             return Ok(NodeSubnet { subnet: s, mtu: self.mtu });
         }
         let path = &self.subnet_file;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CniError::try_again(format!(
-                    "node subnet file {} does not exist yet: is ferryd running on this node? (or set \"subnet\" in the config)",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(CniError::io(format!("reading node subnet file {}: {e}", path.display()))),
-        };
-        let env = SubnetEnv::parse(&text)
-            .map_err(|e| cfg_err(format!("node subnet file {} is invalid: {e}", path.display())))?;
+        let env = ferry_ipam::config::read_subnet_file(path)?;
         let subnet = env
             .subnet
             .ok_or_else(|| cfg_err(format!("node subnet file {} has no IPv4 subnet", path.display())))?;

@@ -104,21 +104,11 @@ impl Netlink {
     /// `peer` created directly inside `peer_ns` (left DOWN: bring it up from inside).
     /// `mtu` applies to both ends. `alias`, if given, is set as IFLA_IFALIAS on the host end.
     /// EEXIST surfaces as `io::ErrorKind::AlreadyExists`.
+    ///
+    /// Returns the host end as the kernel reports it when that comes for free: the create carries
+    /// NLM_F_ECHO, and kernels since 6.3 echo the new link back in the same round trip. `Ok(None)`
+    /// when there was no echo (older kernels): look it up then.
     pub fn create_veth(
-        &mut self,
-        host: &str,
-        peer: &str,
-        peer_ns: &File,
-        mtu: Option<u32>,
-        alias: Option<&str>,
-    ) -> io::Result<()> {
-        self.create_veth_link(host, peer, peer_ns, mtu, alias).map(drop)
-    }
-
-    /// [`Netlink::create_veth`], also returning the host end as the kernel reports it when that
-    /// comes for free: the create carries NLM_F_ECHO, and kernels since 6.3 echo the new link back
-    /// in the same round trip. `Ok(None)` when there was no echo (older kernels): look it up then.
-    pub fn create_veth_link(
         &mut self,
         host: &str,
         peer: &str,
