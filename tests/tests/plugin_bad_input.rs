@@ -58,8 +58,7 @@ fn missing_and_invalid_environment() {
     assert_rejected(&node, Some(&pod), &[("CNI_COMMAND", "FOO")], &conf, 4, "FOO");
     let long_id = "a".repeat(300);
     for bad_id in ["", "-abc", "a/b", "a b", "..", "a\u{1}b", long_id.as_str()] {
-        let needle = if bad_id.is_empty() { "CNI_CONTAINERID" } else { "CNI_CONTAINERID" };
-        assert_rejected(&node, Some(&pod), &env("ADD", bad_id, &p, "eth0"), &conf, 4, needle);
+        assert_rejected(&node, Some(&pod), &env("ADD", bad_id, &p, "eth0"), &conf, 4, "CNI_CONTAINERID");
     }
     for bad_if in ["", "abcdefghijklmnop", ".", "..", "a/b", "a:b", "a b", "e\u{7}"] {
         assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, bad_if), &conf, 4, "CNI_IFNAME");

@@ -179,7 +179,8 @@ fn del_succeeds_for_whatever_is_already_gone() {
 fn check_reports_what_was_removed() {
     let node = Node::new();
     let conf = node.conf("1.0.0", "10.65.0.0/24", "");
-    let cases: &[(&str, &dyn Fn(&Netns, &Node, &str, &str))] = &[
+    type Breaker<'a> = &'a dyn Fn(&Netns, &Node, &str, &str);
+    let cases: &[(&str, Breaker)] = &[
         ("address", &|pod, _n, ip, _h| {
             pod.ip(&["addr", "del", &format!("{ip}/24"), "dev", "eth0"]);
         }),

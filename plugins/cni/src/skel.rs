@@ -230,7 +230,8 @@ mod tests {
 
     #[test]
     fn errors_are_one_json_object_on_stdout() {
-        let cases: Vec<(Vec<(&str, &str)>, String, u64)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, String, u64);
+        let cases: Vec<Case> = vec![
             (vec![("CNI_COMMAND", "FOO")], conf("1.0.0"), 4),
             (vec![("CNI_COMMAND", "ADD")], conf("1.0.0"), 4),
             (add_env("ADD"), "{".into(), 6),

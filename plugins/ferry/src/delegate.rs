@@ -45,7 +45,7 @@ pub fn exec(req: &Request, plugin: &str, cmd: Command) -> Result<Vec<u8>> {
         .ok()
         .and_then(|v| CniError::from_json(&v))
         .unwrap_or_else(|| {
-            CniError::new(DELEGATE, format!("{}", String::from_utf8_lossy(&out.stdout).trim()))
+            CniError::new(DELEGATE, String::from_utf8_lossy(&out.stdout).trim().to_string())
         });
     Err(CniError { msg: format!("IPAM plugin {plugin}: {}", err.msg), ..err })
 }
