@@ -82,7 +82,7 @@ pub fn check(req: &Request) -> Result<()> {
     }
     let v6 = ip.is_ipv6();
     let pod_routes = pod.routes(v6, ferry_netlink::RT_TABLE_MAIN, None).map_err(nl_err("list pod routes"))?;
-    let gw_net = IpNetwork::new(gw, if v6 { 128 } else { 32 }).expect("valid");
+    let gw_net = IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 }).expect("host prefix fits the family");
     let has = |f: &dyn Fn(&Route) -> bool| pod_routes.iter().any(f);
     if !has(&|r| r.dst == gw_net && r.oif == Some(pl.index)) {
         return Err(fail(format!("route to gateway {gw} dev {ifname} is missing in the pod")));
