@@ -23,5 +23,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >&2
-apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+# A fresh machine's first apt run can meet a transient mirror or lock error: try a few times.
+for attempt in 1 2 3; do
+    if apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+        exit 0
+    fi
+    echo "install-deps: apt failed (attempt $attempt), retrying in 5 s" >&2
+    sleep 5
+done
+echo "install-deps: could not install ${missing[*]}" >&2
+exit 1

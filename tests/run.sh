@@ -11,6 +11,8 @@ if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: run as root (tests create network namespaces)" >&2
     exit 1
 fi
+# cargo and go need a home directory; CI may run with a minimal environment.
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 tests/install-deps.sh
 export CARGO_TERM_COLOR=never
 echo "== build (release binaries)" >&2
