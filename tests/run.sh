@@ -13,6 +13,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # cargo and go need a home directory; CI may run with a minimal environment.
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
 tests/install-deps.sh
 export CARGO_TERM_COLOR=never
 echo "== build (release binaries)" >&2
