@@ -123,6 +123,12 @@ impl Router {
                 warn!("route reconcile: {e}");
             }
         }
+        // A full reconcile dumps and plans the whole table; hand the transient heap back so an
+        // idle daemon with thousands of peers stays small (glibc keeps freed memory otherwise).
+        // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     pub async fn run(mut self, mut inp: Inputs) -> i32 {
