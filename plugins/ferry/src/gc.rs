@@ -20,11 +20,13 @@ pub fn gc(req: &Request) -> Result<()> {
         .map(|a| Owner { container_id: a.container_id, ifname: a.ifname })
         .collect();
     let mut errors: Vec<CniError> = Vec::new();
+    let mut released: Vec<Owner> = Vec::new();
     match &conf.ipam_type {
         None => {
             let keep: Vec<Owner> = keep.iter().cloned().collect();
-            if let Err(e) = Store::open(&conf.data_dir, &conf.network).and_then(|mut s| s.gc(&keep)) {
-                errors.push(e);
+            match Store::open(&conf.data_dir, &conf.network).and_then(|mut s| s.gc(&keep)) {
+                Ok(r) => released = r.into_iter().map(|(_, o)| o).collect(),
+                Err(e) => errors.push(e),
             }
         }
         Some(t) => {
@@ -33,8 +35,23 @@ pub fn gc(req: &Request) -> Result<()> {
             }
         }
     }
-    // Host ends carry an alias naming network, container and ifname; delete ours that are stale.
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
+    // The host end of every released allocation, by its deterministic name: this also catches an
+    // ADD killed after creating the veth but before tagging it with its alias.
+    for o in &released {
+        let name = names::host_veth(&o.container_id, &o.ifname);
+        let alias = names::alias(&conf.network, &o.container_id, &o.ifname);
+        match host.link_by_name(&name) {
+            Ok(Some(l)) if l.alias.is_none() || l.alias.as_deref() == Some(alias.as_str()) => {
+                if let Err(e) = host.del_link(l.index) {
+                    errors.push(nl_err(format!("delete {name}"))(e));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(nl_err(format!("look up {name}"))(e)),
+        }
+    }
+    // Host ends carry an alias naming network, container and ifname; delete ours that are stale.
     for l in host.links().map_err(nl_err("list links"))? {
         let Some((net, cid, ifname)) = l.alias.as_deref().and_then(names::parse_alias) else { continue };
         if net != conf.network || !l.name.starts_with(names::HOST_PREFIX) {
