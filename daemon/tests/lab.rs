@@ -117,6 +117,24 @@ fn restart_reuses_lease_without_flap(kind: Store) {
     assert_eq!(lab.subnet(0).unwrap(), subnets[0]);
 }
 
+fn kill9_keeps_datapath_and_restart_does_not_flap(kind: Store) {
+    let (mut lab, subnets) = lab3(kind);
+    let want = lab.expected(0, &[0, 1, 2]);
+    let (mut mon, mon_path) = lab.monitor(0, "mon0k");
+    lab.kill9(0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.routes(0), want, "routes survive a SIGKILLed daemon");
+    assert!(lab.subnet(0).is_some() && lab.conflist(0).exists(), "subnet file and conflist stay");
+    lab.start(0, &[]);
+    assert!(wait_for(T, || lab.log(0).matches("INFO lease ").count() >= 2), "{}", lab.log(0));
+    std::thread::sleep(Duration::from_millis(500));
+    mon.stop(Duration::from_secs(2));
+    let seen = std::fs::read_to_string(&mon_path).unwrap();
+    assert!(!seen.contains("Deleted"), "routes flapped across kill -9 and restart:\n{seen}");
+    assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
+    lab.wait_routes(0, &want, T);
+}
+
 fn bad_leases_are_ignored(kind: Store) {
     let (mut lab, subnets) = lab3(kind);
     let own: ipnetwork::Ipv4Network = subnets[0].parse().unwrap();
@@ -301,6 +319,7 @@ per_store!(
     nodes_join_and_leave,
     hand_made_drift_is_repaired,
     restart_reuses_lease_without_flap,
+    kill9_keeps_datapath_and_restart_does_not_flap,
     bad_leases_are_ignored,
     conflist_appears_only_after_lease,
     store_outage_keeps_routes,

@@ -178,6 +178,13 @@ impl Lab {
         self.nodes[i].proc.take().and_then(|mut p| p.stop(Duration::from_secs(5)))
     }
 
+    /// SIGKILL ferryd on node `i` (no chance to clean up) and reap it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proc.take() {
+            p.kill9();
+        }
+    }
+
     pub fn running(&mut self, i: usize) -> bool {
         self.nodes[i].proc.as_mut().is_some_and(|p| p.is_running())
     }
