@@ -11,15 +11,21 @@ use testlab::wait_for;
 const T: Duration = Duration::from_secs(5);
 
 fn lab3(kind: Store) -> (Lab, Vec<String>) {
-    let mut lab = Lab::new(kind, 3);
-    for i in 0..3 {
-        lab.start(i, &[]);
-    }
-    let subnets = lab.wait_subnets(&[0, 1, 2]);
-    for i in 0..3 {
-        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), T);
-    }
-    (lab, subnets)
+    Lab::three(kind, T)
+}
+
+/// Take node 0's ferryd down with `down`, start it again, and assert that no route was deleted
+/// meanwhile (watched with `ip monitor`) and that the lease was reused.
+fn down_and_up_without_flap(lab: &mut Lab, subnets: &[String], down: impl FnOnce(&mut Lab)) {
+    let (mut mon, mon_path) = lab.monitor(0, "mon0");
+    down(lab);
+    lab.start(0, &[]);
+    assert!(wait_for(T, || lab.log(0).matches("INFO lease ").count() >= 2), "{}", lab.log(0));
+    std::thread::sleep(Duration::from_millis(500));
+    mon.stop(Duration::from_secs(2));
+    let seen = std::fs::read_to_string(&mon_path).unwrap();
+    assert!(!seen.contains("Deleted"), "routes flapped while ferryd went down and came back:\n{seen}");
+    assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
 }
 
 fn leases_are_distinct_and_routed(kind: Store) {
@@ -94,15 +100,7 @@ fn hand_made_drift_is_repaired(kind: Store) {
 
 fn restart_reuses_lease_without_flap(kind: Store) {
     let (mut lab, subnets) = lab3(kind);
-    let (mut mon, mon_path) = lab.monitor(0, "mon0");
-    assert!(lab.stop(0).unwrap().success());
-    lab.start(0, &[]);
-    assert!(wait_for(T, || lab.log(0).matches("INFO lease ").count() >= 2), "{}", lab.log(0));
-    std::thread::sleep(Duration::from_millis(500));
-    mon.stop(Duration::from_secs(2));
-    let seen = std::fs::read_to_string(&mon_path).unwrap();
-    assert!(!seen.contains("Deleted"), "routes flapped during restart:\n{seen}");
-    assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
+    down_and_up_without_flap(&mut lab, &subnets, |lab| assert!(lab.stop(0).unwrap().success()));
     assert_eq!(lab.lease_keys().len(), 3, "{:?}", lab.lease_keys());
     lab.wait_routes(0, &lab.expected(0, &[0, 1, 2]), T);
 
@@ -120,18 +118,12 @@ fn restart_reuses_lease_without_flap(kind: Store) {
 fn kill9_keeps_datapath_and_restart_does_not_flap(kind: Store) {
     let (mut lab, subnets) = lab3(kind);
     let want = lab.expected(0, &[0, 1, 2]);
-    let (mut mon, mon_path) = lab.monitor(0, "mon0k");
-    lab.kill9(0);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.routes(0), want, "routes survive a SIGKILLed daemon");
-    assert!(lab.subnet(0).is_some() && lab.conflist(0).exists(), "subnet file and conflist stay");
-    lab.start(0, &[]);
-    assert!(wait_for(T, || lab.log(0).matches("INFO lease ").count() >= 2), "{}", lab.log(0));
-    std::thread::sleep(Duration::from_millis(500));
-    mon.stop(Duration::from_secs(2));
-    let seen = std::fs::read_to_string(&mon_path).unwrap();
-    assert!(!seen.contains("Deleted"), "routes flapped across kill -9 and restart:\n{seen}");
-    assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
+    down_and_up_without_flap(&mut lab, &subnets, |lab| {
+        lab.kill9(0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(lab.routes(0), want, "routes survive a SIGKILLed daemon");
+        assert!(lab.subnet(0).is_some() && lab.conflist(0).exists(), "subnet file and conflist stay");
+    });
     lab.wait_routes(0, &want, T);
 }
 

@@ -42,14 +42,7 @@ fn flow(lab: &Lab, i: usize, src: &str, dst: &str) -> Option<String> {
 }
 
 fn pods_across_nodes(kind: Store) {
-    let mut lab = Lab::new(kind, 3);
-    for i in 0..3 {
-        lab.start(i, &[]);
-    }
-    let subnets = lab.wait_subnets(&[0, 1, 2]);
-    for i in 0..3 {
-        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), T);
-    }
+    let (mut lab, subnets) = Lab::three(kind, T);
     let pods: Vec<(Netns, String)> = (0..3).map(|i| add_pod(&lab, i, &format!("pod{i}"))).collect();
     for (i, (_, ip)) in pods.iter().enumerate() {
         let net: ipnetwork::Ipv4Network = subnets[i].parse().unwrap();

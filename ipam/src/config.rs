@@ -175,22 +175,7 @@ impl IpamConf {
     }
 
     pub fn routes(&self) -> Result<Vec<Route>, CniError> {
-        self.routes
-            .iter()
-            .map(|r| {
-                let o = r.as_object().ok_or_else(|| cfg(format!("route {r} must be an object")))?;
-                let dst = match o.get("dst") {
-                    Some(Value::String(s)) => parse_net("route dst", s)?,
-                    _ => return Err(cfg(format!("route {r} needs a string \"dst\""))),
-                };
-                let gw = match o.get("gw") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(parse_ip("route gw", s)?),
-                    Some(v) => return Err(cfg(format!("route gw {v} must be a string"))),
-                };
-                Ok(Route::new(dst, gw))
-            })
-            .collect()
+        ferry_cni::result::parse_routes(&Value::Array(self.routes.clone())).map_err(|e| cfg(e.msg))
     }
 
     pub fn dns(&self) -> Result<Dns, CniError> {

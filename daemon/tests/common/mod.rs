@@ -59,6 +59,20 @@ impl Lab {
         lab
     }
 
+    /// Three nodes running ferryd, each with its lease and every peer route in place (waiting up
+    /// to `timeout` for the routes). Returns the lab and the nodes' subnets.
+    pub fn three(kind: Store, timeout: Duration) -> (Lab, Vec<String>) {
+        let mut lab = Lab::new(kind, 3);
+        for i in 0..3 {
+            lab.start(i, &[]);
+        }
+        let subnets = lab.wait_subnets(&[0, 1, 2]);
+        for i in 0..3 {
+            lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), timeout);
+        }
+        (lab, subnets)
+    }
+
     /// Add a node namespace wired to the underlay (not started). Returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();

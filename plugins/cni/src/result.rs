@@ -293,6 +293,13 @@ fn route_json(r: &Route, modern: bool) -> Value {
     Value::Object(m)
 }
 
+/// A `routes` list as it appears in a network config (`[{"dst":"0.0.0.0/0","gw":"10.1.0.1"}]`):
+/// the same shape as in a result, but a malformed one is the config's fault, so errors are code 7.
+pub fn parse_routes(v: &Value) -> Result<Vec<Route>> {
+    let as_config = |e: CniError| CniError::config(e.msg.trim_start_matches("invalid result: ").to_string());
+    arr(Some(v), "routes").map_err(as_config)?.iter().map(|r| parse_route(r).map_err(as_config)).collect()
+}
+
 fn parse_route(v: &Value) -> Result<Route> {
     let o = v.as_object().ok_or_else(|| bad("routes[] must be objects"))?;
     Ok(Route {
@@ -467,6 +474,19 @@ mod tests {
     fn accepts_empty_dns_and_missing_fields() {
         let j: Value = serde_json::from_str(r#"{"cniVersion":"1.0.0","dns":{}}"#).unwrap();
         assert_eq!(CniResult::from_json(&j, Version::V100).unwrap(), CniResult::default());
+    }
+
+    #[test]
+    fn config_routes_parse_and_fail_as_config_errors() {
+        let ok: Value = serde_json::from_str(r#"[{"dst":"0.0.0.0/0"},{"dst":"10.0.0.0/8","gw":"10.1.0.1"}]"#).unwrap();
+        let r = parse_routes(&ok).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].gw, Some("10.1.0.1".parse().unwrap()));
+        for bad in [r#""x""#, r#"[{"dst":"nope"}]"#, r#"[{"gw":"10.0.0.1"}]"#, r#"[5]"#] {
+            let e = parse_routes(&serde_json::from_str(bad).unwrap()).unwrap_err();
+            assert_eq!(e.code.as_u32(), 7, "{bad}");
+            assert!(!e.msg.contains("invalid result"), "{}", e.msg);
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ferry_cni::skel::Request;
 use ferry_cni::{CniResult, Command};
 use ferry_ipam::{Owner, Pool, Store};
 use ferry_netlink::batch::Op;
-use ferry_netlink::{Link, Netlink, Route, Scope, RTPROT_FERRY_POD};
+use ferry_netlink::{sysctl, Link, Netlink, Route, Scope, RTPROT_FERRY_POD};
 use ipnetwork::IpNetwork;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -71,7 +71,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
         None => {
             let node = node.expect("resolved above");
             let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())?;
-            let requested = requested_ip(req)?;
+            let requested = requested_ip(req, &pool)?;
             let mut store = Store::open(&conf.data_dir, &conf.network)?;
             let ip = store.allocate(&pool, &owner, requested)?;
             Plan {
@@ -122,19 +122,10 @@ fn default_route(ip: IpAddr) -> CniRoute {
     CniRoute::new(dst.parse().expect("valid"), None)
 }
 
-/// `IP=` in CNI_ARGS, or `args.cni.ips` / `runtimeConfig.ips` in the config.
-fn requested_ip(req: &Request) -> Result<Option<IpAddr>> {
-    let from_conf = req
-        .conf
-        .get("args")
-        .and_then(|a| a.pointer("/cni/ips/0"))
-        .or_else(|| req.conf.runtime_config("ips").and_then(|v| v.get(0)))
-        .and_then(|v| v.as_str())
-        .map(|s| s.split('/').next().unwrap_or(s).to_string());
-    match from_conf.or_else(|| req.args.arg("IP").map(String::from)) {
-        None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| CniError::config(format!("requested IP {s:?} is not an address"))),
-    }
+/// The requested address for `pool`'s family (`runtimeConfig.ips`, `args.cni.ips`, CNI_ARGS `IP=`),
+/// read exactly as ferry-ipam reads it.
+fn requested_ip(req: &Request, pool: &Pool) -> Result<Option<IpAddr>> {
+    Ok(ferry_ipam::plugin::requested_ips(req)?.into_iter().find(|ip| ip.is_ipv4() == pool.is_ipv4()))
 }
 
 fn plan_from_ipam(conf: &FerryConf, r: CniResult) -> Result<Plan> {
@@ -249,22 +240,13 @@ fn setup(
 }
 
 /// Forwarding on in this (the node's) namespace; IPv6 DAD off on both veth ends (best effort:
-/// IPv6 may be disabled).
+/// IPv6 may be disabled). Keys with `/` are paths, so interface names with dots work.
 fn sysctls(ns: &File, host_name: &str, ifname: &str, v4: bool) -> Result<()> {
-    let fwd = if v4 { "/proc/sys/net/ipv4/ip_forward" } else { "/proc/sys/net/ipv6/conf/all/forwarding" };
-    write_if_differs(fwd, "1").map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
-    let _ = write_if_differs(&format!("/proc/sys/net/ipv6/conf/{host_name}/accept_dad"), "0");
-    let _ = ferry_netlink::netns::with_netns(ns, || {
-        let _ = write_if_differs(&format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0");
-    });
+    let fwd = if v4 { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
+    sysctl::set(fwd, "1").map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
+    let _ = sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0");
+    let _ = ferry_netlink::netns::with_netns(ns, || sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0"));
     Ok(())
-}
-
-fn write_if_differs(path: &str, value: &str) -> std::io::Result<()> {
-    if std::fs::read_to_string(path).map(|s| s.trim() == value).unwrap_or(false) {
-        return Ok(());
-    }
-    std::fs::write(path, value)
 }
 
 fn result(prev: Option<CniResult>, p: &Plan, h: &Link, pl: &Link, netns: &str) -> CniResult {

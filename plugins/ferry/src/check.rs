@@ -110,7 +110,10 @@ pub fn check(req: &Request) -> Result<()> {
         return Err(fail(format!("host interface {host_name} is down")));
     }
     let ip_net = IpNetwork::new(ip, if v6 { 128 } else { 32 }).expect("valid");
-    let host_routes = host.routes(v6, ferry_netlink::RT_TABLE_MAIN, None).map_err(nl_err("list host routes"))?;
+    // Only Ferry's pod routes (proto 114): a node may hold thousands of peer routes.
+    let host_routes = host
+        .routes(v6, ferry_netlink::RT_TABLE_MAIN, Some(ferry_netlink::RTPROT_FERRY_POD))
+        .map_err(nl_err("list host routes"))?;
     if !host_routes.iter().any(|r| r.dst == ip_net && r.oif == Some(hl.index)) {
         return Err(fail(format!("host route {ip_net} dev {host_name} is missing")));
     }

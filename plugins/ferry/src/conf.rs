@@ -107,12 +107,9 @@ impl FerryConf {
         };
         let routes = match c.get("routes") {
             None => None,
-            Some(v) => {
-                let wrapped = serde_json::json!({ "cniVersion": "1.0.0", "routes": v });
-                let r = ferry_cni::CniResult::from_json(&wrapped, ferry_cni::Version::V100)
-                    .map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))?;
-                Some(r.routes)
-            }
+            Some(v) => Some(
+                ferry_cni::result::parse_routes(v).map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))?,
+            ),
         };
         let dns = Dns::from_json(c.get("dns").unwrap_or(&Value::Null)).map_err(|e| cfg_err(format!("\"dns\": {}", e.msg)))?;
         let ipam_type = match c.ipam() {

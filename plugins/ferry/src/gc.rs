@@ -20,12 +20,13 @@ pub fn gc(req: &Request) -> Result<()> {
         .map(|a| Owner { container_id: a.container_id, ifname: a.ifname })
         .collect();
     let mut errors: Vec<CniError> = Vec::new();
-    let mut released: Vec<Owner> = Vec::new();
+    // Deterministic host-end names of the allocations GC releases.
+    let mut released: BTreeSet<String> = BTreeSet::new();
     match &conf.ipam_type {
         None => {
             let keep: Vec<Owner> = keep.iter().cloned().collect();
             match Store::open(&conf.data_dir, &conf.network).and_then(|mut s| s.gc(&keep)) {
-                Ok(r) => released = r.into_iter().map(|(_, o)| o).collect(),
+                Ok(r) => released = r.iter().map(|(_, o)| names::host_veth(&o.container_id, &o.ifname)).collect(),
                 Err(e) => errors.push(e),
             }
         }
@@ -35,30 +36,21 @@ pub fn gc(req: &Request) -> Result<()> {
             }
         }
     }
+    // One pass over the host's links. A host end is stale when its alias names this network and an
+    // attachment not in the valid list, or when it has no alias and is the deterministic host end
+    // of an allocation just released (an ADD killed between creating and tagging its veth).
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
-    // The host end of every released allocation, by its deterministic name: this also catches an
-    // ADD killed after creating the veth but before tagging it with its alias.
-    for o in &released {
-        let name = names::host_veth(&o.container_id, &o.ifname);
-        let alias = names::alias(&conf.network, &o.container_id, &o.ifname);
-        match host.link_by_name(&name) {
-            Ok(Some(l)) if l.alias.is_none() || l.alias.as_deref() == Some(alias.as_str()) => {
-                if let Err(e) = host.del_link(l.index) {
-                    errors.push(nl_err(format!("delete {name}"))(e));
-                }
-            }
-            Ok(_) => {}
-            Err(e) => errors.push(nl_err(format!("look up {name}"))(e)),
-        }
-    }
-    // Host ends carry an alias naming network, container and ifname; delete ours that are stale.
     for l in host.links().map_err(nl_err("list links"))? {
-        let Some((net, cid, ifname)) = l.alias.as_deref().and_then(names::parse_alias) else { continue };
-        if net != conf.network || !l.name.starts_with(names::HOST_PREFIX) {
+        if !l.name.starts_with(names::HOST_PREFIX) {
             continue;
         }
-        let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
-        if !keep.contains(&owner) {
+        let stale = match l.alias.as_deref() {
+            None => released.contains(&l.name),
+            Some(a) => names::parse_alias(a).is_some_and(|(net, cid, ifname)| {
+                net == conf.network && !keep.contains(&Owner { container_id: cid.to_string(), ifname: ifname.to_string() })
+            }),
+        };
+        if stale {
             if let Err(e) = host.del_link(l.index) {
                 errors.push(nl_err(format!("delete {}", l.name))(e));
             }
