@@ -84,12 +84,24 @@ fn watch_routes(ns_path: &str) -> mpsc::Receiver<(Instant, Event)> {
 }
 
 /// Wait for a proto-113 route event for `dst`; returns its arrival time.
-fn wait_event(rx: &mpsc::Receiver<(Instant, Event)>, dst: IpNetwork, added: bool) -> Option<Instant> {
+fn wait_event(
+    rx: &mpsc::Receiver<(Instant, Event)>,
+    dst: IpNetwork,
+    added: bool,
+) -> Option<Instant> {
     let deadline = Instant::now() + Duration::from_secs(3);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok((t, Event::RouteAdded(r))) if added && r.dst == dst && r.protocol == RTPROT_FERRY => return Some(t),
-            Ok((t, Event::RouteDeleted(r))) if !added && r.dst == dst && r.protocol == RTPROT_FERRY => return Some(t),
+            Ok((t, Event::RouteAdded(r)))
+                if added && r.dst == dst && r.protocol == RTPROT_FERRY =>
+            {
+                return Some(t)
+            }
+            Ok((t, Event::RouteDeleted(r)))
+                if !added && r.dst == dst && r.protocol == RTPROT_FERRY =>
+            {
+                return Some(t)
+            }
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -134,7 +146,11 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
         let cfg = EtcdConfig { endpoints: vec![common::ETCD_URL.into()], ..EtcdConfig::default() };
         rt.block_on(EtcdStore::connect(cfg)).unwrap()
     });
-    let attrs = LeaseAttrs { public_ip: PEER_IP.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null };
+    let attrs = LeaseAttrs {
+        public_ip: PEER_IP.parse().unwrap(),
+        backend_type: "host-gw".into(),
+        backend_data: serde_json::Value::Null,
+    };
     let mut put = |on: bool| -> Instant {
         match etcd.as_mut() {
             None => {
@@ -154,7 +170,9 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
             Some(s) => {
                 let t0 = Instant::now();
                 if on {
-                    assert!(rt.block_on(s.create(subnet, &attrs, Duration::from_secs(600))).unwrap());
+                    assert!(rt
+                        .block_on(s.create(subnet, &attrs, Duration::from_secs(600)))
+                        .unwrap());
                 } else {
                     rt.block_on(s.delete(subnet)).unwrap();
                 }
@@ -179,7 +197,12 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
     }
     // Repair: delete a real peer route by hand on node 1.
     let mut nl = Netlink::in_netns(&File::open(peer.ns.path()).unwrap()).unwrap();
-    let victim = nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap().into_iter().next().expect("a peer route");
+    let victim = nl
+        .routes(false, 254, Some(RTPROT_FERRY))
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("a peer route");
     for _ in 0..trials {
         drain();
         let t0 = Instant::now();

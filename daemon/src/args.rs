@@ -179,10 +179,29 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> 
 }
 
 const VALUE_FLAGS: &[&str] = &[
-    "--network", "--subnet-len", "--subnet-min", "--subnet-max", "--store", "--etcd-prefix", "--etcd-ca",
-    "--etcd-cert", "--etcd-key", "--etcd-dial-timeout", "--etcd-request-timeout", "--lease-ttl",
-    "--renew-margin", "--public-ip", "--iface", "--mtu", "--subnet-file", "--cni-conf-dir", "--cni-conf-name",
-    "--cni-network-name", "--cni-data-dir", "--nft", "--resync",
+    "--network",
+    "--subnet-len",
+    "--subnet-min",
+    "--subnet-max",
+    "--store",
+    "--etcd-prefix",
+    "--etcd-ca",
+    "--etcd-cert",
+    "--etcd-key",
+    "--etcd-dial-timeout",
+    "--etcd-request-timeout",
+    "--lease-ttl",
+    "--renew-margin",
+    "--public-ip",
+    "--iface",
+    "--mtu",
+    "--subnet-file",
+    "--cni-conf-dir",
+    "--cni-conf-name",
+    "--cni-network-name",
+    "--cni-data-dir",
+    "--nft",
+    "--resync",
 ];
 
 fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
@@ -191,7 +210,11 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
         "--network" => {
             let n: Ipv4Network = v.parse().map_err(|_| bad("an IPv4 CIDR"))?;
             if n.network() != n.ip() {
-                return Err(format!("{flag}: {v} has host bits set (did you mean {}/{}?)", n.network(), n.prefix()));
+                return Err(format!(
+                    "{flag}: {v} has host bits set (did you mean {}/{}?)",
+                    n.network(),
+                    n.prefix()
+                ));
             }
             a.network = n;
             a.network_explicit = true;
@@ -213,13 +236,27 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
         "--etcd-ca" => a.etcd.ca = Some(v.into()),
         "--etcd-cert" => a.etcd.cert = Some(v.into()),
         "--etcd-key" => a.etcd.key = Some(v.into()),
-        "--etcd-dial-timeout" => a.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?,
-        "--etcd-request-timeout" => a.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?,
-        "--lease-ttl" => a.lease_ttl = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?,
+        "--etcd-dial-timeout" => {
+            a.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+        }
+        "--etcd-request-timeout" => {
+            a.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+        }
+        "--lease-ttl" => {
+            a.lease_ttl =
+                duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
+        }
         "--renew-margin" => a.renew_margin = duration(v).ok_or_else(|| bad("a duration"))?,
         "--public-ip" => a.public_ip = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
         "--iface" => a.iface = Some(v.to_string()),
-        "--mtu" => a.mtu = Some(v.parse().ok().filter(|m| (576..=65535).contains(m)).ok_or_else(|| bad("an MTU (576-65535)"))?),
+        "--mtu" => {
+            a.mtu = Some(
+                v.parse()
+                    .ok()
+                    .filter(|m| (576..=65535).contains(m))
+                    .ok_or_else(|| bad("an MTU (576-65535)"))?,
+            )
+        }
         "--subnet-file" => a.subnet_file = v.into(),
         "--cni-conf-dir" => a.cni_conf_dir = v.into(),
         "--cni-conf-name" => {
@@ -231,7 +268,9 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
         "--cni-network-name" => a.cni_network_name = v.to_string(),
         "--cni-data-dir" => a.cni_data_dir = v.into(),
         "--nft" => a.nft = v.to_string(),
-        "--resync" => a.resync = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?,
+        "--resync" => {
+            a.resync = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
+        }
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())
@@ -240,7 +279,9 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
 fn parse_store(v: &str) -> Result<StoreUrl, String> {
     if let Some(p) = v.strip_prefix("file://") {
         if !p.starts_with('/') {
-            return Err(format!("--store: {v:?}: a file store needs an absolute path (file:///dir)"));
+            return Err(format!(
+                "--store: {v:?}: a file store needs an absolute path (file:///dir)"
+            ));
         }
         return Ok(StoreUrl::File(p.into()));
     }
@@ -250,7 +291,13 @@ fn parse_store(v: &str) -> Result<StoreUrl, String> {
                 .split(',')
                 .map(|e| e.trim().trim_end_matches('/'))
                 .filter(|e| !e.is_empty())
-                .map(|e| if e.contains("://") { e.to_string() } else { format!("{}{e}", if scheme == "https://" { "https://" } else { "http://" }) })
+                .map(|e| {
+                    if e.contains("://") {
+                        e.to_string()
+                    } else {
+                        format!("{}{e}", if scheme == "https://" { "https://" } else { "http://" })
+                    }
+                })
                 .collect();
             if eps.is_empty() {
                 return Err(format!("--store: {v:?} names no etcd endpoint"));
@@ -294,15 +341,33 @@ mod tests {
         let a = args(&[]).unwrap();
         assert_eq!(a, Args::default());
         assert!(!a.network_explicit);
-        let a = args(&["--network=10.9.0.0/16", "--subnet-len", "26", "--ip-masq=false", "--cni-portmap",
-            "--store", "etcd://198.18.0.1:2379,h2:2379", "--lease-ttl", "4s", "--public-ip", "198.18.0.11"]).unwrap();
+        let a = args(&[
+            "--network=10.9.0.0/16",
+            "--subnet-len",
+            "26",
+            "--ip-masq=false",
+            "--cni-portmap",
+            "--store",
+            "etcd://198.18.0.1:2379,h2:2379",
+            "--lease-ttl",
+            "4s",
+            "--public-ip",
+            "198.18.0.11",
+        ])
+        .unwrap();
         assert_eq!(a.network.to_string(), "10.9.0.0/16");
         assert!(a.network_explicit);
         assert_eq!(a.subnet_len, Some(26));
         assert!(!a.ip_masq && a.cni_portmap);
-        assert_eq!(a.store, StoreUrl::Etcd(vec!["http://198.18.0.1:2379".into(), "http://h2:2379".into()]));
+        assert_eq!(
+            a.store,
+            StoreUrl::Etcd(vec!["http://198.18.0.1:2379".into(), "http://h2:2379".into()])
+        );
         assert_eq!(a.lease_ttl, Duration::from_secs(4));
-        assert_eq!(args(&["--store", "file:///tmp/x"]).unwrap().store, StoreUrl::File("/tmp/x".into()));
+        assert_eq!(
+            args(&["--store", "file:///tmp/x"]).unwrap().store,
+            StoreUrl::File("/tmp/x".into())
+        );
     }
 
     #[test]

@@ -42,14 +42,22 @@ pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
         return Err(format!("network {network} has host bits set"));
     }
     if !cfg.backend.kind.eq_ignore_ascii_case("host-gw") {
-        return Err(format!("backend type {:?} is not supported (ferryd implements host-gw only)", cfg.backend.kind));
+        return Err(format!(
+            "backend type {:?} is not supported (ferryd implements host-gw only)",
+            cfg.backend.kind
+        ));
     }
     let len = if cfg.subnet_len == 0 { default_subnet_len(network) } else { cfg.subnet_len };
     if len <= network.prefix() {
-        return Err(format!("subnet length /{len} must be longer than the network's /{} ({network})", network.prefix()));
+        return Err(format!(
+            "subnet length /{len} must be longer than the network's /{} ({network})",
+            network.prefix()
+        ));
     }
     if len > 30 {
-        return Err(format!("subnet length /{len} is too long: at most /30 (a node subnet needs room for pods)"));
+        return Err(format!(
+            "subnet length /{len} is too long: at most /30 (a node subnet needs room for pods)"
+        ));
     }
     let size = 1u32 << (32 - len);
     let first = u32::from(network.network());
@@ -69,7 +77,11 @@ pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
     let min = check("SubnetMin", cfg.subnet_min, if last > first { first + size } else { first })?;
     let max = check("SubnetMax", cfg.subnet_max, last)?;
     if min > max {
-        return Err(format!("SubnetMin {} is above SubnetMax {}", Ipv4Addr::from(min), Ipv4Addr::from(max)));
+        return Err(format!(
+            "SubnetMin {} is above SubnetMax {}",
+            Ipv4Addr::from(min),
+            Ipv4Addr::from(max)
+        ));
     }
     Ok(Net { network, subnet_len: len, min: min.into(), max: max.into() })
 }
@@ -103,12 +115,16 @@ impl Net {
     pub fn candidates(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
         let size = self.subnet_size();
         let (lo, hi) = (u32::from(self.min), u32::from(self.max));
-        (0..=(hi - lo) / size).map(move |i| Ipv4Network::new((lo + i * size).into(), self.subnet_len).unwrap())
+        (0..=(hi - lo) / size)
+            .map(move |i| Ipv4Network::new((lo + i * size).into(), self.subnet_len).unwrap())
     }
 
     /// The same network config as stored, for comparisons and logs.
     pub fn describe(&self) -> String {
-        format!("network {} subnets /{} from {} to {}", self.network, self.subnet_len, self.min, self.max)
+        format!(
+            "network {} subnets /{} from {} to {}",
+            self.network, self.subnet_len, self.min, self.max
+        )
     }
 }
 
@@ -139,7 +155,10 @@ mod tests {
         assert_eq!(n.candidates().count(), 255);
         let small = validate(&cfg(r#"{"Network":"10.0.0.0/26"}"#)).unwrap();
         assert_eq!(small.subnet_len, 28);
-        assert_eq!(small.candidates().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/28"]);
+        assert_eq!(
+            small.candidates().map(|c| c.to_string()).collect::<Vec<_>>(),
+            ["10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/28"]
+        );
     }
 
     #[test]
@@ -160,14 +179,19 @@ mod tests {
             (r#"{"Network":"10.0.0.0/30"}"#, "at most /30"),
             (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#, "outside"),
             (r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.7"}"#, "not aligned"),
-            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#, "above"),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
+                "above",
+            ),
             (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, "not supported"),
         ] {
             let e = validate(&cfg(json)).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
         }
         let n = validate(&cfg(r#"{"Network":"198.18.0.0/16"}"#)).unwrap();
-        assert!(check_node(&n, "198.18.0.11".parse().unwrap()).unwrap_err().contains("inside the cluster network"));
+        assert!(check_node(&n, "198.18.0.11".parse().unwrap())
+            .unwrap_err()
+            .contains("inside the cluster network"));
         assert!(check_node(&n, "192.0.2.7".parse().unwrap()).is_ok());
     }
 

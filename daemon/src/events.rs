@@ -47,7 +47,10 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
             }
             _ => Trigger::None,
         },
-        Event::LinkChanged { .. } | Event::LinkDeleted { .. } | Event::AddressChanged | Event::Overrun => Trigger::Link,
+        Event::LinkChanged { .. }
+        | Event::LinkDeleted { .. }
+        | Event::AddressChanged
+        | Event::Overrun => Trigger::Link,
     }
 }
 
@@ -55,10 +58,8 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
 /// network namespace. Errors opening it are returned; later receive errors become `Overrun`.
 pub fn spawn(tx: UnboundedSender<Vec<Event>>) -> std::io::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("netlink-events".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
+    std::thread::Builder::new().name("netlink-events".into()).stack_size(256 * 1024).spawn(
+        move || {
             let mut sock = match EventSocket::new() {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
@@ -82,7 +83,8 @@ pub fn spawn(tx: UnboundedSender<Vec<Event>>) -> std::io::Result<()> {
                     return; // the event loop is gone
                 }
             }
-        })?;
+        },
+    )?;
     ready_rx.recv().map_err(|_| std::io::Error::other("netlink event thread died"))?
 }
 
@@ -114,7 +116,10 @@ mod tests {
         // A connected route coming back (link up): maybe someone is reachable now.
         let conn = Route::new("198.18.0.0/24".parse().unwrap());
         assert_eq!(classify(&Event::RouteAdded(conn), &w), Trigger::Connectivity);
-        assert_eq!(classify(&Event::LinkChanged { index: 2, name: "eth0".into(), up: true }, &w), Trigger::Link);
+        assert_eq!(
+            classify(&Event::LinkChanged { index: 2, name: "eth0".into(), up: true }, &w),
+            Trigger::Link
+        );
         assert_eq!(classify(&Event::Overrun, &w), Trigger::Link);
         let mut other_table = ours;
         other_table.table = 100;

@@ -42,11 +42,19 @@ pub fn my_attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
 }
 
 /// A lease in the store that already belongs to this node and fits the config.
-pub fn existing(entries: &[LeaseEntry], net: &Net, me: Ipv4Addr, remembered: Option<Ipv4Network>, now: SystemTime) -> Option<Lease> {
+pub fn existing(
+    entries: &[LeaseEntry],
+    net: &Net,
+    me: Ipv4Addr,
+    remembered: Option<Ipv4Network>,
+    now: SystemTime,
+) -> Option<Lease> {
     let mut mine: Vec<&Lease> = entries
         .iter()
         .filter_map(|e| e.as_ref().ok())
-        .filter(|l| l.attrs.public_ip == me && net.in_range(l.subnet) && l.expires.is_none_or(|t| t > now))
+        .filter(|l| {
+            l.attrs.public_ip == me && net.in_range(l.subnet) && l.expires.is_none_or(|t| t > now)
+        })
         .collect();
     mine.sort_by_key(|l| (Some(l.subnet) != remembered, l.subnet));
     mine.first().map(|l| (*l).clone())
@@ -90,7 +98,9 @@ pub fn random_u64() -> u64 {
     if n == 8 {
         u64::from_ne_bytes(b)
     } else {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64 ^ std::process::id() as u64
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos()
+            as u64
+            ^ std::process::id() as u64
     }
 }
 
@@ -119,12 +129,16 @@ pub async fn claim<S: LeaseStore>(
             continue;
         }
         let taken = taken(&entries, now);
-        let pick = match remembered.filter(|r| free_subnets(&single(net, *r), &taken, 1).len() == 1) {
+        let pick = match remembered.filter(|r| free_subnets(&single(net, *r), &taken, 1).len() == 1)
+        {
             Some(r) => r,
             None => {
                 let free = free_subnets(net, &taken, SAMPLE);
                 if free.is_empty() {
-                    return Err(ClaimError::Exhausted(format!("no free subnet left: {}", net.describe())));
+                    return Err(ClaimError::Exhausted(format!(
+                        "no free subnet left: {}",
+                        net.describe()
+                    )));
                 }
                 free[(random_u64() % free.len() as u64) as usize]
             }

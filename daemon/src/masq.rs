@@ -39,12 +39,21 @@ pub fn nft(bin: &str, script: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("run {bin}: {e}"))?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| format!("write to {bin}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("write to {bin}: {e}"))?;
     let out = child.wait_with_output().map_err(|e| format!("wait for {bin}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{bin} -f - failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{bin} -f - failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

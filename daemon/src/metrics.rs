@@ -79,7 +79,10 @@ mod tests {
         inc(&m.routes_added_total);
         set(&m.peers, 7);
         let t = m.render();
-        assert!(t.contains("# TYPE ferryd_routes_added_total counter\nferryd_routes_added_total 1\n"), "{t}");
+        assert!(
+            t.contains("# TYPE ferryd_routes_added_total counter\nferryd_routes_added_total 1\n"),
+            "{t}"
+        );
         assert!(t.contains("# HELP ferryd_peers Peer routes currently wanted.\n"), "{t}");
         assert!(t.contains("ferryd_peers 7\n"));
     }

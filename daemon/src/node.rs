@@ -21,12 +21,18 @@ pub struct Uplink {
 
 /// Find the node's public IP and uplink: `--public-ip`, else the first IPv4 address of `--iface`,
 /// else of the interface holding the default route, else of the only interface with an address.
-pub fn find_uplink(nl: &mut Netlink, public_ip: Option<Ipv4Addr>, iface: Option<&str>) -> Result<Uplink, String> {
+pub fn find_uplink(
+    nl: &mut Netlink,
+    public_ip: Option<Ipv4Addr>,
+    iface: Option<&str>,
+) -> Result<Uplink, String> {
     let addrs = nl.addresses(None).map_err(|e| format!("list addresses: {e}"))?;
-    let v4_of = |idx: u32| addrs.iter().find_map(|(i, a)| match a {
-        IpNetwork::V4(n) if *i == idx && !n.ip().is_loopback() => Some(n.ip()),
-        _ => None,
-    });
+    let v4_of = |idx: u32| {
+        addrs.iter().find_map(|(i, a)| match a {
+            IpNetwork::V4(n) if *i == idx && !n.ip().is_loopback() => Some(n.ip()),
+            _ => None,
+        })
+    };
     let link = |nl: &mut Netlink, idx: u32| nl.link_by_index(idx).ok().flatten();
     let index = if let Some(name) = iface {
         let l = nl.link_by_name(name).map_err(|e| format!("look up --iface {name}: {e}"))?;
@@ -66,7 +72,12 @@ pub fn find_uplink(nl: &mut Netlink, public_ip: Option<Ipv4Addr>, iface: Option<
         Some(ip) => ip,
         None => {
             let i = index.ok_or("cannot find the uplink interface: pass --iface or --public-ip")?;
-            v4_of(i).ok_or_else(|| format!("interface {} has no IPv4 address: pass --public-ip", l.as_ref().map(|l| l.name.as_str()).unwrap_or("?")))?
+            v4_of(i).ok_or_else(|| {
+                format!(
+                    "interface {} has no IPv4 address: pass --public-ip",
+                    l.as_ref().map(|l| l.name.as_str()).unwrap_or("?")
+                )
+            })?
         }
     };
     Ok(Uplink {
@@ -86,7 +97,9 @@ pub fn subnet_env(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: b
     let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
     SubnetEnv {
         network: Some(IpNetwork::V4(network)),
-        subnet: Some(IpNetwork::V4(Ipv4Network::new(first, subnet.prefix()).expect("prefix from a network"))),
+        subnet: Some(IpNetwork::V4(
+            Ipv4Network::new(first, subnet.prefix()).expect("prefix from a network"),
+        )),
         ipv6_network: None,
         ipv6_subnet: None,
         mtu: Some(mtu),
@@ -117,7 +130,8 @@ pub fn conflist(a: &Args) -> String {
         "dataDir": a.cni_data_dir,
     })];
     if a.cni_portmap {
-        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+        plugins
+            .push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
     }
     let v = json!({"cniVersion": "1.0.0", "name": a.cni_network_name, "plugins": plugins});
     serde_json::to_string_pretty(&v).expect("json") + "\n"
@@ -134,7 +148,12 @@ pub fn write_if_changed(path: &Path, content: &str) -> io::Result<bool> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
-        let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o644)
+            .open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -142,7 +161,8 @@ pub fn write_if_changed(path: &Path, content: &str) -> io::Result<bool> {
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    res.map(|()| true).map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
+    res.map(|()| true)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
 }
 
 /// Remove the conflist if it is one ferryd wrote (its first plugin is `ferry`). Returns whether
@@ -171,7 +191,12 @@ mod tests {
 
     #[test]
     fn subnet_env_is_flannel_format() {
-        let t = subnet_env("10.244.0.0/16".parse().unwrap(), "10.244.7.0/24".parse().unwrap(), 1500, true);
+        let t = subnet_env(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.7.0/24".parse().unwrap(),
+            1500,
+            true,
+        );
         assert_eq!(t, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n");
     }
 
@@ -179,9 +204,24 @@ mod tests {
     fn remembers_previous_subnet_of_the_same_network() {
         let d = std::env::temp_dir().join(format!("ferryd-node-{}", std::process::id()));
         let p = d.join("subnet.env");
-        assert!(write_if_changed(&p, &subnet_env("10.244.0.0/16".parse().unwrap(), "10.244.7.0/24".parse().unwrap(), 1500, true)).unwrap());
-        assert!(!write_if_changed(&p, &fs::read_to_string(&p).unwrap()).unwrap(), "unchanged content is not rewritten");
-        assert_eq!(remembered_subnet(&p, "10.244.0.0/16".parse().unwrap()), Some("10.244.7.0/24".parse().unwrap()));
+        assert!(write_if_changed(
+            &p,
+            &subnet_env(
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.7.0/24".parse().unwrap(),
+                1500,
+                true
+            )
+        )
+        .unwrap());
+        assert!(
+            !write_if_changed(&p, &fs::read_to_string(&p).unwrap()).unwrap(),
+            "unchanged content is not rewritten"
+        );
+        assert_eq!(
+            remembered_subnet(&p, "10.244.0.0/16".parse().unwrap()),
+            Some("10.244.7.0/24".parse().unwrap())
+        );
         assert_eq!(remembered_subnet(&p, "10.9.0.0/16".parse().unwrap()), None);
         assert_eq!(remembered_subnet(&d.join("missing"), "10.244.0.0/16".parse().unwrap()), None);
         fs::remove_dir_all(&d).unwrap();
@@ -189,7 +229,8 @@ mod tests {
 
     #[test]
     fn conflist_names_the_subnet_file() {
-        let a = Args { subnet_file: "/run/n1/subnet.env".into(), cni_portmap: true, ..Args::default() };
+        let a =
+            Args { subnet_file: "/run/n1/subnet.env".into(), cni_portmap: true, ..Args::default() };
         let v: serde_json::Value = serde_json::from_str(&conflist(&a)).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "ferry");
@@ -206,7 +247,8 @@ mod tests {
         let ours = d.join("10-ferry.conflist");
         let theirs = d.join("20-other.conflist");
         fs::write(&ours, conflist(&Args::default())).unwrap();
-        fs::write(&theirs, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#).unwrap();
+        fs::write(&theirs, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#)
+            .unwrap();
         assert!(remove_conflist(&ours).unwrap());
         assert!(!remove_conflist(&theirs).unwrap());
         assert!(theirs.exists());

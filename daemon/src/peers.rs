@@ -75,7 +75,9 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             continue;
         }
         let (s, ip) = (l.subnet, l.attrs.public_ip);
-        let reason = if !l.attrs.backend_type.is_empty() && !l.attrs.backend_type.eq_ignore_ascii_case("host-gw") {
+        let reason = if !l.attrs.backend_type.is_empty()
+            && !l.attrs.backend_type.eq_ignore_ascii_case("host-gw")
+        {
             Some(format!("backend type {:?} is not host-gw", l.attrs.backend_type))
         } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
             Some(format!("subnet {s} is outside the cluster network {}", me.network))
@@ -89,7 +91,12 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             Some(format!("subnet {s} overlaps this node's subnet {}", me.subnet))
         } else if ip == me.public_ip {
             Some(format!("points at this node's own public IP {ip}"))
-        } else if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() || me.network.contains(ip) {
+        } else if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || me.network.contains(ip)
+        {
             Some(format!("public IP {ip} is not a usable node address"))
         } else {
             None

@@ -3,12 +3,12 @@
 
 use crate::args::Args;
 use crate::events::{classify, Trigger};
+use crate::masq;
 use crate::metrics::{self, Metrics};
 use crate::node;
 use crate::peers::{apply_event, evaluate, Leases, Me};
 use crate::routes::{Routes, Want};
 use crate::store::WatchEvent;
-use crate::masq;
 use ferry_netlink::Event;
 use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
@@ -70,7 +70,12 @@ impl Router {
             match masq::apply(&a.nft, self.me.network, self.me.subnet) {
                 Ok(()) => {
                     if self.masq_for != Some(self.me.subnet) {
-                        info!("masquerade: table ip {} for {} leaving {}", masq::TABLE, self.me.subnet, self.me.network);
+                        info!(
+                            "masquerade: table ip {} for {} leaving {}",
+                            masq::TABLE,
+                            self.me.subnet,
+                            self.me.network
+                        );
                     }
                     self.masq_for = Some(self.me.subnet);
                 }
@@ -135,7 +140,8 @@ impl Router {
         let period = self.a.resync;
         let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
         loop {
             let (mut dirty, mut retry, mut drift) = (false, false, false);
             tokio::select! {

@@ -98,12 +98,14 @@ impl Routes {
         metrics::inc(&self.m.reconciles_total);
         let have = self.nl.routes(false, RT_TABLE_MAIN, Some(RTPROT_FERRY))?;
         let p = plan(want, &have);
-        let mut c = Count { few: p.add.len() + p.replace.len() + p.del.len() <= 16, ..Count::default() };
+        let mut c =
+            Count { few: p.add.len() + p.replace.len() + p.del.len() <= 16, ..Count::default() };
         for r in &p.del {
             self.delete(r, &mut c);
         }
         for &(dst, gw) in &p.replace {
-            let old = have.iter().find(|r| r.dst == IpNetwork::V4(dst) && r.metric.unwrap_or(0) == 0);
+            let old =
+                have.iter().find(|r| r.dst == IpNetwork::V4(dst) && r.metric.unwrap_or(0) == 0);
             self.install(dst, gw, old, retry, true, &mut c);
         }
         for &(dst, gw) in &p.add {
@@ -130,9 +132,12 @@ impl Routes {
                 }
                 (was, Some(g)) => {
                     // Only a route this daemon installed may be replaced in place.
-                    let ours = was.filter(|w| self.unreachable.get(&dst) != Some(w) && self.conflicts.get(&dst) != Some(w));
+                    let ours = was.filter(|w| {
+                        self.unreachable.get(&dst) != Some(w) && self.conflicts.get(&dst) != Some(w)
+                    });
                     let old = ours.map(|w| peer_route(dst, w, 0));
-                    if self.install(dst, g, old.as_ref(), true, false, &mut c) == Installed::Exists {
+                    if self.install(dst, g, old.as_ref(), true, false, &mut c) == Installed::Exists
+                    {
                         in_sync = false;
                     }
                 }
@@ -145,8 +150,18 @@ impl Routes {
 
     /// Add (or, when `old` is our route for `dst`, atomically replace) the route to a peer.
     /// `planned`: the caller knows Ferry has no route for `dst`, so EEXIST means a foreign one.
-    fn install(&mut self, dst: Ipv4Network, gw: Ipv4Addr, old: Option<&Route>, retry: bool, planned: bool, c: &mut Count) -> Installed {
-        if !retry && (self.unreachable.get(&dst) == Some(&gw) || self.conflicts.get(&dst) == Some(&gw)) {
+    fn install(
+        &mut self,
+        dst: Ipv4Network,
+        gw: Ipv4Addr,
+        old: Option<&Route>,
+        retry: bool,
+        planned: bool,
+        c: &mut Count,
+    ) -> Installed {
+        if !retry
+            && (self.unreachable.get(&dst) == Some(&gw) || self.conflicts.get(&dst) == Some(&gw))
+        {
             return Installed::Skipped;
         }
         let oif = match self.reach(gw) {
@@ -198,7 +213,11 @@ impl Routes {
                 Installed::Exists
             }
             Err(e) => {
-                self.op_failed(if old.is_some() { "replace" } else { "add" }, IpNetwork::V4(dst), e);
+                self.op_failed(
+                    if old.is_some() { "replace" } else { "add" },
+                    IpNetwork::V4(dst),
+                    e,
+                );
                 Installed::Skipped
             }
         }
@@ -210,7 +229,11 @@ impl Routes {
                 c.deleted += 1;
                 metrics::inc(&self.m.routes_deleted_total);
                 if c.few {
-                    info!("route {} via {} removed (no such peer lease)", r.dst, show_gw(r.gateway));
+                    info!(
+                        "route {} via {} removed (no such peer lease)",
+                        r.dst,
+                        show_gw(r.gateway)
+                    );
                 }
             }
             Ok(false) => {}
@@ -224,7 +247,13 @@ impl Routes {
         metrics::set(&self.m.unreachable_peers, self.unreachable.len() as u64);
         metrics::set(&self.m.peers, want.len() as u64);
         if c.total() > 0 {
-            info!("routes: {} added, {} replaced, {} removed ({} peers)", c.added, c.replaced, c.deleted, want.len());
+            info!(
+                "routes: {} added, {} replaced, {} removed ({} peers)",
+                c.added,
+                c.replaced,
+                c.deleted,
+                want.len()
+            );
         }
     }
 
@@ -232,7 +261,9 @@ impl Routes {
     fn reach(&mut self, gw: Ipv4Addr) -> Result<u32, String> {
         match self.nl.route_get(IpAddr::V4(gw)) {
             Ok(Some((oif, None))) => Ok(oif),
-            Ok(Some((_, Some(via)))) => Err(format!("{gw} is reached via the gateway {via}, not directly")),
+            Ok(Some((_, Some(via)))) => {
+                Err(format!("{gw} is reached via the gateway {via}, not directly"))
+            }
             Ok(None) => Err(format!("no route to {gw}")),
             Err(e) => Err(format!("no route to {gw}: {e}")),
         }

@@ -4,6 +4,7 @@
 use crate::args::{self, Args, Parsed};
 use crate::config::{self, Net};
 use crate::lease::{self, ClaimError};
+use crate::masq;
 use crate::metrics::{self, Metrics};
 use crate::node;
 use crate::peers::Me;
@@ -11,7 +12,6 @@ use crate::router::{Inputs, Router};
 use crate::routes::Routes;
 use crate::store::any::AnyStore;
 use crate::store::{Lease, LeaseStore, StoreError, WatchEvent};
-use crate::masq;
 use ferry_netlink::Netlink;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
@@ -52,7 +52,9 @@ pub fn main(argv: Vec<String>) -> i32 {
         }
     };
     rt.block_on(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             error!("cannot install signal handlers");
             return 1;
         };
@@ -132,7 +134,13 @@ async fn daemon(a: Args) -> i32 {
         return refuse(&e);
     }
     let mtu = a.mtu.unwrap_or(up.mtu);
-    info!("ferryd {}: node {} on {} (mtu {mtu}), {}", env!("CARGO_PKG_VERSION"), up.public_ip, if up.iface.is_empty() { "?" } else { &up.iface }, AnyStore::describe(&a));
+    info!(
+        "ferryd {}: node {} on {} (mtu {mtu}), {}",
+        env!("CARGO_PKG_VERSION"),
+        up.public_ip,
+        if up.iface.is_empty() { "?" } else { &up.iface },
+        AnyStore::describe(&a)
+    );
 
     // 2. The store and the network config everyone agrees on.
     let mut b = Backoff::new();
@@ -145,7 +153,9 @@ async fn daemon(a: Args) -> i32 {
     let stored = loop {
         match store.put_config_if_absent(&desired).await {
             Ok(c) => break c,
-            Err(StoreError::Invalid(e)) => return refuse(&format!("the stored network config is unusable: {e}")),
+            Err(StoreError::Invalid(e)) => {
+                return refuse(&format!("the stored network config is unusable: {e}"))
+            }
             Err(e) => b.fail("read network config", &e, &m).await,
         }
     };
@@ -155,10 +165,18 @@ async fn daemon(a: Args) -> i32 {
         Ok(s) if s == net => net,
         Ok(s) => {
             if a.strict_network {
-                return refuse(&format!("the store holds {}, the flags ask for {} (--strict-network)", s.describe(), net.describe()));
+                return refuse(&format!(
+                    "the store holds {}, the flags ask for {} (--strict-network)",
+                    s.describe(),
+                    net.describe()
+                ));
             }
             if a.network_explicit {
-                warn!("the store holds {}; using it instead of the flags' {}", s.describe(), net.describe());
+                warn!(
+                    "the store holds {}; using it instead of the flags' {}",
+                    s.describe(),
+                    net.describe()
+                );
             }
             if let Err(e) = config::check_node(&s, up.public_ip) {
                 return refuse(&e);
@@ -176,7 +194,12 @@ async fn daemon(a: Args) -> i32 {
     if let Err(e) = node::enable_forwarding() {
         warn!("net.ipv4.ip_forward=1: {e}");
     }
-    let me = Me { network: net.network, subnet_len: net.subnet_len, subnet: lease.subnet, public_ip: up.public_ip };
+    let me = Me {
+        network: net.network,
+        subnet_len: net.subnet_len,
+        subnet: lease.subnet,
+        public_ip: up.public_ip,
+    };
     let mut router = Router::new(a.clone(), Routes::new(nl, m.clone()), me, mtu, m.clone());
     router.ensure_node(false);
 
@@ -196,14 +219,24 @@ async fn daemon(a: Args) -> i32 {
     }
 }
 
-async fn claim_until_done(store: &mut AnyStore, net: &Net, ip: Ipv4Addr, remembered: Option<Ipv4Network>, a: &Args, m: &Metrics) -> Lease {
+async fn claim_until_done(
+    store: &mut AnyStore,
+    net: &Net,
+    ip: Ipv4Addr,
+    remembered: Option<Ipv4Network>,
+    a: &Args,
+    m: &Metrics,
+) -> Lease {
     let mut b = Backoff::new();
     loop {
         match lease::claim(store, net, ip, remembered, a.lease_ttl).await {
             Ok(l) => {
                 b.ok("claim lease");
                 metrics::inc(&m.lease_claims_total);
-                let exp = l.expires.map(crate::log::timestamp).unwrap_or_else(|| "never (reservation)".into());
+                let exp = l
+                    .expires
+                    .map(crate::log::timestamp)
+                    .unwrap_or_else(|| "never (reservation)".into());
                 info!("lease {} for {} (expires {exp})", l.subnet, ip);
                 return l;
             }
@@ -288,7 +321,8 @@ async fn keeper(
             Some(()) = lost.recv() => reclaim = true,
         }
         if reclaim {
-            let l = claim_until_done(store, net, lease.attrs.public_ip, Some(lease.subnet), a, m).await;
+            let l =
+                claim_until_done(store, net, lease.attrs.public_ip, Some(lease.subnet), a, m).await;
             while lost.try_recv().is_ok() {}
             if l.subnet != lease.subnet {
                 warn!("lease {} was taken; this node now has {} (pods on the old subnet need restarting)", lease.subnet, l.subnet);

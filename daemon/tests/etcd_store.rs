@@ -51,24 +51,44 @@ impl Etcd {
         let f = |n: &str| self.dir.path_str(n);
         match (self.tls, who) {
             (false, _) => vec![],
-            (true, "server") => vec![format!("--cert-file={}", f("server.pem")), format!("--key-file={}", f("server.key")),
-                "--client-cert-auth".into(), format!("--trusted-ca-file={}", f("ca.pem"))],
-            (true, _) => vec![format!("--cacert={}", f("ca.pem")), format!("--cert={}", f("client.pem")),
-                format!("--key={}", f("client.key"))],
+            (true, "server") => vec![
+                format!("--cert-file={}", f("server.pem")),
+                format!("--key-file={}", f("server.key")),
+                "--client-cert-auth".into(),
+                format!("--trusted-ca-file={}", f("ca.pem")),
+            ],
+            (true, _) => vec![
+                format!("--cacert={}", f("ca.pem")),
+                format!("--cert={}", f("client.pem")),
+                format!("--key={}", f("client.key")),
+            ],
         }
     }
 
     /// Start etcd on this data dir and ports; wait (bounded) until it answers.
     fn launch(&mut self) {
         let (c, p) = (self.url(), format!("http://127.0.0.1:{}", self.peer_port));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
         let mut cmd = Command::new("/usr/bin/etcd");
         cmd.args(["--name", "t", "--data-dir", &self.dir.path_str("data")])
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
             .args(["--initial-cluster", &format!("t={p}")])
             .args(self.tls_args("server"))
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap", "--log-level", "warn"])
+            .args([
+                "--heartbeat-interval",
+                "10",
+                "--election-timeout",
+                "100",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.proc = Some(Proc::spawn("etcd", cmd));
@@ -105,7 +125,11 @@ fn etcdctl(e: &Etcd, args: &[&str]) -> std::process::Output {
 }
 
 /// Run an etcdctl command after `delay` on another thread; yields (start, how long it ran).
-fn etcdctl_later(e: &Etcd, delay: Duration, args: &[&str]) -> std::thread::JoinHandle<(Instant, Duration)> {
+fn etcdctl_later(
+    e: &Etcd,
+    delay: Duration,
+    args: &[&str],
+) -> std::thread::JoinHandle<(Instant, Duration)> {
     let mut cmd = etcdctl_cmd(e, args);
     std::thread::spawn(move || {
         std::thread::sleep(delay);
@@ -116,11 +140,19 @@ fn etcdctl_later(e: &Etcd, delay: Duration, args: &[&str]) -> std::thread::JoinH
 }
 
 /// Watch from `rev` until an event batch satisfies `pred` (bounded by `limit`).
-async fn watch_until(s: &mut EtcdStore, mut rev: i64, limit: Duration, pred: impl Fn(&WatchEvent) -> bool) -> i64 {
+async fn watch_until(
+    s: &mut EtcdStore,
+    mut rev: i64,
+    limit: Duration,
+    pred: impl Fn(&WatchEvent) -> bool,
+) -> i64 {
     let t0 = Instant::now();
     loop {
         let left = limit.saturating_sub(t0.elapsed());
-        let (evs, r) = tokio::time::timeout(left, s.watch(rev)).await.expect("expected event not seen in time").unwrap();
+        let (evs, r) = tokio::time::timeout(left, s.watch(rev))
+            .await
+            .expect("expected event not seen in time")
+            .unwrap();
         rev = r;
         if evs.iter().any(&pred) {
             return rev;
@@ -149,7 +181,11 @@ fn net(s: &str) -> Ipv4Network {
 }
 
 fn attrs(ip: &str) -> LeaseAttrs {
-    LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }
+    LeaseAttrs {
+        public_ip: ip.parse().unwrap(),
+        backend_type: "host-gw".into(),
+        backend_data: serde_json::Value::Null,
+    }
 }
 
 fn find(entries: &[LeaseEntry], subnet: &str) -> ferryd::store::Lease {
@@ -172,8 +208,10 @@ async fn config_put_if_absent_and_get() {
     let e = Etcd::start();
     let mut s = store(&e).await;
     assert_eq!(s.get_config().await.unwrap(), None);
-    let a: NetworkConfig =
-        serde_json::from_str(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#).unwrap();
+    let a: NetworkConfig = serde_json::from_str(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
     let mut b = a.clone();
     b.subnet_len = 26;
     assert_eq!(s.put_config_if_absent(&a).await.unwrap(), a);
@@ -185,7 +223,14 @@ async fn config_put_if_absent_and_get() {
     assert_eq!(v["Network"], "10.244.0.0/16");
     assert_eq!(v["Backend"]["Type"], "host-gw");
     // A config written by hand (flannel style) is read; garbage is Invalid.
-    etcdctl_ok(&e, &["put", &format!("{PREFIX}/config"), r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#]);
+    etcdctl_ok(
+        &e,
+        &[
+            "put",
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        ],
+    );
     assert_eq!(s.get_config().await.unwrap().unwrap().network, net("10.5.0.0/16"));
     etcdctl_ok(&e, &["put", &format!("{PREFIX}/config"), "not json"]);
     assert!(matches!(s.get_config().await, Err(StoreError::Invalid(_))));
@@ -203,15 +248,23 @@ async fn create_is_exclusive_and_does_not_leak_leases() {
     let first = t0.elapsed();
     let leases_before = etcdctl_ok(&e, &["lease", "list"]);
     assert!(!other.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), ttl).await.unwrap());
-    assert_eq!(etcdctl_ok(&e, &["lease", "list"]), leases_before, "failed create leaked an etcd lease");
+    assert_eq!(
+        etcdctl_ok(&e, &["lease", "list"]),
+        leases_before,
+        "failed create leaked an etcd lease"
+    );
     let (list, rev) = s.list().await.unwrap();
     assert!(rev > 0);
     let l = find(&list, "10.244.1.0/24");
     assert_eq!(l.attrs, attrs("198.18.0.11"));
     assert!((590.0..=601.0).contains(&secs_left(&l)), "expiry {:?}", l.expires);
     // Flannel wire format, attached to an etcd lease.
-    let raw = etcdctl_ok(&e, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
-    assert_eq!(raw.trim(), r#"{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}"#);
+    let raw =
+        etcdctl_ok(&e, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
+    assert_eq!(
+        raw.trim(),
+        r#"{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}"#
+    );
     let json = etcdctl_ok(&e, &["get", "-w", "json", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
     assert!(json.contains("\"lease\":"), "key has no etcd lease: {json}");
     // Delete, then it can be created again.
@@ -226,10 +279,19 @@ async fn list_includes_reservations_and_bad_entries() {
     require_sandbox();
     let e = Etcd::start();
     let mut s = store(&e).await;
-    assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await.unwrap());
+    assert!(s
+        .create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60))
+        .await
+        .unwrap());
     let sub = |k: &str| format!("{PREFIX}/subnets/{k}");
-    etcdctl_ok(&e, &["put", &sub("10.244.9.0-24"),
-        r#"{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#]);
+    etcdctl_ok(
+        &e,
+        &[
+            "put",
+            &sub("10.244.9.0-24"),
+            r#"{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+        ],
+    );
     etcdctl_ok(&e, &["put", &sub("10.244.7.0-24"), "{garbage"]);
     etcdctl_ok(&e, &["put", &sub("nonsense"), r#"{"PublicIP":"198.18.0.5"}"#]);
     etcdctl_ok(&e, &["put", &format!("{PREFIX}/subnetsX/10.244.8.0-24"), "{}"]); // not under subnets/
@@ -243,7 +305,10 @@ async fn list_includes_reservations_and_bad_entries() {
     assert_eq!(bad.len(), 2, "{list:?}");
     assert!(bad.contains(&&sub("10.244.7.0-24")) && bad.contains(&&sub("nonsense")), "{bad:?}");
     // Renewing a reservation keeps it TTL-less.
-    assert!(s.renew(net("10.244.9.0/24"), &attrs("198.18.0.99"), Duration::from_secs(60)).await.unwrap());
+    assert!(s
+        .renew(net("10.244.9.0/24"), &attrs("198.18.0.99"), Duration::from_secs(60))
+        .await
+        .unwrap());
     assert_eq!(find(&s.list().await.unwrap().0, "10.244.9.0/24").expires, None);
 }
 
@@ -263,10 +328,19 @@ async fn renew_extends_and_refuses_foreign_or_gone() {
     // Outlives the original 5 s lease.
     tokio::time::sleep(Duration::from_millis(6500)).await;
     find(&s.list().await.unwrap().0, "10.244.2.0/24");
-    assert!(!s.renew(n, &attrs("198.18.0.12"), Duration::from_secs(120)).await.unwrap(), "foreign IP");
-    assert_eq!(find(&s.list().await.unwrap().0, "10.244.2.0/24").attrs.public_ip.to_string(), "198.18.0.11");
+    assert!(
+        !s.renew(n, &attrs("198.18.0.12"), Duration::from_secs(120)).await.unwrap(),
+        "foreign IP"
+    );
+    assert_eq!(
+        find(&s.list().await.unwrap().0, "10.244.2.0/24").attrs.public_ip.to_string(),
+        "198.18.0.11"
+    );
     s.delete(n).await.unwrap();
-    assert!(!s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(120)).await.unwrap(), "deleted key");
+    assert!(
+        !s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(120)).await.unwrap(),
+        "deleted key"
+    );
     assert!(s.list().await.unwrap().0.is_empty());
 }
 
@@ -280,9 +354,12 @@ async fn expired_lease_is_reported_removed() {
     let (_, rev) = s.list().await.unwrap();
     let t0 = Instant::now();
     let key = format!("{PREFIX}/subnets/10.244.3.0-24");
-    watch_until(&mut s, rev, Duration::from_secs(8), |ev| {
-        matches!(ev, WatchEvent::Removed { subnet: Some(x), key: k } if *x == n && *k == key)
-    })
+    watch_until(
+        &mut s,
+        rev,
+        Duration::from_secs(8),
+        |ev| matches!(ev, WatchEvent::Removed { subnet: Some(x), key: k } if *x == n && *k == key),
+    )
     .await;
     eprintln!("2 s lease removed after {:?}", t0.elapsed());
     assert!(s.list().await.unwrap().0.is_empty());
@@ -297,7 +374,10 @@ async fn watch_sees_etcdctl_put_and_delete() {
     let key = format!("{PREFIX}/subnets/10.244.4.0-24");
     let v = r#"{"PublicIP":"198.18.0.44","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
     let writer = etcdctl_later(&e, Duration::from_millis(300), &["put", &key, v]);
-    let (evs, rev2) = tokio::time::timeout(Duration::from_secs(2), s.watch(rev)).await.expect("watch timed out").unwrap();
+    let (evs, rev2) = tokio::time::timeout(Duration::from_secs(2), s.watch(rev))
+        .await
+        .expect("watch timed out")
+        .unwrap();
     let got = Instant::now();
     let (started, ctl_took) = writer.join().unwrap();
     assert!(rev2 > rev);
@@ -310,12 +390,19 @@ async fn watch_sees_etcdctl_put_and_delete() {
         other => panic!("unexpected events {other:?}"),
     }
     assert!(got.duration_since(started) < Duration::from_secs(1));
-    eprintln!("etcdctl put → Put event: {:?} (etcdctl process itself took {ctl_took:?})", got.duration_since(started));
+    eprintln!(
+        "etcdctl put → Put event: {:?} (etcdctl process itself took {ctl_took:?})",
+        got.duration_since(started)
+    );
     // An idle watch outlives request_timeout (2 s): the delete 3 s later arrives as an event.
     let writer = etcdctl_later(&e, Duration::from_secs(3), &["del", &key]);
-    let (evs, _) = tokio::time::timeout(Duration::from_secs(5), s.watch(rev2)).await.unwrap().unwrap();
+    let (evs, _) =
+        tokio::time::timeout(Duration::from_secs(5), s.watch(rev2)).await.unwrap().unwrap();
     writer.join().unwrap();
-    assert!(matches!(&evs[..], [WatchEvent::Removed { subnet: Some(x), .. }] if *x == net("10.244.4.0/24")), "{evs:?}");
+    assert!(
+        matches!(&evs[..], [WatchEvent::Removed { subnet: Some(x), .. }] if *x == net("10.244.4.0/24")),
+        "{evs:?}"
+    );
 }
 
 #[tokio::test]
@@ -336,12 +423,18 @@ async fn watch_latency_and_compaction_resync() {
             async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 let t0 = Instant::now();
-                assert!(writer.create(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
+                assert!(writer
+                    .create(n, &attrs("198.18.0.11"), Duration::from_secs(600))
+                    .await
+                    .unwrap());
                 (t0, t0.elapsed())
             }
         );
         let ((evs, r), t1) = w;
-        assert!(matches!(&evs[..], [WatchEvent::Put(Ok(l))] if l.subnet == n && l.expires.is_some()), "{evs:?}");
+        assert!(
+            matches!(&evs[..], [WatchEvent::Put(Ok(l))] if l.subnet == n && l.expires.is_some()),
+            "{evs:?}"
+        );
         rev = r;
         lat.push(t1.duration_since(t0.0));
         took.push(t0.1);
@@ -349,17 +442,24 @@ async fn watch_latency_and_compaction_resync() {
     lat.sort();
     took.sort();
     let (p50, p90) = (lat[lat.len() / 2], lat[lat.len() * 9 / 10]);
-    eprintln!("create start → peer watch event (incl. its lease TTL lookup): p50 {p50:?} p90 {p90:?}; \
-        create alone (grant + txn): p50 {:?}", took[took.len() / 2]);
+    eprintln!(
+        "create start → peer watch event (incl. its lease TTL lookup): p50 {p50:?} p90 {p90:?}; \
+        create alone (grant + txn): p50 {:?}",
+        took[took.len() / 2]
+    );
     assert!(p50 < Duration::from_millis(10), "p50 {p50:?}");
     // Fall behind, compact past our revision: the watch must resync with the full list.
     writer.delete(net("10.244.10.0/24")).await.unwrap();
-    assert!(writer.create(net("10.244.200.0/24"), &attrs("198.18.0.12"), Duration::from_secs(600)).await.unwrap());
+    assert!(writer
+        .create(net("10.244.200.0/24"), &attrs("198.18.0.12"), Duration::from_secs(600))
+        .await
+        .unwrap());
     let (_, head) = writer.list().await.unwrap();
     etcdctl_ok(&e, &["compact", &head.to_string()]);
     let stale = rev; // events after `stale` are compacted away
     let mut fresh = watcher.handle();
-    let (evs, r) = tokio::time::timeout(Duration::from_secs(3), fresh.watch(stale)).await.unwrap().unwrap();
+    let (evs, r) =
+        tokio::time::timeout(Duration::from_secs(3), fresh.watch(stale)).await.unwrap().unwrap();
     match &evs[..] {
         [WatchEvent::Resync(list)] => {
             assert_eq!(list.len(), 40, "{list:?}");
@@ -390,9 +490,14 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
     assert!(t.elapsed() < limit, "list took {:?}", t.elapsed());
     eprintln!("list with etcd down: Unavailable after {:?}", t.elapsed());
     let t = Instant::now();
-    assert!(matches!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(s.create(net("10.244.6.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await,
-        Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        s.create(net("10.244.6.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await,
+        Err(StoreError::Unavailable(_))
+    ));
     assert!(matches!(s.get_config().await, Err(StoreError::Unavailable(_))));
     assert!(t.elapsed() < limit * 3, "calls took {:?}", t.elapsed());
     // Also a store created while etcd is down: connect succeeds (lazy), calls fail fast.
@@ -404,7 +509,9 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
     let listed = loop {
         match s.list().await {
             Ok(l) => break l,
-            Err(err) => assert!(t.elapsed() < Duration::from_secs(10), "store did not recover: {err}"),
+            Err(err) => {
+                assert!(t.elapsed() < Duration::from_secs(10), "store did not recover: {err}")
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -412,9 +519,18 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
     find(&listed.0, "10.244.5.0/24");
     assert!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
     // And the watch resumes from where it was.
-    etcdctl_ok(&e, &["put", &format!("{PREFIX}/subnets/10.244.6.0-24"), r#"{"PublicIP":"198.18.0.66"}"#]);
+    etcdctl_ok(
+        &e,
+        &["put", &format!("{PREFIX}/subnets/10.244.6.0-24"), r#"{"PublicIP":"198.18.0.66"}"#],
+    );
     let n6 = net("10.244.6.0/24");
-    watch_until(&mut s, rev, Duration::from_secs(3), |ev| matches!(ev, WatchEvent::Put(Ok(l)) if l.subnet == n6)).await;
+    watch_until(
+        &mut s,
+        rev,
+        Duration::from_secs(3),
+        |ev| matches!(ev, WatchEvent::Put(Ok(l)) if l.subnet == n6),
+    )
+    .await;
     assert!(cold.list().await.is_ok());
 }
 
@@ -446,9 +562,16 @@ async fn tls_with_client_certificates() {
         ..EtcdConfig::default()
     };
     let mut s = EtcdStore::connect(cfg.clone()).await.unwrap();
-    assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60)).await.unwrap());
-    assert_eq!(find(&s.list().await.unwrap().0, "10.244.1.0/24").attrs.public_ip.to_string(), "198.18.0.11");
+    assert!(s
+        .create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert_eq!(
+        find(&s.list().await.unwrap().0, "10.244.1.0/24").attrs.public_ip.to_string(),
+        "198.18.0.11"
+    );
     // Without a client certificate etcd refuses us.
-    let mut anon = EtcdStore::connect(EtcdConfig { cert_file: None, key_file: None, ..cfg }).await.unwrap();
+    let mut anon =
+        EtcdStore::connect(EtcdConfig { cert_file: None, key_file: None, ..cfg }).await.unwrap();
     assert!(anon.list().await.is_err());
 }

@@ -24,7 +24,10 @@ fn down_and_up_without_flap(lab: &mut Lab, subnets: &[String], down: impl FnOnce
     std::thread::sleep(Duration::from_millis(500));
     mon.stop(Duration::from_secs(2));
     let seen = std::fs::read_to_string(&mon_path).unwrap();
-    assert!(!seen.contains("Deleted"), "routes flapped while ferryd went down and came back:\n{seen}");
+    assert!(
+        !seen.contains("Deleted"),
+        "routes flapped while ferryd went down and came back:\n{seen}"
+    );
     assert_eq!(lab.subnet(0).unwrap(), subnets[0], "lease reused");
 }
 
@@ -38,16 +41,28 @@ fn leases_are_distinct_and_routed(kind: Store) {
         assert!(s.starts_with("10.244.") && s.ends_with("/24") && s != "10.244.0.0/24", "{s}");
         let v = lab.get_lease(&key(s)).unwrap_or_else(|| panic!("no lease {s} in the store"));
         assert!(v.contains(&format!(r#""PublicIP":"{}""#, lab.nodes[i].ip)), "{v}");
-        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
+        let conf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
         assert_eq!(conf["cniVersion"], "1.0.0");
         assert_eq!(conf["plugins"][0]["type"], "ferry");
-        assert_eq!(conf["plugins"][0]["subnetFile"], lab.nodes[i].dir.join("subnet.env").display().to_string());
+        assert_eq!(
+            conf["plugins"][0]["subnetFile"],
+            lab.nodes[i].dir.join("subnet.env").display().to_string()
+        );
         assert_eq!(lab.nodes[i].ns.sysctl("net.ipv4.ip_forward"), "1");
         let env = std::fs::read_to_string(lab.nodes[i].dir.join("subnet.env")).unwrap();
-        assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n") && env.contains("FLANNEL_MTU=1500\n") && env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+        assert!(
+            env.contains("FLANNEL_NETWORK=10.244.0.0/16\n")
+                && env.contains("FLANNEL_MTU=1500\n")
+                && env.contains("FLANNEL_IPMASQ=true\n"),
+            "{env}"
+        );
         // Routes go out of eth0 and are tagged proto 113.
         let r = lab.nodes[i].ns.ip(&["route", "get", &subnets[(i + 1) % 3].replace(".0/24", ".5")]);
-        assert!(r.contains(&format!("via {}", lab.nodes[(i + 1) % 3].ip)) && r.contains("dev eth0"), "{r}");
+        assert!(
+            r.contains(&format!("via {}", lab.nodes[(i + 1) % 3].ip)) && r.contains("dev eth0"),
+            "{r}"
+        );
     }
 }
 
@@ -122,7 +137,10 @@ fn kill9_keeps_datapath_and_restart_does_not_flap(kind: Store) {
         lab.kill9(0);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(lab.routes(0), want, "routes survive a SIGKILLed daemon");
-        assert!(lab.subnet(0).is_some() && lab.conflist(0).exists(), "subnet file and conflist stay");
+        assert!(
+            lab.subnet(0).is_some() && lab.conflist(0).exists(),
+            "subnet file and conflist stay"
+        );
     });
     lab.wait_routes(0, &want, T);
 }
@@ -133,7 +151,8 @@ fn bad_leases_are_ignored(kind: Store) {
     let n1: ipnetwork::Ipv4Network = subnets[1].parse().unwrap();
     let n1_wide = ipnetwork::Ipv4Network::new(n1.network(), 23).unwrap();
     let n1_wide = format!("{}-23", n1_wide.network());
-    let lease = |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw","BackendData":null}}"#);
+    let lease =
+        |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw","BackendData":null}}"#);
     let bad = [
         ("10.244.200.0-24".to_string(), "{garbage".to_string()),
         ("10.99.0.0-24".to_string(), lease("198.18.0.50")),
@@ -157,7 +176,11 @@ fn bad_leases_are_ignored(kind: Store) {
     for (k, _) in &bad {
         assert!(log.contains(&format!("ignoring lease {k}")), "no warning for {k}:\n{log}");
     }
-    assert_eq!(log.matches("10.244.203.0/24 via 203.0.113.5 not routed").count(), 1, "unreachable peer reported once:\n{log}");
+    assert_eq!(
+        log.matches("10.244.203.0/24 via 203.0.113.5 not routed").count(),
+        1,
+        "unreachable peer reported once:\n{log}"
+    );
     // Bad leases are never routed anywhere (10.244.201.0/24 is bad only for the node it points
     // at: to the others it is a second lease of node 0).
     for i in 0..3 {
@@ -218,7 +241,8 @@ fn store_outage_keeps_routes(kind: Store) {
     }
     // Every node gets its own subnet back and routes stay.
     let back = wait_for(Duration::from_secs(10), || {
-        (0..3).all(|i| lab.get_lease(&key(&subnets[i])).is_some_and(|v| v.contains(&lab.nodes[i].ip)))
+        (0..3)
+            .all(|i| lab.get_lease(&key(&subnets[i])).is_some_and(|v| v.contains(&lab.nodes[i].ip)))
     });
     assert!(back, "leases not renewed/re-claimed: {:?}\n{}", lab.lease_keys(), lab.log(0));
     for i in 0..3 {
@@ -233,13 +257,20 @@ fn masquerade_table(kind: Store) {
     lab.start(1, &["--ip-masq=false"]);
     let s = lab.wait_subnets(&[0, 1]);
     let t = lab.nft_table(0).expect("table ip ferry on node 0");
-    assert!(t.contains(&format!("ip saddr {} ip daddr 10.244.0.0/16 return", s[0])) && t.contains("masquerade"), "{t}");
+    assert!(
+        t.contains(&format!("ip saddr {} ip daddr 10.244.0.0/16 return", s[0]))
+            && t.contains("masquerade"),
+        "{t}"
+    );
     assert!(lab.nft_table(1).is_none(), "--ip-masq=false: no table");
-    assert!(std::fs::read_to_string(lab.nodes[1].dir.join("subnet.env")).unwrap().contains("FLANNEL_IPMASQ=false"));
+    assert!(std::fs::read_to_string(lab.nodes[1].dir.join("subnet.env"))
+        .unwrap()
+        .contains("FLANNEL_IPMASQ=false"));
     // Uninstall removes routes, table and our conflist, and nothing else.
     lab.wait_routes(0, &lab.expected(0, &[0, 1]), T);
     let other = lab.nodes[0].dir.join("net.d/20-other.conflist");
-    std::fs::write(&other, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#).unwrap();
+    std::fs::write(&other, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#)
+        .unwrap();
     lab.nodes[0].ns.ip(&["route", "add", "10.77.0.0/24", "via", "198.18.0.13"]);
     assert!(lab.stop(0).unwrap().success());
     let (st, out) = lab.run_once(0, &["--uninstall"], T);
@@ -266,7 +297,11 @@ fn unusable_config_exits_2_and_changes_nothing(kind: Store) {
         assert!(out.contains(needle), "{flags:?}: {out}");
     }
     // A stored config that differs is used, unless --strict-network refuses it.
-    let (st, out) = lab.run_once(0, &["--network", "10.9.0.0/16", "--strict-network", "--lease-ttl", "1s"], Duration::from_millis(1500));
+    let (st, out) = lab.run_once(
+        0,
+        &["--network", "10.9.0.0/16", "--strict-network", "--lease-ttl", "1s"],
+        Duration::from_millis(1500),
+    );
     assert!(st.is_none(), "first start stores its config and keeps running: {out}");
     let (st, out) = lab.run_once(0, &["--network", "10.8.0.0/16", "--strict-network"], T);
     assert_eq!(st.and_then(|s| s.code()), Some(2), "{out}");

@@ -14,14 +14,21 @@ const T: Duration = Duration::from_secs(10);
 /// Add a pod on node `i` the way a runtime would: the first plugin of the installed conflist,
 /// with the list's name and cniVersion, on stdin. Returns (pod netns, pod IP).
 fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
-    let list: Value = serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
+    let list: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
     let mut conf = list["plugins"][0].clone();
     conf["name"] = list["name"].clone();
     conf["cniVersion"] = list["cniVersion"].clone();
     let pod = Netns::new("fpo");
     let path = bin_dir().display().to_string();
     let netns = pod.path();
-    let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", id), ("CNI_NETNS", &netns), ("CNI_IFNAME", "eth0"), ("CNI_PATH", &path)];
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", &netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", &path),
+    ];
     let out = cni(Some(&lab.nodes[i].ns), &bin("ferry"), &env, &conf.to_string());
     out.assert_ok();
     let r = out.json();
@@ -38,7 +45,9 @@ fn conntrack(lab: &Lab, i: usize) -> Vec<String> {
 /// The conntrack entry of an ICMP flow from `src` to `dst`, if any.
 fn flow(lab: &Lab, i: usize, src: &str, dst: &str) -> Option<String> {
     let (s, d) = (format!("src={src} "), format!("dst={dst} "));
-    conntrack(lab, i).into_iter().find(|l| l.contains("icmp") && l.find(&s).is_some_and(|a| l.find(&d).is_some_and(|b| a < b)))
+    conntrack(lab, i).into_iter().find(|l| {
+        l.contains("icmp") && l.find(&s).is_some_and(|a| l.find(&d).is_some_and(|b| a < b))
+    })
 }
 
 fn pods_across_nodes(kind: Store) {
@@ -46,7 +55,11 @@ fn pods_across_nodes(kind: Store) {
     let pods: Vec<(Netns, String)> = (0..3).map(|i| add_pod(&lab, i, &format!("pod{i}"))).collect();
     for (i, (_, ip)) in pods.iter().enumerate() {
         let net: ipnetwork::Ipv4Network = subnets[i].parse().unwrap();
-        assert!(net.contains(ip.parse().unwrap()), "pod {ip} is in node {i}'s subnet {}", subnets[i]);
+        assert!(
+            net.contains(ip.parse().unwrap()),
+            "pod {ip} is in node {i}'s subnet {}",
+            subnets[i]
+        );
     }
     let all_ping = |lab: &Lab, when: &str| {
         for (a, (pa, _)) in pods.iter().enumerate() {
@@ -67,7 +80,10 @@ fn pods_across_nodes(kind: Store) {
     // no route back to pod subnets, so this ping only works through the NAT.
     assert!(pods[0].0.ping("198.18.0.1"), "pod0 -> underlay 198.18.0.1 (needs masquerade)");
     let f = flow(&lab, 0, ip0, "198.18.0.1").expect("conntrack entry for pod0 -> 198.18.0.1");
-    assert!(f.contains(&format!("src=198.18.0.1 dst={} ", lab.nodes[0].ip)), "not masqueraded to the node IP: {f}");
+    assert!(
+        f.contains(&format!("src=198.18.0.1 dst={} ", lab.nodes[0].ip)),
+        "not masqueraded to the node IP: {f}"
+    );
 
     // The store goes away: routes and pings stay.
     let away = lab.dir.join("store-away");

@@ -104,8 +104,9 @@ pub fn read_subnet_file(path: &std::path::Path) -> Result<SubnetEnv, CniError> {
         }
         Err(e) => return Err(CniError::config(format!("cannot read node subnet file {}: {e}", path.display()))),
     };
-    SubnetEnv::parse(&text)
-        .map_err(|e| CniError::config(format!("node subnet file {} is invalid: {e}", path.display())))
+    SubnetEnv::parse(&text).map_err(|e| {
+        CniError::config(format!("node subnet file {} is invalid: {e}", path.display()))
+    })
 }
 
 impl IpamConf {
@@ -120,9 +121,14 @@ impl IpamConf {
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(v) => return Err(cfg(format!("\"dns\" must be an object, got {v}"))),
         };
-        let data_dir = opt_str(m, "dataDir")?.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = opt_str(m, "dataDir")?
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if !data_dir.is_absolute() {
-            return Err(cfg(format!("dataDir {:?} must be an absolute path", data_dir.display().to_string())));
+            return Err(cfg(format!(
+                "dataDir {:?} must be an absolute path",
+                data_dir.display().to_string()
+            )));
         }
         Ok(IpamConf {
             subnet,
@@ -168,8 +174,10 @@ impl IpamConf {
         subnets
             .iter()
             .map(|n| {
-                let ex = exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect();
-                Pool::new(*n, fam(gw, n), fam(start, n), fam(end, n), ex).map_err(|e| e.context("ipam config"))
+                let ex =
+                    exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect();
+                Pool::new(*n, fam(gw, n), fam(start, n), fam(end, n), ex)
+                    .map_err(|e| e.context("ipam config"))
             })
             .collect()
     }
@@ -252,11 +260,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-ipam-conf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("subnet.env");
-        let c = conf(json!({"subnetFile": f.to_str().unwrap(), "rangeStart":"fd00:1::10"})).unwrap();
+        let c =
+            conf(json!({"subnetFile": f.to_str().unwrap(), "rangeStart":"fd00:1::10"})).unwrap();
         assert_eq!(c.subnets().unwrap_err().code.as_u32(), 11);
         std::fs::write(&f, "FLANNEL_SUBNET=bogus\n").unwrap();
         assert_eq!(c.subnets().unwrap_err().code.as_u32(), 7);
-        std::fs::write(&f, "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_SUBNET=fd00:1::/64\n").unwrap();
+        std::fs::write(&f, "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_SUBNET=fd00:1::/64\n")
+            .unwrap();
         let pools = c.pools().unwrap();
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[0].start.to_string(), "10.244.3.1");

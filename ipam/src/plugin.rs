@@ -30,7 +30,10 @@ pub const ABOUT: &str = concat!("CNI ferry-ipam plugin ", env!("CARGO_PKG_VERSIO
 pub struct IpamPlugin;
 
 fn conf(req: &Request) -> Result<IpamConf, CniError> {
-    let m = req.conf.ipam().ok_or_else(|| CniError::config("network config has no \"ipam\" section"))?;
+    let m = req
+        .conf
+        .ipam()
+        .ok_or_else(|| CniError::config("network config has no \"ipam\" section"))?;
     IpamConf::parse(m)
 }
 
@@ -45,7 +48,9 @@ fn owner(req: &Request) -> Owner {
 fn parse_requested(s: &str, from: &str) -> Result<IpAddr, CniError> {
     let t = s.trim();
     let ip = t.split_once('/').map(|(a, _)| a).unwrap_or(t);
-    ip.parse().map_err(|_| CniError::config(format!("ferry-ipam: requested IP {s:?} ({from}) is not an IP address")))
+    ip.parse().map_err(|_| {
+        CniError::config(format!("ferry-ipam: requested IP {s:?} ({from}) is not an IP address"))
+    })
 }
 
 fn ip_list(v: Option<&Value>, from: &str) -> Result<Vec<IpAddr>, CniError> {
@@ -55,7 +60,9 @@ fn ip_list(v: Option<&Value>, from: &str) -> Result<Vec<IpAddr>, CniError> {
             .iter()
             .map(|x| match x.as_str() {
                 Some(s) => parse_requested(s, from),
-                None => Err(CniError::config(format!("ferry-ipam: {from} entries must be strings, got {x}"))),
+                None => Err(CniError::config(format!(
+                    "ferry-ipam: {from} entries must be strings, got {x}"
+                ))),
             })
             .collect(),
         Some(x) => Err(CniError::config(format!("ferry-ipam: {from} must be a list, got {x}"))),
@@ -68,13 +75,20 @@ pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
     if !rc.is_empty() {
         return Ok(rc);
     }
-    let args = ip_list(req.conf.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get("ips")), "args.cni.ips")?;
+    let args = ip_list(
+        req.conf.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get("ips")),
+        "args.cni.ips",
+    )?;
     if !args.is_empty() {
         return Ok(args);
     }
     match req.args.arg("IP").filter(|s| !s.is_empty()) {
         None => Ok(vec![]),
-        Some(s) => s.split(',').filter(|x| !x.trim().is_empty()).map(|x| parse_requested(x, "CNI_ARGS IP")).collect(),
+        Some(s) => s
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| parse_requested(x, "CNI_ARGS IP"))
+            .collect(),
     }
 }
 
@@ -83,7 +97,9 @@ fn match_requests(pools: &[Pool], requested: &[IpAddr]) -> Result<Vec<Option<IpA
     let mut out = vec![None; pools.len()];
     for &ip in requested {
         let Some(i) = pools.iter().position(|p| p.is_ipv4() == ip.is_ipv4()) else {
-            return Err(CniError::config(format!("ferry-ipam: requested IP {ip} matches no configured subnet")));
+            return Err(CniError::config(format!(
+                "ferry-ipam: requested IP {ip} matches no configured subnet"
+            )));
         };
         if let Some(prev) = out[i].replace(ip) {
             return Err(CniError::config(format!(
@@ -132,7 +148,10 @@ impl Plugin for IpamPlugin {
         let listed: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.ip()).collect();
         for ip in &held {
             if !listed.contains(ip) {
-                return fail(format!("{}/{} holds {ip}, which prevResult does not list", who.container_id, who.ifname));
+                return fail(format!(
+                    "{}/{} holds {ip}, which prevResult does not list",
+                    who.container_id, who.ifname
+                ));
             }
         }
         for ip in listed.iter().filter(|l| held.iter().any(|h| h.is_ipv4() == l.is_ipv4())) {
@@ -148,13 +167,18 @@ impl Plugin for IpamPlugin {
 
     fn gc(&mut self, req: &Request) -> Result<(), CniError> {
         let c = conf(req)?;
-        let keep: Vec<Owner> =
-            req.conf.valid_attachments()?.into_iter().map(|a| Owner::new(a.container_id, a.ifname)).collect();
+        let keep: Vec<Owner> = req
+            .conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|a| Owner::new(a.container_id, a.ifname))
+            .collect();
         store(&c, req)?.gc(&keep).map(|_| ())
     }
 
     fn status(&mut self, req: &Request) -> Result<(), CniError> {
-        let unavailable = |e: CniError| CniError::new(Code::NotAvailable, e.msg).with_details(e.details);
+        let unavailable =
+            |e: CniError| CniError::new(Code::NotAvailable, e.msg).with_details(e.details);
         let c = conf(req)?;
         let pools = c.pools().map_err(unavailable)?;
         let mut st = store(&c, req).map_err(unavailable)?;

@@ -39,7 +39,11 @@ fn call(cmd: &str, id: &str, extra: &[(&str, &str)], stdin: &Value) -> (i32, Val
         &mut err,
     );
     let text = String::from_utf8(out).unwrap();
-    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(text.trim()).unwrap() };
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text.trim()).unwrap()
+    };
     (rc, v)
 }
 
@@ -53,7 +57,11 @@ fn conf(dir: &Tmp, ver: &str, ipam: Value) -> Value {
 #[test]
 fn add_result_shape_and_idempotency() {
     let t = tmp("shape");
-    let c = conf(&t, "1.0.0", json!({"subnet":"10.5.0.0/24","routes":[{"dst":"0.0.0.0/0"}],"dns":{"nameservers":["10.96.0.10"]}}));
+    let c = conf(
+        &t,
+        "1.0.0",
+        json!({"subnet":"10.5.0.0/24","routes":[{"dst":"0.0.0.0/0"}],"dns":{"nameservers":["10.96.0.10"]}}),
+    );
     let (rc, r) = call("ADD", "c1", &[], &c);
     assert_eq!(rc, 0, "{r}");
     assert_eq!(r["cniVersion"], "1.0.0");
@@ -70,7 +78,12 @@ fn add_result_shape_and_idempotency() {
 fn requested_ip_sources_in_order() {
     let t = tmp("req");
     let base = json!({"subnet":"10.5.0.0/24"});
-    let (_, r) = call("ADD", "a", &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.5.0.40")], &conf(&t, "1.0.0", base.clone()));
+    let (_, r) = call(
+        "ADD",
+        "a",
+        &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.5.0.40")],
+        &conf(&t, "1.0.0", base.clone()),
+    );
     assert_eq!(r["ips"][0]["address"], "10.5.0.40/24");
     let mut c = conf(&t, "1.0.0", base.clone());
     c["args"] = json!({"cni":{"ips":["10.5.0.41/24"]}});
@@ -79,7 +92,13 @@ fn requested_ip_sources_in_order() {
     c["runtimeConfig"] = json!({"ips":["10.5.0.43"]});
     let (_, r) = call("ADD", "c", &[], &c);
     assert_eq!(r["ips"][0]["address"], "10.5.0.43/24");
-    let cases = [("IP=10.5.0.40", 101), ("IP=10.5.0.1", 7), ("IP=10.6.0.9", 7), ("IP=fd00::1", 7), ("IP=junk", 7)];
+    let cases = [
+        ("IP=10.5.0.40", 101),
+        ("IP=10.5.0.1", 7),
+        ("IP=10.6.0.9", 7),
+        ("IP=fd00::1", 7),
+        ("IP=junk", 7),
+    ];
     for (args, code) in cases {
         let (rc, e) = call("ADD", "d", &[("CNI_ARGS", args)], &conf(&t, "1.0.0", base.clone()));
         assert_eq!((rc, e["code"].as_u64()), (1, Some(code)), "{args}: {e}");
@@ -140,14 +159,21 @@ fn subnet_file_errors() {
     std::fs::write(&f, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_SUBNET=fd00:7::/64\n").unwrap();
     let (rc, r) = call("ADD", "a", &[], &c);
     assert_eq!(rc, 0, "{r}");
-    assert_eq!(r["ips"], json!([{"address":"10.244.7.2/24","gateway":"10.244.7.1"},{"address":"fd00:7::2/64","gateway":"fd00:7::1"}]));
+    assert_eq!(
+        r["ips"],
+        json!([{"address":"10.244.7.2/24","gateway":"10.244.7.1"},{"address":"fd00:7::2/64","gateway":"fd00:7::1"}])
+    );
     assert_eq!(call("STATUS", "", &[], &c), (0, Value::Null));
 }
 
 #[test]
 fn config_errors_are_code_7() {
     let t = tmp("cfg");
-    for ipam in [json!({"subnet":"10.0.0.0/31"}), json!({"subnet":"10.0.0.0/24","gateway":"10.1.0.1"}), json!({})] {
+    for ipam in [
+        json!({"subnet":"10.0.0.0/31"}),
+        json!({"subnet":"10.0.0.0/24","gateway":"10.1.0.1"}),
+        json!({}),
+    ] {
         let (rc, e) = call("ADD", "a", &[], &conf(&t, "1.0.0", ipam.clone()));
         assert_eq!((rc, e["code"].as_u64()), (1, Some(7)), "{ipam}");
     }

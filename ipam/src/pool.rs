@@ -160,7 +160,9 @@ impl Pool {
             return false;
         }
         let n = to_u128(ip);
-        n >= to_u128(self.start) && n <= to_u128(self.end) && !reserved.iter().any(|&(a, b)| a <= n && n <= b)
+        n >= to_u128(self.start)
+            && n <= to_u128(self.end)
+            && !reserved.iter().any(|&(a, b)| a <= n && n <= b)
     }
 
     /// Whether `ip` may be allocated: in the range and not the gateway, network, broadcast or
@@ -215,7 +217,11 @@ impl Pool {
     /// The next allocatable address after `after` (round robin, wrapping to `start`) for which
     /// `taken` is false. `None` when every allocatable address is taken. Cost grows with the
     /// number of taken and reserved addresses skipped, never with the pool size.
-    pub(crate) fn next_free(&self, after: Option<IpAddr>, taken: &dyn Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    pub(crate) fn next_free(
+        &self,
+        after: Option<IpAddr>,
+        taken: &dyn Fn(IpAddr) -> bool,
+    ) -> Option<IpAddr> {
         let reserved = self.reserved();
         let (s, e) = (to_u128(self.start), to_u128(self.end));
         let from = match after.filter(|a| a.is_ipv4() == self.is_ipv4()).map(to_u128) {
@@ -295,14 +301,17 @@ mod tests {
             assert!(e.msg.contains("too small"), "{}", e.msg);
         }
         // /30 whose only host is the gateway: nothing allocatable.
-        let e = Pool::new(net("10.0.0.0/30"), Some(ip("10.0.0.2")), Some(ip("10.0.0.2")), None, vec![]).unwrap_err();
+        let e =
+            Pool::new(net("10.0.0.0/30"), Some(ip("10.0.0.2")), Some(ip("10.0.0.2")), None, vec![])
+                .unwrap_err();
         assert_eq!(e.code.as_u32(), 7);
     }
 
     #[test]
     fn bad_input_is_code_7() {
         let n = net("10.0.0.0/24");
-        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Vec<(&'a str, &'a str)>);
+        type Case<'a> =
+            (Option<&'a str>, Option<&'a str>, Option<&'a str>, Vec<(&'a str, &'a str)>);
         let cases: Vec<Case> = vec![
             (Some("10.0.1.1"), None, None, vec![]),
             (Some("10.0.0.0"), None, None, vec![]),
@@ -345,7 +354,9 @@ mod tests {
 
     #[test]
     fn next_free_round_robin_and_skips() {
-        let p = Pool::new(net("10.0.0.0/29"), None, None, None, vec![(ip("10.0.0.3"), ip("10.0.0.4"))]).unwrap();
+        let p =
+            Pool::new(net("10.0.0.0/29"), None, None, None, vec![(ip("10.0.0.3"), ip("10.0.0.4"))])
+                .unwrap();
         let none = |_: IpAddr| false;
         assert_eq!(p.next_free(None, &none), Some(ip("10.0.0.2")));
         assert_eq!(p.next_free(Some(ip("10.0.0.2")), &none), Some(ip("10.0.0.5")));

@@ -33,21 +33,28 @@ struct DiskOwner {
 impl State {
     /// Parse and validate `state.json`; the error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<State, String> {
-        let d: DiskState = serde_json::from_slice(bytes).map_err(|e| format!("not valid state JSON: {e}"))?;
+        let d: DiskState =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid state JSON: {e}"))?;
         if d.version != STATE_VERSION {
-            return Err(format!("unsupported version {} (this ferry-ipam writes {STATE_VERSION})", d.version));
+            return Err(format!(
+                "unsupported version {} (this ferry-ipam writes {STATE_VERSION})",
+                d.version
+            ));
         }
         let mut st = State::default();
         for (k, v) in d.last {
-            let net: ipnetwork::IpNetwork = k.parse().map_err(|_| format!("last: key {k:?} is not a subnet"))?;
-            let ip: IpAddr = v.parse().map_err(|_| format!("last[{k}]: {v:?} is not an IP address"))?;
+            let net: ipnetwork::IpNetwork =
+                k.parse().map_err(|_| format!("last: key {k:?} is not a subnet"))?;
+            let ip: IpAddr =
+                v.parse().map_err(|_| format!("last[{k}]: {v:?} is not an IP address"))?;
             if net.is_ipv4() != ip.is_ipv4() {
                 return Err(format!("last[{k}]: {ip} is of the wrong family"));
             }
             st.last.insert(k, ip);
         }
         for (k, o) in d.allocations {
-            let ip: IpAddr = k.parse().map_err(|_| format!("allocations: key {k:?} is not an IP address"))?;
+            let ip: IpAddr =
+                k.parse().map_err(|_| format!("allocations: key {k:?} is not an IP address"))?;
             if o.id.is_empty() || o.ifname.is_empty() {
                 return Err(format!("allocations[{k}]: empty id or ifname"));
             }
@@ -65,7 +72,12 @@ impl State {
             allocations: self
                 .allocations
                 .iter()
-                .map(|(ip, o)| (ip.to_string(), DiskOwner { id: o.container_id.clone(), ifname: o.ifname.clone() }))
+                .map(|(ip, o)| {
+                    (
+                        ip.to_string(),
+                        DiskOwner { id: o.container_id.clone(), ifname: o.ifname.clone() },
+                    )
+                })
                 .collect(),
         };
         let mut v = serde_json::to_vec(&d).expect("state serializes");
@@ -94,8 +106,12 @@ impl State {
     /// Drop every allocation whose owner is not in `keep`; returns the dropped ones.
     pub fn retain(&mut self, keep: &[Owner]) -> Vec<(IpAddr, Owner)> {
         let keep: std::collections::HashSet<&Owner> = keep.iter().collect();
-        let gone: Vec<(IpAddr, Owner)> =
-            self.allocations.iter().filter(|(_, o)| !keep.contains(o)).map(|(ip, o)| (*ip, o.clone())).collect();
+        let gone: Vec<(IpAddr, Owner)> = self
+            .allocations
+            .iter()
+            .filter(|(_, o)| !keep.contains(o))
+            .map(|(ip, o)| (*ip, o.clone()))
+            .collect();
         for (ip, _) in &gone {
             self.allocations.remove(ip);
         }
@@ -115,7 +131,10 @@ mod tests {
         st.last.insert("10.0.0.0/24".into(), "10.0.0.2".parse().unwrap());
         let bytes = st.encode();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"version":1,"last":{"10.0.0.0/24":"10.0.0.2"},"allocations":{"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"version":1,"last":{"10.0.0.0/24":"10.0.0.2"},"allocations":{"#),
+            "{text}"
+        );
         assert!(text.contains(r#""10.0.0.2":{"id":"c1","ifname":"eth0"}"#));
         assert_eq!(State::decode(&bytes).unwrap(), st);
     }

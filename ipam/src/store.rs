@@ -81,7 +81,12 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| io_err("open lock file", &lock_path, e))?;
-        Ok(Store { state_path: dir.join("state.json"), dir, lock, lock_timeout: Duration::from_secs(10) })
+        Ok(Store {
+            state_path: dir.join("state.json"),
+            dir,
+            lock,
+            lock_timeout: Duration::from_secs(10),
+        })
     }
 
     /// The network's state directory.
@@ -152,7 +157,8 @@ impl Store {
             .and_then(|_| f.sync_all())
             .map_err(|e| io_err("write", &tmp, e))?;
         drop(f);
-        fs::rename(&tmp, &self.state_path).map_err(|e| io_err("rename into", &self.state_path, e))?;
+        fs::rename(&tmp, &self.state_path)
+            .map_err(|e| io_err("rename into", &self.state_path, e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err("sync directory", &self.dir, e))
@@ -160,7 +166,10 @@ impl Store {
 
     /// Under the exclusive lock: read the state, run `f`, write the state back (atomically) if
     /// `f` succeeded and changed it. On error nothing is written.
-    pub fn transact<T>(&mut self, f: impl FnOnce(&mut State) -> Result<T, CniError>) -> Result<T, CniError> {
+    pub fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut State) -> Result<T, CniError>,
+    ) -> Result<T, CniError> {
         let _guard = self.lock()?;
         let before = self.read()?;
         let mut st = before.clone();
@@ -191,7 +200,12 @@ impl Store {
     }
 
     /// Allocate an address from `pool` for `owner` (see [`Store::allocate_all`]).
-    pub fn allocate(&mut self, pool: &Pool, owner: &Owner, requested: Option<IpAddr>) -> Result<IpAddr, CniError> {
+    pub fn allocate(
+        &mut self,
+        pool: &Pool,
+        owner: &Owner,
+        requested: Option<IpAddr>,
+    ) -> Result<IpAddr, CniError> {
         self.transact(|st| allocate_in(st, pool, owner, requested))
     }
 
@@ -222,13 +236,20 @@ impl Store {
 }
 
 /// The allocation decision, on in-memory state.
-fn allocate_in(st: &mut State, pool: &Pool, owner: &Owner, requested: Option<IpAddr>) -> Result<IpAddr, CniError> {
+fn allocate_in(
+    st: &mut State,
+    pool: &Pool,
+    owner: &Owner,
+    requested: Option<IpAddr>,
+) -> Result<IpAddr, CniError> {
     if owner.container_id.is_empty() || owner.ifname.is_empty() {
         return Err(CniError::plugin(IPAM, "ferry-ipam: owner needs a container id and an ifname"));
     }
     if let Some(r) = requested {
         if let Some(why) = pool.reject_reason(r) {
-            return Err(CniError::config(format!("ferry-ipam: requested IP {r} cannot be allocated: {why}")));
+            return Err(CniError::config(format!(
+                "ferry-ipam: requested IP {r} cannot be allocated: {why}"
+            )));
         }
     }
     let reserved = pool.reserved();
@@ -254,7 +275,10 @@ fn allocate_in(st: &mut State, pool: &Pool, owner: &Owner, requested: Option<IpA
         if let Some(other) = st.allocations.get(&r) {
             return Err(CniError::plugin(
                 IPAM,
-                format!("ferry-ipam: requested IP {r} is already allocated to {}/{}", other.container_id, other.ifname),
+                format!(
+                    "ferry-ipam: requested IP {r} is already allocated to {}/{}",
+                    other.container_id, other.ifname
+                ),
             ));
         }
         st.allocations.insert(r, owner.clone());

@@ -43,7 +43,11 @@ fn allocates_in_order_and_is_idempotent() {
     let p = pool("10.1.0.0/24");
     assert_eq!(s.allocate(&p, &who("a"), None).unwrap(), ip("10.1.0.2"));
     assert_eq!(s.allocate(&p, &who("b"), None).unwrap(), ip("10.1.0.3"));
-    assert_eq!(s.allocate(&p, &who("a"), None).unwrap(), ip("10.1.0.2"), "repeated ADD returns the same IP");
+    assert_eq!(
+        s.allocate(&p, &who("a"), None).unwrap(),
+        ip("10.1.0.2"),
+        "repeated ADD returns the same IP"
+    );
     assert_eq!(s.allocate(&p, &Owner::new("a", "eth1"), None).unwrap(), ip("10.1.0.4"));
     assert_eq!(s.lookup(&who("a")).unwrap(), vec![ip("10.1.0.2")]);
     assert_eq!(s.list().unwrap().len(), 3);
@@ -174,7 +178,14 @@ fn stale_address_outside_a_changed_pool_is_replaced() {
 fn v6_allocation_with_exclusions() {
     let t = tmp();
     let mut s = Store::open(&t.0, "n").unwrap();
-    let p = Pool::new("fd00::/120".parse().unwrap(), None, None, None, vec![(ip("fd00::2"), ip("fd00::9"))]).unwrap();
+    let p = Pool::new(
+        "fd00::/120".parse().unwrap(),
+        None,
+        None,
+        None,
+        vec![(ip("fd00::2"), ip("fd00::9"))],
+    )
+    .unwrap();
     assert_eq!(s.allocate(&p, &who("a"), None).unwrap(), ip("fd00::a"));
     let q = pool("fd00::/126"); // ::1 gateway, ::2 ::3 usable
     let mut s2 = Store::open(&t.0, "m").unwrap();

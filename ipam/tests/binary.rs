@@ -22,7 +22,11 @@ fn run(cmd: &str, id: &str, conf: &Value) -> CniOut {
 fn run_args(cmd: &str, id: &str, args: &str, conf: &Value) -> CniOut {
     let mut env = vec![("CNI_COMMAND", cmd), ("CNI_PATH", "/usr/lib/cni")];
     if !id.is_empty() {
-        env.extend([("CNI_CONTAINERID", id), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/run/netns/none")]);
+        env.extend([
+            ("CNI_CONTAINERID", id),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/none"),
+        ]);
     }
     if !args.is_empty() {
         env.push(("CNI_ARGS", args));
@@ -31,7 +35,8 @@ fn run_args(cmd: &str, id: &str, args: &str, conf: &Value) -> CniOut {
 }
 
 fn state(dir: &TempDir) -> Value {
-    let text = std::fs::read_to_string(dir.join("data/ipamnet/state.json")).unwrap_or_else(|_| "{}".into());
+    let text = std::fs::read_to_string(dir.join("data/ipamnet/state.json"))
+        .unwrap_or_else(|_| "{}".into());
     serde_json::from_str(&text).expect("state.json is valid JSON")
 }
 
@@ -41,7 +46,8 @@ fn held(dir: &TempDir) -> usize {
 
 #[test]
 fn version_and_about() {
-    let out = cni(None, &bin("ferry-ipam"), &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    let out =
+        cni(None, &bin("ferry-ipam"), &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
     out.assert_ok();
     assert!(out.json()["supportedVersions"].as_array().unwrap().iter().any(|v| v == "1.1.0"));
     let out = cni(None, &bin("ferry-ipam"), &[], "");
@@ -56,7 +62,10 @@ fn add_check_del_lifecycle() {
     let r = run("ADD", "c1", &c);
     r.assert_ok();
     let res = r.json();
-    assert_eq!(res, json!({"cniVersion":"1.0.0","ips":[{"address":"10.77.0.2/24","gateway":"10.77.0.1"}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{}}));
+    assert_eq!(
+        res,
+        json!({"cniVersion":"1.0.0","ips":[{"address":"10.77.0.2/24","gateway":"10.77.0.1"}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{}})
+    );
     assert_eq!(run("ADD", "c1", &c).json(), res, "repeated ADD returns the same IP");
     assert_eq!(held(&d), 1);
     assert_eq!(state(&d)["allocations"]["10.77.0.2"], json!({"id":"c1","ifname":"eth0"}));
@@ -78,7 +87,8 @@ fn add_check_del_lifecycle() {
 #[test]
 fn every_version_echoed() {
     let d = TempDir::new("ipam-ver");
-    for (i, v) in ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+    for (i, v) in ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate()
+    {
         let out = run("ADD", &format!("v{i}"), &conf(&d, v, json!({"subnet":"10.77.0.0/24"})));
         let r = out.assert_ok().json();
         assert_eq!(r["cniVersion"], *v);
@@ -131,7 +141,11 @@ fn subnet_file_not_written_yet_is_try_again() {
     std::fs::write(&f, "garbage\n").unwrap();
     assert_eq!(run("ADD", "a", &c).code(), 7);
     assert_eq!(run("STATUS", "", &c).code(), 50);
-    std::fs::write(&f, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\n").unwrap();
+    std::fs::write(
+        &f,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\n",
+    )
+    .unwrap();
     assert_eq!(run("ADD", "a", &c).assert_ok().json()["ips"][0]["address"], "10.244.5.2/24");
     run("STATUS", "", &c).assert_ok();
 }
@@ -144,7 +158,8 @@ fn gc_with_either_key_and_with_no_list() {
         run("ADD", id, &c).assert_ok();
     }
     let mut gc = c.clone();
-    gc["cni.dev/valid-attachments"] = json!([{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}]);
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}]);
     let out = run("GC", "", &gc);
     assert_eq!((out.rc, out.stdout.as_str()), (0, ""), "{}", out.stderr);
     assert_eq!(held(&d), 2);
@@ -172,13 +187,22 @@ fn garbled_state_file_is_reported_not_overwritten() {
         assert!(e.stdout.contains("corrupt"), "{}", e.stdout);
     }
     assert_eq!(run("STATUS", "", &c).code(), 50);
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"version\":1,\"allocations\":{\"10.77.0.2\":");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"version\":1,\"allocations\":{\"10.77.0.2\":"
+    );
 }
 
 fn spawn_add(c: &Value, id: &str) -> Child {
     let mut child = Command::new(bin("ferry-ipam"))
         .env_clear()
-        .envs([("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", id), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/run/netns/x"), ("CNI_PATH", "/usr/lib/cni")])
+        .envs([
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,7 +243,8 @@ fn killed_adds_leave_a_consistent_store_that_gc_cleans() {
     let st = state(&d);
     let allocs = st["allocations"].as_object().cloned().unwrap_or_default();
     assert!(allocs.len() >= 30 && allocs.len() <= 60, "{}", allocs.len());
-    let owners: HashSet<String> = allocs.values().map(|o| o["id"].as_str().unwrap().to_string()).collect();
+    let owners: HashSet<String> =
+        allocs.values().map(|o| o["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(owners.len(), allocs.len(), "one address per owner");
     run("ADD", "after", &c).assert_ok();
     run("GC", "", &c).assert_ok();

@@ -31,7 +31,11 @@ fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
     let v = ns.ip_json(&["-4", "addr", "show", "dev", dev]);
     v[0]["addr_info"]
         .as_array()
-        .map(|a| a.iter().map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"])).collect())
+        .map(|a| {
+            a.iter()
+                .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

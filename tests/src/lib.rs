@@ -38,7 +38,9 @@ pub fn require_sandbox() {
     let init = match std::fs::metadata("/proc/1/ns/net") {
         Ok(m) => Some(m),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
-        Err(e) => panic!("stat /proc/1/ns/net: {e} (tests must run as root, inside tests/sandbox.sh)"),
+        Err(e) => {
+            panic!("stat /proc/1/ns/net: {e} (tests must run as root, inside tests/sandbox.sh)")
+        }
     };
     assert!(
         init.is_none_or(|init| me.ino() != init.ino() || me.dev() != init.dev()),
@@ -98,7 +100,8 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<S> = args.into_iter().collect();
-    let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    let shown: Vec<String> =
+        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     let out = run(prog, &args);
     assert!(
         out.status.success(),
@@ -197,7 +200,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
 
@@ -235,7 +239,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let child =
+            cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Proc { child: Some(child), name: name.to_string() }
     }
     pub fn pid(&self) -> u32 {
@@ -300,8 +305,9 @@ pub struct CniOut {
 impl CniOut {
     /// stdout parsed as JSON (panics with the output when it is not).
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} stderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}): {:?} stderr: {}", self.stdout, self.stderr)
+        })
     }
     /// The error code of a failed call (panics unless rc != 0 and stdout holds an error object).
     pub fn code(&self) -> u64 {
@@ -425,5 +431,9 @@ pub fn output_bounded(mut cmd: Command, timeout: Duration) -> Option<Output> {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    Some(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
+    Some(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
 }

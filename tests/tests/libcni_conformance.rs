@@ -20,16 +20,37 @@ impl Run {
         require_sandbox();
         let tmp = TempDir::new("lc");
         std::fs::create_dir_all(tmp.join("conf")).unwrap();
-        std::fs::copy(workspace().join("conf-examples").join(file), tmp.join("conf").join(file)).unwrap();
-        Run { node: Netns::new("lcn"), pod: Netns::new("lcp"), tmp, name: name.into(), id: unique("lc") }
+        std::fs::copy(workspace().join("conf-examples").join(file), tmp.join("conf").join(file))
+            .unwrap();
+        Run {
+            node: Netns::new("lcn"),
+            pod: Netns::new("lcp"),
+            tmp,
+            name: name.into(),
+            id: unique("lc"),
+        }
     }
 
     fn call(&self, cmd: &str, extra: &[&str]) -> CniOut {
         let bindir = format!("{}:/usr/lib/cni", bin_dir().display());
-        let (conf, cache, netns) = (self.tmp.path_str("conf"), self.tmp.path_str("cache"), self.pod.path());
+        let (conf, cache, netns) =
+            (self.tmp.path_str("conf"), self.tmp.path_str("cache"), self.pod.path());
         let mut a = vec![
-            cmd, "--confdir", &conf, "--name", &self.name, "--netns", &netns, "--id", &self.id,
-            "--ifname", "eth0", "--bindir", &bindir, "--cachedir", &cache,
+            cmd,
+            "--confdir",
+            &conf,
+            "--name",
+            &self.name,
+            "--netns",
+            &netns,
+            "--id",
+            &self.id,
+            "--ifname",
+            "eth0",
+            "--bindir",
+            &bindir,
+            "--cachedir",
+            &cache,
         ];
         a.extend_from_slice(extra);
         libcni(&self.node, &a)
@@ -47,8 +68,15 @@ impl Run {
         assert_eq!(r["cniVersion"], "1.0.0");
         let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
         assert!(ip.starts_with(subnet_prefix), "{r}");
-        assert!(r["interfaces"].as_array().unwrap().iter().any(|i| i["sandbox"] == self.pod.path()));
-        let cache: Value = serde_json::from_str(&std::fs::read_to_string(self.cache_file()).expect("libcni cache written")).unwrap();
+        assert!(r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["sandbox"] == self.pod.path()));
+        let cache: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.cache_file()).expect("libcni cache written"),
+        )
+        .unwrap();
         assert_eq!(cache["kind"], "cniCacheV1");
         assert!(self.node.ping(&ip), "node -> pod {ip}");
         self.call("check", extra).assert_ok();
@@ -68,7 +96,10 @@ fn static_subnet_conflist_chained_with_portmap() {
     let out = run.call("add", &["--capargs", pm]);
     out.assert_ok();
     let nat = run.node.sh("iptables -t nat -S 2>/dev/null || nft list ruleset");
-    assert!(String::from_utf8_lossy(&nat.stdout).contains("18080"), "portmap installed its DNAT rule after ferry");
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains("18080"),
+        "portmap installed its DNAT rule after ferry"
+    );
     // (No CHECK here: Debian's portmap 1.1.1 fails its own CHECK looking for an IPv6 DNAT chain it
     // never made for an IPv4-only pod; the ferry-only CHECK path is covered by lifecycle() below.)
     run.call("del", &["--capargs", pm]).assert_ok();
@@ -84,7 +115,12 @@ fn node_conflist_reads_the_daemon_subnet_file_and_chains_tuning() {
     let _ = std::fs::remove_file("/run/ferry/subnet.env");
     let out = run.call("add", &[]);
     assert_ne!(out.rc, 0);
-    assert!(out.stdout.contains("\"code\":11") || out.stderr.contains("does not exist yet"), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("\"code\":11") || out.stderr.contains("does not exist yet"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
     run.call("del", &[]).assert_ok();
     std::fs::create_dir_all("/run/ferry").unwrap();
     std::fs::write("/run/ferry/subnet.env", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n").unwrap();

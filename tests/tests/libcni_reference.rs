@@ -25,12 +25,7 @@ impl Lab {
         std::fs::create_dir_all(tmp.join("conf")).unwrap();
         let data = tmp.path_str("data");
         std::fs::write(tmp.join("conf/10-refnet.conflist"), conflist(&data)).unwrap();
-        Lab {
-            node,
-            pod,
-            tmp,
-            id: unique("ctr"),
-        }
+        Lab { node, pod, tmp, id: unique("ctr") }
     }
 
     fn args<'a>(&'a self, cmd: &'a str, extra: &[&'a str]) -> Vec<String> {
@@ -92,24 +87,14 @@ fn refnet(data_dir: &str) -> String {
 }
 
 fn result_ip(res: &Value) -> String {
-    let ips = res["ips"]
-        .as_array()
-        .unwrap_or_else(|| panic!("result without ips: {res}"));
+    let ips = res["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {res}"));
     assert_eq!(ips.len(), 1, "one IP expected: {res}");
     ips[0]["address"].as_str().unwrap().to_string()
 }
 
 fn node_nat(node: &Netns) -> String {
-    let out = node
-        .cmd("iptables-save")
-        .args(["-t", "nat"])
-        .output()
-        .expect("iptables-save");
-    assert!(
-        out.status.success(),
-        "iptables-save: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = node.cmd("iptables-save").args(["-t", "nat"]).output().expect("iptables-save");
+    assert!(out.status.success(), "iptables-save: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -120,9 +105,7 @@ fn driver_version_reports_each_plugin_type() {
     out.assert_ok();
     let v = out.json();
     for t in ["ptp", "tuning", "portmap"] {
-        let sv = v[t]["supportedVersions"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {t} in {v}"));
+        let sv = v[t]["supportedVersions"].as_array().unwrap_or_else(|| panic!("no {t} in {v}"));
         assert!(sv.iter().any(|s| s == "1.0.0"), "{t} lacks 1.0.0: {v}");
     }
     assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
@@ -143,8 +126,7 @@ fn add_check_del_through_libcni() {
     assert_eq!(res["ips"][0]["gateway"], "10.250.0.1", "{res}");
     let ifs = res["interfaces"].as_array().unwrap();
     assert!(
-        ifs.iter()
-            .any(|i| i["name"] == "eth0" && i["sandbox"] == lab.pod.path().as_str()),
+        ifs.iter().any(|i| i["name"] == "eth0" && i["sandbox"] == lab.pod.path().as_str()),
         "{res}"
     );
 
@@ -215,7 +197,9 @@ fn portmap_capability_args_reach_the_plugin() {
             check.stderr.contains("could not check ipv6 dnat"),
             "CHECK failed for an unexpected reason: {check:?}"
         );
-        eprintln!("note: portmap CHECK hit upstream bug containernetworking/plugins#819 (tolerated)");
+        eprintln!(
+            "note: portmap CHECK hit upstream bug containernetworking/plugins#819 (tolerated)"
+        );
     }
     lab.run("check", &[]).assert_ok();
 
@@ -236,10 +220,7 @@ fn plugin_error_object_is_reported_and_nothing_is_cached() {
     assert_eq!(out.rc, 1, "{out:?}");
     let code = out.code();
     assert!(code >= 1, "{out:?}");
-    assert!(
-        out.json()["msg"].as_str().unwrap().contains("does-not-exist"),
-        "{out:?}"
-    );
+    assert!(out.json()["msg"].as_str().unwrap().contains("does-not-exist"), "{out:?}");
     assert!(out.stderr.contains("does-not-exist"), "error text on stderr: {out:?}");
     assert!(!lab.cache_file().exists(), "failed ADD must not be cached");
 }
@@ -261,8 +242,5 @@ fn missing_network_name_fails_cleanly() {
     );
     assert_eq!(out.rc, 1, "{out:?}");
     assert!(out.stderr.contains("nosuchnet"), "{out:?}");
-    assert!(
-        out.stdout.trim().is_empty(),
-        "not a CNI error, stdout must be empty: {out:?}"
-    );
+    assert!(out.stdout.trim().is_empty(), "not a CNI error, stdout must be empty: {out:?}");
 }

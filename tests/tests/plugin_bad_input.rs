@@ -6,13 +6,21 @@ use common::*;
 use testlab::{cni, Netns};
 
 /// Run one bad call and assert the code, a helpful message, and that nothing changed.
-fn assert_rejected(node: &Node, pod: Option<&Netns>, env: &[(&str, &str)], stdin: &str, code: u64, needle: &str) {
+fn assert_rejected(
+    node: &Node,
+    pod: Option<&Netns>,
+    env: &[(&str, &str)],
+    stdin: &str,
+    code: u64,
+    needle: &str,
+) {
     let links_before = node.links();
     let state_before = node.ipam_state();
     let pod_before = pod.map(|p| p.ip(&["-o", "link"]));
     let out = cni(Some(&node.ns), &testlab::bin("ferry"), env, stdin);
     assert_eq!(out.code(), code, "stdin={stdin} env={env:?} out={}", out.stdout);
-    let msg = out.json()["msg"].as_str().unwrap().to_string() + out.json()["details"].as_str().unwrap_or("");
+    let msg = out.json()["msg"].as_str().unwrap().to_string()
+        + out.json()["details"].as_str().unwrap_or("");
     assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
     assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
     assert_eq!(node.links(), links_before, "host links changed");
@@ -23,7 +31,13 @@ fn assert_rejected(node: &Node, pod: Option<&Netns>, env: &[(&str, &str)], stdin
 }
 
 fn env<'a>(cmd: &'a str, cid: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![("CNI_COMMAND", cmd), ("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_PATH", "/usr/lib/cni")]
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ]
 }
 
 #[test]
@@ -36,15 +50,68 @@ fn malformed_config_json_and_fields() {
     assert_rejected(&node, Some(&pod), &e, "not json at all", 6, "decoding");
     assert_rejected(&node, Some(&pod), &e, "[]", 6, "object");
     assert_rejected(&node, Some(&pod), &e, r#"{"cniVersion":"1.0.0","type":"ferry"}"#, 7, "name");
-    assert_rejected(&node, Some(&pod), &e, r#"{"cniVersion":"1.0.0","name":["x"],"type":"ferry"}"#, 7, "name");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        r#"{"cniVersion":"1.0.0","name":["x"],"type":"ferry"}"#,
+        7,
+        "name",
+    );
     assert_rejected(&node, Some(&pod), &e, r#"{"cniVersion":"1.0.0","name":"n"}"#, 7, "type");
-    assert_rejected(&node, Some(&pod), &e, r#"{"cniVersion":"9.9.9","name":"n","type":"ferry"}"#, 1, "9.9.9");
-    assert_rejected(&node, Some(&pod), &e, r#"{"cniVersion":"1.0","name":"n","type":"ferry"}"#, 1, "1.0");
-    assert_rejected(&node, Some(&pod), &e, &node.conf("1.0.0", "10.70.0.0/33", ""), 7, "not a CIDR");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        r#"{"cniVersion":"9.9.9","name":"n","type":"ferry"}"#,
+        1,
+        "9.9.9",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        r#"{"cniVersion":"1.0","name":"n","type":"ferry"}"#,
+        1,
+        "1.0",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        &node.conf("1.0.0", "10.70.0.0/33", ""),
+        7,
+        "not a CIDR",
+    );
     assert_rejected(&node, Some(&pod), &e, &node.conf("1.0.0", "banana", ""), 7, "not a CIDR");
-    assert_rejected(&node, Some(&pod), &e, &node.conf("1.0.0", "10.70.0.0/24", r#","mtu":"big""#), 7, "mtu");
-    assert_rejected(&node, Some(&pod), &e, &node.conf("1.0.0", "10.70.0.0/24", r#","routes":[{"dst":"x"}]"#), 7, "routes");
-    assert_rejected(&node, Some(&pod), &e, &node.conf("1.0.0", "10.70.0.0/24", r#","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"junk"}]}"#), 6, "prevResult");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        &node.conf("1.0.0", "10.70.0.0/24", r#","mtu":"big""#),
+        7,
+        "mtu",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        &node.conf("1.0.0", "10.70.0.0/24", r#","routes":[{"dst":"x"}]"#),
+        7,
+        "routes",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &e,
+        &node.conf(
+            "1.0.0",
+            "10.70.0.0/24",
+            r#","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"junk"}]}"#,
+        ),
+        6,
+        "prevResult",
+    );
 }
 
 #[test]
@@ -53,20 +120,62 @@ fn missing_and_invalid_environment() {
     let pod = Netns::new("fp");
     let p = pod.path();
     let conf = node.conf("1.0.0", "10.71.0.0/24", "");
-    assert_rejected(&node, Some(&pod), &[("CNI_COMMAND", "ADD")], &conf, 4, "CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME");
-    assert_rejected(&node, Some(&pod), &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")], &conf, 4, "CNI_NETNS");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &[("CNI_COMMAND", "ADD")],
+        &conf,
+        4,
+        "CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")],
+        &conf,
+        4,
+        "CNI_NETNS",
+    );
     assert_rejected(&node, Some(&pod), &[("CNI_COMMAND", "FOO")], &conf, 4, "FOO");
     let long_id = "a".repeat(300);
     for bad_id in ["", "-abc", "a/b", "a b", "..", "a\u{1}b", long_id.as_str()] {
-        assert_rejected(&node, Some(&pod), &env("ADD", bad_id, &p, "eth0"), &conf, 4, "CNI_CONTAINERID");
+        assert_rejected(
+            &node,
+            Some(&pod),
+            &env("ADD", bad_id, &p, "eth0"),
+            &conf,
+            4,
+            "CNI_CONTAINERID",
+        );
     }
     for bad_if in ["", "abcdefghijklmnop", ".", "..", "a/b", "a:b", "a b", "e\u{7}"] {
         assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, bad_if), &conf, 4, "CNI_IFNAME");
     }
-    assert_rejected(&node, Some(&pod), &env("ADD", "c1", "relative/path", "eth0"), &conf, 4, "CNI_NETNS");
-    assert_rejected(&node, Some(&pod), &env("ADD", "c1", "/run/netns/../x", "eth0"), &conf, 4, "CNI_NETNS");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &env("ADD", "c1", "relative/path", "eth0"),
+        &conf,
+        4,
+        "CNI_NETNS",
+    );
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &env("ADD", "c1", "/run/netns/../x", "eth0"),
+        &conf,
+        4,
+        "CNI_NETNS",
+    );
     // A netns path that does not exist: code 3 (container unknown), nothing allocated.
-    assert_rejected(&node, None, &env("ADD", "c1", "/run/netns/does-not-exist", "eth0"), &conf, 3, "does-not-exist");
+    assert_rejected(
+        &node,
+        None,
+        &env("ADD", "c1", "/run/netns/does-not-exist", "eth0"),
+        &conf,
+        3,
+        "does-not-exist",
+    );
 }
 
 #[test]
@@ -75,7 +184,14 @@ fn ifname_already_in_the_pod() {
     let pod = Netns::new("fp");
     pod.ip(&["link", "add", "name", "eth0", "type", "veth", "peer", "name", "other"]);
     let p = pod.path();
-    assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, "eth0"), &node.conf("1.0.0", "10.72.0.0/24", ""), 4, "already exists");
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &env("ADD", "c1", &p, "eth0"),
+        &node.conf("1.0.0", "10.72.0.0/24", ""),
+        4,
+        "already exists",
+    );
 }
 
 #[test]
@@ -89,8 +205,20 @@ fn subnet_file_missing_or_garbled() {
         f.display(),
         node.dir.path_str("ipam")
     );
-    assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, "eth0"), &conf, 11, "does not exist yet");
-    for garbage in ["garbage", "FLANNEL_SUBNET=10.0.0.0/33\n", "FLANNEL_SUBNET=10.73.0.1/24\nFLANNEL_MTU=abc\n", "FLANNEL_NETWORK=10.73.0.0/16\n"] {
+    assert_rejected(
+        &node,
+        Some(&pod),
+        &env("ADD", "c1", &p, "eth0"),
+        &conf,
+        11,
+        "does not exist yet",
+    );
+    for garbage in [
+        "garbage",
+        "FLANNEL_SUBNET=10.0.0.0/33\n",
+        "FLANNEL_SUBNET=10.73.0.1/24\nFLANNEL_MTU=abc\n",
+        "FLANNEL_NETWORK=10.73.0.0/16\n",
+    ] {
         std::fs::write(&f, garbage).unwrap();
         assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, "eth0"), &conf, 7, "subnet file");
     }
@@ -117,6 +245,9 @@ fn delegated_ipam_not_in_cni_path() {
     let node = Node::new();
     let pod = Netns::new("fp");
     let p = pod.path();
-    let conf = format!(r#"{{"cniVersion":"1.0.0","name":"t","type":"ferry","ipam":{{"type":"nosuchipam"}},"dataDir":"{}"}}"#, node.dir.path_str("ipam"));
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"t","type":"ferry","ipam":{{"type":"nosuchipam"}},"dataDir":"{}"}}"#,
+        node.dir.path_str("ipam")
+    );
     assert_rejected(&node, Some(&pod), &env("ADD", "c1", &p, "eth0"), &conf, 7, "nosuchipam");
 }

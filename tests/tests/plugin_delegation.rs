@@ -13,7 +13,11 @@ fn conf(node: &Node, ver: &str, ipam: &str) -> String {
 #[test]
 fn host_local_delegation_add_check_del() {
     let node = Node::new();
-    let c = conf(&node, "1.0.0", r#"{"type":"host-local","ranges":[[{"subnet":"10.80.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"DATADIR"}"#);
+    let c = conf(
+        &node,
+        "1.0.0",
+        r#"{"type":"host-local","ranges":[[{"subnet":"10.80.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"DATADIR"}"#,
+    );
     let (a, b) = (Netns::new("fp"), Netns::new("fp"));
     let ra = node.add("hla", &a, &c);
     let rb = node.add("hlb", &b, &c);
@@ -43,7 +47,11 @@ fn ferry_ipam_delegation_all_verbs() {
     node.call("STATUS", "", None, "", &c).assert_ok();
     node.call("CHECK", "fia", Some(&a), "eth0", &with_prev(&c, &ra)).assert_ok();
     // GC forwards to ferry-ipam: fib's allocation is released and its host veth removed.
-    let gc = conf(&node, "1.1.0", ipam).replacen('{', r#"{"cni.dev/valid-attachments":[{"containerID":"fia","ifname":"eth0"}],"#, 1);
+    let gc = conf(&node, "1.1.0", ipam).replacen(
+        '{',
+        r#"{"cni.dev/valid-attachments":[{"containerID":"fia","ifname":"eth0"}],"#,
+        1,
+    );
     node.call("GC", "", None, "", &gc).assert_ok();
     assert!(!b.sh("ip link show eth0").status.success(), "stale veth removed by GC");
     node.call("CHECK", "fia", Some(&a), "eth0", &with_prev(&c, &ra)).assert_ok();
@@ -51,6 +59,10 @@ fn ferry_ipam_delegation_all_verbs() {
     node.call("DEL", "fia", Some(&a), "eth0", &c).assert_ok();
     node.call("DEL", "fib", Some(&b), "eth0", &c).assert_ok();
     // STATUS forwards too: a missing subnet file makes ferry-ipam (and so ferry) not ready.
-    let nf = conf(&node, "1.1.0", r#"{"type":"ferry-ipam","subnetFile":"/nonexistent/subnet.env","dataDir":"DATADIR"}"#);
+    let nf = conf(
+        &node,
+        "1.1.0",
+        r#"{"type":"ferry-ipam","subnetFile":"/nonexistent/subnet.env","dataDir":"DATADIR"}"#,
+    );
     assert_eq!(node.call("STATUS", "", None, "", &nf).code(), 50);
 }

@@ -23,7 +23,13 @@ fn sigkill_during_add_leaves_nothing_gc_cannot_clean() {
         c.arg(format!("--net={}", node.ns.path()))
             .arg(testlab::bin("ferry"))
             .env_clear()
-            .envs([("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", &format!("k{i}")), ("CNI_NETNS", &p.path()), ("CNI_IFNAME", "eth0"), ("CNI_PATH", &path)])
+            .envs([
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &format!("k{i}")),
+                ("CNI_NETNS", &p.path()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", &path),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -53,8 +59,15 @@ fn sigkill_during_add_leaves_nothing_gc_cannot_clean() {
     assert!(survivors.len() >= 15, "the unkilled half succeeds ({} did)", survivors.len());
 
     // The runtime's view: only the survivors exist. GC must clean up after the killed ADDs.
-    let valid: Vec<String> = survivors.iter().map(|(i, _)| format!(r#"{{"containerID":"k{i}","ifname":"eth0"}}"#)).collect();
-    let gc = node.conf("1.1.0", "10.82.0.0/24", &format!(r#","cni.dev/valid-attachments":[{}]"#, valid.join(",")));
+    let valid: Vec<String> = survivors
+        .iter()
+        .map(|(i, _)| format!(r#"{{"containerID":"k{i}","ifname":"eth0"}}"#))
+        .collect();
+    let gc = node.conf(
+        "1.1.0",
+        "10.82.0.0/24",
+        &format!(r#","cni.dev/valid-attachments":[{}]"#, valid.join(",")),
+    );
     node.call("GC", "", None, "", &gc).assert_ok();
 
     let mut want: Vec<String> = survivors.iter().map(|(_, r)| pod_ip(r)).collect();
@@ -66,7 +79,8 @@ fn sigkill_during_add_leaves_nothing_gc_cannot_clean() {
     let host_ends = node.links().into_iter().filter(|l| l.starts_with("fry")).count();
     assert_eq!(host_ends, survivors.len(), "only the survivors' host veths remain");
     for (i, r) in &survivors {
-        node.call("CHECK", &format!("k{i}"), Some(&pods[*i]), "eth0", &with_prev(&conf, r)).assert_ok();
+        node.call("CHECK", &format!("k{i}"), Some(&pods[*i]), "eth0", &with_prev(&conf, r))
+            .assert_ok();
     }
     // Killed attachments can still be DELeted (what a runtime does after a failed ADD).
     for i in (0..30).filter(|i| !survivors.iter().any(|(s, _)| s == i)) {

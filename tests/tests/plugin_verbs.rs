@@ -8,12 +8,20 @@ use testlab::Netns;
 #[test]
 fn version_answers_with_dummy_env() {
     let node = Node::new();
-    let env = [("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy"), ("CNI_CONTAINERID", "")];
-    let out = testlab::cni(Some(&node.ns), &testlab::bin("ferry"), &env, r#"{"cniVersion":"1.1.0"}"#);
+    let env = [
+        ("CNI_COMMAND", "VERSION"),
+        ("CNI_NETNS", "dummy"),
+        ("CNI_IFNAME", "dummy"),
+        ("CNI_PATH", "dummy"),
+        ("CNI_CONTAINERID", ""),
+    ];
+    let out =
+        testlab::cni(Some(&node.ns), &testlab::bin("ferry"), &env, r#"{"cniVersion":"1.1.0"}"#);
     out.assert_ok();
     let v = out.json();
     assert_eq!(v["cniVersion"], "1.1.0");
-    let sv: Vec<&str> = v["supportedVersions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    let sv: Vec<&str> =
+        v["supportedVersions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
     assert_eq!(sv, VERSIONS);
     let out = testlab::cni(Some(&node.ns), &testlab::bin("ferry"), &env, "");
     out.assert_ok();
@@ -47,7 +55,11 @@ fn add_check_del_in_every_spec_version() {
             assert_eq!(r["ips"][0]["interface"], 1);
             assert_eq!(r["ips"][0]["gateway"], "10.60.0.1");
             let has_version = r["ips"][0].get("version").is_some();
-            assert_eq!(has_version, *ver >= "0.3.0" && *ver <= "0.4.0", "ips[].version in {ver}: {r}");
+            assert_eq!(
+                has_version,
+                *ver >= "0.3.0" && *ver <= "0.4.0",
+                "ips[].version in {ver}: {r}"
+            );
             if *ver == "1.1.0" {
                 assert!(r["interfaces"][1]["mtu"].is_u64());
             } else {
@@ -97,7 +109,10 @@ fn add_wires_pod_and_host_as_documented() {
     let haddr = node.ns.ip(&["-4", "-o", "addr", "show", "dev", &host_if]);
     assert!(haddr.contains("10.61.0.1/32"), "{haddr}");
     let hroutes = node.ns.ip(&["-4", "route", "show", &format!("{ip}/32")]);
-    assert!(hroutes.contains(&format!("dev {host_if}")) && hroutes.contains("proto 114"), "{hroutes}");
+    assert!(
+        hroutes.contains(&format!("dev {host_if}")) && hroutes.contains("proto 114"),
+        "{hroutes}"
+    );
     // Forwarding on in the namespace the plugin ran in; DAD off on both veth ends.
     assert_eq!(node.ns.sysctl("net.ipv4.ip_forward"), "1");
     assert_eq!(node.ns.sysctl(&format!("net.ipv6.conf.{host_if}.accept_dad")), "0");
@@ -157,7 +172,13 @@ fn del_succeeds_for_whatever_is_already_gone() {
         testlab::cni(
             Some(&node.ns),
             &testlab::bin("ferry"),
-            &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "gone"), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0"), ("CNI_PATH", &p)],
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "gone"),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", &p),
+            ],
             &conf,
         )
     };
@@ -172,7 +193,10 @@ fn del_succeeds_for_whatever_is_already_gone() {
     node.add("again", &pod, &conf);
     let out = node.call("DEL", "again", None, "eth0", &conf);
     out.assert_ok();
-    assert!(node.links().iter().all(|l| !l.starts_with("fry")), "DEL without netns still removes the host veth");
+    assert!(
+        node.links().iter().all(|l| !l.starts_with("fry")),
+        "DEL without netns still removes the host veth"
+    );
 }
 
 #[test]
@@ -230,7 +254,9 @@ fn gc_keeps_only_valid_attachments_under_either_key() {
         let rb = node.add("drop", &b, &conf);
         let list = r#"[{"containerID":"keep","ifname":"eth0"}]"#;
         let extra = match key {
-            "both" => format!(r#","cni.dev/valid-attachments":{list},"cni.dev/attachments":{list}"#),
+            "both" => {
+                format!(r#","cni.dev/valid-attachments":{list},"cni.dev/attachments":{list}"#)
+            }
             "neither" => String::new(),
             k => format!(r#","{k}":{list}"#),
         };
@@ -270,7 +296,10 @@ fn status_reports_readiness() {
     node.add("only", &pod, &tiny);
     assert_eq!(node.call("STATUS", "", None, "", &tiny).code(), 50);
     // STATUS / GC before 1.1.0 are version errors.
-    assert_eq!(node.call("STATUS", "", None, "", &node.conf("1.0.0", "10.67.0.0/24", "")).code(), 1);
+    assert_eq!(
+        node.call("STATUS", "", None, "", &node.conf("1.0.0", "10.67.0.0/24", "")).code(),
+        1
+    );
     assert_eq!(node.call("GC", "", None, "", &node.conf("1.0.0", "10.67.0.0/24", "")).code(), 1);
     node.call("DEL", "only", Some(&pod), "eth0", &tiny).assert_ok();
 }
@@ -304,10 +333,14 @@ fn parallel_adds_get_distinct_ips() {
     let conf = node.conf("1.0.0", "10.69.0.0/24", "");
     let pods: Vec<Netns> = (0..20).map(|_| Netns::new("fp")).collect();
     let results: Vec<serde_json::Value> = std::thread::scope(|s| {
-        let hs: Vec<_> = pods.iter().enumerate().map(|(i, p)| {
-            let (node, conf) = (&node, &conf);
-            s.spawn(move || node.add(&format!("par{i}"), p, conf))
-        }).collect();
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || node.add(&format!("par{i}"), p, conf))
+            })
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut ips: Vec<String> = results.iter().map(pod_ip).collect();

@@ -24,18 +24,33 @@ impl LeaseStore for Mem {
             return Err(StoreError::Unavailable("down".into()));
         }
         let mut v: Vec<LeaseEntry> = self.leases.values().cloned().map(Ok).collect();
-        v.extend(self.garbage.iter().map(|k| Err(BadLease { key: k.clone(), reason: "garbage".into() })));
+        v.extend(
+            self.garbage.iter().map(|k| Err(BadLease { key: k.clone(), reason: "garbage".into() })),
+        );
         Ok((v, 1))
     }
-    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> StoreResult<bool> {
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
         self.creates += 1;
         if self.leases.contains_key(&subnet) || self.garbage.contains(&subnet_key(subnet)) {
             return Ok(false);
         }
-        self.leases.insert(subnet, Lease { subnet, attrs: attrs.clone(), expires: Some(SystemTime::now() + ttl) });
+        self.leases.insert(
+            subnet,
+            Lease { subnet, attrs: attrs.clone(), expires: Some(SystemTime::now() + ttl) },
+        );
         Ok(true)
     }
-    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> StoreResult<bool> {
+    async fn renew(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
         match self.leases.get_mut(&subnet) {
             Some(l) if l.attrs.public_ip == attrs.public_ip => {
                 l.expires = Some(SystemTime::now() + ttl);
@@ -95,12 +110,14 @@ fn reuses_own_lease_then_remembered_subnet() {
         let b = claim(&mut s, &net, ip("198.18.0.11"), None, TTL).await.unwrap();
         assert_eq!(a.subnet, b.subnet, "existing lease by public IP is reused");
         s.leases.clear();
-        let c = claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
+        let c =
+            claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
         assert_eq!(c.subnet, n("10.244.77.0/24"), "remembered subnet is re-claimed when free");
         // Remembered subnet taken by someone else: pick another.
         s.leases.clear();
         claim(&mut s, &net, ip("198.18.0.12"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
-        let d = claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
+        let d =
+            claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
         assert_ne!(d.subnet, n("10.244.77.0/24"));
     });
 }
@@ -109,22 +126,32 @@ fn reuses_own_lease_then_remembered_subnet() {
 fn permanent_reservation_stays_permanent() {
     let net = net(r#"{"Network":"10.244.0.0/16"}"#);
     let mut s = Mem::default();
-    s.leases.insert(n("10.244.5.0/24"), Lease { subnet: n("10.244.5.0/24"), attrs: my_attrs(ip("198.18.0.11")), expires: None });
+    s.leases.insert(
+        n("10.244.5.0/24"),
+        Lease { subnet: n("10.244.5.0/24"), attrs: my_attrs(ip("198.18.0.11")), expires: None },
+    );
     let l = block(claim(&mut s, &net, ip("198.18.0.11"), None, TTL)).unwrap();
     assert_eq!((l.subnet, l.expires), (n("10.244.5.0/24"), None));
 }
 
 #[test]
 fn exhaustion_and_outage_are_errors() {
-    let net = net(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#);
+    let net =
+        net(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#);
     let mut s = Mem::default();
     s.garbage.push("10.244.2.0-24".into());
     block(async {
         let a = claim(&mut s, &net, ip("198.18.0.11"), None, TTL).await.unwrap();
         assert_eq!(a.subnet, n("10.244.1.0/24"), "a garbage entry still occupies its key");
-        assert!(matches!(claim(&mut s, &net, ip("198.18.0.12"), None, TTL).await, Err(ClaimError::Exhausted(_))));
+        assert!(matches!(
+            claim(&mut s, &net, ip("198.18.0.12"), None, TTL).await,
+            Err(ClaimError::Exhausted(_))
+        ));
         s.fail = true;
-        assert!(matches!(claim(&mut s, &net, ip("198.18.0.13"), None, TTL).await, Err(ClaimError::Store(StoreError::Unavailable(_)))));
+        assert!(matches!(
+            claim(&mut s, &net, ip("198.18.0.13"), None, TTL).await,
+            Err(ClaimError::Store(StoreError::Unavailable(_)))
+        ));
     });
 }
 
@@ -133,7 +160,10 @@ fn free_subnets_skips_overlapping_taken_ranges() {
     let net = net(r#"{"Network":"10.244.0.0/16"}"#);
     let taken = [n("10.244.0.0/20"), n("10.244.17.0/24"), n("10.244.16.128/25")];
     let free = free_subnets(&net, &taken, 3);
-    assert_eq!(free.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["10.244.18.0/24", "10.244.19.0/24", "10.244.20.0/24"]);
+    assert_eq!(
+        free.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ["10.244.18.0/24", "10.244.19.0/24", "10.244.20.0/24"]
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ fn me() -> Me {
 fn lease(subnet: &str, ip: &str) -> LeaseEntry {
     Ok(Lease {
         subnet: subnet.parse().unwrap(),
-        attrs: LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null },
+        attrs: LeaseAttrs {
+            public_ip: ip.parse().unwrap(),
+            backend_type: "host-gw".into(),
+            backend_data: serde_json::Value::Null,
+        },
         expires: None,
     })
 }
@@ -31,7 +35,15 @@ fn want(v: &Verdict) -> Vec<String> {
 
 #[test]
 fn peers_are_routed_and_own_lease_is_recognised() {
-    let v = evaluate(&map(vec![lease("10.244.1.0/24", "198.18.0.11"), lease("10.244.2.0/24", "198.18.0.12"), lease("10.244.3.0/24", "198.18.0.13")]), &me(), SystemTime::now());
+    let v = evaluate(
+        &map(vec![
+            lease("10.244.1.0/24", "198.18.0.11"),
+            lease("10.244.2.0/24", "198.18.0.12"),
+            lease("10.244.3.0/24", "198.18.0.13"),
+        ]),
+        &me(),
+        SystemTime::now(),
+    );
     assert_eq!(want(&v), ["10.244.2.0/24 via 198.18.0.12", "10.244.3.0/24 via 198.18.0.13"]);
     assert!(v.own_present);
     assert!(v.bad.is_empty());
@@ -46,13 +58,13 @@ fn bad_leases_are_never_routed() {
     let entries = vec![
         lease("10.244.2.0/24", "198.18.0.12"),
         Err(BadLease { key: "10.244.4.0-24".into(), reason: "value is not lease JSON".into() }),
-        lease("10.99.0.0/24", "198.18.0.14"),          // outside the network
-        lease("10.244.1.0/25", "198.18.0.15"),         // overlaps own subnet (odd key still distinct)
-        lease("10.244.5.0/24", "198.18.0.11"),         // own public IP, other subnet
-        lease("10.244.6.0/24", "10.244.7.1"),          // gateway inside the pod network
-        lease("10.244.2.0/23", "198.18.0.16"),         // overlaps 10.244.2.0/24 and is odd-sized
-        lease("10.244.8.0/25", "198.18.0.17"),         // odd-sized but alone: fine
-        lease("10.244.0.0/16", "198.18.0.18"),         // the whole network: overlaps everything
+        lease("10.99.0.0/24", "198.18.0.14"), // outside the network
+        lease("10.244.1.0/25", "198.18.0.15"), // overlaps own subnet (odd key still distinct)
+        lease("10.244.5.0/24", "198.18.0.11"), // own public IP, other subnet
+        lease("10.244.6.0/24", "10.244.7.1"), // gateway inside the pod network
+        lease("10.244.2.0/23", "198.18.0.16"), // overlaps 10.244.2.0/24 and is odd-sized
+        lease("10.244.8.0/25", "198.18.0.17"), // odd-sized but alone: fine
+        lease("10.244.0.0/16", "198.18.0.18"), // the whole network: overlaps everything
         other_backend,
         expired,
     ];
@@ -61,11 +73,24 @@ fn bad_leases_are_never_routed() {
     let bad: Vec<&str> = v.bad.keys().map(|k| k.as_str()).collect();
     assert_eq!(
         bad,
-        ["10.244.0.0-16", "10.244.1.0-25", "10.244.2.0-23", "10.244.4.0-24", "10.244.5.0-24", "10.244.6.0-24", "10.244.9.0-24", "10.99.0.0-24"]
+        [
+            "10.244.0.0-16",
+            "10.244.1.0-25",
+            "10.244.2.0-23",
+            "10.244.4.0-24",
+            "10.244.5.0-24",
+            "10.244.6.0-24",
+            "10.244.9.0-24",
+            "10.99.0.0-24"
+        ]
     );
     assert!(v.bad["10.244.1.0-25"].contains("overlaps this node's subnet"));
     assert!(v.bad["10.244.5.0-24"].contains("own public IP"));
-    assert!(v.bad["10.244.2.0-23"].contains("overlaps lease 10.244.2.0-24"), "{}", v.bad["10.244.2.0-23"]);
+    assert!(
+        v.bad["10.244.2.0-23"].contains("overlaps lease 10.244.2.0-24"),
+        "{}",
+        v.bad["10.244.2.0-23"]
+    );
     assert!(!v.own_present);
 }
 
@@ -79,7 +104,11 @@ fn someone_else_on_my_subnet_is_reported() {
 
 #[test]
 fn odd_sized_leases_clashing_with_each_other_are_both_bad() {
-    let v = evaluate(&map(vec![lease("10.244.20.0/25", "198.18.0.21"), lease("10.244.20.0/26", "198.18.0.22")]), &me(), SystemTime::now());
+    let v = evaluate(
+        &map(vec![lease("10.244.20.0/25", "198.18.0.21"), lease("10.244.20.0/26", "198.18.0.22")]),
+        &me(),
+        SystemTime::now(),
+    );
     assert!(v.want.is_empty(), "{v:?}");
     assert_eq!(v.bad.len(), 2);
 }
@@ -88,10 +117,22 @@ fn odd_sized_leases_clashing_with_each_other_are_both_bad() {
 fn events_update_the_map() {
     let mut m = map(vec![lease("10.244.2.0/24", "198.18.0.12")]);
     apply_event(&mut m, WatchEvent::Put(lease("10.244.3.0/24", "198.18.0.13")));
-    apply_event(&mut m, WatchEvent::Removed { key: "/coreos.com/network/subnets/10.244.2.0-24".into(), subnet: None });
+    apply_event(
+        &mut m,
+        WatchEvent::Removed {
+            key: "/coreos.com/network/subnets/10.244.2.0-24".into(),
+            subnet: None,
+        },
+    );
     assert_eq!(m.keys().collect::<Vec<_>>(), ["10.244.3.0-24"]);
     // A lease overwritten with garbage stops being routed.
-    apply_event(&mut m, WatchEvent::Put(Err(BadLease { key: "/p/subnets/10.244.3.0-24".into(), reason: "x".into() })));
+    apply_event(
+        &mut m,
+        WatchEvent::Put(Err(BadLease {
+            key: "/p/subnets/10.244.3.0-24".into(),
+            reason: "x".into(),
+        })),
+    );
     let v = evaluate(&m, &me(), SystemTime::now());
     assert!(v.want.is_empty() && v.bad.contains_key("10.244.3.0-24"));
 }
@@ -100,12 +141,29 @@ fn events_update_the_map() {
 fn scales_to_5000_peers() {
     let entries: Vec<LeaseEntry> = (0..5000u32)
         .map(|i| {
-            let s = Ipv4Network::new((u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i + 2) * 256).into(), 24).unwrap();
+            let s = Ipv4Network::new(
+                (u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i + 2) * 256).into(),
+                24,
+            )
+            .unwrap();
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i + 2);
-            Ok(Lease { subnet: s, attrs: LeaseAttrs { public_ip: ip, backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }, expires: None })
+            Ok(Lease {
+                subnet: s,
+                attrs: LeaseAttrs {
+                    public_ip: ip,
+                    backend_type: "host-gw".into(),
+                    backend_data: serde_json::Value::Null,
+                },
+                expires: None,
+            })
         })
         .collect();
-    let me = Me { network: "10.0.0.0/8".parse().unwrap(), subnet_len: 24, subnet: "10.0.1.0/24".parse().unwrap(), public_ip: "172.16.0.1".parse().unwrap() };
+    let me = Me {
+        network: "10.0.0.0/8".parse().unwrap(),
+        subnet_len: 24,
+        subnet: "10.0.1.0/24".parse().unwrap(),
+        public_ip: "172.16.0.1".parse().unwrap(),
+    };
     let m = map(entries);
     let t = std::time::Instant::now();
     let v = evaluate(&m, &me, SystemTime::now());
@@ -115,6 +173,16 @@ fn scales_to_5000_peers() {
 
 #[test]
 fn taken_includes_garbage_keys() {
-    let t = taken(&[lease("10.244.2.0/24", "198.18.0.12"), Err(BadLease { key: "10.244.4.0-24".into(), reason: "x".into() }), Err(BadLease { key: "junk".into(), reason: "x".into() })], SystemTime::now());
-    assert_eq!(t.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.244.2.0/24", "10.244.4.0/24"]);
+    let t = taken(
+        &[
+            lease("10.244.2.0/24", "198.18.0.12"),
+            Err(BadLease { key: "10.244.4.0-24".into(), reason: "x".into() }),
+            Err(BadLease { key: "junk".into(), reason: "x".into() }),
+        ],
+        SystemTime::now(),
+    );
+    assert_eq!(
+        t.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ["10.244.2.0/24", "10.244.4.0/24"]
+    );
 }

@@ -31,7 +31,14 @@ struct Case {
 #[test]
 fn plan_table() {
     let cases = vec![
-        Case { name: "empty", want: want(&[]), have: vec![], add: vec![], replace: vec![], del: vec![] },
+        Case {
+            name: "empty",
+            want: want(&[]),
+            have: vec![],
+            add: vec![],
+            replace: vec![],
+            del: vec![],
+        },
         Case {
             name: "fresh node adds everything",
             want: want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.13")]),
@@ -75,7 +82,10 @@ fn plan_table() {
         Case {
             name: "stale peer is deleted",
             want: want(&[("10.244.2.0/24", "198.18.0.12")]),
-            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.9.0/24", Some("198.18.0.19"), None)],
+            have: vec![
+                have("10.244.2.0/24", Some("198.18.0.12"), None),
+                have("10.244.9.0/24", Some("198.18.0.19"), None),
+            ],
             add: vec![],
             replace: vec![],
             del: vec!["10.244.9.0/24"],
@@ -83,7 +93,10 @@ fn plan_table() {
         Case {
             name: "nothing wanted: delete all of ours",
             want: want(&[]),
-            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.3.0/24", Some("198.18.0.13"), None)],
+            have: vec![
+                have("10.244.2.0/24", Some("198.18.0.12"), None),
+                have("10.244.3.0/24", Some("198.18.0.13"), None),
+            ],
             add: vec![],
             replace: vec![],
             del: vec!["10.244.2.0/24", "10.244.3.0/24"],
@@ -99,15 +112,25 @@ fn plan_table() {
         Case {
             name: "duplicates: keep one, delete the rest",
             want: want(&[("10.244.2.0/24", "198.18.0.12")]),
-            have: vec![have("10.244.2.0/24", Some("198.18.0.12"), None), have("10.244.2.0/24", Some("198.18.0.12"), Some(5))],
+            have: vec![
+                have("10.244.2.0/24", Some("198.18.0.12"), None),
+                have("10.244.2.0/24", Some("198.18.0.12"), Some(5)),
+            ],
             add: vec![],
             replace: vec![],
             del: vec!["10.244.2.0/24"],
         },
         Case {
             name: "mixed",
-            want: want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.33"), ("10.244.4.0/24", "198.18.0.14")]),
-            have: vec![have("10.244.3.0/24", Some("198.18.0.13"), None), have("10.244.5.0/24", Some("198.18.0.15"), None)],
+            want: want(&[
+                ("10.244.2.0/24", "198.18.0.12"),
+                ("10.244.3.0/24", "198.18.0.33"),
+                ("10.244.4.0/24", "198.18.0.14"),
+            ]),
+            have: vec![
+                have("10.244.3.0/24", Some("198.18.0.13"), None),
+                have("10.244.5.0/24", Some("198.18.0.15"), None),
+            ],
             add: vec!["10.244.2.0/24", "10.244.4.0/24"],
             replace: vec!["10.244.3.0/24"],
             del: vec!["10.244.5.0/24"],
@@ -157,9 +180,18 @@ fn peer_routes_are_tagged() {
 
 #[test]
 fn diff_finds_added_removed_and_moved_peers() {
-    let old = want(&[("10.244.1.0/24", "198.18.0.11"), ("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.13")]);
-    let new = want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.33"), ("10.244.4.0/24", "198.18.0.14")]);
-    let d: Vec<String> = diff(&old, &new).iter().map(|(d, a, b)| format!("{d} {a:?} {b:?}")).collect();
+    let old = want(&[
+        ("10.244.1.0/24", "198.18.0.11"),
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("10.244.3.0/24", "198.18.0.13"),
+    ]);
+    let new = want(&[
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("10.244.3.0/24", "198.18.0.33"),
+        ("10.244.4.0/24", "198.18.0.14"),
+    ]);
+    let d: Vec<String> =
+        diff(&old, &new).iter().map(|(d, a, b)| format!("{d} {a:?} {b:?}")).collect();
     assert_eq!(
         d,
         [

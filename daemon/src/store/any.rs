@@ -17,7 +17,10 @@ impl AnyStore {
     /// never delays a renewal).
     pub async fn open_pair(a: &Args) -> Result<(AnyStore, AnyStore)> {
         Ok(match &a.store {
-            StoreUrl::File(dir) => (AnyStore::File(FileStore::open(dir)), AnyStore::File(FileStore::open_watching(dir))),
+            StoreUrl::File(dir) => (
+                AnyStore::File(FileStore::open(dir)),
+                AnyStore::File(FileStore::open_watching(dir)),
+            ),
             StoreUrl::Etcd(endpoints) => {
                 let cfg = EtcdConfig {
                     endpoints: endpoints.clone(),
@@ -62,10 +65,20 @@ impl LeaseStore for AnyStore {
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
         each!(self, s => s.list().await)
     }
-    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         each!(self, s => s.create(subnet, attrs, ttl).await)
     }
-    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn renew(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         each!(self, s => s.renew(subnet, attrs, ttl).await)
     }
     async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {

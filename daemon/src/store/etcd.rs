@@ -95,7 +95,10 @@ fn map_err(e: etcd_client::Error) -> StoreError {
 }
 
 /// Run one etcd call bounded by `t`.
-async fn io<T>(t: Duration, f: impl Future<Output = std::result::Result<T, etcd_client::Error>>) -> Result<T> {
+async fn io<T>(
+    t: Duration,
+    f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(t, f).await {
         Ok(r) => r.map_err(map_err),
         Err(_) => Err(StoreError::Unavailable(format!("etcd request timed out after {t:?}"))),
@@ -113,7 +116,10 @@ fn read_pem(p: &PathBuf) -> Result<Vec<u8>> {
 
 fn decode_config(v: &[u8]) -> Result<NetworkConfig> {
     serde_json::from_slice(v).map_err(|e| {
-        StoreError::Invalid(format!("network config is not valid JSON ({e}): {}", String::from_utf8_lossy(v)))
+        StoreError::Invalid(format!(
+            "network config is not valid JSON ({e}): {}",
+            String::from_utf8_lossy(v)
+        ))
     })
 }
 
@@ -136,13 +142,19 @@ impl EtcdStore {
                 tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
             }
             match (&cfg.cert_file, &cfg.key_file) {
-                (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read_pem(c)?, read_pem(k)?)),
+                (Some(c), Some(k)) => {
+                    tls = tls.identity(Identity::from_pem(read_pem(c)?, read_pem(k)?))
+                }
                 (None, None) => {}
-                _ => return Err(StoreError::Other("etcd cert_file and key_file go together".into())),
+                _ => {
+                    return Err(StoreError::Other("etcd cert_file and key_file go together".into()))
+                }
             }
             opts = opts.with_tls(tls);
         }
-        let client = io(cfg.dial_timeout + cfg.request_timeout, Client::connect(&cfg.endpoints, Some(opts))).await?;
+        let client =
+            io(cfg.dial_timeout + cfg.request_timeout, Client::connect(&cfg.endpoints, Some(opts)))
+                .await?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
         Ok(EtcdStore { client, cfg, prefix, watch: None, expiry: HashMap::new() })
     }
@@ -201,7 +213,8 @@ impl EtcdStore {
 
     /// Learn the expiry of the given etcd leases we don't know yet (concurrently, 64 at a time).
     async fn learn_expiry(&mut self, ids: impl IntoIterator<Item = i64>) -> Result<()> {
-        let mut missing: Vec<i64> = ids.into_iter().filter(|id| *id != 0 && !self.expiry.contains_key(id)).collect();
+        let mut missing: Vec<i64> =
+            ids.into_iter().filter(|id| *id != 0 && !self.expiry.contains_key(id)).collect();
         missing.sort_unstable();
         missing.dedup();
         if self.expiry.len() + missing.len() > 10_000 {
@@ -215,7 +228,8 @@ impl EtcdStore {
                 set.spawn(async move { (id, io(t, lc.time_to_live(id, None)).await) });
             }
             while let Some(joined) = set.join_next().await {
-                let (id, r) = joined.map_err(|e| StoreError::Other(format!("lease lookup task: {e}")))?;
+                let (id, r) =
+                    joined.map_err(|e| StoreError::Other(format!("lease lookup task: {e}")))?;
                 let left = match r {
                     Ok(r) => r.ttl().max(0) as u64, // -1: the lease is gone, the key goes with it
                     Err(e @ StoreError::Unavailable(_)) => return Err(e),
@@ -245,7 +259,8 @@ impl EtcdStore {
     /// Turn one watch response into events; `None` if it carries none.
     async fn events(&mut self, resp: &WatchResponse) -> Result<Option<(Vec<WatchEvent>, i64)>> {
         let puts = resp.events().iter().filter(|e| e.event_type() == EventType::Put);
-        self.learn_expiry(puts.filter_map(|e| e.kv().map(|kv| kv.lease())).collect::<Vec<_>>()).await?;
+        self.learn_expiry(puts.filter_map(|e| e.kv().map(|kv| kv.lease())).collect::<Vec<_>>())
+            .await?;
         let mut out = Vec::with_capacity(resp.events().len());
         let mut rev = 0;
         for ev in resp.events() {
@@ -296,7 +311,9 @@ impl LeaseStore for EtcdStore {
 
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
         let opts = GetOptions::new().with_prefix();
-        let mut r = io(self.cfg.request_timeout, self.client.get(self.subnets_prefix(), Some(opts))).await?;
+        let mut r =
+            io(self.cfg.request_timeout, self.client.get(self.subnets_prefix(), Some(opts)))
+                .await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = r.take_kvs();
         let ids: HashSet<i64> = kvs.iter().map(|kv| kv.lease()).filter(|id| *id != 0).collect();
@@ -305,7 +322,12 @@ impl LeaseStore for EtcdStore {
         Ok((kvs.iter().map(|kv| self.entry(kv)).collect(), rev))
     }
 
-    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         let key = self.lease_key(subnet);
         let value = serde_json::to_vec(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
         let (opts, lease) = self.grant(ttl).await?;
@@ -323,7 +345,12 @@ impl LeaseStore for EtcdStore {
         }
     }
 
-    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn renew(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         let key = self.lease_key(subnet);
         let value = serde_json::to_vec(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
         for _ in 0..3 {
@@ -368,7 +395,8 @@ impl LeaseStore for EtcdStore {
                 opts = opts.with_start_revision(next);
             }
             let stream =
-                io(self.cfg.request_timeout, self.client.watch(self.subnets_prefix(), Some(opts))).await?;
+                io(self.cfg.request_timeout, self.client.watch(self.subnets_prefix(), Some(opts)))
+                    .await?;
             self.watch = Some(Watching { stream, next, pending: None });
         }
         loop {

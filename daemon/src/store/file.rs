@@ -10,7 +10,10 @@
 //! is a permanent lease. Expired leases read as absent; whoever holds the lock deletes them.
 //! Changes are watched with inotify, so they propagate in well under a millisecond.
 
-use super::{parse_lease, parse_subnet_key, subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, StoreError, WatchEvent};
+use super::{
+    parse_lease, parse_subnet_key, subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore,
+    NetworkConfig, Result, StoreError, WatchEvent,
+};
 use ipnetwork::Ipv4Network;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::HashMap;
@@ -65,8 +68,12 @@ impl FileStore {
     fn check_dir(&self) -> Result<()> {
         match fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(StoreError::Unavailable(format!("{} is not a directory", self.dir.display()))),
-            Err(e) => Err(StoreError::Unavailable(format!("store directory {}: {e}", self.dir.display()))),
+            Ok(_) => {
+                Err(StoreError::Unavailable(format!("{} is not a directory", self.dir.display())))
+            }
+            Err(e) => {
+                Err(StoreError::Unavailable(format!("store directory {}: {e}", self.dir.display())))
+            }
         }
     }
 
@@ -79,7 +86,10 @@ impl FileStore {
                 return Ok(f);
             }
             if start.elapsed() > LOCK_TIMEOUT {
-                return Err(StoreError::Unavailable(format!("{}/lock is held by someone else", self.dir.display())));
+                return Err(StoreError::Unavailable(format!(
+                    "{}/lock is held by someone else",
+                    self.dir.display()
+                )));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
@@ -122,7 +132,10 @@ impl FileStore {
     fn write_lease(&self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
         let mut v = serde_json::to_value(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
         let expires = SystemTime::now() + ttl;
-        v[EXPIRES_FIELD] = serde_json::json!(expires.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+        v[EXPIRES_FIELD] = serde_json::json!(expires
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64);
         write_atomic(&self.dir, &subnet_key(subnet), v.to_string().as_bytes())
     }
 
@@ -139,8 +152,9 @@ impl FileStore {
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_ONLYDIR;
-        ino.add_watch(&self.dir, mask)
-            .map_err(|e| StoreError::Unavailable(format!("inotify watch {}: {e}", self.dir.display())))?;
+        ino.add_watch(&self.dir, mask).map_err(|e| {
+            StoreError::Unavailable(format!("inotify watch {}: {e}", self.dir.display()))
+        })?;
         // SAFETY: `Ino` owns the inotify fd; the AsyncFd owns `Ino`, so the fd outlives the
         // registration and is closed only when the AsyncFd is dropped.
         let afd = unsafe { AsyncFd::register_with_interest(Ino(ino), Interest::READABLE) };
@@ -175,7 +189,10 @@ impl FileStore {
                 }
                 _ => {
                     if self.known.remove(&name).is_some() {
-                        out.push(WatchEvent::Removed { subnet: parse_subnet_key(&name), key: name });
+                        out.push(WatchEvent::Removed {
+                            subnet: parse_subnet_key(&name),
+                            key: name,
+                        });
                     }
                 }
             }
@@ -186,8 +203,12 @@ impl FileStore {
     /// Synthetic removals for leases whose expiry passed.
     fn expire_known(&mut self) -> Vec<WatchEvent> {
         let now = SystemTime::now();
-        let gone: Vec<String> =
-            self.known.iter().filter(|(_, e)| e.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(_, e)| e.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
         self.cleanup_expired(&gone);
         gone.into_iter()
             .map(|k| {
@@ -227,7 +248,8 @@ pub fn parse_file(name: &str, bytes: &[u8]) -> (LeaseEntry, Option<SystemTime>) 
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
+        let mut f =
+            OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, dir.join(name))
@@ -294,7 +316,12 @@ impl LeaseStore for FileStore {
         Ok((out, self.rev))
     }
 
-    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         let _lock = self.lock().await?;
         let key = subnet_key(subnet);
         match self.read_entry(&key)? {
@@ -306,7 +333,12 @@ impl LeaseStore for FileStore {
         Ok(true)
     }
 
-    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    async fn renew(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         let _lock = self.lock().await?;
         match self.read_entry(&subnet_key(subnet))? {
             Some((Ok(l), _)) if l.attrs.public_ip == attrs.public_ip => {
@@ -337,7 +369,10 @@ impl LeaseStore for FileStore {
         loop {
             let sleep_for = self
                 .next_expiry()
-                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1))
+                .map(|t| {
+                    t.duration_since(SystemTime::now()).unwrap_or_default()
+                        + Duration::from_millis(1)
+                })
                 .unwrap_or(Duration::from_secs(3600));
             let afd = self.inotify.as_ref().expect("inotify set up");
             let read = tokio::time::timeout(
@@ -367,11 +402,20 @@ impl LeaseStore for FileStore {
                     let (all, rev) = self.list().await?;
                     return Ok((vec![WatchEvent::Resync(all)], rev));
                 }
-                if ev.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED) {
+                if ev.mask.intersects(
+                    AddWatchFlags::IN_DELETE_SELF
+                        | AddWatchFlags::IN_MOVE_SELF
+                        | AddWatchFlags::IN_IGNORED,
+                ) {
                     self.inotify = None;
-                    return Err(StoreError::Unavailable(format!("store directory {} was removed", self.dir.display())));
+                    return Err(StoreError::Unavailable(format!(
+                        "store directory {} was removed",
+                        self.dir.display()
+                    )));
                 }
-                let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string)) else { continue };
+                let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string)) else {
+                    continue;
+                };
                 if !ignored(&name) && seen.insert(name.clone()) {
                     names.push(name);
                 }

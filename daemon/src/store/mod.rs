@@ -144,11 +144,21 @@ pub trait LeaseStore {
 
     /// Create the lease for `subnet` only if no key exists for it (a transaction on etcd, an
     /// exclusive create under lock on the file store). `Ok(false)` if someone else holds it.
-    async fn create(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool>;
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool>;
 
     /// Extend the TTL of a lease this node holds (same attrs). `Ok(false)` if the key is gone or
     /// now belongs to another public IP.
-    async fn renew(&mut self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool>;
+    async fn renew(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool>;
 
     /// Delete the lease for `subnet` (no error if absent).
     async fn delete(&mut self, subnet: Ipv4Network) -> Result<()>;

@@ -49,7 +49,14 @@ impl Lab {
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["addr", "add", "198.18.0.1/24", "dev", "br0"]);
         underlay.ip(&["link", "set", "br0", "up"]);
-        let mut lab = Lab { kind, nodes: Vec::new(), etcd: None, underlay, dir, common: vec!["--resync".into(), "300ms".into()] };
+        let mut lab = Lab {
+            kind,
+            nodes: Vec::new(),
+            etcd: None,
+            underlay,
+            dir,
+            common: vec!["--resync".into(), "300ms".into()],
+        };
         for _ in 0..n {
             lab.add_node();
         }
@@ -79,7 +86,8 @@ impl Lab {
         let ns = Netns::new("fnd");
         let ip = format!("198.18.0.{}", 11 + i);
         let port = format!("v{i}");
-        self.underlay.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        self.underlay
+            .ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
         self.underlay.ip(&["link", "set", &port, "master", "br0", "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
@@ -108,15 +116,32 @@ impl Lab {
                 let data = self.dir.join("etcd-data");
                 let mut c = self.underlay.cmd("etcd");
                 c.args(["--name", "lab", "--data-dir"]).arg(&data).args([
-                    "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
-                    "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                    "--initial-cluster", "lab=http://127.0.0.1:2380", "--election-timeout", "100", "--heartbeat-interval", "10",
+                    "--listen-client-urls",
+                    ETCD_URL,
+                    "--advertise-client-urls",
+                    ETCD_URL,
+                    "--listen-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-cluster",
+                    "lab=http://127.0.0.1:2380",
+                    "--election-timeout",
+                    "100",
+                    "--heartbeat-interval",
+                    "10",
                 ]);
                 let log = fs::File::create(self.dir.join("etcd.log")).unwrap();
                 c.stdout(log.try_clone().unwrap()).stderr(log);
                 self.etcd = Some(Proc::spawn("etcd", c));
-                let up = wait_for(Duration::from_secs(15), || self.etcdctl(&["endpoint", "health"]).status.success());
-                assert!(up, "etcd did not come up: {}", fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default());
+                let up = wait_for(Duration::from_secs(15), || {
+                    self.etcdctl(&["endpoint", "health"]).status.success()
+                });
+                assert!(
+                    up,
+                    "etcd did not come up: {}",
+                    fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+                );
             }
         }
     }
@@ -142,13 +167,20 @@ impl Lab {
     pub fn args(&self, i: usize) -> Vec<String> {
         let d = &self.nodes[i].dir;
         let mut v: Vec<String> = vec![
-            "--store".into(), self.store_url(),
-            "--iface".into(), "eth0".into(),
-            "--subnet-file".into(), d.join("subnet.env").display().to_string(),
-            "--cni-conf-dir".into(), d.join("net.d").display().to_string(),
-            "--cni-data-dir".into(), d.join("cni-data").display().to_string(),
-            "--etcd-dial-timeout".into(), "500ms".into(),
-            "--etcd-request-timeout".into(), "1s".into(),
+            "--store".into(),
+            self.store_url(),
+            "--iface".into(),
+            "eth0".into(),
+            "--subnet-file".into(),
+            d.join("subnet.env").display().to_string(),
+            "--cni-conf-dir".into(),
+            d.join("net.d").display().to_string(),
+            "--cni-data-dir".into(),
+            d.join("cni-data").display().to_string(),
+            "--etcd-dial-timeout".into(),
+            "500ms".into(),
+            "--etcd-request-timeout".into(),
+            "1s".into(),
         ];
         v.extend(self.common.iter().cloned());
         v
@@ -165,7 +197,12 @@ impl Lab {
     }
 
     /// Run ferryd to completion (e.g. `--uninstall`, or a config it must refuse).
-    pub fn run_once(&self, i: usize, extra: &[&str], timeout: Duration) -> (Option<ExitStatus>, String) {
+    pub fn run_once(
+        &self,
+        i: usize,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> (Option<ExitStatus>, String) {
         let mut c = self.nodes[i].ns.cmd(bin("ferryd"));
         c.args(self.args(i)).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut p = Proc::spawn("ferryd-once", c);
@@ -225,8 +262,14 @@ impl Lab {
 
     /// Wait until every running node has a subnet file; returns the subnets.
     pub fn wait_subnets(&self, idx: &[usize]) -> Vec<String> {
-        let ok = wait_for(Duration::from_secs(10), || idx.iter().all(|&i| self.subnet(i).is_some() && self.conflist(i).exists()));
-        assert!(ok, "nodes {idx:?} got no lease: {}", idx.iter().map(|&i| self.log(i)).collect::<String>());
+        let ok = wait_for(Duration::from_secs(10), || {
+            idx.iter().all(|&i| self.subnet(i).is_some() && self.conflist(i).exists())
+        });
+        assert!(
+            ok,
+            "nodes {idx:?} got no lease: {}",
+            idx.iter().map(|&i| self.log(i)).collect::<String>()
+        );
         idx.iter().map(|&i| self.subnet(i).unwrap()).collect()
     }
 
@@ -236,13 +279,22 @@ impl Lab {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["dst"].as_str().unwrap_or("").to_string(), r["gateway"].as_str().unwrap_or("").to_string()))
+            .map(|r| {
+                (
+                    r["dst"].as_str().unwrap_or("").to_string(),
+                    r["gateway"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect()
     }
 
     /// What node `i` should route: every other node in `peers` (subnet via its IP).
     pub fn expected(&self, i: usize, peers: &[usize]) -> BTreeMap<String, String> {
-        peers.iter().filter(|&&j| j != i).map(|&j| (self.subnet(j).unwrap(), self.nodes[j].ip.clone())).collect()
+        peers
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| (self.subnet(j).unwrap(), self.nodes[j].ip.clone()))
+            .collect()
     }
 
     /// Wait until node `i`'s Ferry routes equal `want`.
@@ -283,7 +335,11 @@ impl Lab {
         match self.kind {
             Store::File => fs::read_to_string(self.store_dir().join(key)).ok(),
             Store::Etcd => {
-                let o = self.etcdctl(&["get", "--print-value-only", &format!("{PREFIX}/subnets/{key}")]);
+                let o = self.etcdctl(&[
+                    "get",
+                    "--print-value-only",
+                    &format!("{PREFIX}/subnets/{key}"),
+                ]);
                 let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
                 (!s.is_empty()).then_some(s)
             }
@@ -295,14 +351,27 @@ impl Lab {
         match self.kind {
             Store::File => {
                 let mut v: Vec<String> = fs::read_dir(self.store_dir())
-                    .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains('-') && !n.starts_with('.')).collect())
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .filter(|n| n.contains('-') && !n.starts_with('.'))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 v.sort();
                 v
             }
             Store::Etcd => {
-                let o = self.etcdctl(&["get", "--prefix", "--keys-only", &format!("{PREFIX}/subnets/")]);
-                String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(|l| l.rsplit('/').next().unwrap().to_string()).collect()
+                let o = self.etcdctl(&[
+                    "get",
+                    "--prefix",
+                    "--keys-only",
+                    &format!("{PREFIX}/subnets/"),
+                ]);
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.rsplit('/').next().unwrap().to_string())
+                    .collect()
             }
         }
     }
@@ -312,7 +381,9 @@ impl Lab {
         let path = self.dir.join(name);
         let f = fs::File::create(&path).unwrap();
         let mut c = Command::new("ip");
-        c.args(["-n", &self.nodes[i].ns.name, "-ts", "monitor", "route"]).stdout(f).stderr(Stdio::null());
+        c.args(["-n", &self.nodes[i].ns.name, "-ts", "monitor", "route"])
+            .stdout(f)
+            .stderr(Stdio::null());
         let p = Proc::spawn("ip-monitor", c);
         std::thread::sleep(Duration::from_millis(100)); // let it subscribe
         (p, path)

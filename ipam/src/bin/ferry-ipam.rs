@@ -10,6 +10,13 @@ fn main() {
         let _ = std::io::stdin().read_to_end(&mut stdin);
     }
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-    let code = ferry_cni::skel::run(&mut IpamPlugin, ABOUT, &get_env, &stdin, &mut stdout.lock(), &mut stderr.lock());
+    let code = ferry_cni::skel::run(
+        &mut IpamPlugin,
+        ABOUT,
+        &get_env,
+        &stdin,
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+    );
     std::process::exit(code);
 }

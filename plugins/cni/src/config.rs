@@ -57,7 +57,9 @@ impl NetConf {
             Some(_) => return Err(CniError::config("network config: \"type\" must be a string")),
         };
         if plugin_type.contains('/') || plugin_type.contains("..") {
-            return Err(CniError::config(format!("network config: invalid plugin type {plugin_type:?}")));
+            return Err(CniError::config(format!(
+                "network config: invalid plugin type {plugin_type:?}"
+            )));
         }
         for (key, want) in [
             ("ipam", "an object"),
@@ -69,7 +71,9 @@ impl NetConf {
         ] {
             if let Some(v) = raw.get(key) {
                 if !v.is_object() && !v.is_null() {
-                    return Err(CniError::config(format!("network config: \"{key}\" must be {want}")));
+                    return Err(CniError::config(format!(
+                        "network config: \"{key}\" must be {want}"
+                    )));
                 }
             }
         }
@@ -94,9 +98,9 @@ impl NetConf {
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match self.get("prevResult") {
             None => Ok(None),
-            Some(v) => CniResult::from_json(v, self.version)
-                .map(Some)
-                .map_err(|e| e.context("prevResult")),
+            Some(v) => {
+                CniResult::from_json(v, self.version).map(Some).map_err(|e| e.context("prevResult"))
+            }
         }
     }
 
@@ -190,17 +194,27 @@ mod tests {
     #[test]
     fn valid_attachments_from_either_key() {
         let mk = |extra: &str| {
-            NetConf::parse(format!(r#"{{"cniVersion":"1.1.0","name":"a","type":"t"{extra}}}"#).as_bytes())
-                .unwrap()
-                .valid_attachments()
-                .unwrap()
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.1.0","name":"a","type":"t"{extra}}}"#).as_bytes(),
+            )
+            .unwrap()
+            .valid_attachments()
+            .unwrap()
         };
         let a = |id: &str| Attachment { container_id: id.into(), ifname: "eth0".into() };
         assert_eq!(mk(""), vec![]);
-        assert_eq!(mk(r#","cni.dev/valid-attachments":[{"containerID":"x","ifname":"eth0"}]"#), vec![a("x")]);
-        assert_eq!(mk(r#","cni.dev/attachments":[{"containerID":"y","ifname":"eth0"}]"#), vec![a("y")]);
         assert_eq!(
-            mk(r#","cni.dev/attachments":[{"containerID":"y","ifname":"eth0"}],"cni.dev/valid-attachments":[{"containerID":"x","ifname":"eth0"},{"containerID":"y","ifname":"eth0"}]"#),
+            mk(r#","cni.dev/valid-attachments":[{"containerID":"x","ifname":"eth0"}]"#),
+            vec![a("x")]
+        );
+        assert_eq!(
+            mk(r#","cni.dev/attachments":[{"containerID":"y","ifname":"eth0"}]"#),
+            vec![a("y")]
+        );
+        assert_eq!(
+            mk(
+                r#","cni.dev/attachments":[{"containerID":"y","ifname":"eth0"}],"cni.dev/valid-attachments":[{"containerID":"x","ifname":"eth0"},{"containerID":"y","ifname":"eth0"}]"#
+            ),
             vec![a("x"), a("y")]
         );
         let bad = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"a","type":"t","cni.dev/valid-attachments":[{"x":1}]}"#)

@@ -98,7 +98,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<CniArgs>>
         missing.push("CNI_IFNAME");
     }
     if !missing.is_empty() {
-        return Err(CniError::env(format!("required env variables [{}] missing", missing.join(","))));
+        return Err(CniError::env(format!(
+            "required env variables [{}] missing",
+            missing.join(",")
+        )));
     }
     if need_id {
         a.container_id = nonempty("CNI_CONTAINERID").unwrap_or_default();
@@ -162,7 +165,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
 /// A netns path must be absolute and free of control characters and `..` components.
 pub fn validate_netns(path: &str) -> Result<()> {
     if !path.starts_with('/') {
-        return Err(CniError::env(format!("invalid CNI_NETNS {:?}: must be an absolute path", truncate(path))));
+        return Err(CniError::env(format!(
+            "invalid CNI_NETNS {:?}: must be an absolute path",
+            truncate(path)
+        )));
     }
     if path.chars().any(|c| c.is_control()) || path.split('/').any(|p| p == "..") {
         return Err(CniError::env(format!(
@@ -180,7 +186,9 @@ pub fn parse_cni_args(raw: &str) -> Result<Vec<(String, String)>> {
         let mut kv = pair.splitn(2, '=');
         let k = kv.next().unwrap_or("");
         match kv.next() {
-            Some(v) if !k.is_empty() && !v.contains('=') => out.push((k.to_string(), v.to_string())),
+            Some(v) if !k.is_empty() && !v.contains('=') => {
+                out.push((k.to_string(), v.to_string()))
+            }
             _ => {
                 return Err(CniError::env(format!(
                     "invalid CNI_ARGS pair {:?}: expected KEY=VALUE",
@@ -312,7 +320,10 @@ mod tests {
 
     #[test]
     fn cni_args_pairs() {
-        assert_eq!(parse_cni_args("A=1;B=;").unwrap(), vec![("A".into(), "1".into()), ("B".into(), "".into())]);
+        assert_eq!(
+            parse_cni_args("A=1;B=;").unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "".into())]
+        );
         assert!(parse_cni_args("A").is_err());
         assert!(parse_cni_args("=1").is_err());
         assert!(parse_cni_args("A=1=2").is_err());

@@ -66,7 +66,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 
     pub fn to_json(&self) -> Value {
@@ -218,13 +221,15 @@ impl CniResult {
         }
         let mut r = CniResult::default();
         for (n, i) in arr(o.get("interfaces"), "interfaces")?.iter().enumerate() {
-            let io = i.as_object().ok_or_else(|| bad(format!("interfaces[{n}] must be an object")))?;
+            let io =
+                i.as_object().ok_or_else(|| bad(format!("interfaces[{n}] must be an object")))?;
             r.interfaces.push(Interface {
                 name: opt_str(io.get("name"), "interfaces[].name")?
                     .ok_or_else(|| bad(format!("interfaces[{n}].name is required")))?,
                 mac: opt_str(io.get("mac"), "interfaces[].mac")?,
                 mtu: opt_u32(io.get("mtu"), "interfaces[].mtu")?,
-                sandbox: opt_str(io.get("sandbox"), "interfaces[].sandbox")?.filter(|s| !s.is_empty()),
+                sandbox: opt_str(io.get("sandbox"), "interfaces[].sandbox")?
+                    .filter(|s| !s.is_empty()),
                 socket_path: opt_str(io.get("socketPath"), "interfaces[].socketPath")?,
                 pci_id: opt_str(io.get("pciID"), "interfaces[].pciID")?,
             });
@@ -236,7 +241,8 @@ impl CniResult {
             let interface = match io.get("interface") {
                 None | Some(Value::Null) => None,
                 Some(x) => Some(
-                    x.as_u64().ok_or_else(|| bad("ips[].interface must be a non-negative integer"))?
+                    x.as_u64()
+                        .ok_or_else(|| bad("ips[].interface must be a non-negative integer"))?
                         as usize,
                 ),
             };
@@ -245,7 +251,11 @@ impl CniResult {
                     return Err(bad(format!("ips[{n}].interface {idx} is out of range")));
                 }
             }
-            r.ips.push(IpConfig { address, gateway: ip(io.get("gateway"), "ips[].gateway")?, interface });
+            r.ips.push(IpConfig {
+                address,
+                gateway: ip(io.get("gateway"), "ips[].gateway")?,
+                interface,
+            });
         }
         for rv in arr(o.get("routes"), "routes")? {
             r.routes.push(parse_route(rv)?);
@@ -261,7 +271,11 @@ impl CniResult {
             let io = v.as_object().ok_or_else(|| bad(format!("{key} must be an object")))?;
             let address =
                 cidr(io.get("ip"), "ip")?.ok_or_else(|| bad(format!("{key}.ip is required")))?;
-            r.ips.push(IpConfig { address, gateway: ip(io.get("gateway"), "gateway")?, interface: None });
+            r.ips.push(IpConfig {
+                address,
+                gateway: ip(io.get("gateway"), "gateway")?,
+                interface: None,
+            });
             for rv in arr(io.get("routes"), "routes")? {
                 r.routes.push(parse_route(rv)?);
             }
@@ -296,8 +310,13 @@ fn route_json(r: &Route, modern: bool) -> Value {
 /// A `routes` list as it appears in a network config (`[{"dst":"0.0.0.0/0","gw":"10.1.0.1"}]`):
 /// the same shape as in a result, but a malformed one is the config's fault, so errors are code 7.
 pub fn parse_routes(v: &Value) -> Result<Vec<Route>> {
-    let as_config = |e: CniError| CniError::config(e.msg.trim_start_matches("invalid result: ").to_string());
-    arr(Some(v), "routes").map_err(as_config)?.iter().map(|r| parse_route(r).map_err(as_config)).collect()
+    let as_config =
+        |e: CniError| CniError::config(e.msg.trim_start_matches("invalid result: ").to_string());
+    arr(Some(v), "routes")
+        .map_err(as_config)?
+        .iter()
+        .map(|r| parse_route(r).map_err(as_config))
+        .collect()
 }
 
 fn parse_route(v: &Value) -> Result<Route> {
@@ -347,7 +366,9 @@ fn opt_u32(v: Option<&Value>, what: &str) -> Result<Option<u32>> {
 fn str_list(v: Option<&Value>, what: &str) -> Result<Vec<String>> {
     arr(v, what)?
         .iter()
-        .map(|x| x.as_str().map(String::from).ok_or_else(|| bad(format!("{what} must hold strings"))))
+        .map(|x| {
+            x.as_str().map(String::from).ok_or_else(|| bad(format!("{what} must hold strings")))
+        })
         .collect()
 }
 
@@ -368,7 +389,9 @@ fn ip(v: Option<&Value>, what: &str) -> Result<Option<IpAddr>> {
     match opt_str(v, what)? {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| bad(format!("{what} {s:?} is not an IP address"))),
+        Some(s) => {
+            s.parse().map(Some).map_err(|_| bad(format!("{what} {s:?} is not an IP address")))
+        }
     }
 }
 
@@ -380,7 +403,12 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "veth1234".into(), mac: Some("02:00:00:00:00:01".into()), mtu: Some(1500), ..Default::default() },
+                Interface {
+                    name: "veth1234".into(),
+                    mac: Some("02:00:00:00:00:01".into()),
+                    mtu: Some(1500),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("02:00:00:00:00:02".into()),
@@ -394,7 +422,10 @@ mod tests {
                 gateway: Some("10.244.1.1".parse().unwrap()),
                 interface: Some(1),
             }],
-            routes: vec![Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            routes: vec![Route {
+                mtu: Some(1400),
+                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+            }],
             dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Default::default() },
         }
     }
@@ -435,7 +466,9 @@ mod tests {
             assert_eq!(v["ip4"]["ip"], "10.244.1.2/24");
             assert_eq!(v["ip4"]["gateway"], "10.244.1.1");
             assert_eq!(v["ip4"]["routes"][0]["dst"], "0.0.0.0/0");
-            assert!(v.get("ips").is_none() && v.get("interfaces").is_none() && v.get("ip6").is_none());
+            assert!(
+                v.get("ips").is_none() && v.get("interfaces").is_none() && v.get("ip6").is_none()
+            );
         }
     }
 
@@ -478,7 +511,9 @@ mod tests {
 
     #[test]
     fn config_routes_parse_and_fail_as_config_errors() {
-        let ok: Value = serde_json::from_str(r#"[{"dst":"0.0.0.0/0"},{"dst":"10.0.0.0/8","gw":"10.1.0.1"}]"#).unwrap();
+        let ok: Value =
+            serde_json::from_str(r#"[{"dst":"0.0.0.0/0"},{"dst":"10.0.0.0/8","gw":"10.1.0.1"}]"#)
+                .unwrap();
         let r = parse_routes(&ok).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].gw, Some("10.1.0.1".parse().unwrap()));

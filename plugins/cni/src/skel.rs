@@ -39,7 +39,11 @@ pub fn run(
     let args = match env::from_env(get_env) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            let _ = writeln!(stderr, "{about}\nCNI protocol versions supported: {}", SUPPORTED.join(", "));
+            let _ = writeln!(
+                stderr,
+                "{about}\nCNI protocol versions supported: {}",
+                SUPPORTED.join(", ")
+            );
             return 0;
         }
         Err(e) => return fail(stdout, &e, request_version(stdin).as_deref()),
@@ -69,7 +73,11 @@ pub fn run(
         _ => None,
     };
     if let Some(msg) = gate {
-        return fail(stdout, &CniError::incompatible("incompatible CNI versions").with_details(msg), Some(&ver));
+        return fail(
+            stdout,
+            &CniError::incompatible("incompatible CNI versions").with_details(msg),
+            Some(&ver),
+        );
     }
     let version = conf.version;
     let req = Request { args, conf, stdin: stdin.to_vec() };
@@ -127,7 +135,11 @@ mod tests {
                 return Err(e);
             }
             Ok(CniResult {
-                ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+                ips: vec![IpConfig {
+                    address: "10.0.0.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                }],
                 ..Default::default()
             })
         }
@@ -150,14 +162,27 @@ mod tests {
     }
 
     fn call(p: &mut Fake, env: &[(&str, &str)], stdin: &str) -> (i32, String, String) {
-        let m: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let rc = run(p, "CNI test plugin", &move |k: &str| m.get(k).cloned(), stdin.as_bytes(), &mut out, &mut err);
+        let rc = run(
+            p,
+            "CNI test plugin",
+            &move |k: &str| m.get(k).cloned(),
+            stdin.as_bytes(),
+            &mut out,
+            &mut err,
+        );
         (rc, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
     }
 
     fn add_env(cmd: &'static str) -> Vec<(&'static str, &'static str)> {
-        vec![("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")]
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+        ]
     }
 
     fn conf(ver: &str) -> String {
@@ -179,7 +204,13 @@ mod tests {
 
     #[test]
     fn version_answers_without_validating_env() {
-        let env = [("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy"), ("CNI_CONTAINERID", "")];
+        let env = [
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_IFNAME", "dummy"),
+            ("CNI_PATH", "dummy"),
+            ("CNI_CONTAINERID", ""),
+        ];
         let (rc, out, _) = call(&mut Fake::default(), &env, r#"{"cniVersion":"1.0.0"}"#);
         assert_eq!(rc, 0);
         let v = parse(&out);
@@ -201,9 +232,18 @@ mod tests {
     #[test]
     fn silent_verbs_print_nothing() {
         let mut p = Fake::default();
-        assert_eq!(call(&mut p, &add_env("DEL"), &conf("1.0.0")), (0, String::new(), String::new()));
-        assert_eq!(call(&mut p, &add_env("CHECK"), &conf("1.0.0")), (0, String::new(), String::new()));
-        assert_eq!(call(&mut p, &[("CNI_COMMAND", "GC")], &conf("1.1.0")), (0, String::new(), String::new()));
+        assert_eq!(
+            call(&mut p, &add_env("DEL"), &conf("1.0.0")),
+            (0, String::new(), String::new())
+        );
+        assert_eq!(
+            call(&mut p, &add_env("CHECK"), &conf("1.0.0")),
+            (0, String::new(), String::new())
+        );
+        assert_eq!(
+            call(&mut p, &[("CNI_COMMAND", "GC")], &conf("1.1.0")),
+            (0, String::new(), String::new())
+        );
         assert_eq!(p.calls, vec!["del", "check", "gc"]);
     }
 
@@ -249,7 +289,8 @@ mod tests {
 
     #[test]
     fn plugin_error_carries_request_version() {
-        let mut p = Fake { fail_with: Some(CniError::try_again("no subnet yet")), ..Default::default() };
+        let mut p =
+            Fake { fail_with: Some(CniError::try_again("no subnet yet")), ..Default::default() };
         let (rc, out, _) = call(&mut p, &add_env("ADD"), &conf("0.4.0"));
         assert_eq!(rc, 1);
         let v = parse(&out);

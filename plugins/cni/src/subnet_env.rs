@@ -64,7 +64,10 @@ impl SubnetEnv {
                 }
                 // Multi-CIDR files hold comma-separated lists; the first entry is the node's.
                 let first = v.split(',').next().unwrap_or("").trim();
-                first.parse().map(Some).map_err(|_| format!("line {}: {k}={v:?} is not a CIDR", n + 1))
+                first
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("line {}: {k}={v:?} is not a CIDR", n + 1))
             };
             match key {
                 "NETWORK" => out.network = cidr(v)?,
@@ -73,10 +76,9 @@ impl SubnetEnv {
                 "IPV6_SUBNET" => out.ipv6_subnet = cidr(v)?,
                 "MTU" => {
                     out.mtu = Some(
-                        v.parse::<u32>()
-                            .ok()
-                            .filter(|m| (68..=65535).contains(m))
-                            .ok_or_else(|| format!("line {}: {k}={v:?} is not an MTU (68-65535)", n + 1))?,
+                        v.parse::<u32>().ok().filter(|m| (68..=65535).contains(m)).ok_or_else(
+                            || format!("line {}: {k}={v:?} is not an MTU (68-65535)", n + 1),
+                        )?,
                     )
                 }
                 "IPMASQ" => {
@@ -149,13 +151,23 @@ mod tests {
 
     #[test]
     fn ferry_keys_win() {
-        let e = SubnetEnv::parse("FERRY_SUBNET=10.9.0.1/24\nFLANNEL_SUBNET=10.8.0.1/24\n# c\n\nOTHER=1\n").unwrap();
+        let e = SubnetEnv::parse(
+            "FERRY_SUBNET=10.9.0.1/24\nFLANNEL_SUBNET=10.8.0.1/24\n# c\n\nOTHER=1\n",
+        )
+        .unwrap();
         assert_eq!(e.subnet.unwrap().to_string(), "10.9.0.1/24");
     }
 
     #[test]
     fn garbled_files_are_rejected() {
-        for bad in ["", "garbage", "FLANNEL_SUBNET=10.0.0.0/33", "FLANNEL_SUBNET=x", "FLANNEL_SUBNET=10.0.0.1/24\nFLANNEL_MTU=abc", "FLANNEL_NETWORK=10.0.0.0/8"] {
+        for bad in [
+            "",
+            "garbage",
+            "FLANNEL_SUBNET=10.0.0.0/33",
+            "FLANNEL_SUBNET=x",
+            "FLANNEL_SUBNET=10.0.0.1/24\nFLANNEL_MTU=abc",
+            "FLANNEL_NETWORK=10.0.0.0/8",
+        ] {
             assert!(SubnetEnv::parse(bad).is_err(), "{bad:?}");
         }
     }

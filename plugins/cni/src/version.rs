@@ -29,10 +29,9 @@ impl Version {
             "1.0.0" => Version::V100,
             "1.1.0" => Version::V110,
             other => {
-                return Err(CniError::incompatible("incompatible CNI versions").with_details(format!(
-                    "config is {other:?}, plugin supports {}",
-                    SUPPORTED.join(", ")
-                )))
+                return Err(CniError::incompatible("incompatible CNI versions").with_details(
+                    format!("config is {other:?}, plugin supports {}", SUPPORTED.join(", ")),
+                ))
             }
         })
     }

@@ -39,7 +39,8 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let ns = open_netns(&netns_path)?;
     crate::timing::mark("subnet + open netns");
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
-    let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
+    let mut pod =
+        Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
     crate::timing::mark("netlink sockets");
     let pod_link = pod.link_by_name(ifname).map_err(nl_err("look up pod interface"))?;
     let host_link = host.link_by_name(&host_name).map_err(nl_err("look up host interface"))?;
@@ -70,7 +71,13 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let plan = match &conf.ipam_type {
         None => {
             let node = node.expect("resolved above");
-            let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())?;
+            let pool = Pool::new(
+                node.subnet,
+                None,
+                conf.range_start,
+                conf.range_end,
+                conf.exclude.clone(),
+            )?;
             let requested = requested_ip(req, &pool)?;
             let mut store = Store::open(&conf.data_dir, &conf.network)?;
             let ip = store.allocate(&pool, &owner, requested)?;
@@ -125,7 +132,9 @@ fn default_route(ip: IpAddr) -> CniRoute {
 /// The requested address for `pool`'s family (`runtimeConfig.ips`, `args.cni.ips`, CNI_ARGS `IP=`),
 /// read exactly as ferry-ipam reads it.
 fn requested_ip(req: &Request, pool: &Pool) -> Result<Option<IpAddr>> {
-    Ok(ferry_ipam::plugin::requested_ips(req)?.into_iter().find(|ip| ip.is_ipv4() == pool.is_ipv4()))
+    Ok(ferry_ipam::plugin::requested_ips(req)?
+        .into_iter()
+        .find(|ip| ip.is_ipv4() == pool.is_ipv4()))
 }
 
 fn plan_from_ipam(conf: &FerryConf, r: CniResult) -> Result<Plan> {
@@ -136,12 +145,28 @@ fn plan_from_ipam(conf: &FerryConf, r: CniResult) -> Result<Plan> {
     let gateway = match ipc.gateway {
         Some(g) => g,
         None => first_host(ipc.address).filter(|g| *g != ip).ok_or_else(|| {
-            CniError::new(ferry_cni::error::IPAM, format!("IPAM gave {} with no usable gateway", ipc.address))
+            CniError::new(
+                ferry_cni::error::IPAM,
+                format!("IPAM gave {} with no usable gateway", ipc.address),
+            )
         })?,
     };
-    let routes = conf.routes.clone().unwrap_or_else(|| if r.routes.is_empty() { vec![default_route(ip)] } else { r.routes.clone() });
+    let routes = conf.routes.clone().unwrap_or_else(|| {
+        if r.routes.is_empty() {
+            vec![default_route(ip)]
+        } else {
+            r.routes.clone()
+        }
+    });
     let dns = if conf.dns.is_empty() { r.dns.clone() } else { conf.dns.clone() };
-    Ok(Plan { ip, prefix: ipc.address.prefix(), gateway, mtu: conf.mtu.unwrap_or(DEFAULT_MTU), routes, dns })
+    Ok(Plan {
+        ip,
+        prefix: ipc.address.prefix(),
+        gateway,
+        mtu: conf.mtu.unwrap_or(DEFAULT_MTU),
+        routes,
+        dns,
+    })
 }
 
 fn first_host(n: IpNetwork) -> Option<IpAddr> {
@@ -152,7 +177,11 @@ fn first_host(n: IpNetwork) -> Option<IpAddr> {
 }
 
 fn host_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 /// Run a batch; "already exists" counts as done (a repeated ADD re-applies the same state).
@@ -189,7 +218,10 @@ fn setup(
     let missing = |what: &str| CniError::new(NETLINK, format!("{what} vanished during ADD"));
     let h = match created {
         Some(l) => l,
-        None => host.link_by_name(host_name).map_err(nl_err("look up host veth"))?.ok_or_else(|| missing(host_name))?,
+        None => host
+            .link_by_name(host_name)
+            .map_err(nl_err("look up host veth"))?
+            .ok_or_else(|| missing(host_name))?,
     };
     let gw_host = IpNetwork::new(p.gateway, host_prefix(p.gateway)).expect("valid prefix");
     let ip_host = IpNetwork::new(p.ip, host_prefix(p.ip)).expect("valid prefix");
@@ -198,19 +230,31 @@ fn setup(
     to_pod.scope = Scope::Link;
     to_pod.protocol = RTPROT_FERRY_POD;
     // Host side in one round trip: the gateway /32 on the host end, the /32 route to the pod.
-    apply(host, &[(Op::AddAddress(h.index, gw_host, true), format!("add {gw_host} to {host_name}")),
-                  (Op::AddRoute(&to_pod), format!("add host route {ip_host} dev {host_name}"))])?;
+    apply(
+        host,
+        &[
+            (Op::AddAddress(h.index, gw_host, true), format!("add {gw_host} to {host_name}")),
+            (Op::AddRoute(&to_pod), format!("add host route {ip_host} dev {host_name}")),
+        ],
+    )?;
     crate::timing::mark("host addr + route");
 
-    let pl = pod.link_by_name(ifname).map_err(nl_err("look up pod veth"))?.ok_or_else(|| missing(ifname))?;
-    let addr = IpNetwork::new(p.ip, p.prefix).map_err(|e| CniError::config(format!("pod address: {e}")))?;
+    let pl = pod
+        .link_by_name(ifname)
+        .map_err(nl_err("look up pod veth"))?
+        .ok_or_else(|| missing(ifname))?;
+    let addr = IpNetwork::new(p.ip, p.prefix)
+        .map_err(|e| CniError::config(format!("pod address: {e}")))?;
     let mut to_gw = Route::new(gw_host);
     to_gw.oif = Some(pl.index);
     to_gw.scope = Scope::Link;
     let mut routes = p.routes.clone();
     if !routes.iter().any(|r| r.dst.prefix() == 0) {
         // Without a default route the node subnet still goes via the gateway (no connected route).
-        routes.push(CniRoute::new(IpNetwork::new(addr.network(), addr.prefix()).expect("valid"), None));
+        routes.push(CniRoute::new(
+            IpNetwork::new(addr.network(), addr.prefix()).expect("valid"),
+            None,
+        ));
     }
     let pod_routes: Vec<Route> = routes
         .iter()
@@ -245,7 +289,9 @@ fn sysctls(ns: &File, host_name: &str, ifname: &str, v4: bool) -> Result<()> {
     let fwd = if v4 { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
     sysctl::set(fwd, "1").map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
     let _ = sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0");
-    let _ = ferry_netlink::netns::with_netns(ns, || sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0"));
+    let _ = ferry_netlink::netns::with_netns(ns, || {
+        sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
+    });
     Ok(())
 }
 
@@ -253,7 +299,12 @@ fn result(prev: Option<CniResult>, p: &Plan, h: &Link, pl: &Link, netns: &str) -
     let mut r = prev.unwrap_or_default();
     let base = r.interfaces.len();
     let mac = |l: &Link| l.mac.map(ferry_netlink::mac_to_string);
-    r.interfaces.push(Interface { name: h.name.clone(), mac: mac(h), mtu: Some(h.mtu), ..Default::default() });
+    r.interfaces.push(Interface {
+        name: h.name.clone(),
+        mac: mac(h),
+        mtu: Some(h.mtu),
+        ..Default::default()
+    });
     r.interfaces.push(Interface {
         name: pl.name.clone(),
         mac: mac(pl),

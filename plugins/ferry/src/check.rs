@@ -49,7 +49,9 @@ pub fn check(req: &Request) -> Result<()> {
             let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
             let held = Store::open(&conf.data_dir, &conf.network)?.lookup(&owner)?;
             if !held.contains(&ip) {
-                return Err(fail(format!("IPAM holds no allocation of {ip} for {cid}/{ifname} (holds {held:?})")));
+                return Err(fail(format!(
+                    "IPAM holds no allocation of {ip} for {cid}/{ifname} (holds {held:?})"
+                )));
             }
         }
         Some(t) => {
@@ -59,7 +61,8 @@ pub fn check(req: &Request) -> Result<()> {
 
     // Pod side.
     let ns = open_netns(&netns_path)?;
-    let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
+    let mut pod =
+        Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
     let pl = pod
         .link_by_name(ifname)
         .map_err(nl_err("look up pod interface"))?
@@ -81,8 +84,10 @@ pub fn check(req: &Request) -> Result<()> {
         return Err(fail(format!("address {} is missing from {ifname}", ipc.address)));
     }
     let v6 = ip.is_ipv6();
-    let pod_routes = pod.routes(v6, ferry_netlink::RT_TABLE_MAIN, None).map_err(nl_err("list pod routes"))?;
-    let gw_net = IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 }).expect("host prefix fits the family");
+    let pod_routes =
+        pod.routes(v6, ferry_netlink::RT_TABLE_MAIN, None).map_err(nl_err("list pod routes"))?;
+    let gw_net = IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 })
+        .expect("host prefix fits the family");
     let has = |f: &dyn Fn(&Route) -> bool| pod_routes.iter().any(f);
     if !has(&|r| r.dst == gw_net && r.oif == Some(pl.index)) {
         return Err(fail(format!("route to gateway {gw} dev {ifname} is missing in the pod")));

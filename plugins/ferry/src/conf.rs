@@ -71,7 +71,9 @@ impl FerryConf {
         let subnet = opt_str(c, "subnet")?
             .map(|s| {
                 s.parse::<IpNetwork>().map_err(|_| {
-                    cfg_err(format!("\"subnet\": {s:?} is not a CIDR (expected e.g. \"10.244.1.0/24\")"))
+                    cfg_err(format!(
+                        "\"subnet\": {s:?} is not a CIDR (expected e.g. \"10.244.1.0/24\")"
+                    ))
                 })
             })
             .transpose()?;
@@ -82,12 +84,11 @@ impl FerryConf {
         }
         let mtu = match c.get("mtu") {
             None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .filter(|m| (68..=65535).contains(m))
-                    .ok_or_else(|| cfg_err(format!("\"mtu\" must be an integer 68-65535, got {v}")))?
-                    as u32,
-            ),
+            Some(v) => {
+                Some(v.as_u64().filter(|m| (68..=65535).contains(m)).ok_or_else(|| {
+                    cfg_err(format!("\"mtu\" must be an integer 68-65535, got {v}"))
+                })? as u32)
+            }
         };
         let path = |key: &str, default: &str| -> Result<PathBuf> {
             let p = opt_str(c, key)?.unwrap_or(default);
@@ -103,20 +104,30 @@ impl FerryConf {
                 .map(ferry_ipam::config::parse_exclude)
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| cfg_err(format!("\"exclude\": {}", e.msg)))?,
-            Some(_) => return Err(cfg_err("\"exclude\" must be a list of \"A-B\", \"A\" or \"A/N\" strings")),
+            Some(_) => {
+                return Err(cfg_err(
+                    "\"exclude\" must be a list of \"A-B\", \"A\" or \"A/N\" strings",
+                ))
+            }
         };
         let routes = match c.get("routes") {
             None => None,
             Some(v) => Some(
-                ferry_cni::result::parse_routes(v).map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))?,
+                ferry_cni::result::parse_routes(v)
+                    .map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))?,
             ),
         };
-        let dns = Dns::from_json(c.get("dns").unwrap_or(&Value::Null)).map_err(|e| cfg_err(format!("\"dns\": {}", e.msg)))?;
+        let dns = Dns::from_json(c.get("dns").unwrap_or(&Value::Null))
+            .map_err(|e| cfg_err(format!("\"dns\": {}", e.msg)))?;
         let ipam_type = match c.ipam() {
             None => None,
             Some(m) => match m.get("type") {
                 Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => Some(t.clone()),
-                _ => return Err(cfg_err("\"ipam\" needs a \"type\" naming an IPAM plugin in CNI_PATH")),
+                _ => {
+                    return Err(cfg_err(
+                        "\"ipam\" needs a \"type\" naming an IPAM plugin in CNI_PATH",
+                    ))
+                }
             },
         };
         Ok(FerryConf {
@@ -143,9 +154,9 @@ impl FerryConf {
         }
         let path = &self.subnet_file;
         let env = ferry_ipam::config::read_subnet_file(path)?;
-        let subnet = env
-            .subnet
-            .ok_or_else(|| cfg_err(format!("node subnet file {} has no IPv4 subnet", path.display())))?;
+        let subnet = env.subnet.ok_or_else(|| {
+            cfg_err(format!("node subnet file {} has no IPv4 subnet", path.display()))
+        })?;
         Ok(NodeSubnet { subnet, mtu: self.mtu.or(env.mtu) })
     }
 }
@@ -155,7 +166,9 @@ mod tests {
     use super::*;
 
     fn conf(extra: &str) -> Result<FerryConf> {
-        let c = NetConf::parse(format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ferry"{extra}}}"#).as_bytes())?;
+        let c = NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"ferry"{extra}}}"#).as_bytes(),
+        )?;
         FerryConf::parse(&c)
     }
 

@@ -56,5 +56,6 @@ pub fn add(req: &Request, plugin: &str) -> Result<CniResult> {
     let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
         CniError::new(Code::Decode, format!("IPAM plugin {plugin} printed no JSON result: {e}"))
     })?;
-    CniResult::from_json(&v, req.conf.version).map_err(|e| e.context(format!("IPAM plugin {plugin} result")))
+    CniResult::from_json(&v, req.conf.version)
+        .map_err(|e| e.context(format!("IPAM plugin {plugin} result")))
 }

@@ -26,7 +26,12 @@ pub fn gc(req: &Request) -> Result<()> {
         None => {
             let keep: Vec<Owner> = keep.iter().cloned().collect();
             match Store::open(&conf.data_dir, &conf.network).and_then(|mut s| s.gc(&keep)) {
-                Ok(r) => released = r.iter().map(|(_, o)| names::host_veth(&o.container_id, &o.ifname)).collect(),
+                Ok(r) => {
+                    released = r
+                        .iter()
+                        .map(|(_, o)| names::host_veth(&o.container_id, &o.ifname))
+                        .collect()
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -47,7 +52,11 @@ pub fn gc(req: &Request) -> Result<()> {
         let stale = match l.alias.as_deref() {
             None => released.contains(&l.name),
             Some(a) => names::parse_alias(a).is_some_and(|(net, cid, ifname)| {
-                net == conf.network && !keep.contains(&Owner { container_id: cid.to_string(), ifname: ifname.to_string() })
+                net == conf.network
+                    && !keep.contains(&Owner {
+                        container_id: cid.to_string(),
+                        ifname: ifname.to_string(),
+                    })
             }),
         };
         if stale {
@@ -73,12 +82,17 @@ pub fn status(req: &Request) -> Result<()> {
         return Ok(());
     }
     let not_ready = |msg: String| CniError::new(Code::NotAvailable, msg);
-    let node = conf.node_subnet().map_err(|e| not_ready(format!("node subnet unknown: {}", e.msg)))?;
+    let node =
+        conf.node_subnet().map_err(|e| not_ready(format!("node subnet unknown: {}", e.msg)))?;
     let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())
         .map_err(|e| not_ready(format!("node subnet unusable: {}", e.msg)))?;
     let free = Store::open(&conf.data_dir, &conf.network)?.available(&pool)?;
     if free == 0 {
-        return Err(not_ready(format!("address pool {} ({}) is exhausted", node.subnet, pool.range_str())));
+        return Err(not_ready(format!(
+            "address pool {} ({}) is exhausted",
+            node.subnet,
+            pool.range_str()
+        )));
     }
     Ok(())
 }

@@ -45,7 +45,11 @@ pub(crate) fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error
 /// Open the pod's network namespace. Missing → code 3 (container unknown): nothing was changed.
 pub(crate) fn open_netns(path: &str) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound { Code::UnknownContainer } else { Code::Io };
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            Code::UnknownContainer
+        } else {
+            Code::Io
+        };
         CniError::new(code, format!("cannot open network namespace {path:?}: {e}"))
     })
 }
@@ -65,7 +69,11 @@ pub(crate) mod timing {
         T.with(|t| {
             if let Some((start, last)) = t.borrow_mut().as_mut() {
                 let now = Instant::now();
-                eprintln!("ferry timing: {label:<24} +{:>6} us  (total {:>6} us)", (now - *last).as_micros(), (now - *start).as_micros());
+                eprintln!(
+                    "ferry timing: {label:<24} +{:>6} us  (total {:>6} us)",
+                    (now - *last).as_micros(),
+                    (now - *start).as_micros()
+                );
                 *last = now;
             }
         });

@@ -44,8 +44,17 @@ pub fn parse_addr(m: &AddressMessage) -> Option<(u32, IpNetwork)> {
 impl Netlink {
     /// Add `addr` (address with prefix length) to `index`. With `noprefixroute` the kernel adds no
     /// connected-subnet route. EEXIST surfaces as `AlreadyExists`.
-    pub fn add_address(&mut self, index: u32, addr: IpNetwork, noprefixroute: bool) -> io::Result<()> {
-        self.request(Rt::NewAddress(addr_msg(index, addr, noprefixroute)), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: IpNetwork,
+        noprefixroute: bool,
+    ) -> io::Result<()> {
+        self.request(
+            Rt::NewAddress(addr_msg(index, addr, noprefixroute)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
     }
 
     /// Addresses on `index` (all links when `None`): (ifindex, address/prefix).
@@ -81,7 +90,10 @@ mod tests {
     fn v4_msg_has_local_address_and_flags() {
         let net: IpNetwork = "10.244.1.5/32".parse().unwrap();
         let m = wire(&addr_msg(3, net, true));
-        assert_eq!((m.header.family, m.header.prefix_len, m.header.index), (AddressFamily::Inet, 32, 3));
+        assert_eq!(
+            (m.header.family, m.header.prefix_len, m.header.index),
+            (AddressFamily::Inet, 32, 3)
+        );
         assert!(m.attributes.contains(&AddressAttribute::Local(net.ip())));
         assert!(m.attributes.contains(&AddressAttribute::Address(net.ip())));
         assert!(m.attributes.contains(&AddressAttribute::Flags(AddressFlags::Noprefixroute)));
@@ -93,7 +105,10 @@ mod tests {
         let net: IpNetwork = "fd00::5/64".parse().unwrap();
         let m = wire(&addr_msg(7, net, false));
         assert_eq!(m.header.family, AddressFamily::Inet6);
-        assert!(!m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(_) | AddressAttribute::Flags(_))));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Local(_) | AddressAttribute::Flags(_))));
         assert_eq!(parse_addr(&m), Some((7, net)));
     }
 

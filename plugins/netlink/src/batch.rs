@@ -6,8 +6,8 @@ use crate::socket::{invalid, recv_into};
 use crate::{addr::addr_msg, link::up_msg, route::route_msg, Netlink, Route};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::io;
@@ -29,7 +29,9 @@ impl Op<'_> {
     fn message(&self) -> (Rt, u16) {
         match self {
             Op::SetUp(i) => (Rt::SetLink(up_msg(*i)), 0),
-            Op::AddAddress(i, a, npr) => (Rt::NewAddress(addr_msg(*i, *a, *npr)), NLM_F_CREATE | NLM_F_EXCL),
+            Op::AddAddress(i, a, npr) => {
+                (Rt::NewAddress(addr_msg(*i, *a, *npr)), NLM_F_CREATE | NLM_F_EXCL)
+            }
             Op::AddRoute(r) => (Rt::NewRoute(route_msg(r)), NLM_F_CREATE | NLM_F_EXCL),
             Op::ReplaceRoute(r) => (Rt::NewRoute(route_msg(r)), NLM_F_CREATE | NLM_F_REPLACE),
         }
@@ -79,7 +81,8 @@ impl Netlink {
                     NetlinkPayload::Error(e) => e.code.map_or(0, |c| c.get()),
                     _ => 0,
                 };
-                results[idx] = Some(if code < 0 { Err(io::Error::from_raw_os_error(-code)) } else { Ok(()) });
+                results[idx] =
+                    Some(if code < 0 { Err(io::Error::from_raw_os_error(-code)) } else { Ok(()) });
                 pending -= 1;
             }
         }

@@ -13,8 +13,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 /// Groups joined: links, IPv4 and IPv6 routes, IPv4 addresses.
-pub const GROUPS: [u32; 4] =
-    [libc::RTNLGRP_LINK, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE, libc::RTNLGRP_IPV4_IFADDR];
+pub const GROUPS: [u32; 4] = [
+    libc::RTNLGRP_LINK,
+    libc::RTNLGRP_IPV4_ROUTE,
+    libc::RTNLGRP_IPV6_ROUTE,
+    libc::RTNLGRP_IPV4_IFADDR,
+];
 
 /// Receive buffer asked for, so bursts (a node joining with many routes) do not overrun.
 const SOCK_RCVBUF: libc::c_int = 4 << 20;
@@ -127,7 +131,8 @@ impl EventSocket {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd =
+                libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             let ms = left.as_millis().min(i32::MAX as u128) as i32;
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
             if rc < 0 {
@@ -215,7 +220,8 @@ mod tests {
 
     #[test]
     fn truncated_datagram_is_an_error_not_a_panic() {
-        let buf = datagram(vec![Rt::DelRoute(route_msg(&Route::new("10.0.0.0/8".parse().unwrap())))]);
+        let buf =
+            datagram(vec![Rt::DelRoute(route_msg(&Route::new("10.0.0.0/8".parse().unwrap())))]);
         assert!(parse_datagram(&buf[..buf.len() - 3]).is_err());
         assert!(parse_datagram(&[]).unwrap().is_empty());
     }

@@ -145,6 +145,9 @@ mod tests {
     #[test]
     fn route_new_defaults() {
         let r = Route::new("10.0.0.0/8".parse().unwrap());
-        assert_eq!((r.protocol, r.table, r.scope, r.onlink), (3, RT_TABLE_MAIN, Scope::Universe, false));
+        assert_eq!(
+            (r.protocol, r.table, r.scope, r.onlink),
+            (3, RT_TABLE_MAIN, Scope::Universe, false)
+        );
     }
 }

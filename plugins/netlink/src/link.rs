@@ -3,7 +3,9 @@
 use crate::socket::invalid;
 use crate::{Link, Netlink};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::fs::File;
 use std::io;
@@ -214,7 +216,10 @@ mod tests {
     #[test]
     fn veth_msg_without_mtu_has_none() {
         let m = veth_msg("a", "b", 3, None);
-        assert!(!m.attributes.iter().any(|a| matches!(a, LinkAttribute::Mtu(_) | LinkAttribute::IfAlias(_))));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Mtu(_) | LinkAttribute::IfAlias(_))));
         let m = alias_msg(9, "pod/x");
         assert_eq!(m.header.index, 9);
         assert_eq!(m.attributes, vec![LinkAttribute::IfAlias("pod/x".into())]);

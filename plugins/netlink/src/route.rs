@@ -136,7 +136,8 @@ pub fn parse_route(m: &RouteMessage) -> io::Result<Option<Route>> {
     if m.header.kind != RouteType::Unicast || m.header.flags.contains(RouteFlags::Cloned) {
         return Ok(None);
     }
-    let unspecified = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let unspecified =
+        if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
     let mut dst_ip = unspecified;
     let mut r = Route::new(IpNetwork::new(unspecified, 0).map_err(invalid)?);
     r.table = u32::from(m.header.table);
@@ -145,7 +146,9 @@ pub fn parse_route(m: &RouteMessage) -> io::Result<Option<Route>> {
     r.onlink = m.header.flags.contains(RouteFlags::Onlink);
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(d) => dst_ip = ip_of(d).ok_or_else(|| invalid(format!("route dst {d:?}")))?,
+            RouteAttribute::Destination(d) => {
+                dst_ip = ip_of(d).ok_or_else(|| invalid(format!("route dst {d:?}")))?
+            }
             RouteAttribute::Gateway(g) => r.gateway = ip_of(g),
             RouteAttribute::Oif(i) => r.oif = Some(*i),
             RouteAttribute::PrefSource(s) => r.src = ip_of(s),
@@ -158,7 +161,8 @@ pub fn parse_route(m: &RouteMessage) -> io::Result<Option<Route>> {
         r.metric = None;
     }
     let len = m.header.destination_prefix_length;
-    r.dst = IpNetwork::new(dst_ip, len).map_err(|e| invalid(format!("route dst {dst_ip}/{len}: {e}")))?;
+    r.dst = IpNetwork::new(dst_ip, len)
+        .map_err(|e| invalid(format!("route dst {dst_ip}/{len}: {e}")))?;
     Ok(Some(r))
 }
 
@@ -189,7 +193,10 @@ impl Netlink {
         for reply in &replies {
             let Rt::NewRoute(m) = reply else { continue };
             let Ok(Some(r)) = parse_route(m) else { continue };
-            if r.dst.is_ipv6() == v6 && (table == 0 || r.table == table) && protocol.is_none_or(|p| r.protocol == p) {
+            if r.dst.is_ipv6() == v6
+                && (table == 0 || r.table == table)
+                && protocol.is_none_or(|p| r.protocol == p)
+            {
                 out.push(r);
             }
         }
@@ -200,7 +207,9 @@ impl Netlink {
     /// reachable" checks: returns (oif, gateway if any). `Ok(None)` when `dst` is unreachable.
     pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
         let absent = [libc::ENETUNREACH, libc::EHOSTUNREACH];
-        let Some(reply) = self.get_one(Rt::GetRoute(get_msg(dst)), &absent)? else { return Ok(None) };
+        let Some(reply) = self.get_one(Rt::GetRoute(get_msg(dst)), &absent)? else {
+            return Ok(None);
+        };
         let Rt::NewRoute(m) = reply else {
             return Err(invalid(format!("unexpected reply to RTM_GETROUTE: {reply:?}")));
         };
@@ -344,6 +353,8 @@ mod tests {
         assert_eq!(m.header.destination_prefix_length, 0);
         let m = get_msg("10.1.2.3".parse().unwrap());
         assert_eq!(m.header.destination_prefix_length, 32);
-        assert!(m.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet("10.1.2.3".parse().unwrap()))));
+        assert!(m.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(
+            "10.1.2.3".parse().unwrap()
+        ))));
     }
 }

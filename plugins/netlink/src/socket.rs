@@ -3,8 +3,8 @@
 
 use crate::{netns, Netlink};
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -31,7 +31,9 @@ pub(crate) fn recv_into(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
         buf.clear();
         match sock.recv(buf, libc::MSG_TRUNC) {
-            Ok(n) if n > buf.capacity() => return Err(invalid(format!("datagram of {n} bytes truncated"))),
+            Ok(n) if n > buf.capacity() => {
+                return Err(invalid(format!("datagram of {n} bytes truncated")))
+            }
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -61,7 +63,11 @@ impl Netlink {
 
     /// Send `msg` with `flags` (NLM_F_REQUEST|NLM_F_ACK are added) and return the kernel's reply
     /// messages. Kernel errors become `io::Error::from_raw_os_error(errno)`.
-    pub(crate) fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    pub(crate) fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         for _ in 0..DUMP_RETRIES {
             match self.request_once(msg.clone(), flags)? {
@@ -70,11 +76,18 @@ impl Netlink {
                 None => break,
             }
         }
-        Err(io::Error::new(io::ErrorKind::Interrupted, "netlink dump kept being interrupted by changes"))
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "netlink dump kept being interrupted by changes",
+        ))
     }
 
     /// `Ok(None)` when a dump was interrupted and should be retried.
-    fn request_once(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Option<Vec<RouteNetlinkMessage>>> {
+    fn request_once(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Option<Vec<RouteNetlinkMessage>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut hdr = NetlinkHeader::default();
@@ -95,7 +108,8 @@ impl Netlink {
             while off < n {
                 let frame = NetlinkBuffer::new_checked(&self.buf[off..n]).map_err(invalid)?;
                 let len = frame.length() as usize;
-                let (mtype, mflags, mseq) = (frame.message_type(), frame.flags(), frame.sequence_number());
+                let (mtype, mflags, mseq) =
+                    (frame.message_type(), frame.flags(), frame.sequence_number());
                 let bytes = &self.buf[off..off + len];
                 off += (len + 3) & !3;
                 if mseq != seq {
@@ -104,7 +118,8 @@ impl Netlink {
                 interrupted |= mflags & NLM_F_DUMP_INTR != 0;
                 match mtype {
                     NLMSG_ERROR | NLMSG_DONE => {
-                        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(invalid)?;
+                        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                            .map_err(invalid)?;
                         let code = match parsed.payload {
                             NetlinkPayload::Error(e) => e.code.map_or(0, |c| c.get()),
                             NetlinkPayload::Done(d) => d.code,
@@ -144,7 +159,12 @@ impl Netlink {
     }
 
     /// A request whose only answer is the ACK: `Ok(true)`, or `Ok(false)` on `absent` errnos.
-    pub(crate) fn ack_or_absent(&mut self, msg: RouteNetlinkMessage, flags: u16, absent: &[i32]) -> io::Result<bool> {
+    pub(crate) fn ack_or_absent(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        absent: &[i32],
+    ) -> io::Result<bool> {
         match self.request(msg, flags) {
             Ok(_) => Ok(true),
             Err(e) if is_errno(&e, absent) => Ok(false),

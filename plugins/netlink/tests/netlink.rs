@@ -2,7 +2,9 @@
 //!   tests/sandbox.sh cargo test -p ferry-netlink --offline
 //! Every test works in fresh `ip netns` namespaces (tests run in parallel threads).
 
-use ferry_netlink::{netns, sysctl, Event, EventSocket, Netlink, Route, Scope, RTPROT_FERRY, RTPROT_FERRY_POD};
+use ferry_netlink::{
+    netns, sysctl, Event, EventSocket, Netlink, Route, Scope, RTPROT_FERRY, RTPROT_FERRY_POD,
+};
 use ipnetwork::IpNetwork;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -116,10 +118,12 @@ fn addresses_add_list_delete_with_noprefixroute() {
     assert!(mine.iter().all(|(i, _)| *i == l.v0));
     assert!(l.nl.addresses(None).unwrap().contains(&(1, net("127.0.0.1/8"))));
 
-    let v4: Vec<IpNetwork> = l.nl.routes(false, 254, None).unwrap().into_iter().map(|r| r.dst).collect();
+    let v4: Vec<IpNetwork> =
+        l.nl.routes(false, 254, None).unwrap().into_iter().map(|r| r.dst).collect();
     assert!(v4.contains(&net("10.9.1.0/24")), "connected route for {b}: {v4:?}");
     assert!(!v4.contains(&net("10.9.0.0/24")), "noprefixroute still made a route: {v4:?}");
-    let v6: Vec<IpNetwork> = l.nl.routes(true, 254, None).unwrap().into_iter().map(|r| r.dst).collect();
+    let v6: Vec<IpNetwork> =
+        l.nl.routes(true, 254, None).unwrap().into_iter().map(|r| r.dst).collect();
     assert!(!v6.contains(&net("fd00:9::/64")), "noprefixroute still made a v6 route: {v6:?}");
 
     assert!(l.nl.del_address(l.v0, a).unwrap());
@@ -141,9 +145,17 @@ fn routes_add_replace_dump_delete_round_trip() {
     };
     let r1 = via("10.244.3.0/24", "10.9.1.3");
     let r2 = Route { onlink: true, ..via("10.244.4.0/24", "192.168.99.4") };
-    let r3 =
-        Route { oif: Some(l.v0), scope: Scope::Link, protocol: RTPROT_FERRY_POD, ..Route::new(net("10.244.1.5/32")) };
-    let r4 = Route { metric: Some(50), src: Some("10.9.1.1".parse().unwrap()), ..via("10.244.5.0/24", "10.9.1.5") };
+    let r3 = Route {
+        oif: Some(l.v0),
+        scope: Scope::Link,
+        protocol: RTPROT_FERRY_POD,
+        ..Route::new(net("10.244.1.5/32"))
+    };
+    let r4 = Route {
+        metric: Some(50),
+        src: Some("10.9.1.1".parse().unwrap()),
+        ..via("10.244.5.0/24", "10.9.1.5")
+    };
     let r6 = via("fd00:10:244:3::/64", "fe80::3");
     for r in [&r1, &r2, &r3, &r4, &r6] {
         l.nl.add_route(r).unwrap_or_else(|e| panic!("add {r:?}: {e}"));
@@ -156,7 +168,9 @@ fn routes_add_replace_dump_delete_round_trip() {
     assert_eq!(l.nl.routes(false, 254, Some(RTPROT_FERRY_POD)).unwrap(), vec![r3.clone()]);
     assert_eq!(l.nl.routes(true, 254, Some(RTPROT_FERRY)).unwrap(), vec![r6.clone()]);
     let all = l.nl.routes(false, 254, None).unwrap();
-    assert!(all.iter().any(|r| r.dst == net("10.9.1.0/24") && r.protocol == 2 && r.scope == Scope::Link));
+    assert!(all
+        .iter()
+        .any(|r| r.dst == net("10.9.1.0/24") && r.protocol == 2 && r.scope == Scope::Link));
     let shown = l.host.ip(&["route", "show", "proto", "113"]);
     assert!(shown.contains("10.244.4.0/24 via 192.168.99.4 dev v0 onlink"), "{shown}");
 
@@ -167,7 +181,10 @@ fn routes_add_replace_dump_delete_round_trip() {
     assert!(now.contains(&r1b) && !now.contains(&r1) && now.len() == 3, "{now:?}");
 
     assert!(!l.nl.del_route(&r1).unwrap(), "wrong gateway must not match");
-    assert!(!l.nl.del_route(&Route { protocol: RTPROT_FERRY_POD, ..r1b.clone() }).unwrap(), "wrong protocol");
+    assert!(
+        !l.nl.del_route(&Route { protocol: RTPROT_FERRY_POD, ..r1b.clone() }).unwrap(),
+        "wrong protocol"
+    );
     assert!(l.nl.del_route(&r1b).unwrap());
     assert!(!l.nl.del_route(&r1b).unwrap());
     assert!(l.nl.del_route(&r6).unwrap());
@@ -179,7 +196,12 @@ fn routes_add_replace_dump_delete_round_trip() {
 #[test]
 fn routes_in_big_table_and_missing_table() {
     let mut l = lab();
-    let r = Route { table: 1000, oif: Some(l.v0), scope: Scope::Link, ..Route::new(net("10.60.0.0/16")) };
+    let r = Route {
+        table: 1000,
+        oif: Some(l.v0),
+        scope: Scope::Link,
+        ..Route::new(net("10.60.0.0/16"))
+    };
     l.nl.add_route(&r).unwrap();
     assert_eq!(l.nl.routes(false, 1000, None).unwrap(), vec![r.clone()]);
     assert!(!l.nl.routes(false, 254, None).unwrap().contains(&r));
@@ -235,7 +257,8 @@ fn event_socket_sees_route_deletion_by_ip() {
     let mut seen = Vec::new();
     while t0.elapsed() < Duration::from_secs(1) {
         seen.extend(ev.recv_timeout(Duration::from_millis(100)).unwrap());
-        if seen.iter().any(|e| matches!(e, Event::RouteDeleted(r) if r.dst == net("10.50.0.0/24"))) {
+        if seen.iter().any(|e| matches!(e, Event::RouteDeleted(r) if r.dst == net("10.50.0.0/24")))
+        {
             break;
         }
     }
@@ -282,8 +305,9 @@ fn event_socket_reports_overrun_when_not_read() {
     ns.ip(&["link", "set", "vo0", "up"]);
     let mut ev = EventSocket::in_netns(&open(&ns)).unwrap();
     ev.set_recv_buffer(4096).unwrap();
-    let batch: String =
-        (0..2000).map(|i| format!("route add 10.{}.{}.0/24 dev vo0\n", 100 + i / 256, i % 256)).collect();
+    let batch: String = (0..2000)
+        .map(|i| format!("route add 10.{}.{}.0/24 dev vo0\n", 100 + i / 256, i % 256))
+        .collect();
     let dir = testlab::TempDir::new("nlv");
     std::fs::write(dir.join("batch"), batch).unwrap();
     ns.ip(&["-batch", &dir.path_str("batch")]);

@@ -63,20 +63,23 @@ fn parse_opts() -> Opts {
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
+        let mut val =
+            |name: &str| it.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
         match a.as_str() {
-            "-n" | "--iterations" => o.n = val("-n").parse().unwrap_or_else(|_| die("-n: not a number")),
+            "-n" | "--iterations" => {
+                o.n = val("-n").parse().unwrap_or_else(|_| die("-n: not a number"))
+            }
             "--warmup" => {
-                o.warmup = val("--warmup")
-                    .parse()
-                    .unwrap_or_else(|_| die("--warmup: not a number"))
+                o.warmup = val("--warmup").parse().unwrap_or_else(|_| die("--warmup: not a number"))
             }
             "--ferry" => o.ferry = PathBuf::from(val("--ferry")),
             "--ref-dir" => o.ref_dir = PathBuf::from(val("--ref-dir")),
             "--ptp-as-ferry" => o.ptp_as_ferry = true,
             "--floor-via-pod" => o.floor_via_pod = true,
             "--data-root" => o.data_root = Some(PathBuf::from(val("--data-root"))),
-            "--nice" => o.nice = val("--nice").parse().unwrap_or_else(|_| die("--nice: not a number")),
+            "--nice" => {
+                o.nice = val("--nice").parse().unwrap_or_else(|_| die("--nice: not a number"))
+            }
             "--out" => o.out = Some(PathBuf::from(val("--out"))),
             "-h" | "--help" => {
                 println!("usage: cni-bench [-n N] [--warmup W] [--ferry PATH] [--ref-dir DIR] [--ptp-as-ferry] [--floor-via-pod] [--nice N] [--data-root DIR] [--out FILE]");
@@ -109,9 +112,8 @@ struct Run {
 fn timed(mut cmd: Command, stdin: &str) -> Run {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| die(&format!("spawn {:?}: {e}", cmd.get_program())));
+    let mut child =
+        cmd.spawn().unwrap_or_else(|e| die(&format!("spawn {:?}: {e}", cmd.get_program())));
     {
         let mut si = child.stdin.take().unwrap();
         if !stdin.is_empty() {
@@ -142,11 +144,8 @@ fn timed(mut cmd: Command, stdin: &str) -> Run {
     }
     // `child` was reaped by wait4; forget it so std never waits on a recycled PID.
     std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    };
+    let code =
+        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
     Run {
         dur,
         code,
@@ -184,19 +183,14 @@ impl Plugin {
 
     fn version(&self) -> Result<Value, String> {
         let mut cmd = Command::new(&self.bin);
-        cmd.env_clear()
-            .env("CNI_COMMAND", "VERSION")
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.env_clear().env("CNI_COMMAND", "VERSION").env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         let r = timed(cmd, r#"{"cniVersion":"1.0.0"}"#);
         if r.code != 0 {
             return Err(format!("VERSION exited {}: {}{}", r.code, r.stdout, r.stderr));
         }
-        let v: Value =
-            serde_json::from_str(r.stdout.trim()).map_err(|e| format!("VERSION output {:?}: {e}", r.stdout))?;
-        if !v["supportedVersions"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|s| s == "1.0.0"))
-        {
+        let v: Value = serde_json::from_str(r.stdout.trim())
+            .map_err(|e| format!("VERSION output {:?}: {e}", r.stdout))?;
+        if !v["supportedVersions"].as_array().is_some_and(|a| a.iter().any(|s| s == "1.0.0")) {
             return Err(format!("VERSION does not list 1.0.0: {v}"));
         }
         Ok(v)
@@ -238,10 +232,7 @@ fn make_pods(prefix: &str, n: usize) -> Vec<String> {
 
 fn del_pods(names: &[String]) {
     for n in names {
-        let _ = Command::new("ip")
-            .args(["netns", "del", n])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
     }
 }
 
@@ -296,13 +287,12 @@ fn main() {
         None | Some(_) => {
             let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from("/run"));
             let path = root.join(testlab::unique("ferry-bench-"));
-            std::fs::create_dir_all(&path).unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
+            std::fs::create_dir_all(&path)
+                .unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
             testlab::TempDir { path }
         }
     };
-    let data_fs = ok("stat", ["-f", "-c", "%T", &tmp.path.to_string_lossy()])
-        .trim()
-        .to_string();
+    let data_fs = ok("stat", ["-f", "-c", "%T", &tmp.path.to_string_lossy()]).trim().to_string();
 
     // The reference pair: ptp + host-local, /16 like ferry's.
     let ptp = Plugin {
@@ -323,12 +313,7 @@ fn main() {
     let ferry_real = Plugin {
         label: "ferry".into(),
         bin: o.ferry.clone(),
-        cni_path: o
-            .ferry
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .to_string_lossy()
-            .into_owned(),
+        cni_path: o.ferry.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned(),
         conf: serde_json::json!({
             "cniVersion": "1.0.0", "name": "bench", "type": "ferry",
             "subnet": "10.251.0.0/16", "dataDir": tmp.path_str("ferry-ipam")
@@ -336,7 +321,10 @@ fn main() {
     };
     let mut note = None;
     let ferry = if o.ptp_as_ferry {
-        note = Some("--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)".to_string());
+        note = Some(
+            "--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)"
+                .to_string(),
+        );
         None
     } else if !o.ferry.exists() {
         note = Some(format!(
@@ -372,10 +360,7 @@ fn main() {
 
     // The node: a namespace this process enters, so every timed process starts in it.
     let node = "benchnode";
-    let _ = Command::new("ip")
-        .args(["netns", "del", node])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
     ok("ip", ["netns", "add", node]);
     ok("ip", ["-n", node, "link", "set", "lo", "up"]);
     enter_netns(&format!("/run/netns/{node}"));
@@ -426,7 +411,10 @@ fn main() {
                         fail(&format!("{} ADD #{i}", pl.label), &add);
                     }
                     let res: Value = serde_json::from_str(add.stdout.trim()).unwrap_or_else(|e| {
-                        die(&format!("{} ADD #{i}: result not JSON ({e}): {}", pl.label, add.stdout))
+                        die(&format!(
+                            "{} ADD #{i}: result not JSON ({e}): {}",
+                            pl.label, add.stdout
+                        ))
                     });
                     if res["ips"].as_array().is_none_or(|a| a.is_empty()) {
                         die(&format!("{} ADD #{i}: result without ips: {res}", pl.label));
@@ -461,7 +449,9 @@ fn main() {
                     let add = timed(cmd, "");
                     if add.code != 0 {
                         fail(
-                            &format!("floor `ip link add vk{i} type veth peer name eth0 netns {ns}`"),
+                            &format!(
+                                "floor `ip link add vk{i} type veth peer name eth0 netns {ns}`"
+                            ),
                             &add,
                         );
                     }
@@ -496,21 +486,12 @@ fn main() {
     del_pods(&pods_p);
     del_pods(&pods_k);
     // Leave the node namespace's name behind us (we are still inside it; the mount goes away).
-    let _ = Command::new("ip")
-        .args(["netns", "del", node])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
 
     // ---- report ----
     let load_after = loadavg();
-    let (fa, fd, pa, pd, ka, kd) = (
-        f_add.pct(),
-        f_del.pct(),
-        p_add.pct(),
-        p_del.pct(),
-        k_add.pct(),
-        k_del.pct(),
-    );
+    let (fa, fd, pa, pd, ka, kd) =
+        (f_add.pct(), f_del.pct(), p_add.pct(), p_del.pct(), k_add.pct(), k_del.pct());
     let add_ratio = fa.0 / pa.0;
     // Drift-resistant cross-check: the median of per-iteration ratios (the trials of one iteration
     // run back to back, so slow phases of the machine hit both sides).
@@ -520,11 +501,7 @@ fn main() {
         percentile(&r, 50.0)
     };
     let del_over = fd.0 - kd.0;
-    let flabel = if ferry_is_real {
-        "ferry".to_string()
-    } else {
-        ferry.label.clone()
-    };
+    let flabel = if ferry_is_real { "ferry".to_string() } else { ferry.label.clone() };
     let uname = ok("uname", ["-srm"]).trim().to_string();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -541,11 +518,7 @@ fn main() {
     let mut md = String::new();
     md += &format!(
         "### CNI ADD/DEL latency: {} vs reference ptp + host-local\n\n",
-        if ferry_is_real {
-            "ferry"
-        } else {
-            "ptp in the ferry slot"
-        }
+        if ferry_is_real { "ferry" } else { "ptp in the ferry slot" }
     );
     md += &format!(
         "{} timed iterations per column (+{} warm-up), interleaved, whole-process spawn→exit, \
@@ -553,21 +526,16 @@ fn main() {
          {load_after} after; nice {nice_now}; IPAM data dirs on {data_fs} ({}).\n\n",
         o.n,
         o.warmup,
-        if cpu_model.is_empty() {
-            String::new()
-        } else {
-            format!(" ({cpu_model})")
-        },
+        if cpu_model.is_empty() { String::new() } else { format!(" ({cpu_model})") },
         tmp.path.display()
     );
     md += "| operation | p50 | p90 | p99 |\n|---|---:|---:|---:|\n";
-    let row = |name: &str, p: (f64, f64, f64)| format!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n", p.0, p.1, p.2);
+    let row = |name: &str, p: (f64, f64, f64)| {
+        format!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n", p.0, p.1, p.2)
+    };
     md += &row(&format!("{flabel} ADD"), fa);
     md += &row(&format!("{} ADD", ptp.label), pa);
-    md += &row(
-        "kernel floor ADD (`ip link add … type veth peer name eth0 netns pod`)",
-        ka,
-    );
+    md += &row("kernel floor ADD (`ip link add … type veth peer name eth0 netns pod`)", ka);
     md += &row(&format!("{flabel} DEL"), fd);
     md += &row(&format!("{} DEL", ptp.label), pd);
     md += &row(
@@ -583,7 +551,9 @@ fn main() {
         "| {flabel} ADD p50 / ptp ADD p50 | {add_ratio:.3} | ≤ 0.25 {} |\n",
         mark(add_ratio <= 0.25)
     );
-    md += &format!("| median of per-iteration ADD ratios ({flabel} / ptp) | {paired:.3} | (cross-check) |\n");
+    md += &format!(
+        "| median of per-iteration ADD ratios ({flabel} / ptp) | {paired:.3} | (cross-check) |\n"
+    );
     md += &format!(
         "| {flabel} DEL p50 − floor p50 | {del_over:.2} ms | ≤ 3 ms {} |\n",
         mark(del_over <= 3.0)
@@ -612,10 +582,7 @@ fn main() {
         md += &format!("\nNote: {n}\n");
     }
     if !leftover.trim().is_empty() {
-        md += &format!(
-            "\nWARNING: veths left in the node after all DELs:\n```\n{}```\n",
-            leftover
-        );
+        md += &format!("\nWARNING: veths left in the node after all DELs:\n```\n{}```\n", leftover);
     }
     println!("{md}");
     if let Some(p) = &o.out {

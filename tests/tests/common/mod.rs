@@ -25,7 +25,14 @@ impl Node {
         )
     }
 
-    pub fn call(&self, cmd: &str, cid: &str, pod: Option<&Netns>, ifname: &str, stdin: &str) -> CniOut {
+    pub fn call(
+        &self,
+        cmd: &str,
+        cid: &str,
+        pod: Option<&Netns>,
+        ifname: &str,
+        stdin: &str,
+    ) -> CniOut {
         let netns = pod.map(|p| p.path()).unwrap_or_default();
         let path = format!("{}:/usr/lib/cni", testlab::bin_dir().display());
         let env = [
@@ -44,7 +51,13 @@ impl Node {
 
     /// Names of the links in the node namespace.
     pub fn links(&self) -> Vec<String> {
-        self.ns.ip_json(&["link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+        self.ns
+            .ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// IPs currently allocated in this node's in-process IPAM state (`<dataDir>/<net>/state.json`).
@@ -81,6 +94,9 @@ pub fn with_prev(conf: &str, prev: &Value) -> String {
 
 /// The pod IP (without prefix) from a result of any version.
 pub fn pod_ip(r: &Value) -> String {
-    let a = r["ips"][0]["address"].as_str().or_else(|| r["ip4"]["ip"].as_str()).expect("result has an IP");
+    let a = r["ips"][0]["address"]
+        .as_str()
+        .or_else(|| r["ip4"]["ip"].as_str())
+        .expect("result has an IP");
     a.split('/').next().unwrap().to_string()
 }

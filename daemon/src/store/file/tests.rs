@@ -16,7 +16,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn attrs(ip: &str) -> LeaseAttrs {
-    LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }
+    LeaseAttrs {
+        public_ip: ip.parse().unwrap(),
+        backend_type: "host-gw".into(),
+        backend_data: serde_json::Value::Null,
+    }
 }
 
 fn net(s: &str) -> Ipv4Network {
@@ -41,7 +45,10 @@ fn create_is_exclusive_and_renew_checks_owner() {
         assert!(l.expires.unwrap() > SystemTime::now());
         // The file holds flannel's JSON plus the expiry.
         let text = fs::read_to_string(d.join("10.244.1.0-24")).unwrap();
-        assert!(text.contains(r#""PublicIP":"198.18.0.11""#) && text.contains(EXPIRES_FIELD), "{text}");
+        assert!(
+            text.contains(r#""PublicIP":"198.18.0.11""#) && text.contains(EXPIRES_FIELD),
+            "{text}"
+        );
         s.delete(net("10.244.1.0/24")).await.unwrap();
         s.delete(net("10.244.1.0/24")).await.unwrap();
         assert!(s.list().await.unwrap().0.is_empty());
@@ -52,11 +59,19 @@ fn create_is_exclusive_and_renew_checks_owner() {
 #[test]
 fn hand_written_flannel_lease_is_permanent_and_garbage_is_reported() {
     let d = tmpdir("hand");
-    fs::write(d.join("10.244.7.0-24"), r#"{"PublicIP":"198.18.0.17","BackendType":"host-gw","BackendData":null}"#).unwrap();
+    fs::write(
+        d.join("10.244.7.0-24"),
+        r#"{"PublicIP":"198.18.0.17","BackendType":"host-gw","BackendData":null}"#,
+    )
+    .unwrap();
     fs::write(d.join("10.244.8.0-24"), "{garbage").unwrap();
     fs::write(d.join("junk"), "{}").unwrap();
     fs::write(d.join(".10.244.9.0-24.123.tmp"), "{half").unwrap();
-    fs::write(d.join("config"), r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#).unwrap();
+    fs::write(
+        d.join("config"),
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
     rt().block_on(async {
         let mut s = FileStore::open(&d);
         let (mut all, _) = s.list().await.unwrap();
@@ -64,11 +79,15 @@ fn hand_written_flannel_lease_is_permanent_and_garbage_is_reported() {
         let ok: Vec<_> = all.iter().filter_map(|e| e.as_ref().ok()).collect();
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].expires, None);
-        let bad: Vec<_> = all.iter().filter_map(|e| e.as_ref().err()).map(|b| b.key.clone()).collect();
+        let bad: Vec<_> =
+            all.iter().filter_map(|e| e.as_ref().err()).map(|b| b.key.clone()).collect();
         assert_eq!(bad.len(), 2, "{all:?}");
         assert!(bad.contains(&"10.244.8.0-24".to_string()) && bad.contains(&"junk".to_string()));
         // A garbage file still occupies its key.
-        assert!(!s.create(net("10.244.8.0/24"), &attrs("198.18.0.11"), Duration::from_secs(9)).await.unwrap());
+        assert!(!s
+            .create(net("10.244.8.0/24"), &attrs("198.18.0.11"), Duration::from_secs(9))
+            .await
+            .unwrap());
         assert_eq!(s.get_config().await.unwrap().unwrap().subnet_len, 24);
     });
     fs::remove_dir_all(&d).unwrap();
@@ -80,8 +99,10 @@ fn config_is_put_once() {
     rt().block_on(async {
         let mut s = FileStore::open(&d);
         assert_eq!(s.get_config().await.unwrap(), None);
-        let a: NetworkConfig = serde_json::from_str(r#"{"Network":"10.244.0.0/16","SubnetLen":24}"#).unwrap();
-        let b: NetworkConfig = serde_json::from_str(r#"{"Network":"10.9.0.0/16","SubnetLen":24}"#).unwrap();
+        let a: NetworkConfig =
+            serde_json::from_str(r#"{"Network":"10.244.0.0/16","SubnetLen":24}"#).unwrap();
+        let b: NetworkConfig =
+            serde_json::from_str(r#"{"Network":"10.9.0.0/16","SubnetLen":24}"#).unwrap();
         assert_eq!(s.put_config_if_absent(&a).await.unwrap(), a);
         assert_eq!(s.put_config_if_absent(&b).await.unwrap(), a);
     });
@@ -94,7 +115,10 @@ fn missing_directory_is_unavailable() {
     rt().block_on(async {
         let mut s = FileStore::open_watching(&d);
         assert!(matches!(s.list().await, Err(StoreError::Unavailable(_))));
-        assert!(matches!(s.create(net("10.244.1.0/24"), &attrs("1.2.3.4"), Duration::from_secs(1)).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.create(net("10.244.1.0/24"), &attrs("1.2.3.4"), Duration::from_secs(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
     });
 }
 
@@ -103,11 +127,17 @@ fn expired_leases_are_absent_and_free() {
     let d = tmpdir("expiry");
     rt().block_on(async {
         let mut s = FileStore::open(&d);
-        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_millis(1)).await.unwrap());
+        assert!(s
+            .create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_millis(1))
+            .await
+            .unwrap());
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(s.list().await.unwrap().0.is_empty());
         assert!(!d.join("10.244.1.0-24").exists(), "expired lease cleaned up under the lock");
-        assert!(s.create(net("10.244.1.0/24"), &attrs("198.18.0.12"), Duration::from_secs(9)).await.unwrap());
+        assert!(s
+            .create(net("10.244.1.0/24"), &attrs("198.18.0.12"), Duration::from_secs(9))
+            .await
+            .unwrap());
     });
     fs::remove_dir_all(&d).unwrap();
 }
