@@ -7,7 +7,7 @@ PKGS=(
     containernetworking-plugins   # reference ptp/bridge/host-local/portmap/tuning in /usr/lib/cni
     etcd-server etcd-client       # etcd 3.4 for the etcd lease store
     golang-go golang-github-appc-cni-dev   # the reference libcni, for the conformance driver
-    protobuf-compiler             # protoc, needed by the etcd-client crate's build script
+    protobuf-compiler libprotobuf-dev  # protoc + its well-known .proto files (descriptor.proto), for the etcd-client crate's build script
     iperf3 jq time
 )
 missing=()
