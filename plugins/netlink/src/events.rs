@@ -1,9 +1,10 @@
 //! Multicast route/link/address notifications for the daemon's drift detection.
 
+use crate::frame::frames;
 use crate::route::parse_route;
-use crate::socket::{invalid, recv_into, RECV_BUF};
+use crate::socket::{recv_into, RECV_BUF};
 use crate::{netns, Event, EventSocket};
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
@@ -69,14 +70,9 @@ pub fn parse_event(msg: &Rt) -> Option<Event> {
 /// Every event in one datagram of notifications; consecutive `AddressChanged` are merged.
 pub fn parse_datagram(buf: &[u8]) -> io::Result<Vec<Event>> {
     let mut out = Vec::new();
-    let mut off = 0;
-    while off < buf.len() {
-        let frame = NetlinkBuffer::new_checked(&buf[off..]).map_err(invalid)?;
-        let len = frame.length() as usize;
-        let bytes = &buf[off..off + len];
-        off += (len + 3) & !3;
+    for frame in frames(buf) {
         // A notification our parser cannot read is skipped; the next full resync covers it.
-        let Ok(m) = NetlinkMessage::<Rt>::deserialize(bytes) else { continue };
+        let Ok(m) = frame?.parse() else { continue };
         let ev = match m.payload {
             NetlinkPayload::InnerMessage(inner) => parse_event(&inner),
             NetlinkPayload::Overrun(_) => Some(Event::Overrun),
@@ -172,16 +168,11 @@ mod tests {
     use super::*;
     use crate::route::route_msg;
     use crate::Route;
-    use netlink_packet_core::NetlinkHeader;
 
     fn datagram(msgs: Vec<Rt>) -> Vec<u8> {
         let mut out = Vec::new();
         for m in msgs {
-            let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(m));
-            nl.finalize();
-            let mut b = vec![0u8; nl.buffer_len()];
-            nl.serialize(&mut b);
-            out.extend_from_slice(&b);
+            crate::frame::encode(&mut out, m, 0, 0);
         }
         out
     }

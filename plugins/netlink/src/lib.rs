@@ -11,14 +11,12 @@
 //! "Not there" outcomes are not errors: `Ok(None)` / `Ok(false)`.
 
 use ipnetwork::IpNetwork;
-use std::fs::File;
-use std::io;
 use std::net::IpAddr;
-use std::path::Path;
 
 pub mod addr;
 pub mod batch;
 pub mod events;
+mod frame;
 pub mod link;
 pub mod netns;
 pub mod route;
@@ -120,11 +118,6 @@ pub enum Event {
     AddressChanged,
     /// The kernel dropped events (ENOBUFS): do a full resync.
     Overrun,
-}
-
-/// Convenience: open a namespace path (`/run/netns/x`, `/proc/PID/ns/net`).
-pub fn open_netns(path: &Path) -> io::Result<File> {
-    File::open(path)
 }
 
 /// `aa:bb:cc:00:11:22` (lowercase, colon-separated), as `ip link` prints it.

@@ -1,6 +1,6 @@
 //! Links: veth creation, lookup, up, delete; message builders and the `Link` parser.
 
-use crate::socket::invalid;
+use crate::frame::invalid;
 use crate::{Link, Netlink};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{

@@ -1,6 +1,6 @@
 //! Routes: add/replace/delete/dump/get; `Route` <-> `RouteMessage` conversion.
 
-use crate::socket::invalid;
+use crate::frame::invalid;
 use crate::{Netlink, Route, Scope};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};

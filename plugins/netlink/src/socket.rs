@@ -1,11 +1,9 @@
 //! The one rtnetlink socket every typed op goes through: send a request, collect the replies until
 //! the kernel's ACK, NLMSG_DONE or error.
 
+use crate::frame::{encode, frames, invalid};
 use crate::{netns, Netlink};
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_DUMP_INTR};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::fs::File;
@@ -17,9 +15,10 @@ pub(crate) const RECV_BUF: usize = 64 * 1024;
 /// How often an interrupted dump (NLM_F_DUMP_INTR: the table changed meanwhile) is retried.
 const DUMP_RETRIES: usize = 5;
 
-pub(crate) fn invalid(what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {what}"))
-}
+/// Requests sent per datagram are cut at this many bytes, and the kernel's answers to one
+/// datagram are all read before the next is sent: each ACK echoes its request, so an unbounded
+/// batch overruns the socket's receive buffer (ENOBUFS).
+const SEND_CHUNK: usize = 8 * 1024;
 
 /// True if `e` carries one of the errnos in `codes`.
 pub(crate) fn is_errno(e: &io::Error, codes: &[i32]) -> bool {
@@ -39,6 +38,14 @@ pub(crate) fn recv_into(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The kernel's answer to one request of an exchange.
+pub(crate) struct Reply {
+    /// The messages before the final ACK / DONE, or the kernel's error.
+    pub result: io::Result<Vec<RouteNetlinkMessage>>,
+    /// A dump that the kernel flagged NLM_F_DUMP_INTR (the table changed while dumping).
+    pub interrupted: bool,
 }
 
 impl Netlink {
@@ -62,7 +69,8 @@ impl Netlink {
     }
 
     /// Send `msg` with `flags` (NLM_F_REQUEST|NLM_F_ACK are added) and return the kernel's reply
-    /// messages. Kernel errors become `io::Error::from_raw_os_error(errno)`.
+    /// messages. Kernel errors become `io::Error::from_raw_os_error(errno)`. A request is an
+    /// exchange of one; an interrupted dump is retried.
     pub(crate) fn request(
         &mut self,
         msg: RouteNetlinkMessage,
@@ -70,9 +78,10 @@ impl Netlink {
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         for _ in 0..DUMP_RETRIES {
-            match self.request_once(msg.clone(), flags)? {
-                Some(replies) => return Ok(replies),
-                None if dump => continue,
+            let reply = self.exchange(vec![(msg.clone(), flags)])?.pop();
+            match reply {
+                Some(r) if r.interrupted && dump => continue,
+                Some(r) => return r.result,
                 None => break,
             }
         }
@@ -82,67 +91,74 @@ impl Netlink {
         ))
     }
 
-    /// `Ok(None)` when a dump was interrupted and should be retried.
-    fn request_once(
+    /// Send every request (in datagrams of at most [`SEND_CHUNK`] bytes; the kernel runs the
+    /// messages of one datagram in order and answers each) and return one [`Reply`] per
+    /// request, in order. A failing request does not stop the ones after it; the outer error is
+    /// for the socket itself failing.
+    pub(crate) fn exchange(
         &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Option<Vec<RouteNetlinkMessage>>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
-        hdr.sequence_number = seq;
-        let mut nl = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut out = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut out);
-        self.sock.send(&out, 0)?;
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> io::Result<Vec<Reply>> {
+        let mut replies = Vec::with_capacity(msgs.len());
+        let mut out = Vec::new();
+        let mut pending: Vec<(u32, bool)> = Vec::new();
+        let total = msgs.len();
+        for (i, (msg, flags)) in msgs.into_iter().enumerate() {
+            self.seq = self.seq.wrapping_add(1);
+            encode(&mut out, msg, flags, self.seq);
+            pending.push((self.seq, flags & NLM_F_DUMP == NLM_F_DUMP));
+            if out.len() >= SEND_CHUNK || i + 1 == total {
+                self.sock.send(&out, 0)?;
+                out.clear();
+                self.collect(&pending, &mut replies)?;
+                pending.clear();
+            }
+        }
+        Ok(replies)
+    }
 
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut replies = Vec::new();
-        let mut interrupted = false;
-        loop {
+    /// Read answers until each of the `pending` (sequence, is-dump) requests has its final frame.
+    fn collect(&mut self, pending: &[(u32, bool)], replies: &mut Vec<Reply>) -> io::Result<()> {
+        let first = pending[0].0;
+        let mut got: Vec<Option<Reply>> = pending.iter().map(|_| None).collect();
+        let mut parts: Vec<Vec<RouteNetlinkMessage>> = pending.iter().map(|_| Vec::new()).collect();
+        let mut bad: Vec<Option<io::Error>> = pending.iter().map(|_| None).collect();
+        let mut intr = vec![false; pending.len()];
+        let mut open = pending.len();
+        while open > 0 {
             let n = recv_into(&self.sock, &mut self.buf)?;
-            let mut off = 0;
-            while off < n {
-                let frame = NetlinkBuffer::new_checked(&self.buf[off..n]).map_err(invalid)?;
-                let len = frame.length() as usize;
-                let (mtype, mflags, mseq) =
-                    (frame.message_type(), frame.flags(), frame.sequence_number());
-                let bytes = &self.buf[off..off + len];
-                off += (len + 3) & !3;
-                if mseq != seq {
-                    continue; // a late reply to an earlier request
+            for frame in frames(&self.buf[..n]) {
+                let frame = frame?;
+                let i = frame.seq.wrapping_sub(first) as usize;
+                if i >= pending.len() || got[i].is_some() {
+                    continue; // a late answer to an earlier request
                 }
-                interrupted |= mflags & NLM_F_DUMP_INTR != 0;
-                match mtype {
-                    NLMSG_ERROR | NLMSG_DONE => {
-                        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                            .map_err(invalid)?;
-                        let code = match parsed.payload {
-                            NetlinkPayload::Error(e) => e.code.map_or(0, |c| c.get()),
-                            NetlinkPayload::Done(d) => d.code,
-                            _ => 0,
-                        };
-                        if code < 0 {
-                            return Err(io::Error::from_raw_os_error(code.saturating_neg()));
+                intr[i] |= frame.flags & NLM_F_DUMP_INTR != 0;
+                if frame.mtype == NLMSG_ERROR || frame.mtype == NLMSG_DONE {
+                    let result = match (frame.status()?, bad[i].take()) {
+                        (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+                        (Ok(()), None) => Ok(std::mem::take(&mut parts[i])),
+                    };
+                    got[i] = Some(Reply { result, interrupted: intr[i] });
+                    open -= 1;
+                    continue;
+                }
+                match frame.parse() {
+                    Ok(m) => {
+                        if let NetlinkPayload::InnerMessage(inner) = m.payload {
+                            parts[i].push(inner);
                         }
-                        return Ok(if interrupted { None } else { Some(replies) });
                     }
-                    _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
-                        Ok(m) => {
-                            if let NetlinkPayload::InnerMessage(inner) = m.payload {
-                                replies.push(inner);
-                            }
-                        }
-                        // One message our parser cannot read must not hide the rest of a dump.
-                        Err(_) if dump => {}
-                        Err(e) => return Err(invalid(format!("reply type {mtype}: {e}"))),
-                    },
+                    // One message our parser cannot read must not hide the rest of a dump.
+                    Err(_) if pending[i].1 => {}
+                    Err(e) => {
+                        bad[i].get_or_insert(invalid(format!("reply type {}: {e}", frame.mtype)));
+                    }
                 }
             }
         }
+        replies.extend(got.into_iter().flatten());
+        Ok(())
     }
 
     /// A request answered by at most one message (GET by name/index): `Ok(None)` on `absent` errnos.

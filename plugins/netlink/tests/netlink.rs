@@ -355,3 +355,28 @@ fn batch_runs_every_op_in_order_and_reports_each() {
     assert!(l.nl.batch(&[]).unwrap().is_empty());
     let _ = &l.host;
 }
+
+#[test]
+fn a_batch_of_thousands_of_routes_is_not_refused_for_buffer_space() {
+    use ferry_netlink::batch::Op;
+    let mut l = lab();
+    // 4,000 routes: far more than one datagram's ACKs fit in the receive buffer (ENOBUFS before
+    // batches were cut into chunks), with one duplicate in the middle reported on its own.
+    let routes: Vec<Route> = (0..4000u32)
+        .map(|i| {
+            let mut r = Route::new(net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256)));
+            r.oif = Some(l.v0);
+            r.scope = Scope::Link;
+            r
+        })
+        .collect();
+    let mut ops: Vec<Op> = routes.iter().map(Op::AddRoute).collect();
+    ops.insert(2000, Op::AddRoute(&routes[0]));
+    let res = l.nl.batch(&ops).unwrap();
+    assert_eq!(res.len(), 4001);
+    assert_eq!(res[2000].as_ref().unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 4000);
+    let have = l.nl.routes(false, ferry_netlink::RT_TABLE_MAIN, None).unwrap();
+    assert_eq!(have.iter().filter(|r| r.oif == Some(l.v0) && r.dst.prefix() == 24).count(), 4000);
+    let _ = &l.host;
+}
