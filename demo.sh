@@ -33,8 +33,7 @@ fi
 
 # ---------------------------------------------------------------- inside the sandbox from here on
 [ "${FERRY_SANDBOX:-}" = 1 ] || { echo "demo.sh: not inside tests/sandbox.sh; refusing" >&2; exit 1; }
-BIN=$ROOT/target/x86_64-unknown-linux-gnu/release
-[ -x "$BIN/ferry" ] || BIN=$ROOT/target/release
+BIN=$("$ROOT/tests/bin-dir.sh")
 for b in ferryd ferry; do
     [ -x "$BIN/$b" ] || { echo "demo.sh: $BIN/$b not built" >&2; exit 1; }
 done

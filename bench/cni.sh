@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CNI ADD/DEL benchmark: ferry vs the reference ptp + host-local (/usr/lib/cni), plus the kernel
-# floor for DEL. Builds the workspace in release mode, then runs target/x86_64-unknown-linux-gnu/release/cni-bench inside a
+# floor for DEL. Builds the workspace in release mode, then runs cni-bench (from tests/bin-dir.sh) inside a
 # throw-away network sandbox (tests/sandbox.sh). Prints a markdown table ready for the README.
 #
 #   bench/cni.sh [-n N] [--warmup W] [--ptp-as-ferry] [--out FILE] [--ferry PATH] [--ref-dir DIR]
@@ -17,8 +17,9 @@ if [ "${CNI_BENCH_SKIP_BUILD:-}" != 1 ]; then
         exit 1
     fi
 fi
-if [ ! -x target/x86_64-unknown-linux-gnu/release/cni-bench ]; then
-    echo "bench/cni.sh: target/x86_64-unknown-linux-gnu/release/cni-bench missing (cargo build --release -p ferry-tests --bin cni-bench)" >&2
+bench=$(tests/bin-dir.sh)/cni-bench
+if [ ! -x "$bench" ]; then
+    echo "bench/cni.sh: $bench missing (cargo build --release -p ferry-tests --bin cni-bench)" >&2
     exit 1
 fi
-exec timeout --kill-after=10 "${CNI_BENCH_TIMEOUT:-1800}" tests/sandbox.sh target/x86_64-unknown-linux-gnu/release/cni-bench "$@"
+exec timeout --kill-after=10 "${CNI_BENCH_TIMEOUT:-1800}" tests/sandbox.sh "$bench" "$@"

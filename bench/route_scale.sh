@@ -11,8 +11,7 @@ if [ "${FERRY_SANDBOX:-}" != 1 ]; then
     (cd "$ROOT" && cargo build --release -p ferryd)
     exec "$ROOT/tests/sandbox.sh" "$0" "$PEERS"
 fi
-B=$ROOT/target/x86_64-unknown-linux-gnu/release/ferryd
-[ -x "$B" ] || B=$ROOT/target/release/ferryd
+B=$("$ROOT/tests/bin-dir.sh")/ferryd
 L=$(mktemp -d /tmp/ferry-scale.XXXXXX); mkdir -p "$L/store"
 P=
 cleanup() { set +e; [ -n "$P" ] && kill "$P" 2>/dev/null && wait "$P"; ip netns del s1; ip netns del s2; rm -rf "$L"; }

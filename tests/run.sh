@@ -18,13 +18,17 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 tests/install-deps.sh
 export CARGO_TERM_COLOR=never
+echo "== gates: rustfmt, clippy -D warnings" >&2
+cargo fmt --all --check || { echo "tests/run.sh: the tree is not rustfmt-clean (run cargo fmt --all)" >&2; exit 1; }
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== build (release binaries)" >&2
 cargo build --release --workspace --bins
 echo "== build (tests)" >&2
 cargo test --workspace --lib --bins --tests --no-run
 echo "== build (reference libcni driver, Go, offline)" >&2
 tests/go/build.sh "$ROOT/target/go"
-export FERRY_BIN_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
+FERRY_BIN_DIR=$(tests/bin-dir.sh)
+export FERRY_BIN_DIR
 echo "== test (inside the sandbox)" >&2
 LOG="$ROOT/target/test-run.log"
 set +e

@@ -59,18 +59,19 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Directory of the built binaries: `$FERRY_BIN_DIR`, else the release dir of the build target
-/// (`.cargo/config.toml` sets an explicit target), else `<workspace>/target/release`.
+/// Directory of the built binaries: `$FERRY_BIN_DIR`, else the `release` directory beside the
+/// profile directory this test binary was built in (`<target>/<triple>/debug/deps/x` →
+/// `<target>/<triple>/release`), whatever the host triple and target dir.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FERRY_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let ws = workspace();
-    let targeted = ws.join("target/x86_64-unknown-linux-gnu/release");
-    if targeted.join("ferry").exists() {
-        return targeted;
-    }
-    ws.join("target/release")
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .find(|d| d.file_name().is_some_and(|n| n == "debug" || n == "release"))
+        .and_then(Path::parent)
+        .map(|t| t.join("release"))
+        .unwrap_or_else(|| workspace().join("target/release"))
 }
 
 /// Path of a built Ferry binary; panics with a hint when it was not built.

@@ -267,50 +267,73 @@ fn median_i64(v: &[i64]) -> i64 {
     s[s.len() / 2]
 }
 
-fn main() {
-    let o = parse_opts();
-    require_sandbox();
-    if o.nice != 0 {
+/// Every timed sample of one run.
+#[derive(Default)]
+struct Samples {
+    f_add: Series,
+    f_del: Series,
+    p_add: Series,
+    p_del: Series,
+    k_add: Series,
+    k_del: Series,
+    f_rss: Vec<i64>,
+    p_rss: Vec<i64>,
+}
+
+/// The two plugin columns: the ferry slot (ferry, or ptp for calibration or when ferry is
+/// unusable) and the reference ptp + host-local.
+struct Columns {
+    ferry: Plugin,
+    ptp: Plugin,
+    ferry_is_real: bool,
+    note: Option<String>,
+}
+
+fn set_nice(nice: i32) {
+    if nice != 0 {
         // Children inherit the nice value.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, o.nice) } != 0 {
-            eprintln!(
-                "cni-bench: setpriority({}): {} (continuing)",
-                o.nice,
-                std::io::Error::last_os_error()
-            );
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            eprintln!("cni-bench: setpriority({nice}): {e} (continuing)");
         }
     }
-    let nice_now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    let t0 = Instant::now();
-    let tmp = match &o.data_root {
-        None if false => testlab::TempDir::new("bench"),
-        None | Some(_) => {
-            let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from("/run"));
-            let path = root.join(testlab::unique("ferry-bench-"));
-            std::fs::create_dir_all(&path)
-                .unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
-            testlab::TempDir { path }
-        }
-    };
-    let data_fs = ok("stat", ["-f", "-c", "%T", &tmp.path.to_string_lossy()]).trim().to_string();
+}
 
-    // The reference pair: ptp + host-local, /16 like ferry's.
-    let ptp = Plugin {
-        label: "ptp + host-local".into(),
-        bin: o.ref_dir.join("ptp"),
-        cni_path: o.ref_dir.to_string_lossy().into_owned(),
+/// The IPAM data directory of both plugins, under `--data-root` (default /run, tmpfs).
+fn data_dir(o: &Opts) -> testlab::TempDir {
+    let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from("/run"));
+    let path = root.join(testlab::unique("ferry-bench-"));
+    std::fs::create_dir_all(&path)
+        .unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
+    testlab::TempDir { path }
+}
+
+fn ptp_plugin(label: &str, name: &str, subnet: &str, ref_dir: &Path, data: String) -> Plugin {
+    Plugin {
+        label: label.into(),
+        bin: ref_dir.join("ptp"),
+        cni_path: ref_dir.to_string_lossy().into_owned(),
         conf: serde_json::json!({
-            "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.252.0.0/16"}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": tmp.path_str("host-local")}
+            "cniVersion": "1.0.0", "name": name, "type": "ptp", "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data}
         }),
-    };
+    }
+}
+
+fn columns(o: &Opts, tmp: &testlab::TempDir) -> Columns {
+    // The reference pair: ptp + host-local, /16 like ferry's.
+    let ptp = ptp_plugin(
+        "ptp + host-local",
+        "benchptp",
+        "10.252.0.0/16",
+        &o.ref_dir,
+        tmp.path_str("host-local"),
+    );
     if let Err(e) = ptp.version() {
         die(&format!("reference ptp unusable: {e}"));
     }
-
-    // The ferry slot: ferry itself, or ptp (calibration / until ferry works).
-    let ferry_real = Plugin {
+    let ferry = Plugin {
         label: "ferry".into(),
         bin: o.ferry.clone(),
         cni_path: o.ferry.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned(),
@@ -319,192 +342,134 @@ fn main() {
             "subnet": "10.251.0.0/16", "dataDir": tmp.path_str("ferry-ipam")
         }),
     };
-    let mut note = None;
-    let ferry = if o.ptp_as_ferry {
-        note = Some(
-            "--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)"
-                .to_string(),
-        );
-        None
+    let why_not = if o.ptp_as_ferry {
+        Some("--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)".into())
     } else if !o.ferry.exists() {
-        note = Some(format!(
-            "{} not built; the \"ferry\" column is ptp + host-local",
-            o.ferry.display()
-        ));
-        None
+        Some(format!("{} not built; the \"ferry\" column is ptp + host-local", o.ferry.display()))
     } else {
-        match ferry_real.version() {
-            Ok(_) => Some(ferry_real),
-            Err(e) => {
-                note = Some(format!(
-                    "ferry VERSION failed ({e}); the \"ferry\" column is ptp + host-local"
-                ));
-                None
-            }
-        }
+        ferry.version().err().map(|e| {
+            format!("ferry VERSION failed ({e}); the \"ferry\" column is ptp + host-local")
+        })
     };
-    let ferry_is_real = ferry.is_some();
-    let ferry = ferry.unwrap_or_else(|| Plugin {
-        label: "ptp + host-local (in ferry's slot)".into(),
-        bin: o.ref_dir.join("ptp"),
-        cni_path: o.ref_dir.to_string_lossy().into_owned(),
-        conf: serde_json::json!({
-            "cniVersion": "1.0.0", "name": "benchptp2", "type": "ptp", "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.0.0/16"}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": tmp.path_str("host-local-2")}
-        }),
-    });
-    if let Some(n) = &note {
+    if let Some(n) = &why_not {
         eprintln!("cni-bench: note: {n}");
     }
+    let ferry = match why_not {
+        None => ferry,
+        Some(_) => ptp_plugin(
+            "ptp + host-local (in ferry's slot)",
+            "benchptp2",
+            "10.251.0.0/16",
+            &o.ref_dir,
+            tmp.path_str("host-local-2"),
+        ),
+    };
+    Columns { ferry, ptp, ferry_is_real: why_not.is_none(), note: why_not }
+}
 
-    // The node: a namespace this process enters, so every timed process starts in it.
-    let node = "benchnode";
-    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
-    ok("ip", ["netns", "add", node]);
-    ok("ip", ["-n", node, "link", "set", "lo", "up"]);
-    enter_netns(&format!("/run/netns/{node}"));
+fn fail(what: &str, r: &Run) -> ! {
+    die(&format!(
+        "{what} failed (exit {}): stdout={} stderr={}",
+        r.code,
+        r.stdout.trim(),
+        r.stderr.trim()
+    ))
+}
 
+/// One plugin ADD then DEL in a fresh pod namespace; returns (add, del).
+fn plugin_trial(pl: &Plugin, id: &str, pod: &str, i: usize) -> (Run, Run) {
+    let netns = format!("/run/netns/{pod}");
+    let add = pl.invoke("ADD", id, &netns, None);
+    if add.code != 0 {
+        fail(&format!("{} ADD #{i}", pl.label), &add);
+    }
+    let res: Value = serde_json::from_str(add.stdout.trim()).unwrap_or_else(|e| {
+        die(&format!("{} ADD #{i}: result not JSON ({e}): {}", pl.label, add.stdout))
+    });
+    if res["ips"].as_array().is_none_or(|a| a.is_empty()) {
+        die(&format!("{} ADD #{i}: result without ips: {res}", pl.label));
+    }
+    let del = pl.invoke("DEL", id, &netns, Some(&res));
+    if del.code != 0 {
+        fail(&format!("{} DEL #{i}", pl.label), &del);
+    }
+    (add, del)
+}
+
+/// Kernel floor: a bare veth pair with its peer created in the pod as eth0, then its deletion,
+/// each by a minimal whole process (`ip`), timed the same way. Deleting either end destroys the
+/// pair. Default: the node-side end, from the node (no namespace switch); `--floor-via-pod`:
+/// `ip -n <pod> link del eth0`, which also pays iproute2's netns switch (unshare + sysfs remount).
+fn floor_trial(pod: &str, i: usize, via_pod: bool) -> (Run, Run) {
+    let host_end = format!("vk{i}");
+    let mut cmd = Command::new("ip");
+    cmd.env_clear()
+        .args(["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", pod]);
+    let add = timed(cmd, "");
+    if add.code != 0 {
+        fail(&format!("floor `ip link add {host_end} type veth peer name eth0 netns {pod}`"), &add);
+    }
+    let mut cmd = Command::new("ip");
+    if via_pod {
+        cmd.env_clear().args(["-n", pod, "link", "del", "eth0"]);
+    } else {
+        cmd.env_clear().args(["link", "del", &host_end]);
+    }
+    let shown = format!("{cmd:?}");
+    let del = timed(cmd, "");
+    if del.code != 0 {
+        fail(&format!("floor DEL #{i} ({shown})"), &del);
+    }
+    (add, del)
+}
+
+/// Warm-up plus timed iterations, interleaving ferry / ptp / floor in ABC, CBA, ... order.
+fn run_trials(o: &Opts, c: &Columns) -> Samples {
     let total = o.warmup + o.n;
     eprintln!("cni-bench: creating {} pod namespaces ...", 3 * total);
-    let pods_f = make_pods("bf", total);
-    let pods_p = make_pods("bp", total);
-    let pods_k = make_pods("bk", total);
-
-    let (mut f_add, mut f_del, mut p_add, mut p_del, mut k_add, mut k_del) = (
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-    );
-    let load_before = loadavg();
-    let (mut f_rss, mut p_rss) = (Vec::new(), Vec::new());
-
-    let fail = |what: &str, r: &Run| -> ! {
-        die(&format!(
-            "{what} failed (exit {}): stdout={} stderr={}",
-            r.code,
-            r.stdout.trim(),
-            r.stderr.trim()
-        ))
-    };
-
+    let pods: Vec<[String; 3]> = make_pods("bf", total)
+        .into_iter()
+        .zip(make_pods("bp", total))
+        .zip(make_pods("bk", total))
+        .map(|((f, p), k)| [f, p, k])
+        .collect();
+    let mut s = Samples::default();
     eprintln!("cni-bench: {} warm-up + {} timed iterations ...", o.warmup, o.n);
-    for i in 0..total {
+    for (i, trio) in pods.iter().enumerate() {
         let timed_iter = i >= o.warmup;
-        // ABC / CBA alternation.
-        let order: [u8; 3] = if i % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        let order: [usize; 3] = if i % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for which in order {
-            match which {
-                0 | 1 => {
-                    let (pl, ns, add_s, del_s, rss) = if which == 0 {
-                        (&ferry, &pods_f[i], &mut f_add, &mut f_del, &mut f_rss)
-                    } else {
-                        (&ptp, &pods_p[i], &mut p_add, &mut p_del, &mut p_rss)
-                    };
-                    let id = format!("bench-{which}-{i:06}");
-                    let netns = format!("/run/netns/{ns}");
-                    let add = pl.invoke("ADD", &id, &netns, None);
-                    if add.code != 0 {
-                        fail(&format!("{} ADD #{i}", pl.label), &add);
-                    }
-                    let res: Value = serde_json::from_str(add.stdout.trim()).unwrap_or_else(|e| {
-                        die(&format!(
-                            "{} ADD #{i}: result not JSON ({e}): {}",
-                            pl.label, add.stdout
-                        ))
-                    });
-                    if res["ips"].as_array().is_none_or(|a| a.is_empty()) {
-                        die(&format!("{} ADD #{i}: result without ips: {res}", pl.label));
-                    }
-                    let del = pl.invoke("DEL", &id, &netns, Some(&res));
-                    if del.code != 0 {
-                        fail(&format!("{} DEL #{i}", pl.label), &del);
-                    }
-                    if timed_iter {
-                        add_s.push(add.dur);
-                        del_s.push(del.dur);
-                        rss.push(add.maxrss_kib);
-                    }
-                }
-                _ => {
-                    // Kernel floor: a bare veth pair with its peer created in the pod as eth0, then
-                    // its deletion, each by a minimal whole process (`ip`), timed the same way.
-                    let ns = &pods_k[i];
-                    let mut cmd = Command::new("ip");
-                    cmd.env_clear().args([
-                        "link",
-                        "add",
-                        &format!("vk{i}"),
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        "eth0",
-                        "netns",
-                        ns,
-                    ]);
-                    let add = timed(cmd, "");
-                    if add.code != 0 {
-                        fail(
-                            &format!(
-                                "floor `ip link add vk{i} type veth peer name eth0 netns {ns}`"
-                            ),
-                            &add,
-                        );
-                    }
-                    // Deleting either end destroys the pair. Default: the node-side end, from the
-                    // node (no namespace switch); `--floor-via-pod`: `ip -n <pod> link del eth0`,
-                    // which also pays iproute2's netns switch (unshare + sysfs remount).
-                    let mut cmd = Command::new("ip");
-                    let host_end = format!("vk{i}");
-                    if o.floor_via_pod {
-                        cmd.env_clear().args(["-n", ns, "link", "del", "eth0"]);
-                    } else {
-                        cmd.env_clear().args(["link", "del", &host_end]);
-                    }
-                    let shown = format!("{cmd:?}");
-                    let del = timed(cmd, "");
-                    if del.code != 0 {
-                        fail(&format!("floor DEL #{i} ({shown})"), &del);
-                    }
-                    if timed_iter {
-                        k_add.push(add.dur);
-                        k_del.push(del.dur);
-                    }
-                }
+            let pod = &trio[which];
+            let id = format!("bench-{which}-{i:06}");
+            let (add, del) = match which {
+                0 => plugin_trial(&c.ferry, &id, pod, i),
+                1 => plugin_trial(&c.ptp, &id, pod, i),
+                _ => floor_trial(pod, i, o.floor_via_pod),
+            };
+            if !timed_iter {
+                continue;
+            }
+            let (adds, dels, rss) = match which {
+                0 => (&mut s.f_add, &mut s.f_del, Some(&mut s.f_rss)),
+                1 => (&mut s.p_add, &mut s.p_del, Some(&mut s.p_rss)),
+                _ => (&mut s.k_add, &mut s.k_del, None),
+            };
+            adds.push(add.dur);
+            dels.push(del.dur);
+            if let Some(rss) = rss {
+                rss.push(add.maxrss_kib);
             }
         }
     }
+    del_pods(&pods.concat());
+    s
+}
 
-    // Leftovers a broken DEL would leave behind.
-    let leftover = ok("ip", ["-o", "link", "show", "type", "veth"]);
-    eprintln!("cni-bench: cleaning up ...");
-    del_pods(&pods_f);
-    del_pods(&pods_p);
-    del_pods(&pods_k);
-    // Leave the node namespace's name behind us (we are still inside it; the mount goes away).
-    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
-
-    // ---- report ----
-    let load_after = loadavg();
-    let (fa, fd, pa, pd, ka, kd) =
-        (f_add.pct(), f_del.pct(), p_add.pct(), p_del.pct(), k_add.pct(), k_del.pct());
-    let add_ratio = fa.0 / pa.0;
-    // Drift-resistant cross-check: the median of per-iteration ratios (the trials of one iteration
-    // run back to back, so slow phases of the machine hit both sides).
-    let paired = {
-        let mut r: Vec<f64> = f_add.ms.iter().zip(&p_add.ms).map(|(f, p)| f / p).collect();
-        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        percentile(&r, 50.0)
-    };
-    let del_over = fd.0 - kd.0;
-    let flabel = if ferry_is_real { "ferry".to_string() } else { ferry.label.clone() };
+/// The machine, for the report: `uname -srm`, CPU count and model.
+fn machine() -> String {
     let uname = ok("uname", ["-srm"]).trim().to_string();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+    let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -512,41 +477,58 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    let rel = bin_dir();
-    let mark = |okk: bool| if okk { "✅" } else { "❌" };
+    let model = if model.is_empty() { String::new() } else { format!(" ({model})") };
+    format!("{uname}, {cpus} CPUs{model}")
+}
 
-    let mut md = String::new();
-    md += &format!(
-        "### CNI ADD/DEL latency: {} vs reference ptp + host-local\n\n",
-        if ferry_is_real { "ferry" } else { "ptp in the ferry slot" }
-    );
-    md += &format!(
-        "{} timed iterations per column (+{} warm-up), interleaved, whole-process spawn→exit, \
-         fresh pod netns per trial; {uname}, {cpus} CPUs{}; load average {load_before} before, \
-         {load_after} after; nice {nice_now}; IPAM data dirs on {data_fs} ({}).\n\n",
-        o.n,
-        o.warmup,
-        if cpu_model.is_empty() { String::new() } else { format!(" ({cpu_model})") },
-        tmp.path.display()
-    );
-    md += "| operation | p50 | p90 | p99 |\n|---|---:|---:|---:|\n";
+/// What the report says about the run besides the samples.
+struct RunInfo {
+    load_before: String,
+    load_after: String,
+    nice: i32,
+    data_fs: String,
+    data_dir: PathBuf,
+    leftover: String,
+    wall: Duration,
+}
+
+fn latency_table(o: &Opts, c: &Columns, s: &Samples, flabel: &str) -> String {
     let row = |name: &str, p: (f64, f64, f64)| {
         format!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms |\n", p.0, p.1, p.2)
     };
-    md += &row(&format!("{flabel} ADD"), fa);
-    md += &row(&format!("{} ADD", ptp.label), pa);
-    md += &row("kernel floor ADD (`ip link add … type veth peer name eth0 netns pod`)", ka);
-    md += &row(&format!("{flabel} DEL"), fd);
-    md += &row(&format!("{} DEL", ptp.label), pd);
+    let mut md = String::from("| operation | p50 | p90 | p99 |\n|---|---:|---:|---:|\n");
+    md += &row(&format!("{flabel} ADD"), s.f_add.pct());
+    md += &row(&format!("{} ADD", c.ptp.label), s.p_add.pct());
     md += &row(
-        if o.floor_via_pod {
-            "kernel floor DEL (`ip -n pod link del eth0`)"
-        } else {
-            "kernel floor DEL (`ip link del <node end>`)"
-        },
-        kd,
+        "kernel floor ADD (`ip link add … type veth peer name eth0 netns pod`)",
+        s.k_add.pct(),
     );
-    md += "\n| metric | value | target |\n|---|---:|---|\n";
+    md += &row(&format!("{flabel} DEL"), s.f_del.pct());
+    md += &row(&format!("{} DEL", c.ptp.label), s.p_del.pct());
+    let floor_del = if o.floor_via_pod {
+        "kernel floor DEL (`ip -n pod link del eth0`)"
+    } else {
+        "kernel floor DEL (`ip link del <node end>`)"
+    };
+    md += &row(floor_del, s.k_del.pct());
+    md
+}
+
+fn metrics_table(s: &Samples, flabel: &str) -> String {
+    let (fa, fd, pa, ka, kd) =
+        (s.f_add.pct(), s.f_del.pct(), s.p_add.pct(), s.k_add.pct(), s.k_del.pct());
+    let add_ratio = fa.0 / pa.0;
+    // Drift-resistant cross-check: the median of per-iteration ratios (the trials of one
+    // iteration run back to back, so slow phases of the machine hit both sides).
+    let paired = {
+        let mut r: Vec<f64> = s.f_add.ms.iter().zip(&s.p_add.ms).map(|(f, p)| f / p).collect();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        percentile(&r, 50.0)
+    };
+    let del_over = fd.0 - kd.0;
+    let mark = |okk: bool| if okk { "✅" } else { "❌" };
+    let rel = bin_dir();
+    let mut md = String::from("\n| metric | value | target |\n|---|---:|---|\n");
     md += &format!(
         "| {flabel} ADD p50 / ptp ADD p50 | {add_ratio:.3} | ≤ 0.25 {} |\n",
         mark(add_ratio <= 0.25)
@@ -565,25 +547,90 @@ fn main() {
     );
     md += &format!(
         "| peak RSS, one ADD (median over runs; plugin + IPAM child) | {flabel}: {} KiB, ptp: {} KiB | |\n",
-        median_i64(&f_rss),
-        median_i64(&p_rss)
+        median_i64(&s.f_rss),
+        median_i64(&s.p_rss)
     );
     md += &format!(
         "| release binary size | ferry: {}, ferry-ipam: {} | |\n",
         fmt_size(file_size(&rel.join("ferry"))),
         fmt_size(file_size(&rel.join("ferry-ipam")))
     );
+    md
+}
+
+fn report(o: &Opts, c: &Columns, s: &Samples, info: &RunInfo) -> String {
+    let flabel = if c.ferry_is_real { "ferry".to_string() } else { c.ferry.label.clone() };
+    let mut md = format!(
+        "### CNI ADD/DEL latency: {} vs reference ptp + host-local\n\n",
+        if c.ferry_is_real { "ferry" } else { "ptp in the ferry slot" }
+    );
+    md += &format!(
+        "{} timed iterations per column (+{} warm-up), interleaved, whole-process spawn→exit, \
+         fresh pod netns per trial; {}; load average {} before, {} after; nice {}; IPAM data \
+         dirs on {} ({}).\n\n",
+        o.n,
+        o.warmup,
+        machine(),
+        info.load_before,
+        info.load_after,
+        info.nice,
+        info.data_fs,
+        info.data_dir.display()
+    );
+    md += &latency_table(o, c, s, &flabel);
+    md += &metrics_table(s, &flabel);
     md += &format!(
         "\nCommand: `bench/cni.sh{}` (wall time {:.0} s)\n",
         std::env::args().skip(1).map(|a| format!(" {a}")).collect::<String>(),
-        t0.elapsed().as_secs_f64()
+        info.wall.as_secs_f64()
     );
-    if let Some(n) = &note {
+    if let Some(n) = &c.note {
         md += &format!("\nNote: {n}\n");
     }
-    if !leftover.trim().is_empty() {
-        md += &format!("\nWARNING: veths left in the node after all DELs:\n```\n{}```\n", leftover);
+    if !info.leftover.trim().is_empty() {
+        md += &format!(
+            "\nWARNING: veths left in the node after all DELs:\n```\n{}```\n",
+            info.leftover
+        );
     }
+    md
+}
+
+fn main() {
+    let o = parse_opts();
+    require_sandbox();
+    set_nice(o.nice);
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let t0 = Instant::now();
+    let tmp = data_dir(&o);
+    let data_fs = ok("stat", ["-f", "-c", "%T", &tmp.path.to_string_lossy()]).trim().to_string();
+    let cols = columns(&o, &tmp);
+
+    // The node: a namespace this process enters, so every timed process starts in it.
+    let node = "benchnode";
+    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
+    ok("ip", ["netns", "add", node]);
+    ok("ip", ["-n", node, "link", "set", "lo", "up"]);
+    enter_netns(&format!("/run/netns/{node}"));
+
+    let load_before = loadavg();
+    let samples = run_trials(&o, &cols);
+    // Leftovers a broken DEL would leave behind.
+    let leftover = ok("ip", ["-o", "link", "show", "type", "veth"]);
+    eprintln!("cni-bench: cleaning up ...");
+    // Leave the node namespace's name behind us (we are still inside it; the mount goes away).
+    let _ = Command::new("ip").args(["netns", "del", node]).stderr(Stdio::null()).status();
+
+    let info = RunInfo {
+        load_before,
+        load_after: loadavg(),
+        nice,
+        data_fs,
+        data_dir: tmp.path.clone(),
+        leftover,
+        wall: t0.elapsed(),
+    };
+    let md = report(&o, &cols, &samples, &info);
     println!("{md}");
     if let Some(p) = &o.out {
         std::fs::write(p, &md).unwrap_or_else(|e| die(&format!("write {}: {e}", p.display())));
