@@ -21,7 +21,6 @@ use ferry_cni::result::IpConfig;
 use ferry_cni::skel::{Plugin, Request};
 use ferry_cni::{CniError, CniResult, Code};
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use std::net::IpAddr;
 
 pub const ABOUT: &str = concat!("CNI ferry-ipam plugin ", env!("CARGO_PKG_VERSION"));
@@ -45,51 +44,8 @@ fn owner(req: &Request) -> Owner {
     Owner::new(req.args.container_id.clone(), req.args.ifname.clone())
 }
 
-fn parse_requested(s: &str, from: &str) -> Result<IpAddr, CniError> {
-    let t = s.trim();
-    let ip = t.split_once('/').map(|(a, _)| a).unwrap_or(t);
-    ip.parse().map_err(|_| {
-        CniError::config(format!("ferry-ipam: requested IP {s:?} ({from}) is not an IP address"))
-    })
-}
-
-fn ip_list(v: Option<&Value>, from: &str) -> Result<Vec<IpAddr>, CniError> {
-    match v {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| match x.as_str() {
-                Some(s) => parse_requested(s, from),
-                None => Err(CniError::config(format!(
-                    "ferry-ipam: {from} entries must be strings, got {x}"
-                ))),
-            })
-            .collect(),
-        Some(x) => Err(CniError::config(format!("ferry-ipam: {from} must be a list, got {x}"))),
-    }
-}
-
-/// Requested addresses: `runtimeConfig.ips`, else `args.cni.ips`, else CNI_ARGS `IP=`.
-pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
-    let rc = ip_list(req.conf.runtime_config("ips"), "runtimeConfig.ips")?;
-    if !rc.is_empty() {
-        return Ok(rc);
-    }
-    let args = ip_list(
-        req.conf.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get("ips")),
-        "args.cni.ips",
-    )?;
-    if !args.is_empty() {
-        return Ok(args);
-    }
-    match req.args.arg("IP").filter(|s| !s.is_empty()) {
-        None => Ok(vec![]),
-        Some(s) => s
-            .split(',')
-            .filter(|x| !x.trim().is_empty())
-            .map(|x| parse_requested(x, "CNI_ARGS IP"))
-            .collect(),
-    }
+fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
+    ferry_cni::requested::requested_ips(&req.conf, &req.args).map_err(|e| e.context("ferry-ipam"))
 }
 
 /// Match requested addresses to pools by family: at most one per pool, none left over.

@@ -132,7 +132,7 @@ fn default_route(ip: IpAddr) -> CniRoute {
 /// The requested address for `pool`'s family (`runtimeConfig.ips`, `args.cni.ips`, CNI_ARGS `IP=`),
 /// read exactly as ferry-ipam reads it.
 fn requested_ip(req: &Request, pool: &Pool) -> Result<Option<IpAddr>> {
-    Ok(ferry_ipam::plugin::requested_ips(req)?
+    Ok(ferry_cni::requested::requested_ips(&req.conf, &req.args)?
         .into_iter()
         .find(|ip| ip.is_ipv4() == pool.is_ipv4()))
 }
