@@ -1,5 +1,6 @@
 //! Command-line flags, parsed by hand (`--flag value` or `--flag=value`; booleans also bare).
 
+use ferry_fs::paths;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -94,7 +95,7 @@ impl Default for Args {
             subnet_min: None,
             subnet_max: None,
             strict_network: false,
-            store: StoreUrl::File("/var/lib/ferry/leases".into()),
+            store: StoreUrl::File(paths::LEASE_STORE_DIR.into()),
             etcd: EtcdOpts {
                 prefix: "/coreos.com/network".into(),
                 ca: None,
@@ -108,11 +109,11 @@ impl Default for Args {
             public_ip: None,
             iface: None,
             mtu: None,
-            subnet_file: "/run/ferry/subnet.env".into(),
-            cni_conf_dir: "/etc/cni/net.d".into(),
+            subnet_file: paths::SUBNET_FILE.into(),
+            cni_conf_dir: paths::CNI_CONF_DIR.into(),
             cni_conf_name: "10-ferry.conflist".into(),
             cni_network_name: "ferry".into(),
-            cni_data_dir: "/run/ferry/ipam".into(),
+            cni_data_dir: paths::IPAM_DATA_DIR.into(),
             cni_portmap: false,
             ip_masq: true,
             nft: "nft".into(),
@@ -368,6 +369,15 @@ mod tests {
             args(&["--store", "file:///tmp/x"]).unwrap().store,
             StoreUrl::File("/tmp/x".into())
         );
+    }
+
+    #[test]
+    fn usage_shows_the_default_paths() {
+        for p in
+            [paths::LEASE_STORE_DIR, paths::SUBNET_FILE, paths::CNI_CONF_DIR, paths::IPAM_DATA_DIR]
+        {
+            assert!(USAGE.contains(&format!("{p}]")), "{p}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@ use ferry_netlink::{Netlink, RT_TABLE_MAIN};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// Largest subnet file or conflist read back (both are a few hundred bytes).
+const SMALL_FILE_CAP: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
@@ -110,7 +112,7 @@ pub fn subnet_env(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: b
 
 /// The subnet a previous run wrote into the subnet file, if it belongs to `network`.
 pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
-    let text = fs::read_to_string(path).ok()?;
+    let text = ferry_fs::read_to_string_capped(path, SMALL_FILE_CAP).ok()?;
     let env = SubnetEnv::parse(&text).ok()?;
     let IpNetwork::V4(s) = env.subnet? else { return None };
     if let Some(IpNetwork::V4(n)) = env.network {
@@ -137,38 +139,20 @@ pub fn conflist(a: &Args) -> String {
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
 
-/// Write `path` atomically unless it already holds `content`. Returns whether it was written.
-/// The temp file is a dotfile ending in `.tmp`, which CNI runtimes ignore.
+/// Write `path` (mode 0644, creating its directory) atomically unless it already holds
+/// `content`. Returns whether it was written. The temp file is a dotfile ending in `.tmp`, which
+/// CNI runtimes ignore.
 pub fn write_if_changed(path: &Path, content: &str) -> io::Result<bool> {
-    if fs::read(path).ok().as_deref() == Some(content.as_bytes()) {
-        return Ok(false);
-    }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res.map(|()| true)
+    fs::create_dir_all(dir)
+        .and_then(|()| ferry_fs::write_if_changed(path, content.as_bytes(), 0o644))
         .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
 }
 
 /// Remove the conflist if it is one ferryd wrote (its first plugin is `ferry`). Returns whether
 /// it was removed.
 pub fn remove_conflist(path: &Path) -> io::Result<bool> {
-    let Ok(text) = fs::read_to_string(path) else { return Ok(false) };
+    let Ok(text) = ferry_fs::read_to_string_capped(path, SMALL_FILE_CAP) else { return Ok(false) };
     let ours = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["plugins"][0]["type"].as_str().map(|t| t == "ferry"))

@@ -14,13 +14,13 @@ use super::{
     parse_lease, parse_subnet_key, subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore,
     NetworkConfig, Result, StoreError, WatchEvent,
 };
+use ferry_fs::Lock;
 use ipnetwork::Ipv4Network;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
@@ -31,6 +31,9 @@ pub const EXPIRES_FIELD: &str = "ExpiresUnixMs";
 
 /// How long a store operation waits for another holder of the lock before reporting Unavailable.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest lease or config file read; anything bigger is not one of ours.
+const ENTRY_CAP: u64 = 1 << 20;
 
 struct Ino(Inotify);
 
@@ -77,56 +80,53 @@ impl FileStore {
         }
     }
 
-    /// Take the directory lock, waiting (asynchronously) up to [`LOCK_TIMEOUT`].
-    async fn lock(&self) -> Result<File> {
-        let start = std::time::Instant::now();
-        let mut pause = Duration::from_micros(200);
-        loop {
-            if let Some(f) = self.try_lock()? {
-                return Ok(f);
-            }
-            if start.elapsed() > LOCK_TIMEOUT {
-                return Err(StoreError::Unavailable(format!(
-                    "{}/lock is held by someone else",
-                    self.dir.display()
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+    /// Take the directory lock, waiting up to [`LOCK_TIMEOUT`]. Free (the usual case): taken at
+    /// once. Held by another node: the bounded wait runs on tokio's blocking pool, so the event
+    /// loop keeps running meanwhile.
+    async fn lock(&self) -> Result<Lock> {
+        if let Some(l) = self.try_lock()? {
+            return Ok(l);
         }
+        let path = self.lock_path();
+        let waited = tokio::task::spawn_blocking(move || Lock::acquire(&path, LOCK_TIMEOUT))
+            .await
+            .map_err(|e| StoreError::Other(format!("lock waiter: {e}")))?;
+        waited.map_err(|e| self.lock_err(e))
     }
 
-    /// The lock if it is free right now; the returned file releases it when dropped.
-    fn try_lock(&self) -> Result<Option<File>> {
+    /// The lock if it is free right now; it is released when dropped.
+    fn try_lock(&self) -> Result<Option<Lock>> {
         self.check_dir()?;
-        let path = self.dir.join("lock");
-        // Read-only (flock does not need write access): closing it then raises no inotify
-        // IN_CLOSE_WRITE, so taking the lock does not wake every watcher.
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_CREAT)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| io_err("open", &path, e))?;
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(f));
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
+        Lock::try_acquire(&self.lock_path()).map_err(|e| self.lock_err(e))
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn lock_err(&self, e: io::Error) -> StoreError {
+        if e.kind() == io::ErrorKind::TimedOut {
+            StoreError::Unavailable(format!("{}/lock is held by someone else", self.dir.display()))
         } else {
-            Err(io_err("flock", &path, e))
+            io_err("lock", &self.lock_path(), e)
         }
     }
 
-    fn read_entry(&self, name: &str) -> Result<Option<(LeaseEntry, Option<SystemTime>)>> {
-        let path = self.dir.join(name);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(parse_file(name, &bytes))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path, e)),
-        }
+    /// Read one lease file. `Ok(None)`: no such file. `Err`: the entry cannot be read as a file
+    /// (a FIFO, symlink, device, directory, one larger than [`ENTRY_CAP`], an I/O error); it is
+    /// never opened in a way that blocks or follows a link.
+    fn read_entry(&self, name: &str) -> io::Result<Option<(LeaseEntry, Option<SystemTime>)>> {
+        let bytes = ferry_fs::read_optional(&self.dir.join(name), ENTRY_CAP)?;
+        Ok(bytes.map(|b| parse_file(name, &b)))
+    }
+
+    /// [`FileStore::read_entry`] for a listing or watch: an unreadable entry is reported and
+    /// skipped (read as absent), so it never stops the other entries from being read.
+    fn read_listed(&self, name: &str) -> Option<(LeaseEntry, Option<SystemTime>)> {
+        self.read_entry(name).unwrap_or_else(|e| {
+            warn!("file store: skipping entry {name:?}: {e}");
+            None
+        })
     }
 
     fn write_lease(&self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
@@ -182,7 +182,7 @@ impl FileStore {
         let mut out = Vec::new();
         let now = SystemTime::now();
         for name in names {
-            match self.read_entry(&name)? {
+            match self.read_listed(&name) {
                 Some((entry, exp)) if exp.is_none_or(|t| t > now) => {
                     self.known.insert(name, exp);
                     out.push(WatchEvent::Put(entry));
@@ -244,20 +244,10 @@ pub fn parse_file(name: &str, bytes: &[u8]) -> (LeaseEntry, Option<SystemTime>) 
     (parse_lease(name, bytes, expires), expires)
 }
 
-/// Write `dir/name` atomically: a dotfile temp in the same directory, fsync, rename.
+/// Write `dir/name` atomically (ferry-fs: exclusive dotfile temp, fsync, rename).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f =
-            OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))
-    })();
-    res.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("write", &dir.join(name), e)
-    })
+    let path = dir.join(name);
+    ferry_fs::write_atomic(&path, bytes, 0o644).map_err(|e| io_err("write", &path, e))
 }
 
 fn io_err(op: &str, path: &Path, e: io::Error) -> StoreError {
@@ -268,11 +258,15 @@ impl LeaseStore for FileStore {
     async fn get_config(&mut self) -> Result<Option<NetworkConfig>> {
         self.check_dir()?;
         let path = self.dir.join("config");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
+        match ferry_fs::read_optional(&path, ENTRY_CAP) {
+            Ok(Some(b)) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
+            // A FIFO, symlink, device or oversized file where the config belongs.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(StoreError::Invalid(e.to_string()))
+            }
             Err(e) => Err(io_err("read", &path, e)),
         }
     }
@@ -300,7 +294,7 @@ impl LeaseStore for FileStore {
             if ignored(&name) || ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
-            match self.read_entry(&name)? {
+            match self.read_listed(&name) {
                 Some((_, Some(exp))) if exp <= now => expired.push(name),
                 Some((entry, exp)) => {
                     if self.watching {
@@ -324,10 +318,15 @@ impl LeaseStore for FileStore {
     ) -> Result<bool> {
         let _lock = self.lock().await?;
         let key = subnet_key(subnet);
-        match self.read_entry(&key)? {
-            Some((_, Some(exp))) if exp <= SystemTime::now() => {} // expired: free
-            Some(_) => return Ok(false),
-            None => {}
+        match self.read_entry(&key) {
+            Ok(Some((_, Some(exp)))) if exp <= SystemTime::now() => {} // expired: free
+            Ok(Some(_)) => return Ok(false),
+            Ok(None) => {}
+            Err(e) => {
+                // Something that is not a lease file holds the key: the subnet is not free.
+                warn!("file store: {} is taken by an unreadable entry: {e}", key);
+                return Ok(false);
+            }
         }
         self.write_lease(subnet, attrs, ttl)?;
         Ok(true)
@@ -340,8 +339,8 @@ impl LeaseStore for FileStore {
         ttl: Duration,
     ) -> Result<bool> {
         let _lock = self.lock().await?;
-        match self.read_entry(&subnet_key(subnet))? {
-            Some((Ok(l), _)) if l.attrs.public_ip == attrs.public_ip => {
+        match self.read_entry(&subnet_key(subnet)) {
+            Ok(Some((Ok(l), _))) if l.attrs.public_ip == attrs.public_ip => {
                 self.write_lease(subnet, attrs, ttl)?;
                 Ok(true)
             }

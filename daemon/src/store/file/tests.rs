@@ -165,3 +165,83 @@ fn watch_sees_puts_removals_and_expiry() {
     });
     fs::remove_dir_all(&d).unwrap();
 }
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", p.display());
+}
+
+#[test]
+fn fifo_and_symlink_entries_are_skipped_without_blocking() {
+    let d = tmpdir("hostile");
+    let good = r#"{"PublicIP":"198.18.0.17","BackendType":"host-gw","BackendData":null}"#;
+    fs::write(d.join("10.244.7.0-24"), good).unwrap();
+    mkfifo(&d.join("10.244.8.0-24"));
+    let outside = d.join(".outside");
+    fs::write(&outside, good).unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("10.244.9.0-24")).unwrap();
+    rt().block_on(async {
+        let mut s = FileStore::open_watching(&d);
+        let (all, rev) = tokio::time::timeout(Duration::from_secs(2), s.list())
+            .await
+            .expect("a FIFO entry must not block the listing")
+            .unwrap();
+        let subnets: Vec<_> = all.iter().map(|e| e.as_ref().unwrap().subnet).collect();
+        assert_eq!(subnets, [net("10.244.7.0/24")], "{all:?}");
+        // A key held by something that is not a lease file is not free.
+        let mut c = FileStore::open(&d);
+        let ttl = Duration::from_secs(9);
+        assert!(!c.create(net("10.244.8.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        assert!(!c.create(net("10.244.9.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        // A watch that sees the FIFO touched keeps going and still reports real changes.
+        mkfifo(&d.join("10.244.10.0-24"));
+        assert!(c.create(net("10.244.1.0/24"), &attrs("198.18.0.11"), ttl).await.unwrap());
+        let mut got = Vec::new();
+        let mut rev = rev;
+        while got.is_empty() {
+            let (ev, r) =
+                tokio::time::timeout(Duration::from_secs(2), s.watch(rev)).await.unwrap().unwrap();
+            rev = r;
+            got.extend(ev);
+        }
+        assert!(
+            matches!(&got[..], [WatchEvent::Put(Ok(l))] if l.subnet == net("10.244.1.0/24")),
+            "{got:?}"
+        );
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_fifo_config_is_invalid_not_a_hang() {
+    let d = tmpdir("fifo-config");
+    mkfifo(&d.join("config"));
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        let r = tokio::time::timeout(Duration::from_secs(2), s.get_config()).await.unwrap();
+        assert!(matches!(r, Err(StoreError::Invalid(ref m)) if m.contains("FIFO")), "{r:?}");
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_held_lock_is_waited_for() {
+    let d = tmpdir("lock");
+    let held = ferry_fs::Lock::acquire(&d.join("lock"), Duration::from_secs(1)).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+    });
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        let t = std::time::Instant::now();
+        assert!(s
+            .create(net("10.244.1.0/24"), &attrs("198.18.0.11"), Duration::from_secs(9))
+            .await
+            .unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(40), "{:?}", t.elapsed());
+    });
+    release.join().unwrap();
+    fs::remove_dir_all(&d).unwrap();
+}
