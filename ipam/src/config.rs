@@ -17,7 +17,7 @@
 //! [`IpamConf::pools`], so DEL and GC (which only need `dataDir`) work even when the subnet part of
 //! the config has gone bad.
 
-use crate::pool::Pool;
+use crate::pool::{Pool, Range};
 use crate::store::DEFAULT_DATA_DIR;
 use ferry_cni::result::{Dns, Route};
 use ferry_cni::subnet_env::SubnetEnv;
@@ -176,8 +176,16 @@ impl IpamConf {
             .map(|n| {
                 let ex =
                     exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect();
-                Pool::new(*n, fam(gw, n), fam(start, n), fam(end, n), ex)
-                    .map_err(|e| e.context("ipam config"))
+                Pool::new(
+                    *n,
+                    Range {
+                        gateway: fam(gw, n),
+                        start: fam(start, n),
+                        end: fam(end, n),
+                        exclude: ex,
+                    },
+                )
+                .map_err(|e| e.context("ipam config"))
             })
             .collect()
     }

@@ -2,7 +2,7 @@
 //!
 //! * [`pool`]: address pools (subnet, range, reserved addresses), pure arithmetic, IPv4 and IPv6.
 //! * [`store`]: the per-network on-disk allocation store (flock + atomic `state.json` rewrite).
-//! * [`state`]: the in-memory state and its strict `state.json` codec.
+//! * [`state`]: the in-memory state, its strict `state.json` codec, and the allocator's decisions.
 //! * [`config`]: the `ipam` config section of the `ferry-ipam` plugin.
 //! * [`plugin`]: the `ferry-ipam` CNI IPAM plugin ([`plugin::IpamPlugin`]).
 //!
@@ -15,8 +15,9 @@ pub mod pool;
 pub mod state;
 pub mod store;
 
-pub use pool::Pool;
-pub use store::{Owner, Store, DEFAULT_DATA_DIR};
+pub use pool::{Pool, Range};
+pub use state::Owner;
+pub use store::{Store, DEFAULT_DATA_DIR};
 
 #[cfg(test)]
 mod plugin_tests;

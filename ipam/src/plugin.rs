@@ -15,7 +15,8 @@
 
 use crate::config::IpamConf;
 use crate::pool::Pool;
-use crate::store::{Owner, Store};
+use crate::state::Owner;
+use crate::store::Store;
 use ferry_cni::error::CHECK_FAILED;
 use ferry_cni::result::IpConfig;
 use ferry_cni::skel::{Plugin, Request};

@@ -43,17 +43,29 @@ fn family(ip: IpAddr) -> &'static str {
     }
 }
 
-impl Pool {
-    /// Validate and complete a pool. `subnet` may carry host bits (`10.244.1.1/24`, flannel's
-    /// spelling): they are masked off. Defaults: gateway = first host, start = first host,
-    /// end = last host (IPv4: broadcast - 1; IPv6: the last address). Every error is code 7.
-    pub fn new(
-        subnet: IpNetwork,
-        gateway: Option<IpAddr>,
-        start: Option<IpAddr>,
-        end: Option<IpAddr>,
-        exclude: Vec<(IpAddr, IpAddr)>,
-    ) -> Result<Pool, CniError> {
+/// What a config may say about one family's pool besides its subnet. Every field is optional:
+/// [`Pool::new`] fills in the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Range {
+    pub gateway: Option<IpAddr>,
+    /// First allocatable address (inclusive).
+    pub start: Option<IpAddr>,
+    /// Last allocatable address (inclusive).
+    pub end: Option<IpAddr>,
+    /// Inclusive ranges never allocated.
+    pub exclude: Vec<(IpAddr, IpAddr)>,
+}
+
+/// A subnet's bounds, for validating the addresses a [`Range`] names.
+struct Bounds {
+    subnet: IpNetwork,
+    v4: bool,
+    net: u128,
+    top: u128,
+}
+
+impl Bounds {
+    fn new(subnet: IpNetwork) -> Result<Bounds, CniError> {
         let v4 = subnet.is_ipv4();
         let bits: u8 = if v4 { 32 } else { 128 };
         let prefix = subnet.prefix();
@@ -66,50 +78,74 @@ impl Pool {
         }
         let subnet = IpNetwork::new(subnet.network(), prefix)
             .map_err(|e| CniError::config(format!("subnet {subnet}: {e}")))?;
-        let net = to_u128(subnet.network());
-        let top = to_u128(subnet.broadcast());
-        let first = from_u128(net + 1, v4);
-        let last = from_u128(if v4 { top - 1 } else { top }, v4);
-        let check = |what: &str, ip: IpAddr| -> Result<IpAddr, CniError> {
-            if ip.is_ipv4() != v4 {
-                return Err(CniError::config(format!(
-                    "{what} {ip} is {} but subnet {subnet} is {}",
-                    family(ip),
-                    family(subnet.ip())
-                )));
-            }
-            if !subnet.contains(ip) {
-                return Err(CniError::config(format!("{what} {ip} is outside subnet {subnet}")));
-            }
-            Ok(ip)
-        };
-        let gateway = match gateway {
-            None => first,
-            Some(gw) => {
-                let gw = check("gateway", gw)?;
-                let n = to_u128(gw);
-                if n == net || (v4 && n == top) {
-                    return Err(CniError::config(format!(
-                        "gateway {gw} is the {} address of subnet {subnet}",
-                        if n == net { "network" } else { "broadcast" }
-                    )));
-                }
-                gw
-            }
-        };
-        let start = check("rangeStart", start.unwrap_or(first))?;
-        let end = check("rangeEnd", end.unwrap_or(last))?;
-        if to_u128(start) > to_u128(end) {
-            return Err(CniError::config(format!("rangeStart {start} is after rangeEnd {end}")));
+        let (net, top) = (to_u128(subnet.network()), to_u128(subnet.broadcast()));
+        Ok(Bounds { subnet, v4, net, top })
+    }
+
+    fn first(&self) -> IpAddr {
+        from_u128(self.net + 1, self.v4)
+    }
+
+    fn last(&self) -> IpAddr {
+        from_u128(if self.v4 { self.top - 1 } else { self.top }, self.v4)
+    }
+
+    /// `ip`, if it is of the subnet's family and inside it.
+    fn check(&self, what: &str, ip: IpAddr) -> Result<IpAddr, CniError> {
+        let subnet = self.subnet;
+        if ip.is_ipv4() != self.v4 {
+            return Err(CniError::config(format!(
+                "{what} {ip} is {} but subnet {subnet} is {}",
+                family(ip),
+                family(subnet.ip())
+            )));
         }
-        for &(a, b) in &exclude {
-            check("exclude start", a)?;
-            check("exclude end", b)?;
+        if !subnet.contains(ip) {
+            return Err(CniError::config(format!("{what} {ip} is outside subnet {subnet}")));
+        }
+        Ok(ip)
+    }
+
+    fn gateway(&self, gw: Option<IpAddr>) -> Result<IpAddr, CniError> {
+        let Some(gw) = gw else { return Ok(self.first()) };
+        let n = to_u128(self.check("gateway", gw)?);
+        if n == self.net || (self.v4 && n == self.top) {
+            return Err(CniError::config(format!(
+                "gateway {gw} is the {} address of subnet {}",
+                if n == self.net { "network" } else { "broadcast" },
+                self.subnet
+            )));
+        }
+        Ok(gw)
+    }
+
+    fn exclude(&self, exclude: &[(IpAddr, IpAddr)]) -> Result<(), CniError> {
+        for &(a, b) in exclude {
+            self.check("exclude start", a)?;
+            self.check("exclude end", b)?;
             if to_u128(a) > to_u128(b) {
                 return Err(CniError::config(format!("exclude range {a}-{b} is reversed")));
             }
         }
-        let pool = Pool { subnet, start, end, gateway: Some(gateway), exclude };
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// Validate and complete a pool. `subnet` may carry host bits (`10.244.1.1/24`, flannel's
+    /// spelling): they are masked off. Defaults: gateway = first host, start = first host,
+    /// end = last host (IPv4: broadcast - 1; IPv6: the last address). Every error is code 7.
+    pub fn new(subnet: IpNetwork, range: Range) -> Result<Pool, CniError> {
+        let b = Bounds::new(subnet)?;
+        let gateway = b.gateway(range.gateway)?;
+        let start = b.check("rangeStart", range.start.unwrap_or(b.first()))?;
+        let end = b.check("rangeEnd", range.end.unwrap_or(b.last()))?;
+        if to_u128(start) > to_u128(end) {
+            return Err(CniError::config(format!("rangeStart {start} is after rangeEnd {end}")));
+        }
+        b.exclude(&range.exclude)?;
+        let subnet = b.subnet;
+        let pool = Pool { subnet, start, end, gateway: Some(gateway), exclude: range.exclude };
         if pool.size() == 0 {
             return Err(CniError::config(format!(
                 "range {start}-{end} of subnet {subnet} has no allocatable address (gateway {gateway}, exclusions {:?})",
@@ -264,7 +300,7 @@ mod tests {
         s.parse().unwrap()
     }
     fn pool(s: &str) -> Pool {
-        Pool::new(net(s), None, None, None, vec![]).unwrap()
+        Pool::new(net(s), Range::default()).unwrap()
     }
 
     #[test]
@@ -296,14 +332,17 @@ mod tests {
         assert!(p.contains(ip("10.0.0.2")));
         assert_eq!(pool("10.0.0.0/29").size(), 5);
         for bad in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::/128"] {
-            let e = Pool::new(net(bad), None, None, None, vec![]).unwrap_err();
+            let e = Pool::new(net(bad), Range::default()).unwrap_err();
             assert_eq!(e.code.as_u32(), 7, "{bad}");
             assert!(e.msg.contains("too small"), "{}", e.msg);
         }
         // /30 whose only host is the gateway: nothing allocatable.
-        let e =
-            Pool::new(net("10.0.0.0/30"), Some(ip("10.0.0.2")), Some(ip("10.0.0.2")), None, vec![])
-                .unwrap_err();
+        let only_gw = Range {
+            gateway: Some(ip("10.0.0.2")),
+            start: Some(ip("10.0.0.2")),
+            ..Range::default()
+        };
+        let e = Pool::new(net("10.0.0.0/30"), only_gw).unwrap_err();
         assert_eq!(e.code.as_u32(), 7);
     }
 
@@ -325,21 +364,22 @@ mod tests {
         ];
         for (gw, s, e, ex) in cases {
             let ex = ex.into_iter().map(|(a, b)| (ip(a), ip(b))).collect();
-            let r = Pool::new(n, gw.map(ip), s.map(ip), e.map(ip), ex);
+            let range =
+                Range { gateway: gw.map(ip), start: s.map(ip), end: e.map(ip), exclude: ex };
+            let r = Pool::new(n, range);
             assert_eq!(r.unwrap_err().code.as_u32(), 7, "{gw:?} {s:?} {e:?}");
         }
     }
 
     #[test]
     fn range_and_exclusions() {
-        let p = Pool::new(
-            net("10.0.0.0/24"),
-            Some(ip("10.0.0.10")),
-            Some(ip("10.0.0.5")),
-            Some(ip("10.0.0.20")),
-            vec![(ip("10.0.0.12"), ip("10.0.0.14")), (ip("10.0.0.14"), ip("10.0.0.15"))],
-        )
-        .unwrap();
+        let range = Range {
+            gateway: Some(ip("10.0.0.10")),
+            start: Some(ip("10.0.0.5")),
+            end: Some(ip("10.0.0.20")),
+            exclude: vec![(ip("10.0.0.12"), ip("10.0.0.14")), (ip("10.0.0.14"), ip("10.0.0.15"))],
+        };
+        let p = Pool::new(net("10.0.0.0/24"), range).unwrap();
         // 16 addresses, minus the gateway, minus .12-.15.
         assert_eq!(p.size(), 11);
         assert!(p.contains(ip("10.0.0.5")) && p.contains(ip("10.0.0.20")));
@@ -354,9 +394,8 @@ mod tests {
 
     #[test]
     fn next_free_round_robin_and_skips() {
-        let p =
-            Pool::new(net("10.0.0.0/29"), None, None, None, vec![(ip("10.0.0.3"), ip("10.0.0.4"))])
-                .unwrap();
+        let exclude = vec![(ip("10.0.0.3"), ip("10.0.0.4"))];
+        let p = Pool::new(net("10.0.0.0/29"), Range { exclude, ..Range::default() }).unwrap();
         let none = |_: IpAddr| false;
         assert_eq!(p.next_free(None, &none), Some(ip("10.0.0.2")));
         assert_eq!(p.next_free(Some(ip("10.0.0.2")), &none), Some(ip("10.0.0.5")));

@@ -1,10 +1,25 @@
-//! The in-memory form of `state.json` and its strict decoder.
+//! The in-memory form of `state.json`, its strict codec, and the allocator's decisions on it.
+//! Pure: no file, lock or process here (the disk store is [`crate::store`]).
 
 use crate::pool::Pool;
-use crate::store::Owner;
+use ferry_cni::error::{EXHAUSTED, IPAM};
+use ferry_cni::CniError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+/// Who holds an address: one CNI attachment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Owner {
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Owner {
+        Owner { container_id: container_id.into(), ifname: ifname.into() }
+    }
+}
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -117,6 +132,106 @@ impl State {
         }
         gone
     }
+
+    /// Allocate an address from `pool` for `owner`: `requested` if given and free, else the
+    /// next free one after the pool's round-robin cursor. Idempotent: an owner already holding
+    /// an address of the pool's family inside the pool gets it back; a same-family address
+    /// outside the pool (the pool changed) is replaced. On error `self` may be half-changed:
+    /// callers discard it (the store writes nothing on error).
+    pub fn allocate(
+        &mut self,
+        pool: &Pool,
+        owner: &Owner,
+        requested: Option<IpAddr>,
+    ) -> Result<IpAddr, CniError> {
+        check_request(pool, owner, requested)?;
+        if let Some(ip) = self.keep_held(pool, owner, requested)? {
+            return Ok(ip);
+        }
+        match requested {
+            Some(r) => self.take_requested(r, owner),
+            None => self.take_next(pool, owner),
+        }
+    }
+
+    /// The address `owner` already holds in `pool`, if any; stale same-family ones are dropped.
+    fn keep_held(
+        &mut self,
+        pool: &Pool,
+        owner: &Owner,
+        requested: Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, CniError> {
+        let reserved = pool.reserved();
+        let held: Vec<IpAddr> =
+            self.held_by(owner).into_iter().filter(|ip| ip.is_ipv4() == pool.is_ipv4()).collect();
+        if let Some(&ip) = held.iter().find(|ip| pool.contains_with(&reserved, **ip)) {
+            return match requested {
+                Some(r) if r != ip => Err(CniError::plugin(
+                    IPAM,
+                    format!(
+                        "ferry-ipam: {}/{} already holds {ip}, cannot also take requested {r}",
+                        owner.container_id, owner.ifname
+                    ),
+                )),
+                _ => Ok(Some(ip)),
+            };
+        }
+        for ip in &held {
+            self.allocations.remove(ip);
+        }
+        Ok(None)
+    }
+
+    fn take_requested(&mut self, r: IpAddr, owner: &Owner) -> Result<IpAddr, CniError> {
+        if let Some(other) = self.allocations.get(&r) {
+            return Err(CniError::plugin(
+                IPAM,
+                format!(
+                    "ferry-ipam: requested IP {r} is already allocated to {}/{}",
+                    other.container_id, other.ifname
+                ),
+            ));
+        }
+        self.allocations.insert(r, owner.clone());
+        Ok(r)
+    }
+
+    fn take_next(&mut self, pool: &Pool, owner: &Owner) -> Result<IpAddr, CniError> {
+        let key = pool.subnet.to_string();
+        let ip = if self.used_in(pool) >= pool.size() {
+            None
+        } else {
+            pool.next_free(self.last.get(&key).copied(), &|ip| self.allocations.contains_key(&ip))
+        };
+        let Some(ip) = ip else {
+            return Err(CniError::plugin(
+                EXHAUSTED,
+                format!(
+                    "ferry-ipam: no IP addresses available in range {} (subnet {}): all {} allocated",
+                    pool.range_str(),
+                    pool.subnet,
+                    pool.size()
+                ),
+            ));
+        };
+        self.allocations.insert(ip, owner.clone());
+        self.last.insert(key, ip);
+        Ok(ip)
+    }
+}
+
+/// An owner needs both parts; a requested address must be allocatable in `pool`.
+fn check_request(pool: &Pool, owner: &Owner, requested: Option<IpAddr>) -> Result<(), CniError> {
+    if owner.container_id.is_empty() || owner.ifname.is_empty() {
+        return Err(CniError::plugin(IPAM, "ferry-ipam: owner needs a container id and an ifname"));
+    }
+    if let Some(why) = requested.and_then(|r| pool.reject_reason(r).map(|why| (r, why))) {
+        return Err(CniError::config(format!(
+            "ferry-ipam: requested IP {} cannot be allocated: {}",
+            why.0, why.1
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -159,6 +274,26 @@ mod tests {
         ] {
             assert!(State::decode(bad.as_bytes()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn allocates_in_memory_without_a_store() {
+        let pool = Pool::new("10.0.0.0/29".parse().unwrap(), crate::Range::default()).unwrap();
+        let mut st = State::default();
+        let (a, b) = (Owner::new("a", "eth0"), Owner::new("b", "eth0"));
+        assert_eq!(st.allocate(&pool, &a, None).unwrap().to_string(), "10.0.0.2");
+        assert_eq!(st.allocate(&pool, &a, None).unwrap().to_string(), "10.0.0.2");
+        let want = "10.0.0.5".parse().unwrap();
+        assert_eq!(st.allocate(&pool, &b, Some(want)).unwrap(), want);
+        assert_eq!(
+            st.allocate(&pool, &Owner::new("c", "eth0"), Some(want)).unwrap_err().code.as_u32(),
+            101
+        );
+        assert_eq!(
+            st.allocate(&pool, &Owner::new("", "eth0"), None).unwrap_err().code.as_u32(),
+            101
+        );
+        assert_eq!(st.last["10.0.0.0/29"].to_string(), "10.0.0.2", "requests keep the cursor");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! free it) or not made. Readers (`lookup`, `list`) need no lock, since rename is atomic.
 
 use crate::pool::Pool;
-use crate::state::State;
-use ferry_cni::error::{EXHAUSTED, IPAM};
+use crate::state::{Owner, State};
+use ferry_cni::error::IPAM;
 use ferry_cni::CniError;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -23,19 +23,6 @@ use std::time::{Duration, Instant};
 
 /// Default data directory: on tmpfs, so allocations do not outlive a reboot.
 pub const DEFAULT_DATA_DIR: &str = "/run/ferry/ipam";
-
-/// Who holds an address: one CNI attachment.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Owner {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-impl Owner {
-    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Owner {
-        Owner { container_id: container_id.into(), ifname: ifname.into() }
-    }
-}
 
 /// One network's allocation store. Each instance owns its own lock-file descriptor, so separate
 /// instances (threads or processes) exclude each other.
@@ -194,7 +181,7 @@ impl Store {
             pools
                 .iter()
                 .enumerate()
-                .map(|(i, p)| allocate_in(st, p, owner, requested.get(i).copied().flatten()))
+                .map(|(i, p)| st.allocate(p, owner, requested.get(i).copied().flatten()))
                 .collect()
         })
     }
@@ -206,7 +193,7 @@ impl Store {
         owner: &Owner,
         requested: Option<IpAddr>,
     ) -> Result<IpAddr, CniError> {
-        self.transact(|st| allocate_in(st, pool, owner, requested))
+        self.transact(|st| st.allocate(pool, owner, requested))
     }
 
     /// Free every address `owner` holds; `Ok(vec![])` when it holds none.
@@ -233,76 +220,4 @@ impl Store {
     pub fn available(&mut self, pool: &Pool) -> Result<u128, CniError> {
         Ok(pool.size() - self.read()?.used_in(pool).min(pool.size()))
     }
-}
-
-/// The allocation decision, on in-memory state.
-fn allocate_in(
-    st: &mut State,
-    pool: &Pool,
-    owner: &Owner,
-    requested: Option<IpAddr>,
-) -> Result<IpAddr, CniError> {
-    if owner.container_id.is_empty() || owner.ifname.is_empty() {
-        return Err(CniError::plugin(IPAM, "ferry-ipam: owner needs a container id and an ifname"));
-    }
-    if let Some(r) = requested {
-        if let Some(why) = pool.reject_reason(r) {
-            return Err(CniError::config(format!(
-                "ferry-ipam: requested IP {r} cannot be allocated: {why}"
-            )));
-        }
-    }
-    let reserved = pool.reserved();
-    let held: Vec<IpAddr> =
-        st.held_by(owner).into_iter().filter(|ip| ip.is_ipv4() == pool.is_ipv4()).collect();
-    if let Some(&ip) = held.iter().find(|ip| pool.contains_with(&reserved, **ip)) {
-        return match requested {
-            Some(r) if r != ip => Err(CniError::plugin(
-                IPAM,
-                format!(
-                    "ferry-ipam: {}/{} already holds {ip}, cannot also take requested {r}",
-                    owner.container_id, owner.ifname
-                ),
-            )),
-            _ => Ok(ip),
-        };
-    }
-    // Same-family addresses outside this pool are stale (the pool changed): replace them.
-    for ip in &held {
-        st.allocations.remove(ip);
-    }
-    if let Some(r) = requested {
-        if let Some(other) = st.allocations.get(&r) {
-            return Err(CniError::plugin(
-                IPAM,
-                format!(
-                    "ferry-ipam: requested IP {r} is already allocated to {}/{}",
-                    other.container_id, other.ifname
-                ),
-            ));
-        }
-        st.allocations.insert(r, owner.clone());
-        return Ok(r);
-    }
-    let key = pool.subnet.to_string();
-    let used = st.used_in(pool);
-    let ip = if used >= pool.size() {
-        None
-    } else {
-        pool.next_free(st.last.get(&key).copied(), &|ip| st.allocations.contains_key(&ip))
-    };
-    let Some(ip) = ip else {
-        return Err(CniError::plugin(
-            EXHAUSTED,
-            format!(
-                "ferry-ipam: no IP addresses available in range {} (subnet {}): all {} allocated",
-                pool.range_str(),
-                pool.subnet,
-                pool.size()
-            ),
-        ));
-    };
-    st.allocations.insert(ip, owner.clone());
-    st.last.insert(key, ip);
-    Ok(ip)
 }

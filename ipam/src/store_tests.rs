@@ -1,7 +1,8 @@
 //! Store contract tests: a real store in a temporary directory (no root needed).
 
-use crate::pool::Pool;
-use crate::store::{Owner, Store};
+use crate::pool::{Pool, Range};
+use crate::state::Owner;
+use crate::store::Store;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 fn pool(s: &str) -> Pool {
-    Pool::new(s.parse().unwrap(), None, None, None, vec![]).unwrap()
+    Pool::new(s.parse().unwrap(), Range::default()).unwrap()
 }
 fn who(id: &str) -> Owner {
     Owner::new(id, "eth0")
@@ -178,14 +179,9 @@ fn stale_address_outside_a_changed_pool_is_replaced() {
 fn v6_allocation_with_exclusions() {
     let t = tmp();
     let mut s = Store::open(&t.0, "n").unwrap();
-    let p = Pool::new(
-        "fd00::/120".parse().unwrap(),
-        None,
-        None,
-        None,
-        vec![(ip("fd00::2"), ip("fd00::9"))],
-    )
-    .unwrap();
+    let exclude = vec![(ip("fd00::2"), ip("fd00::9"))];
+    let p =
+        Pool::new("fd00::/120".parse().unwrap(), Range { exclude, ..Range::default() }).unwrap();
     assert_eq!(s.allocate(&p, &who("a"), None).unwrap(), ip("fd00::a"));
     let q = pool("fd00::/126"); // ::1 gateway, ::2 ::3 usable
     let mut s2 = Store::open(&t.0, "m").unwrap();

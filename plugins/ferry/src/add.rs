@@ -7,7 +7,7 @@ use ferry_cni::error::{CniError, Result, NETLINK};
 use ferry_cni::result::{Interface, IpConfig, Route as CniRoute};
 use ferry_cni::skel::Request;
 use ferry_cni::{CniResult, Command};
-use ferry_ipam::{Owner, Pool, Store};
+use ferry_ipam::{Owner, Pool, Range, Store};
 use ferry_netlink::batch::Op;
 use ferry_netlink::{sysctl, Link, Netlink, Route, Scope, RTPROT_FERRY_POD};
 use ipnetwork::IpNetwork;
@@ -71,13 +71,13 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let plan = match &conf.ipam_type {
         None => {
             let node = node.expect("resolved above");
-            let pool = Pool::new(
-                node.subnet,
-                None,
-                conf.range_start,
-                conf.range_end,
-                conf.exclude.clone(),
-            )?;
+            let range = Range {
+                start: conf.range_start,
+                end: conf.range_end,
+                exclude: conf.exclude.clone(),
+                ..Range::default()
+            };
+            let pool = Pool::new(node.subnet, range)?;
             let requested = requested_ip(req, &pool)?;
             let mut store = Store::open(&conf.data_dir, &conf.network)?;
             let ip = store.allocate(&pool, &owner, requested)?;

@@ -7,7 +7,7 @@ use crate::{delegate, names, nl_err};
 use ferry_cni::error::{CniError, Code, Result};
 use ferry_cni::skel::Request;
 use ferry_cni::Command;
-use ferry_ipam::{Owner, Pool, Store};
+use ferry_ipam::{Owner, Pool, Range, Store};
 use ferry_netlink::Netlink;
 use std::collections::BTreeSet;
 
@@ -84,7 +84,13 @@ pub fn status(req: &Request) -> Result<()> {
     let not_ready = |msg: String| CniError::new(Code::NotAvailable, msg);
     let node =
         conf.node_subnet().map_err(|e| not_ready(format!("node subnet unknown: {}", e.msg)))?;
-    let pool = Pool::new(node.subnet, None, conf.range_start, conf.range_end, conf.exclude.clone())
+    let range = Range {
+        start: conf.range_start,
+        end: conf.range_end,
+        exclude: conf.exclude.clone(),
+        ..Range::default()
+    };
+    let pool = Pool::new(node.subnet, range)
         .map_err(|e| not_ready(format!("node subnet unusable: {}", e.msg)))?;
     let free = Store::open(&conf.data_dir, &conf.network)?.available(&pool)?;
     if free == 0 {
