@@ -18,7 +18,6 @@
 //! the config has gone bad.
 
 use crate::pool::{Pool, Range};
-use crate::store::DEFAULT_DATA_DIR;
 use ferry_cni::result::{Dns, Route};
 use ferry_cni::subnet_env::SubnetEnv;
 use ferry_cni::CniError;
@@ -90,11 +89,14 @@ pub fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
     }
 }
 
+/// Largest subnet file read (a real one is a few hundred bytes).
+const SUBNET_FILE_CAP: u64 = 64 << 10;
+
 /// Read the node subnet file (flannel's `subnet.env`, written by ferryd or flanneld). Missing →
 /// code 11, try again later (the node daemon has not claimed a lease yet); unreadable or garbled
 /// → code 7 with the reason.
 pub fn read_subnet_file(path: &std::path::Path) -> Result<SubnetEnv, CniError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match ferry_fs::read_to_string_capped(path, SUBNET_FILE_CAP) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CniError::try_again(format!(
@@ -123,7 +125,7 @@ impl IpamConf {
         };
         let data_dir = opt_str(m, "dataDir")?
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            .unwrap_or_else(|| PathBuf::from(ferry_fs::paths::IPAM_DATA_DIR));
         if !data_dir.is_absolute() {
             return Err(cfg(format!(
                 "dataDir {:?} must be an absolute path",

@@ -17,7 +17,7 @@ pub mod store;
 
 pub use pool::{Pool, Range};
 pub use state::Owner;
-pub use store::{Store, DEFAULT_DATA_DIR};
+pub use store::Store;
 
 #[cfg(test)]
 mod plugin_tests;

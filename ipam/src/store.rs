@@ -3,8 +3,12 @@
 //! * `lock`: empty; writers hold an exclusive `flock` on it for the whole read-modify-write;
 //! * `state.json`: every allocation of the network plus the round-robin cursor per subnet:
 //!   `{"version":1,"last":{"10.244.1.0/24":"10.244.1.7"},"allocations":{"10.244.1.2":{"id":"c1","ifname":"eth0"}}}`
-//! * `state.json.tmp`: transient; written, fsynced, then renamed over `state.json` (and the
-//!   directory fsynced), so `state.json` is always either the old or the new state.
+//!
+//! Writes go through [`ferry_fs::write_atomic`]: a fresh temp file created exclusively (never a
+//! fixed name, never through a planted symlink), fsynced, renamed over `state.json`, directory
+//! fsynced, so `state.json` is always either the old or the new state. Reads go through
+//! [`ferry_fs::read_optional`]: a regular file only (a FIFO or symlink planted as `state.json` is
+//! an error, never a hang), size-capped.
 //!
 //! A crash anywhere leaves a consistent file: an allocation is either recorded (and DEL/GC can
 //! free it) or not made. Readers (`lookup`, `list`) need no lock, since rename is atomic.
@@ -13,23 +17,22 @@ use crate::pool::Pool;
 use crate::state::{Owner, State};
 use ferry_cni::error::IPAM;
 use ferry_cni::CniError;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use ferry_fs::Lock;
+use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Default data directory: on tmpfs, so allocations do not outlive a reboot.
-pub const DEFAULT_DATA_DIR: &str = "/run/ferry/ipam";
+/// Largest `state.json` read: far above any real node's (a /16 of allocations is ~4 MiB).
+const STATE_CAP: u64 = ferry_fs::DEFAULT_CAP;
 
-/// One network's allocation store. Each instance owns its own lock-file descriptor, so separate
-/// instances (threads or processes) exclude each other.
+/// One network's allocation store. Every transaction takes the `flock` on its own descriptor, so
+/// separate instances (threads or processes) exclude each other.
 pub struct Store {
     dir: PathBuf,
     state_path: PathBuf,
-    lock: File,
+    lock_path: PathBuf,
     lock_timeout: Duration,
 }
 
@@ -37,41 +40,21 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
     CniError::io(format!("ferry-ipam: {what} {}: {e}", path.display()))
 }
 
-/// Unlocks on drop (the kernel also drops the lock if the process dies).
-struct Locked<'a>(&'a File);
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
-    }
-}
-
 impl Store {
-    /// Open (creating directories and the lock file) the store of `network` under `data_dir`.
-    /// No lock is held until an operation runs.
+    /// Open (creating directories) the store of `network` under `data_dir`. No lock is held
+    /// until an operation runs.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
         ferry_cni::config::validate_name(network)?;
         let dir = data_dir.join(network);
-        fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&dir)
             .map_err(|e| io_err("create state directory", &dir, e))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io_err("open lock file", &lock_path, e))?;
         Ok(Store {
             state_path: dir.join("state.json"),
+            lock_path: dir.join("lock"),
             dir,
-            lock,
             lock_timeout: Duration::from_secs(10),
         })
     }
@@ -86,69 +69,40 @@ impl Store {
         self.lock_timeout = t;
     }
 
-    fn lock(&self) -> Result<Locked<'_>, CniError> {
-        let fd = self.lock.as_raw_fd();
-        let deadline = Instant::now() + self.lock_timeout;
-        let mut nap = Duration::from_micros(20);
-        loop {
-            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Locked(&self.lock));
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => {}
-                _ => return Err(io_err("lock", &self.dir.join("lock"), e)),
-            }
-            if Instant::now() >= deadline {
-                return Err(CniError::try_again(format!(
-                    "ferry-ipam: timed out after {:?} waiting for the lock on {}",
-                    self.lock_timeout,
-                    self.dir.join("lock").display()
-                )));
-            }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(1));
-        }
+    fn lock(&self) -> Result<Lock, CniError> {
+        Lock::acquire(&self.lock_path, self.lock_timeout).map_err(|e| match e.kind() {
+            ErrorKind::TimedOut => CniError::try_again(format!(
+                "ferry-ipam: timed out after {:?} waiting for the lock on {}",
+                self.lock_timeout,
+                self.lock_path.display()
+            )),
+            _ => io_err("lock", &self.lock_path, e),
+        })
     }
 
+    /// The state; a missing file is the empty state. A file that is not valid state, or not a
+    /// regular file at all, is an error that names it and is never overwritten.
     fn read(&self) -> Result<State, CniError> {
-        match fs::read(&self.state_path) {
-            Ok(bytes) => State::decode(&bytes).map_err(|why| {
-                CniError::plugin(
-                    IPAM,
-                    format!(
-                        "ferry-ipam: state file {} is corrupt: {why}",
-                        self.state_path.display()
-                    ),
-                )
-                .with_details(
-                    "refusing to overwrite it; move it aside to reset this network's allocations",
-                )
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(State::default()),
+        let corrupt = |why: String| {
+            CniError::plugin(
+                IPAM,
+                format!("ferry-ipam: state file {} is corrupt: {why}", self.state_path.display()),
+            )
+            .with_details(
+                "refusing to overwrite it; move it aside to reset this network's allocations",
+            )
+        };
+        match ferry_fs::read_optional(&self.state_path, STATE_CAP) {
+            Ok(Some(bytes)) => State::decode(&bytes).map_err(corrupt),
+            Ok(None) => Ok(State::default()),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(corrupt(e.to_string())),
             Err(e) => Err(io_err("read", &self.state_path, e)),
         }
     }
 
     fn write(&self, st: &State) -> Result<(), CniError> {
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| io_err("create", &tmp, e))?;
-        f.write_all(&st.encode())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io_err("write", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &self.state_path)
-            .map_err(|e| io_err("rename into", &self.state_path, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("sync directory", &self.dir, e))
+        ferry_fs::write_atomic(&self.state_path, &st.encode(), 0o644)
+            .map_err(|e| io_err("write", &self.state_path, e))
     }
 
     /// Under the exclusive lock: read the state, run `f`, write the state back (atomically) if

@@ -243,3 +243,37 @@ fn parallel_threads_never_share_an_ip() {
     assert_eq!(listed.len(), 50);
     assert!(listed.iter().all(|(ip, _)| p.contains(*ip)));
 }
+
+#[test]
+fn state_file_must_be_a_regular_file_and_writes_leave_no_temp() {
+    let t = tmp();
+    let mut s = Store::open(&t.0, "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    s.allocate(&p, &who("a"), None).unwrap();
+    s.allocate(&p, &who("b"), None).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(t.0.join("n"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["lock", "state.json"], "no temp file left behind");
+    // A symlink planted as state.json is refused (not followed, not overwritten).
+    let f = t.0.join("n/state.json");
+    let elsewhere = t.0.join("elsewhere.json");
+    std::fs::rename(&f, &elsewhere).unwrap();
+    let before = std::fs::read(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &f).unwrap();
+    let e = s.allocate(&p, &who("c"), None).unwrap_err();
+    assert_eq!(e.code.as_u32(), 101);
+    assert!(e.msg.contains("symbolic link"), "{}", e.msg);
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), before);
+    assert!(std::fs::symlink_metadata(&f).unwrap().file_type().is_symlink());
+    // A FIFO as state.json is an error at once, never a hang.
+    std::fs::remove_file(&f).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&f).status().unwrap();
+    assert!(made.success());
+    for e in [s.release(&who("a")).unwrap_err(), s.list().unwrap_err()] {
+        assert_eq!(e.code.as_u32(), 101);
+        assert!(e.msg.contains("FIFO"), "{}", e.msg);
+    }
+}
