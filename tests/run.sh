@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole Ferry test suite, from a fresh clone on a fresh machine:
-#   sudo ./tests/run.sh [extra cargo test args]
+#   sudo ./tests/run.sh [--soak] [extra cargo test args]
+# --soak runs the generated-input and fault tests ten times longer (FERRY_SOAK=1).
 # 1. installs the Debian packages it needs, 2. builds everything (release binaries + test
 # binaries) with network access, 3. runs every test inside a throw-away network+mount namespace
 # sandbox (tests/sandbox.sh), where nothing can touch the machine's real network.
@@ -15,6 +16,10 @@ fi
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if [ "${1:-}" = --soak ]; then
+    export FERRY_SOAK=1
+    shift
 fi
 tests/install-deps.sh
 export CARGO_TERM_COLOR=never
