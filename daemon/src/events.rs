@@ -2,7 +2,7 @@
 //! loop; `classify` decides which events mean drift. Ferry's own route changes echo back as events
 //! too; those that match the wanted state are ignored, so repairs never loop.
 
-use crate::routes::Want;
+use crate::route_plan::Want;
 use ferry_netlink::{Event, EventSocket, RTPROT_FERRY, RT_TABLE_MAIN};
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
@@ -91,7 +91,7 @@ pub fn spawn(tx: UnboundedSender<Vec<Event>>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::peer_route;
+    use crate::route_plan::peer_route;
     use ferry_netlink::Route;
 
     fn want() -> Want {

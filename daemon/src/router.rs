@@ -7,7 +7,8 @@ use crate::masq;
 use crate::metrics::{self, Metrics};
 use crate::node;
 use crate::peers::{apply_event, evaluate, Leases, Me};
-use crate::routes::{Routes, Want};
+use crate::route_applier::RouteApplier;
+use crate::route_plan::Want;
 use crate::store::WatchEvent;
 use ferry_netlink::Event;
 use ipnetwork::Ipv4Network;
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 pub struct Router {
     pub a: Arc<Args>,
-    pub routes: Routes,
+    pub routes: RouteApplier,
     pub me: Me,
     pub mtu: u32,
     pub m: Arc<Metrics>,
@@ -40,7 +41,7 @@ pub struct Inputs {
 }
 
 impl Router {
-    pub fn new(a: Arc<Args>, routes: Routes, me: Me, mtu: u32, m: Arc<Metrics>) -> Router {
+    pub fn new(a: Arc<Args>, routes: RouteApplier, me: Me, mtu: u32, m: Arc<Metrics>) -> Router {
         Router {
             a,
             routes,
@@ -174,7 +175,7 @@ impl Router {
                     }
                     match t {
                         Trigger::None => {}
-                        Trigger::Connectivity => (dirty, retry) = (self.routes.has_unreachable(), true),
+                        Trigger::Connectivity => (dirty, retry) = (self.routes.has_blocked(), true),
                         Trigger::Drift => (dirty, drift) = (true, true),
                         Trigger::Link => (dirty, retry, drift) = (true, true, true),
                     }

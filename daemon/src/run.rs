@@ -8,8 +8,9 @@ use crate::masq;
 use crate::metrics::{self, Metrics};
 use crate::node;
 use crate::peers::Me;
+use crate::route_applier::RouteApplier;
+use crate::route_table::NetlinkRouteTable;
 use crate::router::{Inputs, Router};
-use crate::routes::Routes;
 use crate::store::any::AnyStore;
 use crate::store::{Lease, LeaseStore, StoreError, WatchEvent};
 use ferry_netlink::Netlink;
@@ -200,7 +201,13 @@ async fn daemon(a: Args) -> i32 {
         subnet: lease.subnet,
         public_ip: up.public_ip,
     };
-    let mut router = Router::new(a.clone(), Routes::new(nl, m.clone()), me, mtu, m.clone());
+    let mut router = Router::new(
+        a.clone(),
+        RouteApplier::new(NetlinkRouteTable::new(nl), m.clone()),
+        me,
+        mtu,
+        m.clone(),
+    );
     router.ensure_node(false);
 
     // 5. The loops.
@@ -337,7 +344,9 @@ async fn keeper(
 /// `--uninstall`: remove Ferry's routes, its nft table and the conflist it wrote.
 fn uninstall(a: &Args) -> i32 {
     let mut failed = false;
-    match Netlink::new().map(|nl| Routes::new(nl, Arc::new(Metrics::default()))) {
+    match Netlink::new()
+        .map(|nl| RouteApplier::new(NetlinkRouteTable::new(nl), Arc::new(Metrics::default())))
+    {
         Ok(mut r) => match r.remove_all() {
             Ok(n) => info!("removed {n} Ferry routes (proto 113)"),
             Err(e) => {
