@@ -170,15 +170,6 @@ impl EtcdStore {
         }
     }
 
-    /// Health check: etcd's server version (`status()`).
-    pub async fn ping(&mut self) -> Result<String> {
-        Ok(io(self.cfg.request_timeout, self.client.status()).await?.version().to_string())
-    }
-
-    pub fn config(&self) -> &EtcdConfig {
-        &self.cfg
-    }
-
     fn config_key(&self) -> String {
         format!("{}/config", self.prefix)
     }

@@ -64,10 +64,6 @@ impl FileStore {
         FileStore { watching: true, ..FileStore::open(dir) }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn check_dir(&self) -> Result<()> {
         match fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => Ok(()),
