@@ -1,9 +1,14 @@
 //! Command-line flags, parsed by hand (`--flag value` or `--flag=value`; booleans also bare).
 
+use crate::config::NetworkRequest;
+use crate::event_loop::ReconcileSettings;
+use crate::lease::LeaseTiming;
+use crate::masq::Masquerade;
+use crate::node::NodeFiles;
+use crate::store::any::{EtcdOpts, StoreSettings, StoreUrl};
 use ferry_fs::paths;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
@@ -41,83 +46,65 @@ Other:
 Durations: 500ms, 30s, 5m, 24h (a bare number is seconds). Exit codes: 0 ok, 1 runtime error,
 2 unusable flags or a network config this node cannot honour (nothing is changed then).";
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreUrl {
-    File(PathBuf),
-    Etcd(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtcdOpts {
-    pub prefix: String,
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub dial_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
+/// Every flag, grouped by the part of the daemon that uses it; each part gets only its group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
-    pub network: Ipv4Network,
-    /// True when any of --network/--subnet-* was given (a mismatch with the store is then logged).
-    pub network_explicit: bool,
-    pub subnet_len: Option<u8>,
-    pub subnet_min: Option<Ipv4Addr>,
-    pub subnet_max: Option<Ipv4Addr>,
-    pub strict_network: bool,
-    pub store: StoreUrl,
-    pub etcd: EtcdOpts,
-    pub lease_ttl: Duration,
-    pub renew_margin: Duration,
+    pub network: NetworkRequest,
+    pub store: StoreSettings,
+    pub lease: LeaseTiming,
+    pub uplink: UplinkFlags,
+    pub files: NodeFiles,
+    pub masq: Masquerade,
+    pub reconcile: ReconcileSettings,
+    pub uninstall: bool,
+    pub log_level: u8,
+}
+
+/// `--public-ip`, `--iface`, `--mtu`: how this node finds its uplink.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UplinkFlags {
     pub public_ip: Option<Ipv4Addr>,
     pub iface: Option<String>,
     pub mtu: Option<u32>,
-    pub subnet_file: PathBuf,
-    pub cni_conf_dir: PathBuf,
-    pub cni_conf_name: String,
-    pub cni_network_name: String,
-    pub cni_data_dir: PathBuf,
-    pub cni_portmap: bool,
-    pub ip_masq: bool,
-    pub nft: String,
-    pub resync: Duration,
-    pub uninstall: bool,
-    pub log_level: u8,
 }
 
 impl Default for Args {
     fn default() -> Self {
         Args {
-            network: "10.244.0.0/16".parse().unwrap(),
-            network_explicit: false,
-            subnet_len: None,
-            subnet_min: None,
-            subnet_max: None,
-            strict_network: false,
-            store: StoreUrl::File(paths::LEASE_STORE_DIR.into()),
-            etcd: EtcdOpts {
-                prefix: "/coreos.com/network".into(),
-                ca: None,
-                cert: None,
-                key: None,
-                dial_timeout: Duration::from_secs(2),
-                request_timeout: Duration::from_secs(5),
+            network: NetworkRequest {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet_len: None,
+                subnet_min: None,
+                subnet_max: None,
+                explicit: false,
+                strict: false,
             },
-            lease_ttl: Duration::from_secs(24 * 3600),
-            renew_margin: Duration::from_secs(3600),
-            public_ip: None,
-            iface: None,
-            mtu: None,
-            subnet_file: paths::SUBNET_FILE.into(),
-            cni_conf_dir: paths::CNI_CONF_DIR.into(),
-            cni_conf_name: "10-ferry.conflist".into(),
-            cni_network_name: "ferry".into(),
-            cni_data_dir: paths::IPAM_DATA_DIR.into(),
-            cni_portmap: false,
-            ip_masq: true,
-            nft: "nft".into(),
-            resync: Duration::from_secs(10),
+            store: StoreSettings {
+                url: StoreUrl::File(paths::LEASE_STORE_DIR.into()),
+                etcd: EtcdOpts {
+                    prefix: "/coreos.com/network".into(),
+                    ca: None,
+                    cert: None,
+                    key: None,
+                    dial_timeout: Duration::from_secs(2),
+                    request_timeout: Duration::from_secs(5),
+                },
+            },
+            lease: LeaseTiming {
+                ttl: Duration::from_secs(24 * 3600),
+                renew_margin: Duration::from_secs(3600),
+            },
+            uplink: UplinkFlags::default(),
+            files: NodeFiles {
+                subnet_file: paths::SUBNET_FILE.into(),
+                cni_conf_dir: paths::CNI_CONF_DIR.into(),
+                cni_conf_name: "10-ferry.conflist".into(),
+                cni_network_name: "ferry".into(),
+                cni_data_dir: paths::IPAM_DATA_DIR.into(),
+                cni_portmap: false,
+            },
+            masq: Masquerade { enabled: true, nft: "nft".into() },
+            reconcile: ReconcileSettings { resync: Duration::from_secs(10) },
             uninstall: false,
             log_level: crate::log::INFO,
         }
@@ -153,9 +140,9 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> 
             "--version" => return Ok(Parsed::Version),
             "-v" | "--verbose" => a.log_level = crate::log::DEBUG,
             "-q" | "--quiet" => a.log_level = crate::log::WARN,
-            "--strict-network" => a.strict_network = boolean(inline)?,
-            "--cni-portmap" => a.cni_portmap = boolean(inline)?,
-            "--ip-masq" => a.ip_masq = boolean(inline)?,
+            "--strict-network" => a.network.strict = boolean(inline)?,
+            "--cni-portmap" => a.files.cni_portmap = boolean(inline)?,
+            "--ip-masq" => a.masq.enabled = boolean(inline)?,
             "--uninstall" => a.uninstall = boolean(inline)?,
             _ if !VALUE_FLAGS.contains(&flag.as_str()) => {
                 return Err(if flag.starts_with('-') {
@@ -217,60 +204,61 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
                     n.prefix()
                 ));
             }
-            a.network = n;
-            a.network_explicit = true;
+            a.network.network = n;
+            a.network.explicit = true;
         }
         "--subnet-len" => {
-            a.subnet_len = Some(v.parse().map_err(|_| bad("a prefix length"))?);
-            a.network_explicit = true;
+            a.network.subnet_len = Some(v.parse().map_err(|_| bad("a prefix length"))?);
+            a.network.explicit = true;
         }
         "--subnet-min" => {
-            a.subnet_min = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
-            a.network_explicit = true;
+            a.network.subnet_min = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
+            a.network.explicit = true;
         }
         "--subnet-max" => {
-            a.subnet_max = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
-            a.network_explicit = true;
+            a.network.subnet_max = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
+            a.network.explicit = true;
         }
-        "--store" => a.store = parse_store(v)?,
-        "--etcd-prefix" => a.etcd.prefix = v.trim_end_matches('/').to_string(),
-        "--etcd-ca" => a.etcd.ca = Some(v.into()),
-        "--etcd-cert" => a.etcd.cert = Some(v.into()),
-        "--etcd-key" => a.etcd.key = Some(v.into()),
+        "--store" => a.store.url = parse_store(v)?,
+        "--etcd-prefix" => a.store.etcd.prefix = v.trim_end_matches('/').to_string(),
+        "--etcd-ca" => a.store.etcd.ca = Some(v.into()),
+        "--etcd-cert" => a.store.etcd.cert = Some(v.into()),
+        "--etcd-key" => a.store.etcd.key = Some(v.into()),
         "--etcd-dial-timeout" => {
-            a.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+            a.store.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?
         }
         "--etcd-request-timeout" => {
-            a.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+            a.store.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?
         }
         "--lease-ttl" => {
-            a.lease_ttl =
+            a.lease.ttl =
                 duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
         }
-        "--renew-margin" => a.renew_margin = duration(v).ok_or_else(|| bad("a duration"))?,
-        "--public-ip" => a.public_ip = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
-        "--iface" => a.iface = Some(v.to_string()),
+        "--renew-margin" => a.lease.renew_margin = duration(v).ok_or_else(|| bad("a duration"))?,
+        "--public-ip" => a.uplink.public_ip = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
+        "--iface" => a.uplink.iface = Some(v.to_string()),
         "--mtu" => {
-            a.mtu = Some(
+            a.uplink.mtu = Some(
                 v.parse()
                     .ok()
                     .filter(|m| (576..=65535).contains(m))
                     .ok_or_else(|| bad("an MTU (576-65535)"))?,
             )
         }
-        "--subnet-file" => a.subnet_file = v.into(),
-        "--cni-conf-dir" => a.cni_conf_dir = v.into(),
+        "--subnet-file" => a.files.subnet_file = v.into(),
+        "--cni-conf-dir" => a.files.cni_conf_dir = v.into(),
         "--cni-conf-name" => {
             if v.contains('/') || !(v.ends_with(".conflist")) {
                 return Err(bad("a file name ending in .conflist"));
             }
-            a.cni_conf_name = v.to_string();
+            a.files.cni_conf_name = v.to_string();
         }
-        "--cni-network-name" => a.cni_network_name = v.to_string(),
-        "--cni-data-dir" => a.cni_data_dir = v.into(),
-        "--nft" => a.nft = v.to_string(),
+        "--cni-network-name" => a.files.cni_network_name = v.to_string(),
+        "--cni-data-dir" => a.files.cni_data_dir = v.into(),
+        "--nft" => a.masq.nft = v.to_string(),
         "--resync" => {
-            a.resync = duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
+            a.reconcile.resync =
+                duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
         }
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
@@ -341,7 +329,7 @@ mod tests {
     fn defaults_and_flags() {
         let a = args(&[]).unwrap();
         assert_eq!(a, Args::default());
-        assert!(!a.network_explicit);
+        assert!(!a.network.explicit);
         let a = args(&[
             "--network=10.9.0.0/16",
             "--subnet-len",
@@ -356,17 +344,17 @@ mod tests {
             "198.18.0.11",
         ])
         .unwrap();
-        assert_eq!(a.network.to_string(), "10.9.0.0/16");
-        assert!(a.network_explicit);
-        assert_eq!(a.subnet_len, Some(26));
-        assert!(!a.ip_masq && a.cni_portmap);
+        assert_eq!(a.network.network.to_string(), "10.9.0.0/16");
+        assert!(a.network.explicit);
+        assert_eq!(a.network.subnet_len, Some(26));
+        assert!(!a.masq.enabled && a.files.cni_portmap);
         assert_eq!(
-            a.store,
+            a.store.url,
             StoreUrl::Etcd(vec!["http://198.18.0.1:2379".into(), "http://h2:2379".into()])
         );
-        assert_eq!(a.lease_ttl, Duration::from_secs(4));
+        assert_eq!(a.lease.ttl, Duration::from_secs(4));
         assert_eq!(
-            args(&["--store", "file:///tmp/x"]).unwrap().store,
+            args(&["--store", "file:///tmp/x"]).unwrap().store.url,
             StoreUrl::File("/tmp/x".into())
         );
     }

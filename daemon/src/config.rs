@@ -1,6 +1,5 @@
 //! The cluster network config: defaults, validation, and the subnet range it hands out.
 
-use crate::args::Args;
 use crate::store::{Backend, NetworkConfig};
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
@@ -15,13 +14,27 @@ pub struct Net {
     pub max: Ipv4Addr,
 }
 
-/// The config this node would store: its flags, host-gw.
-pub fn from_args(a: &Args) -> NetworkConfig {
+/// The network config this node asks for (`--network`, `--subnet-*`), before the store has its
+/// say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRequest {
+    pub network: Ipv4Network,
+    pub subnet_len: Option<u8>,
+    pub subnet_min: Option<Ipv4Addr>,
+    pub subnet_max: Option<Ipv4Addr>,
+    /// Any of the above was given explicitly (a mismatch with the store is then logged).
+    pub explicit: bool,
+    /// Refuse to start when the stored config differs (`--strict-network`).
+    pub strict: bool,
+}
+
+/// The config this node would store: what it asks for, host-gw.
+pub fn desired(r: &NetworkRequest) -> NetworkConfig {
     NetworkConfig {
-        network: a.network,
-        subnet_len: a.subnet_len.unwrap_or_else(|| default_subnet_len(a.network)),
-        subnet_min: a.subnet_min,
-        subnet_max: a.subnet_max,
+        network: r.network,
+        subnet_len: r.subnet_len.unwrap_or_else(|| default_subnet_len(r.network)),
+        subnet_min: r.subnet_min,
+        subnet_max: r.subnet_max,
         backend: Backend::default(),
     }
 }

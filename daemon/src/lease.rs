@@ -12,6 +12,13 @@ use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
+/// How long leases last and how early they are renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_margin: Duration,
+}
+
 const ATTEMPTS: usize = 10;
 const SAMPLE: usize = 100;
 

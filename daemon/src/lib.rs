@@ -3,6 +3,7 @@
 pub mod log;
 pub mod args;
 pub mod config;
+pub mod event_loop;
 pub mod events;
 pub mod lease;
 pub mod masq;
@@ -12,6 +13,5 @@ pub mod peers;
 pub mod route_applier;
 pub mod route_plan;
 pub mod route_table;
-pub mod router;
 pub mod run;
 pub mod store;

@@ -8,6 +8,15 @@ use std::process::{Command, Stdio};
 
 pub const TABLE: &str = "ferry";
 
+/// `--ip-masq` and `--nft`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Masquerade {
+    /// Masquerade pod traffic leaving the cluster network.
+    pub enabled: bool,
+    /// The nft binary.
+    pub nft: String,
+}
+
 /// Pods (this node's subnet) talking to anything outside the cluster network are masqueraded;
 /// pod-to-pod traffic across nodes and multicast keep their source address.
 pub fn ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {

@@ -1,7 +1,6 @@
 //! Node-side state: the uplink (public IP + MTU), the subnet file, the CNI conflist, sysctls.
 //! Every file is written atomically (temp + rename) and only when its content changes.
 
-use crate::args::Args;
 use ferry_cni::subnet_env::SubnetEnv;
 use ferry_netlink::{Netlink, RT_TABLE_MAIN};
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -9,10 +8,27 @@ use serde_json::json;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest subnet file or conflist read back (both are a few hundred bytes).
 const SMALL_FILE_CAP: u64 = 64 << 10;
+
+/// The files ferryd keeps on the node: the subnet file and the CNI conflist (and what it says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFiles {
+    pub subnet_file: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_conf_name: String,
+    pub cni_network_name: String,
+    pub cni_data_dir: PathBuf,
+    pub cni_portmap: bool,
+}
+
+impl NodeFiles {
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(&self.cni_conf_name)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
@@ -125,7 +141,7 @@ pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Networ
 }
 
 /// The CNI network config list ferryd installs.
-pub fn conflist(a: &Args) -> String {
+pub fn conflist(a: &NodeFiles) -> String {
     let mut plugins = vec![json!({
         "type": "ferry",
         "subnetFile": a.subnet_file,
@@ -213,8 +229,11 @@ mod tests {
 
     #[test]
     fn conflist_names_the_subnet_file() {
-        let a =
-            Args { subnet_file: "/run/n1/subnet.env".into(), cni_portmap: true, ..Args::default() };
+        let a = NodeFiles {
+            subnet_file: "/run/n1/subnet.env".into(),
+            cni_portmap: true,
+            ..crate::args::Args::default().files
+        };
         let v: serde_json::Value = serde_json::from_str(&conflist(&a)).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "ferry");
@@ -230,7 +249,7 @@ mod tests {
         fs::create_dir_all(&d).unwrap();
         let ours = d.join("10-ferry.conflist");
         let theirs = d.join("20-other.conflist");
-        fs::write(&ours, conflist(&Args::default())).unwrap();
+        fs::write(&ours, conflist(&crate::args::Args::default().files)).unwrap();
         fs::write(&theirs, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#)
             .unwrap();
         assert!(remove_conflist(&ours).unwrap());

@@ -1,18 +1,18 @@
 //! Start-up (validate → uplink → store config → lease → node files) and the three concurrent
-//! loops: the store watcher, the lease keeper, the router. All on one current_thread runtime.
+//! loops: the store watcher, the lease keeper, the event loop. All on one current_thread runtime.
 
-use crate::args::{self, Args, Parsed};
-use crate::config::{self, Net};
-use crate::lease::{self, ClaimError};
-use crate::masq;
+use crate::args::{self, Args, Parsed, UplinkFlags};
+use crate::config::{self, Net, NetworkRequest};
+use crate::event_loop::{EventLoop, Inputs, NodeSide};
+use crate::lease::{self, ClaimError, LeaseTiming};
+use crate::masq::{self, Masquerade};
 use crate::metrics::{self, Metrics};
-use crate::node;
+use crate::node::{self, NodeFiles, Uplink};
 use crate::peers::Me;
 use crate::route_applier::RouteApplier;
 use crate::route_table::NetlinkRouteTable;
-use crate::router::{Inputs, Router};
-use crate::store::any::AnyStore;
-use crate::store::{Lease, LeaseStore, StoreError, WatchEvent};
+use crate::store::any::{AnyStore, StoreSettings};
+use crate::store::{Lease, LeaseStore, NetworkConfig, StoreError, WatchEvent};
 use ferry_netlink::Netlink;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
@@ -43,7 +43,7 @@ pub fn main(argv: Vec<String>) -> i32 {
     };
     crate::log::set_level(a.log_level);
     if a.uninstall {
-        return uninstall(&a);
+        return uninstall(&a.files, &a.masq);
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(rt) => rt,
@@ -112,84 +112,33 @@ impl Default for Backoff {
 }
 
 async fn daemon(a: Args) -> i32 {
-    let a = Arc::new(a);
     let m = Arc::new(Metrics::default());
     // 1. Everything that can be checked without the store, before touching anything.
-    let desired = config::from_args(&a);
-    let net = match config::validate(&desired) {
-        Ok(n) => n,
-        Err(e) => return refuse(&e),
+    let Local { desired, net, nl, up } = match check_local(&a.network, &a.uplink) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
-    let mut nl = match Netlink::new() {
-        Ok(n) => n,
-        Err(e) => {
-            error!("netlink socket: {e}");
-            return 1;
-        }
-    };
-    let up = match node::find_uplink(&mut nl, a.public_ip, a.iface.as_deref()) {
-        Ok(u) => u,
-        Err(e) => return refuse(&e),
-    };
-    if let Err(e) = config::check_node(&net, up.public_ip) {
-        return refuse(&e);
-    }
-    let mtu = a.mtu.unwrap_or(up.mtu);
+    let mtu = a.uplink.mtu.unwrap_or(up.mtu);
     info!(
         "ferryd {}: node {} on {} (mtu {mtu}), {}",
         env!("CARGO_PKG_VERSION"),
         up.public_ip,
         if up.iface.is_empty() { "?" } else { &up.iface },
-        AnyStore::describe(&a)
+        AnyStore::describe(&a.store)
     );
 
     // 2. The store and the network config everyone agrees on.
-    let mut b = Backoff::new();
-    let (mut store, mut wstore) = loop {
-        match AnyStore::open_pair(&a).await {
-            Ok(p) => break p,
-            Err(e) => b.fail("open store", &e, &m).await,
-        }
-    };
-    let stored = loop {
-        match store.put_config_if_absent(&desired).await {
-            Ok(c) => break c,
-            Err(StoreError::Invalid(e)) => {
-                return refuse(&format!("the stored network config is unusable: {e}"))
-            }
-            Err(e) => b.fail("read network config", &e, &m).await,
-        }
-    };
-    b.ok("network config");
-    let net = match config::validate(&stored) {
-        Err(e) => return refuse(&format!("the stored network config cannot be honoured: {e}")),
-        Ok(s) if s == net => net,
-        Ok(s) => {
-            if a.strict_network {
-                return refuse(&format!(
-                    "the store holds {}, the flags ask for {} (--strict-network)",
-                    s.describe(),
-                    net.describe()
-                ));
-            }
-            if a.network_explicit {
-                warn!(
-                    "the store holds {}; using it instead of the flags' {}",
-                    s.describe(),
-                    net.describe()
-                );
-            }
-            if let Err(e) = config::check_node(&s, up.public_ip) {
-                return refuse(&e);
-            }
-            s
-        }
+    let (store, mut wstore) = open_store(&a.store, &m).await;
+    let mut keeper = LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, m };
+    let net = match keeper.agree_network(&desired, &a.network).await {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     info!("network: {}", net.describe());
 
     // 3. This node's lease.
-    let remembered = node::remembered_subnet(&a.subnet_file, net.network);
-    let lease = claim_until_done(&mut store, &net, up.public_ip, remembered, &a, &m).await;
+    let remembered = node::remembered_subnet(&a.files.subnet_file, net.network);
+    let lease = keeper.claim(keeper.public_ip, remembered).await;
 
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
     if let Err(e) = node::enable_forwarding() {
@@ -201,57 +150,200 @@ async fn daemon(a: Args) -> i32 {
         subnet: lease.subnet,
         public_ip: up.public_ip,
     };
-    let mut router = Router::new(
-        a.clone(),
-        RouteApplier::new(NetlinkRouteTable::new(nl), m.clone()),
-        me,
-        mtu,
-        m.clone(),
-    );
-    router.ensure_node(false);
+    let mut node = NodeSide::new(me, mtu, a.files, a.masq);
+    node.ensure(false);
 
     // 5. The loops.
+    let m = keeper.m.clone();
+    let routes = RouteApplier::new(NetlinkRouteTable::new(nl), m.clone());
+    let event_loop = EventLoop::new(node, a.reconcile, routes, m.clone());
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let (kernel_tx, kernel_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let (own_tx, own_rx) = watch::channel(lease.subnet);
     if let Err(e) = crate::events::spawn(kernel_tx) {
-        warn!("netlink events unavailable ({e}); relying on the {:?} sweep", a.resync);
+        warn!("netlink events unavailable ({e}); relying on the {:?} sweep", a.reconcile.resync);
     }
     let inputs = Inputs { store: store_rx, kernel: kernel_rx, own: own_rx, lost: lost_tx };
     tokio::select! {
         _ = watcher(&mut wstore, store_tx, &m) => 1,
-        _ = keeper(&mut store, &net, lease, &a, own_tx, lost_rx, &m) => 1,
-        code = router.run(inputs) => code,
+        _ = keeper.run(lease, own_tx, lost_rx) => 1,
+        code = event_loop.run(inputs) => code,
     }
 }
 
-async fn claim_until_done(
-    store: &mut AnyStore,
-    net: &Net,
-    ip: Ipv4Addr,
-    remembered: Option<Ipv4Network>,
-    a: &Args,
-    m: &Metrics,
-) -> Lease {
+/// What start-up learns before it touches the store or the node.
+struct Local {
+    /// The network config the flags ask for.
+    desired: NetworkConfig,
+    /// `desired`, validated.
+    net: Net,
+    nl: Netlink,
+    up: Uplink,
+}
+
+/// Validate the flags' network config and find the uplink; `Err` is the exit code.
+fn check_local(req: &NetworkRequest, flags: &UplinkFlags) -> Result<Local, i32> {
+    let desired = config::desired(req);
+    let net = config::validate(&desired).map_err(|e| refuse(&e))?;
+    let mut nl = Netlink::new().map_err(|e| {
+        error!("netlink socket: {e}");
+        1
+    })?;
+    let up = node::find_uplink(&mut nl, flags.public_ip, flags.iface.as_deref())
+        .map_err(|e| refuse(&e))?;
+    config::check_node(&net, up.public_ip).map_err(|e| refuse(&e))?;
+    Ok(Local { desired, net, nl, up })
+}
+
+/// Open the store (a claim/renew handle and a watch handle), retrying with backoff.
+async fn open_store(settings: &StoreSettings, m: &Metrics) -> (AnyStore, AnyStore) {
     let mut b = Backoff::new();
     loop {
-        match lease::claim(store, net, ip, remembered, a.lease_ttl).await {
-            Ok(l) => {
-                b.ok("claim lease");
-                metrics::inc(&m.lease_claims_total);
-                let exp = l
-                    .expires
-                    .map(crate::log::timestamp)
-                    .unwrap_or_else(|| "never (reservation)".into());
-                info!("lease {} for {} (expires {exp})", l.subnet, ip);
-                return l;
+        match AnyStore::open_pair(settings).await {
+            Ok(p) => return p,
+            Err(e) => b.fail("open store", &e, m).await,
+        }
+    }
+}
+
+/// Claims, renews and re-claims this node's lease.
+struct LeaseKeeper {
+    store: AnyStore,
+    /// The network config as validated from the flags (until `agree_network` replaces it).
+    net: Net,
+    public_ip: Ipv4Addr,
+    timing: LeaseTiming,
+    m: Arc<Metrics>,
+}
+
+impl LeaseKeeper {
+    /// Store the flags' config unless one is stored, then settle on the stored one: `Err` is
+    /// the exit code when it cannot be honoured (or differs, with `--strict-network`).
+    async fn agree_network(
+        &mut self,
+        desired: &NetworkConfig,
+        req: &NetworkRequest,
+    ) -> Result<Net, i32> {
+        let mut b = Backoff::new();
+        let stored = loop {
+            match self.store.put_config_if_absent(desired).await {
+                Ok(c) => break c,
+                Err(StoreError::Invalid(e)) => {
+                    return Err(refuse(&format!("the stored network config is unusable: {e}")))
+                }
+                Err(e) => b.fail("read network config", &e, &self.m).await,
             }
-            Err(ClaimError::Store(e)) => b.fail("claim lease", &e, m).await,
-            Err(e @ ClaimError::Exhausted(_)) => {
-                metrics::inc(&m.store_errors_total);
-                error!("claim lease: {e}; retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        b.ok("network config");
+        let flags = self.net;
+        let s = config::validate(&stored)
+            .map_err(|e| refuse(&format!("the stored network config cannot be honoured: {e}")))?;
+        if s == flags {
+            return Ok(flags);
+        }
+        if req.strict {
+            return Err(refuse(&format!(
+                "the store holds {}, the flags ask for {} (--strict-network)",
+                s.describe(),
+                flags.describe()
+            )));
+        }
+        if req.explicit {
+            warn!(
+                "the store holds {}; using it instead of the flags' {}",
+                s.describe(),
+                flags.describe()
+            );
+        }
+        config::check_node(&s, self.public_ip).map_err(|e| refuse(&e))?;
+        self.net = s;
+        Ok(s)
+    }
+
+    /// A lease for `ip`, retrying until one is claimed.
+    async fn claim(&mut self, ip: Ipv4Addr, remembered: Option<Ipv4Network>) -> Lease {
+        let mut b = Backoff::new();
+        loop {
+            match lease::claim(&mut self.store, &self.net, ip, remembered, self.timing.ttl).await {
+                Ok(l) => {
+                    b.ok("claim lease");
+                    metrics::inc(&self.m.lease_claims_total);
+                    let exp = l
+                        .expires
+                        .map(crate::log::timestamp)
+                        .unwrap_or_else(|| "never (reservation)".into());
+                    info!("lease {} for {} (expires {exp})", l.subnet, ip);
+                    return l;
+                }
+                Err(ClaimError::Store(e)) => b.fail("claim lease", &e, &self.m).await,
+                Err(e @ ClaimError::Exhausted(_)) => {
+                    metrics::inc(&self.m.store_errors_total);
+                    error!("claim lease: {e}; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Renews this node's lease ahead of expiry and re-claims it when it is lost; a lease
+    /// re-claimed on another subnet is announced on `own`.
+    async fn run(
+        mut self,
+        mut lease: Lease,
+        own: watch::Sender<Ipv4Network>,
+        mut lost: mpsc::UnboundedReceiver<()>,
+    ) {
+        let every = lease::renew_after(self.timing.ttl, self.timing.renew_margin);
+        let mut at = Instant::now() + every;
+        let mut b = Backoff::new();
+        loop {
+            let reclaim = tokio::select! {
+                _ = tokio::time::sleep_until(at), if lease.expires.is_some() => {
+                    match self.renew(&mut lease, &mut b).await {
+                        Some(next) => {
+                            at = next;
+                            false
+                        }
+                        None => true,
+                    }
+                }
+                Some(()) = lost.recv() => true,
+            };
+            if reclaim {
+                let l = self.claim(lease.attrs.public_ip, Some(lease.subnet)).await;
+                while lost.try_recv().is_ok() {}
+                if l.subnet != lease.subnet {
+                    warn!("lease {} was taken; this node now has {} (pods on the old subnet need restarting)", lease.subnet, l.subnet);
+                    let _ = own.send(l.subnet);
+                }
+                lease = l;
+                at = Instant::now() + every;
+            }
+        }
+    }
+
+    /// One renewal attempt: when to try next, or `None` if the lease is gone (re-claim it).
+    async fn renew(&mut self, lease: &mut Lease, b: &mut Backoff) -> Option<Instant> {
+        let ttl = self.timing.ttl;
+        match self.store.renew(lease.subnet, &lease.attrs, ttl).await {
+            Ok(true) => {
+                b.ok("renew lease");
+                metrics::inc(&self.m.lease_renewals_total);
+                lease.expires = Some(SystemTime::now() + ttl);
+                debug!("renewed lease {}", lease.subnet);
+                Some(Instant::now() + lease::renew_after(ttl, self.timing.renew_margin))
+            }
+            Ok(false) => None,
+            Err(e) => {
+                if lease.expires.is_some_and(|t| t <= SystemTime::now()) {
+                    debug!(
+                        "lease {} expired during the store outage; will re-claim it",
+                        lease.subnet
+                    );
+                }
+                b.fail("renew lease", &e, &self.m).await;
+                Some(Instant::now())
             }
         }
     }
@@ -290,59 +382,8 @@ async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>
     }
 }
 
-/// Renews this node's lease ahead of expiry and re-claims it when it is lost.
-async fn keeper(
-    store: &mut AnyStore,
-    net: &Net,
-    mut lease: Lease,
-    a: &Args,
-    own: watch::Sender<Ipv4Network>,
-    mut lost: mpsc::UnboundedReceiver<()>,
-    m: &Metrics,
-) {
-    let every = lease::renew_after(a.lease_ttl, a.renew_margin);
-    let mut at = Instant::now() + every;
-    let mut b = Backoff::new();
-    loop {
-        let mut reclaim = false;
-        tokio::select! {
-            _ = tokio::time::sleep_until(at), if lease.expires.is_some() => {
-                match store.renew(lease.subnet, &lease.attrs, a.lease_ttl).await {
-                    Ok(true) => {
-                        b.ok("renew lease");
-                        metrics::inc(&m.lease_renewals_total);
-                        lease.expires = Some(SystemTime::now() + a.lease_ttl);
-                        at = Instant::now() + every;
-                        debug!("renewed lease {}", lease.subnet);
-                    }
-                    Ok(false) => reclaim = true,
-                    Err(e) => {
-                        if lease.expires.is_some_and(|t| t <= SystemTime::now()) {
-                            debug!("lease {} expired during the store outage; will re-claim it", lease.subnet);
-                        }
-                        b.fail("renew lease", &e, m).await;
-                        at = Instant::now();
-                    }
-                }
-            }
-            Some(()) = lost.recv() => reclaim = true,
-        }
-        if reclaim {
-            let l =
-                claim_until_done(store, net, lease.attrs.public_ip, Some(lease.subnet), a, m).await;
-            while lost.try_recv().is_ok() {}
-            if l.subnet != lease.subnet {
-                warn!("lease {} was taken; this node now has {} (pods on the old subnet need restarting)", lease.subnet, l.subnet);
-                let _ = own.send(l.subnet);
-            }
-            lease = l;
-            at = Instant::now() + every;
-        }
-    }
-}
-
 /// `--uninstall`: remove Ferry's routes, its nft table and the conflist it wrote.
-fn uninstall(a: &Args) -> i32 {
+fn uninstall(files: &NodeFiles, masq_flags: &Masquerade) -> i32 {
     let mut failed = false;
     match Netlink::new()
         .map(|nl| RouteApplier::new(NetlinkRouteTable::new(nl), Arc::new(Metrics::default())))
@@ -359,14 +400,14 @@ fn uninstall(a: &Args) -> i32 {
             failed = true;
         }
     }
-    match masq::remove(&a.nft) {
+    match masq::remove(&masq_flags.nft) {
         Ok(()) => info!("removed nft table ip {}", masq::TABLE),
         Err(e) => {
             error!("remove nft table: {e}");
             failed = true;
         }
     }
-    let path = a.cni_conf_dir.join(&a.cni_conf_name);
+    let path = files.conflist_path();
     match node::remove_conflist(&path) {
         Ok(true) => info!("removed {}", path.display()),
         Ok(false) => {}

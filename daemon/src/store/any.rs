@@ -3,9 +3,32 @@
 use super::etcd::{EtcdConfig, EtcdStore};
 use super::file::FileStore;
 use super::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, WatchEvent};
-use crate::args::{Args, StoreUrl};
 use ipnetwork::Ipv4Network;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Which store, and how to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    pub url: StoreUrl,
+    pub etcd: EtcdOpts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    File(PathBuf),
+    Etcd(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdOpts {
+    pub prefix: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub dial_timeout: Duration,
+    pub request_timeout: Duration,
+}
 
 pub enum AnyStore {
     File(FileStore),
@@ -15,8 +38,9 @@ pub enum AnyStore {
 impl AnyStore {
     /// Two handles: one for claims/renewals, one that lists and watches (so a watch in progress
     /// never delays a renewal).
-    pub async fn open_pair(a: &Args) -> Result<(AnyStore, AnyStore)> {
-        Ok(match &a.store {
+    pub async fn open_pair(s: &StoreSettings) -> Result<(AnyStore, AnyStore)> {
+        let etcd = &s.etcd;
+        Ok(match &s.url {
             StoreUrl::File(dir) => (
                 AnyStore::File(FileStore::open(dir)),
                 AnyStore::File(FileStore::open_watching(dir)),
@@ -24,12 +48,12 @@ impl AnyStore {
             StoreUrl::Etcd(endpoints) => {
                 let cfg = EtcdConfig {
                     endpoints: endpoints.clone(),
-                    prefix: a.etcd.prefix.clone(),
-                    dial_timeout: a.etcd.dial_timeout,
-                    request_timeout: a.etcd.request_timeout,
-                    ca_file: a.etcd.ca.clone(),
-                    cert_file: a.etcd.cert.clone(),
-                    key_file: a.etcd.key.clone(),
+                    prefix: etcd.prefix.clone(),
+                    dial_timeout: etcd.dial_timeout,
+                    request_timeout: etcd.request_timeout,
+                    ca_file: etcd.ca.clone(),
+                    cert_file: etcd.cert.clone(),
+                    key_file: etcd.key.clone(),
                 };
                 let s = EtcdStore::connect(cfg).await?;
                 let w = s.handle();
@@ -38,10 +62,10 @@ impl AnyStore {
         })
     }
 
-    pub fn describe(a: &Args) -> String {
-        match &a.store {
+    pub fn describe(s: &StoreSettings) -> String {
+        match &s.url {
             StoreUrl::File(d) => format!("file store {}", d.display()),
-            StoreUrl::Etcd(e) => format!("etcd {} (prefix {})", e.join(","), a.etcd.prefix),
+            StoreUrl::Etcd(e) => format!("etcd {} (prefix {})", e.join(","), s.etcd.prefix),
         }
     }
 }

@@ -1,0 +1,285 @@
+//! The daemon's event loop: folds store events into the lease map, computes the wanted routes,
+//! reacts to kernel drift, sweeps periodically, and keeps the node files in place.
+
+use crate::events::{classify, Trigger};
+use crate::masq::{self, Masquerade};
+use crate::metrics::{self, Metrics};
+use crate::node::{self, NodeFiles};
+use crate::peers::{apply_event, evaluate, Leases, Me};
+use crate::route_applier::RouteApplier;
+use crate::route_plan::Want;
+use crate::store::WatchEvent;
+use ferry_netlink::Event;
+use ipnetwork::Ipv4Network;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+
+/// How often the loop re-checks everything on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// Full route sweep (retrying blocked peers) and node-file check period.
+    pub resync: Duration,
+}
+
+/// This node, and the subnet file, masquerade table and conflist kept in place for it.
+pub struct NodeSide {
+    pub me: Me,
+    pub mtu: u32,
+    files: NodeFiles,
+    masq: Masquerade,
+    /// Subnet the masquerade table was last written for.
+    masq_for: Option<Ipv4Network>,
+}
+
+impl NodeSide {
+    pub fn new(me: Me, mtu: u32, files: NodeFiles, masq: Masquerade) -> NodeSide {
+        NodeSide { me, mtu, files, masq, masq_for: None }
+    }
+
+    /// Subnet file, masquerade table and conflist, in that order (the conflist last: a runtime
+    /// that sees it can use the network). `force_masq` re-applies the nft table even if unchanged.
+    pub fn ensure(&mut self, force_masq: bool) {
+        self.write_subnet_file();
+        self.ensure_masquerade(force_masq);
+        let path = self.files.conflist_path();
+        match node::write_if_changed(&path, &node::conflist(&self.files)) {
+            Ok(true) => info!("installed CNI config {}", path.display()),
+            Ok(false) => {}
+            Err(e) => warn!("CNI config: {e}"),
+        }
+    }
+
+    fn write_subnet_file(&self) {
+        let me = &self.me;
+        let env = node::subnet_env(me.network, me.subnet, self.mtu, self.masq.enabled);
+        match node::write_if_changed(&self.files.subnet_file, &env) {
+            Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnet),
+            Ok(false) => {}
+            Err(e) => warn!("subnet file: {e}"),
+        }
+    }
+
+    fn ensure_masquerade(&mut self, force: bool) {
+        let (network, subnet) = (self.me.network, self.me.subnet);
+        if self.masq.enabled && (force || self.masq_for != Some(subnet)) {
+            match masq::apply(&self.masq.nft, network, subnet) {
+                Ok(()) => {
+                    if self.masq_for != Some(subnet) {
+                        info!(
+                            "masquerade: table ip {} for {subnet} leaving {network}",
+                            masq::TABLE
+                        );
+                    }
+                    self.masq_for = Some(subnet);
+                }
+                Err(e) => warn!("masquerade: {e}"),
+            }
+        } else if !self.masq.enabled && self.masq_for.is_none() {
+            if let Err(e) = masq::remove(&self.masq.nft) {
+                warn!("masquerade off, but removing table ip {}: {e}", masq::TABLE);
+            }
+            self.masq_for = Some(subnet);
+        }
+    }
+}
+
+pub struct EventLoop {
+    pub node: NodeSide,
+    pub routes: RouteApplier,
+    settings: ReconcileSettings,
+    metrics: Arc<Metrics>,
+    leases: Leases,
+    want: Want,
+    /// The first full listing arrived: until then nothing is reconciled (no listing ≠ no peers).
+    listed: bool,
+    reported_bad: BTreeMap<String, String>,
+    own_missing: bool,
+}
+
+pub struct Inputs {
+    pub store: mpsc::UnboundedReceiver<Vec<WatchEvent>>,
+    pub kernel: mpsc::UnboundedReceiver<Vec<Event>>,
+    pub own: watch::Receiver<Ipv4Network>,
+    pub lost: mpsc::UnboundedSender<()>,
+}
+
+/// A full route reconcile one wake-up asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pass {
+    /// Try peers known to be blocked (unreachable, foreign route) again.
+    retry: bool,
+    /// Kernel drift caused it: a pass that changes something counts as a repair.
+    drift: bool,
+}
+
+impl EventLoop {
+    pub fn new(
+        node: NodeSide,
+        settings: ReconcileSettings,
+        routes: RouteApplier,
+        metrics: Arc<Metrics>,
+    ) -> EventLoop {
+        EventLoop {
+            node,
+            routes,
+            settings,
+            metrics,
+            leases: Leases::new(),
+            want: Want::new(),
+            listed: false,
+            reported_bad: BTreeMap::new(),
+            own_missing: false,
+        }
+    }
+
+    pub async fn run(mut self, mut inp: Inputs) -> i32 {
+        let period = self.settings.resync;
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        loop {
+            let pass = tokio::select! {
+                biased;
+                Ok(()) = inp.own.changed() => {
+                    let s = *inp.own.borrow_and_update();
+                    self.on_own_subnet(s, &inp.lost)
+                }
+                Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
+                Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
+                _ = sweep.tick() => {
+                    self.node.ensure(true);
+                    Some(Pass { retry: true, drift: false })
+                }
+                Some(()) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                    info!("metrics:\n{}", self.metrics.render());
+                    None
+                }
+            };
+            if let Some(p) = pass {
+                self.reconcile(p);
+            }
+        }
+    }
+
+    fn on_own_subnet(&mut self, s: Ipv4Network, lost: &mpsc::UnboundedSender<()>) -> Option<Pass> {
+        info!("this node's subnet is now {s}");
+        self.node.me.subnet = s;
+        self.node.ensure(false);
+        self.recompute(lost);
+        Some(Pass::default())
+    }
+
+    /// Single lease changes take the fast path (no table dump); a full listing, or a kernel that
+    /// does not look as expected, gets a full reconcile.
+    fn on_store(
+        &mut self,
+        batch: Vec<WatchEvent>,
+        more: &mut mpsc::UnboundedReceiver<Vec<WatchEvent>>,
+        lost: &mpsc::UnboundedSender<()>,
+    ) -> Option<Pass> {
+        let mut full = self.fold(batch);
+        while let Ok(b) = more.try_recv() {
+            full |= self.fold(b);
+        }
+        let old = std::mem::take(&mut self.want);
+        self.recompute(lost);
+        (full || !self.delta(&old)).then_some(Pass::default())
+    }
+
+    fn on_kernel(
+        &mut self,
+        evs: Vec<Event>,
+        more: &mut mpsc::UnboundedReceiver<Vec<Event>>,
+    ) -> Option<Pass> {
+        let mut t = Trigger::None;
+        let mut take = |evs: Vec<Event>| {
+            for e in &evs {
+                t = t.max(classify(e, &self.want));
+            }
+        };
+        take(evs);
+        while let Ok(evs) = more.try_recv() {
+            take(evs);
+        }
+        match t {
+            Trigger::None => None,
+            Trigger::Connectivity => {
+                self.routes.has_blocked().then_some(Pass { retry: true, drift: false })
+            }
+            Trigger::Drift => Some(Pass { retry: false, drift: true }),
+            Trigger::Link => Some(Pass { retry: true, drift: true }),
+        }
+    }
+
+    fn recompute(&mut self, lost: &mpsc::UnboundedSender<()>) {
+        let v = evaluate(&self.leases, &self.node.me, SystemTime::now());
+        for (k, why) in &v.bad {
+            if self.reported_bad.get(k) != Some(why) {
+                metrics::inc(&self.metrics.bad_leases_total);
+                warn!("ignoring lease {k}: {why}");
+            }
+        }
+        metrics::set(&self.metrics.bad_leases, v.bad.len() as u64);
+        self.reported_bad = v.bad;
+        self.want = v.want;
+        if self.listed && !v.own_present && !self.own_missing {
+            let subnet = self.node.me.subnet;
+            warn!("this node's lease {subnet} is gone from the store; re-claiming it");
+            let _ = lost.send(());
+        }
+        self.own_missing = !v.own_present;
+    }
+
+    fn reconcile(&mut self, pass: Pass) {
+        if !self.listed {
+            return;
+        }
+        match self.routes.reconcile(&self.want, pass.retry) {
+            Ok(n) => {
+                if n > 0 && pass.drift {
+                    metrics::inc(&self.metrics.drift_repairs_total);
+                }
+            }
+            Err(e) => {
+                metrics::inc(&self.metrics.route_errors_total);
+                warn!("route reconcile: {e}");
+            }
+        }
+        // A full reconcile dumps and plans the whole table; hand the transient heap back so an
+        // idle daemon with thousands of peers stays small (glibc keeps freed memory otherwise).
+        // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Fold store events into the lease map; true if a full listing was among them.
+    fn fold(&mut self, batch: Vec<WatchEvent>) -> bool {
+        let mut resync = false;
+        for ev in batch {
+            if matches!(ev, WatchEvent::Resync(_)) {
+                self.listed = true;
+                resync = true;
+            }
+            apply_event(&mut self.leases, ev);
+        }
+        resync
+    }
+
+    /// Apply `old → self.want` directly; false if a full reconcile is needed instead.
+    fn delta(&mut self, old: &Want) -> bool {
+        if !self.listed {
+            return true;
+        }
+        match self.routes.apply_delta(old, &self.want) {
+            Ok(in_sync) => in_sync,
+            Err(e) => {
+                warn!("route update: {e}");
+                false
+            }
+        }
+    }
+}
