@@ -13,8 +13,12 @@
 //! With `subnetFile`, the file's `*_SUBNET` (and `*_IPV6_SUBNET`, for dual stack) give one pool per
 //! family; `rangeStart`/`rangeEnd`/`gateway`/`exclude` apply to the pool of their family.
 //!
-//! Only JSON shapes are checked by [`IpamConf::parse`]; addresses are resolved by
-//! [`IpamConf::pools`], so DEL and GC (which only need `dataDir`) work even when the subnet part of
+//! The address keys (`subnet` / `subnetFile`, `rangeStart`, `rangeEnd`, `gateway`, `exclude`,
+//! `dataDir`) are [`RangeConf`], which the `ferry` plugin embeds for its own top-level keys: one
+//! parser, so the two read every value alike.
+//!
+//! Only JSON shapes are checked by [`RangeConf::parse`]; addresses are resolved by
+//! [`RangeConf::pools`], so DEL and GC (which only need `dataDir`) work even when the subnet part of
 //! the config has gone bad.
 
 use crate::pool::{Pool, Range};
@@ -24,25 +28,13 @@ use ferry_cni::CniError;
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
-use std::path::PathBuf;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct IpamConf {
-    pub subnet: Option<String>,
-    pub subnet_file: Option<PathBuf>,
-    pub range_start: Option<String>,
-    pub range_end: Option<String>,
-    pub gateway: Option<String>,
-    pub exclude: Vec<Value>,
-    pub routes: Vec<Value>,
-    pub dns: Option<Value>,
-    pub data_dir: PathBuf,
-}
+use std::path::{Path, PathBuf};
 
 fn cfg(msg: impl Into<String>) -> CniError {
-    CniError::config(format!("ipam config: {}", msg.into()))
+    CniError::config(msg)
 }
 
+/// A string key; absent, `null` and `""` all mean "not set".
 fn opt_str(m: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -58,6 +50,19 @@ fn opt_list(m: &Map<String, Value>, key: &str) -> Result<Vec<Value>, CniError> {
         Some(Value::Array(a)) => Ok(a.clone()),
         Some(v) => Err(cfg(format!("\"{key}\" must be a list, got {v}"))),
     }
+}
+
+/// An absolute path key, or `default`.
+fn opt_path(
+    m: &Map<String, Value>,
+    key: &str,
+    default: Option<&str>,
+) -> Result<Option<PathBuf>, CniError> {
+    let Some(p) = opt_str(m, key)?.or(default.map(String::from)) else { return Ok(None) };
+    if !p.starts_with('/') {
+        return Err(cfg(format!("{key} {p:?} must be an absolute path")));
+    }
+    Ok(Some(PathBuf::from(p)))
 }
 
 fn parse_ip(key: &str, s: &str) -> Result<IpAddr, CniError> {
@@ -93,9 +98,9 @@ pub fn parse_exclude(v: &Value) -> Result<(IpAddr, IpAddr), CniError> {
 const SUBNET_FILE_CAP: u64 = 64 << 10;
 
 /// Read the node subnet file (flannel's `subnet.env`, written by ferryd or flanneld). Missing →
-/// code 11, try again later (the node daemon has not claimed a lease yet); unreadable or garbled
-/// → code 7 with the reason.
-pub fn read_subnet_file(path: &std::path::Path) -> Result<SubnetEnv, CniError> {
+/// code 11, try again later (the node daemon has not claimed a lease yet); unreadable, not a
+/// regular file, or garbled → code 7 with the reason.
+pub fn read_subnet_file(path: &Path) -> Result<SubnetEnv, CniError> {
     let text = match ferry_fs::read_to_string_capped(path, SUBNET_FILE_CAP) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -111,95 +116,149 @@ pub fn read_subnet_file(path: &std::path::Path) -> Result<SubnetEnv, CniError> {
     })
 }
 
-impl IpamConf {
-    pub fn parse(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
+/// The address keys ferry-ipam's `ipam` section and the `ferry` plugin's own config share,
+/// checked for JSON shape only (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeConf {
+    pub subnet: Option<String>,
+    /// The subnet file: `subnetFile`, or the caller's default when neither key is given.
+    pub subnet_file: Option<PathBuf>,
+    pub range_start: Option<String>,
+    pub range_end: Option<String>,
+    pub gateway: Option<String>,
+    pub exclude: Vec<Value>,
+    pub data_dir: PathBuf,
+}
+
+/// The node's subnets (one per family) and, from a subnet file, its MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSubnets {
+    pub subnets: Vec<IpNetwork>,
+    pub mtu: Option<u32>,
+}
+
+impl RangeConf {
+    /// Parse the keys from `m`. `default_subnet_file` applies when neither `subnet` nor
+    /// `subnetFile` is given (`None`: one of them is required, checked when resolving).
+    /// `dataDir` defaults to [`ferry_fs::paths::IPAM_DATA_DIR`].
+    pub fn parse(
+        m: &Map<String, Value>,
+        default_subnet_file: Option<&str>,
+    ) -> Result<RangeConf, CniError> {
         let subnet = opt_str(m, "subnet")?;
-        let subnet_file = opt_str(m, "subnetFile")?.map(PathBuf::from);
-        if subnet.is_some() && subnet_file.is_some() {
+        let explicit_file = opt_path(m, "subnetFile", None)?;
+        if subnet.is_some() && explicit_file.is_some() {
             return Err(cfg("give either \"subnet\" or \"subnetFile\", not both"));
         }
-        let dns = match m.get("dns") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(v) => return Err(cfg(format!("\"dns\" must be an object, got {v}"))),
+        let subnet_file = match (&subnet, explicit_file) {
+            (None, None) => opt_path(m, "subnetFile", default_subnet_file)?,
+            (_, f) => f,
         };
-        let data_dir = opt_str(m, "dataDir")?
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(ferry_fs::paths::IPAM_DATA_DIR));
-        if !data_dir.is_absolute() {
-            return Err(cfg(format!(
-                "dataDir {:?} must be an absolute path",
-                data_dir.display().to_string()
-            )));
-        }
-        Ok(IpamConf {
+        let data_dir = opt_path(m, "dataDir", Some(ferry_fs::paths::IPAM_DATA_DIR))?;
+        Ok(RangeConf {
             subnet,
             subnet_file,
             range_start: opt_str(m, "rangeStart")?,
             range_end: opt_str(m, "rangeEnd")?,
             gateway: opt_str(m, "gateway")?,
             exclude: opt_list(m, "exclude")?,
-            routes: opt_list(m, "routes")?,
-            dns,
-            data_dir,
+            data_dir: data_dir.expect("has a default"),
         })
     }
 
-    /// The subnets to allocate from: `subnet`, or the node subnet file. A missing subnet file is
-    /// code 11 (the node daemon has not written it yet); an unreadable or garbled one code 7.
-    pub fn subnets(&self) -> Result<Vec<IpNetwork>, CniError> {
+    /// The subnets to allocate from: `subnet`, or the subnet file's `*_SUBNET` and
+    /// `*_IPV6_SUBNET` (with its MTU). A missing subnet file is code 11 (the node daemon has not
+    /// written it yet); an unreadable or garbled one code 7.
+    pub fn node_subnets(&self) -> Result<NodeSubnets, CniError> {
         if let Some(s) = &self.subnet {
-            return Ok(vec![parse_net("subnet", s)?]);
+            return Ok(NodeSubnets { subnets: vec![parse_net("subnet", s)?], mtu: None });
         }
         let Some(path) = &self.subnet_file else {
             return Err(cfg("one of \"subnet\" or \"subnetFile\" is required"));
         };
         let env = read_subnet_file(path)?;
-        Ok(env.subnet.into_iter().chain(env.ipv6_subnet).collect())
+        Ok(NodeSubnets {
+            subnets: env.subnet.into_iter().chain(env.ipv6_subnet).collect(),
+            mtu: env.mtu,
+        })
     }
 
-    /// One validated pool per subnet (see [`IpamConf::subnets`] for the errors).
+    /// One validated pool per subnet of [`RangeConf::node_subnets`].
     pub fn pools(&self) -> Result<Vec<Pool>, CniError> {
-        let subnets = self.subnets()?;
-        let gw = self.gateway.as_deref().map(|s| parse_ip("gateway", s)).transpose()?;
-        let start = self.range_start.as_deref().map(|s| parse_ip("rangeStart", s)).transpose()?;
-        let end = self.range_end.as_deref().map(|s| parse_ip("rangeEnd", s)).transpose()?;
+        self.pools_for(&self.node_subnets()?.subnets)
+    }
+
+    /// One validated pool per subnet in `subnets`: `gateway`, `rangeStart`, `rangeEnd` and
+    /// `exclude` apply to the pool of their family, and each must match one of the subnets.
+    pub fn pools_for(&self, subnets: &[IpNetwork]) -> Result<Vec<Pool>, CniError> {
+        let ip = |key: &str, v: &Option<String>| v.as_deref().map(|s| parse_ip(key, s)).transpose();
+        let gw = ip("gateway", &self.gateway)?;
+        let start = ip("rangeStart", &self.range_start)?;
+        let end = ip("rangeEnd", &self.range_end)?;
         let exclude = self.exclude.iter().map(parse_exclude).collect::<Result<Vec<_>, _>>()?;
         for (what, ip) in [("gateway", gw), ("rangeStart", start), ("rangeEnd", end)] {
-            if let Some(ip) = ip {
-                if !subnets.iter().any(|n| n.is_ipv4() == ip.is_ipv4()) {
-                    return Err(cfg(format!("{what} {ip} matches no configured subnet's family")));
-                }
+            if let Some(ip) = ip.filter(|ip| !subnets.iter().any(|n| n.is_ipv4() == ip.is_ipv4())) {
+                return Err(cfg(format!("{what} {ip} matches no configured subnet's family")));
             }
         }
         let fam = |ip: Option<IpAddr>, n: &IpNetwork| ip.filter(|i| i.is_ipv4() == n.is_ipv4());
-        subnets
-            .iter()
-            .map(|n| {
-                let ex =
-                    exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect();
-                Pool::new(
-                    *n,
-                    Range {
-                        gateway: fam(gw, n),
-                        start: fam(start, n),
-                        end: fam(end, n),
-                        exclude: ex,
-                    },
-                )
-                .map_err(|e| e.context("ipam config"))
-            })
-            .collect()
+        let range = |n: &IpNetwork| Range {
+            gateway: fam(gw, n),
+            start: fam(start, n),
+            end: fam(end, n),
+            exclude: exclude.iter().copied().filter(|(a, _)| a.is_ipv4() == n.is_ipv4()).collect(),
+        };
+        subnets.iter().map(|n| Pool::new(*n, range(n))).collect()
+    }
+}
+
+/// The `ipam` section of the `ferry-ipam` plugin: the address keys plus `routes` and `dns`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpamConf {
+    pub range: RangeConf,
+    pub routes: Vec<Value>,
+    pub dns: Option<Value>,
+}
+
+/// Config errors of the `ipam` section say so.
+fn in_ipam(e: CniError) -> CniError {
+    if e.code.as_u32() == 7 {
+        e.context("ipam config")
+    } else {
+        e
+    }
+}
+
+impl IpamConf {
+    pub fn parse(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
+        let range = RangeConf::parse(m, None).map_err(in_ipam)?;
+        let dns = match m.get("dns") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(v) => return Err(in_ipam(cfg(format!("\"dns\" must be an object, got {v}")))),
+        };
+        Ok(IpamConf { range, routes: opt_list(m, "routes").map_err(in_ipam)?, dns })
+    }
+
+    /// The subnets to allocate from (see [`RangeConf::node_subnets`]).
+    pub fn subnets(&self) -> Result<Vec<IpNetwork>, CniError> {
+        self.range.node_subnets().map(|n| n.subnets).map_err(in_ipam)
+    }
+
+    /// One validated pool per subnet (see [`RangeConf::pools`]).
+    pub fn pools(&self) -> Result<Vec<Pool>, CniError> {
+        self.range.pools().map_err(in_ipam)
     }
 
     pub fn routes(&self) -> Result<Vec<Route>, CniError> {
-        ferry_cni::result::parse_routes(&Value::Array(self.routes.clone())).map_err(|e| cfg(e.msg))
+        ferry_cni::result::parse_routes(&Value::Array(self.routes.clone()))
+            .map_err(|e| in_ipam(cfg(e.msg)))
     }
 
     pub fn dns(&self) -> Result<Dns, CniError> {
         match &self.dns {
             None => Ok(Dns::default()),
-            Some(v) => Dns::from_json(v).map_err(|e| cfg(e.msg)),
+            Some(v) => Dns::from_json(v).map_err(|e| in_ipam(cfg(e.msg))),
         }
     }
 }
@@ -224,13 +283,13 @@ mod tests {
         assert_eq!(p.size(), 11 - 6);
         assert_eq!(c.routes().unwrap().len(), 2);
         assert_eq!(c.dns().unwrap().nameservers, vec!["10.96.0.10"]);
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.range.data_dir, PathBuf::from("/tmp/x"));
     }
 
     #[test]
     fn defaults() {
         let c = conf(json!({"subnet":"10.244.1.1/24"})).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/run/ferry/ipam"));
+        assert_eq!(c.range.data_dir, PathBuf::from("/run/ferry/ipam"));
         assert_eq!(c.pools().unwrap()[0].subnet.to_string(), "10.244.1.0/24");
         assert!(c.routes().unwrap().is_empty() && c.dns().unwrap().is_empty());
     }

@@ -38,7 +38,7 @@ fn conf(req: &Request) -> Result<IpamConf, CniError> {
 }
 
 fn store(c: &IpamConf, req: &Request) -> Result<Store, CniError> {
-    Store::open(&c.data_dir, &req.conf.name)
+    Store::open(&c.range.data_dir, &req.conf.name)
 }
 
 fn owner(req: &Request) -> Owner {
