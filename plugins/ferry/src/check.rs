@@ -1,16 +1,45 @@
 //! CHECK: verify what ADD made against `prevResult`, in the pod and on the host.
 
 use crate::conf::FerryConf;
-use crate::{delegate, names, nl_err, open_netns};
+use crate::{ipam, names, nl_err, open_netns};
 use ferry_cni::error::{CniError, Result, CHECK_FAILED};
+use ferry_cni::result::Route as CniRoute;
 use ferry_cni::skel::Request;
-use ferry_cni::Command;
-use ferry_ipam::{Owner, Store};
-use ferry_netlink::{Netlink, Route};
+use ferry_cni::CniResult;
+use ferry_netlink::{Link, Netlink, Route};
 use ipnetwork::IpNetwork;
+use std::net::IpAddr;
 
 fn fail(msg: String) -> CniError {
     CniError::new(CHECK_FAILED, msg)
+}
+
+/// What ADD reported for this attachment.
+struct Reported<'a> {
+    netns: &'a str,
+    ifname: &'a str,
+    mac: Option<&'a str>,
+    address: IpNetwork,
+    gateway: IpAddr,
+    routes: &'a [CniRoute],
+    /// The host end's name (the deterministic one when the result lists none).
+    host: String,
+}
+
+impl Reported<'_> {
+    fn ip(&self) -> IpAddr {
+        self.address.ip()
+    }
+
+    fn v6(&self) -> bool {
+        self.address.is_ipv6()
+    }
+
+    /// The gateway as the /32 (/128) the pod routes to on-link and the host end carries.
+    fn gw_host(&self) -> IpNetwork {
+        let gw = self.gateway;
+        IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 }).expect("host prefix fits")
+    }
 }
 
 pub fn check(req: &Request) -> Result<()> {
@@ -19,19 +48,26 @@ pub fn check(req: &Request) -> Result<()> {
         .conf
         .prev_result()?
         .ok_or_else(|| CniError::config("CHECK needs prevResult (the ADD result) in the config"))?;
-    let netns_path = req.args.netns.clone().unwrap_or_default();
-    let (cid, ifname) = (req.args.container_id.as_str(), req.args.ifname.as_str());
+    let r = reported(req, &prev)?;
+    // IPAM still holds the address.
+    ipam::choose(req, &conf).check(r.ip())?;
+    check_pod(&r)?;
+    check_host(&r)
+}
 
-    // The pod interface as ADD reported it.
+/// The pod interface, its address and gateway as ADD reported them, in CNI_NETNS.
+fn reported<'a>(req: &'a Request, prev: &'a CniResult) -> Result<Reported<'a>> {
+    let netns = req.args.netns.as_deref().unwrap_or_default();
+    let ifname = req.args.ifname.as_str();
     let (idx, iface) = prev
         .interfaces
         .iter()
         .enumerate()
         .find(|(_, i)| i.name == ifname && i.sandbox.is_some())
         .ok_or_else(|| fail(format!("prevResult lists no interface {ifname:?} in a sandbox")))?;
-    if iface.sandbox.as_deref() != Some(netns_path.as_str()) {
+    if iface.sandbox.as_deref() != Some(netns) {
         return Err(fail(format!(
-            "interface {ifname} was added in {:?}, not in CNI_NETNS {netns_path:?}",
+            "interface {ifname} was added in {:?}, not in CNI_NETNS {netns:?}",
             iface.sandbox.as_deref().unwrap_or("")
         )));
     }
@@ -40,91 +76,87 @@ pub fn check(req: &Request) -> Result<()> {
         .iter()
         .find(|i| i.interface == Some(idx))
         .ok_or_else(|| fail(format!("prevResult has no IP for {ifname}")))?;
-    let ip = ipc.address.ip();
-    let gw = ipc.gateway.ok_or_else(|| fail("prevResult IP has no gateway".into()))?;
+    let gateway = ipc.gateway.ok_or_else(|| fail("prevResult IP has no gateway".into()))?;
+    let host = match prev.interfaces.iter().find(|i| i.sandbox.is_none()) {
+        Some(i) => i.name.clone(),
+        None => names::host_veth(&req.args.container_id, ifname),
+    };
+    let mac = iface.mac.as_deref();
+    let (address, routes) = (ipc.address, prev.routes.as_slice());
+    Ok(Reported { netns, ifname, mac, address, gateway, routes, host })
+}
 
-    // IPAM still holds the address.
-    match &conf.ipam_type {
-        None => {
-            let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
-            let held = Store::open(&conf.data_dir, &conf.network)?.lookup(&owner)?;
-            if !held.contains(&ip) {
-                return Err(fail(format!(
-                    "IPAM holds no allocation of {ip} for {cid}/{ifname} (holds {held:?})"
-                )));
-            }
-        }
-        Some(t) => {
-            delegate::exec(req, t, Command::Check)?;
+fn check_pod(r: &Reported) -> Result<()> {
+    let ns = open_netns(r.netns)?;
+    let mut pod =
+        Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {}", r.netns)))?;
+    let pl = pod_link(&mut pod, r)?;
+    let addrs = pod.addresses(Some(pl.index)).map_err(nl_err("list pod addresses"))?;
+    if !addrs.iter().any(|(_, a)| *a == r.address) {
+        return Err(fail(format!("address {} is missing from {}", r.address, r.ifname)));
+    }
+    let routes = pod
+        .routes(r.v6(), ferry_netlink::RT_TABLE_MAIN, None)
+        .map_err(nl_err("list pod routes"))?;
+    let has = |f: &dyn Fn(&Route) -> bool| routes.iter().any(f);
+    let (gw, gw_host) = (r.gateway, r.gw_host());
+    if !has(&|x| x.dst == gw_host && x.oif == Some(pl.index)) {
+        return Err(fail(format!("route to gateway {gw} dev {} is missing in the pod", r.ifname)));
+    }
+    for want in r.routes.iter().filter(|x| x.dst.is_ipv6() == r.v6()) {
+        let via = want.gw.unwrap_or(gw);
+        if !has(&|x| x.dst == want.dst && x.gateway == Some(via)) {
+            return Err(fail(format!("route {} via {via} is missing in the pod", want.dst)));
         }
     }
+    Ok(())
+}
 
-    // Pod side.
-    let ns = open_netns(&netns_path)?;
-    let mut pod =
-        Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {netns_path}")))?;
+/// The pod end: present, a veth, up, with the MAC ADD reported.
+fn pod_link(pod: &mut Netlink, r: &Reported) -> Result<Link> {
+    let ifname = r.ifname;
     let pl = pod
         .link_by_name(ifname)
         .map_err(nl_err("look up pod interface"))?
-        .ok_or_else(|| fail(format!("interface {ifname} is missing from {netns_path}")))?;
+        .ok_or_else(|| fail(format!("interface {ifname} is missing from {}", r.netns)))?;
     if pl.kind.as_deref() != Some("veth") {
         return Err(fail(format!("interface {ifname} is a {:?}, not a veth", pl.kind)));
     }
     if !pl.up {
         return Err(fail(format!("interface {ifname} is down")));
     }
-    if let Some(mac) = &iface.mac {
+    if let Some(mac) = r.mac {
         let have = pl.mac.map(ferry_netlink::mac_to_string).unwrap_or_default();
         if !have.eq_ignore_ascii_case(mac) {
             return Err(fail(format!("interface {ifname} has MAC {have}, ADD reported {mac}")));
         }
     }
-    let addrs = pod.addresses(Some(pl.index)).map_err(nl_err("list pod addresses"))?;
-    if !addrs.iter().any(|(_, a)| *a == ipc.address) {
-        return Err(fail(format!("address {} is missing from {ifname}", ipc.address)));
-    }
-    let v6 = ip.is_ipv6();
-    let pod_routes =
-        pod.routes(v6, ferry_netlink::RT_TABLE_MAIN, None).map_err(nl_err("list pod routes"))?;
-    let gw_net = IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 })
-        .expect("host prefix fits the family");
-    let has = |f: &dyn Fn(&Route) -> bool| pod_routes.iter().any(f);
-    if !has(&|r| r.dst == gw_net && r.oif == Some(pl.index)) {
-        return Err(fail(format!("route to gateway {gw} dev {ifname} is missing in the pod")));
-    }
-    for r in prev.routes.iter().filter(|r| r.dst.is_ipv6() == v6) {
-        let want_gw = r.gw.unwrap_or(gw);
-        if !has(&|x| x.dst == r.dst && x.gateway == Some(want_gw)) {
-            return Err(fail(format!("route {} via {want_gw} is missing in the pod", r.dst)));
-        }
-    }
+    Ok(pl)
+}
 
-    // Host side.
-    let host_name = prev
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_none())
-        .map(|i| i.name.clone())
-        .unwrap_or_else(|| names::host_veth(cid, ifname));
+/// The host end: present, up, holding the gateway address, with the /32 route to the pod.
+fn check_host(r: &Reported) -> Result<()> {
+    let host_name = &r.host;
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
     let hl = host
-        .link_by_name(&host_name)
+        .link_by_name(host_name)
         .map_err(nl_err("look up host interface"))?
         .ok_or_else(|| fail(format!("host interface {host_name} is missing")))?;
     if !hl.up {
         return Err(fail(format!("host interface {host_name} is down")));
     }
-    let ip_net = IpNetwork::new(ip, if v6 { 128 } else { 32 }).expect("valid");
+    let ip_net = IpNetwork::new(r.ip(), if r.v6() { 128 } else { 32 }).expect("valid");
     // Only Ferry's pod routes (proto 114): a node may hold thousands of peer routes.
     let host_routes = host
-        .routes(v6, ferry_netlink::RT_TABLE_MAIN, Some(ferry_netlink::RTPROT_FERRY_POD))
+        .routes(r.v6(), ferry_netlink::RT_TABLE_MAIN, Some(ferry_netlink::RTPROT_FERRY_POD))
         .map_err(nl_err("list host routes"))?;
-    if !host_routes.iter().any(|r| r.dst == ip_net && r.oif == Some(hl.index)) {
+    if !host_routes.iter().any(|x| x.dst == ip_net && x.oif == Some(hl.index)) {
         return Err(fail(format!("host route {ip_net} dev {host_name} is missing")));
     }
     let host_addrs = host.addresses(Some(hl.index)).map_err(nl_err("list host addresses"))?;
-    if !host_addrs.iter().any(|(_, a)| *a == gw_net) {
-        return Err(fail(format!("gateway address {gw_net} is missing from {host_name}")));
+    let gw_host = r.gw_host();
+    if !host_addrs.iter().any(|(_, a)| *a == gw_host) {
+        return Err(fail(format!("gateway address {gw_host} is missing from {host_name}")));
     }
     Ok(())
 }

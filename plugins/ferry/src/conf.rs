@@ -1,5 +1,5 @@
-//! Ferry's own config keys, validated into domain types (pure; reading the subnet file is the
-//! only I/O and lives in [`FerryConf::node_subnet`]).
+//! Ferry's config, validated into domain types (pure; reading the subnet file is the only I/O
+//! and lives in [`FerryConf::node_subnet`]).
 //!
 //! ```json
 //! {"cniVersion":"1.0.0","name":"ferry","type":"ferry",
@@ -11,29 +11,27 @@
 //!  "ipam":{...}                         // optional: delegate IP allocation to that plugin
 //! }
 //! ```
+//! The address keys (`subnet`, `subnetFile`, `rangeStart`, `rangeEnd`, `gateway`, `exclude`,
+//! `dataDir`) are ferry-ipam's [`RangeConf`], parsed by ferry-ipam's code: they mean exactly what
+//! they mean in a `ferry-ipam` section, and like there, only their JSON shape is checked up front.
+//! A bad address surfaces when the pool is built (ADD, STATUS), never in DEL or GC.
 
 use ferry_cni::error::{CniError, Result};
 use ferry_cni::result::{Dns, Route};
 use ferry_cni::NetConf;
+use ferry_ipam::config::RangeConf;
+use ferry_ipam::Pool;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
-use std::net::IpAddr;
-use std::path::PathBuf;
 
-pub const DEFAULT_SUBNET_FILE: &str = "/run/ferry/subnet.env";
-pub const DEFAULT_DATA_DIR: &str = "/run/ferry/ipam";
 pub const DEFAULT_MTU: u32 = 1500;
 
 #[derive(Debug, Clone)]
 pub struct FerryConf {
     pub network: String,
-    pub subnet: Option<IpNetwork>,
-    pub subnet_file: PathBuf,
+    /// The address keys, as ferry-ipam reads them (subnet file default: ferryd's).
+    pub range: RangeConf,
     pub mtu: Option<u32>,
-    pub data_dir: PathBuf,
-    pub range_start: Option<IpAddr>,
-    pub range_end: Option<IpAddr>,
-    pub exclude: Vec<(IpAddr, IpAddr)>,
     /// `None`: the default (a default route via the gateway).
     pub routes: Option<Vec<Route>>,
     pub dns: Dns,
@@ -52,118 +50,66 @@ fn cfg_err(msg: impl Into<String>) -> CniError {
     CniError::config(msg)
 }
 
-fn opt_str<'a>(c: &'a NetConf, key: &str) -> Result<Option<&'a str>> {
-    match c.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(cfg_err(format!("\"{key}\" must be a string, got {v}"))),
-    }
+fn mtu(c: &NetConf) -> Result<Option<u32>> {
+    let Some(v) = c.get("mtu") else { return Ok(None) };
+    let m = v.as_u64().filter(|m| (68..=65535).contains(m));
+    m.map(|m| Some(m as u32))
+        .ok_or_else(|| cfg_err(format!("\"mtu\" must be an integer 68-65535, got {v}")))
 }
 
-fn opt_ip(c: &NetConf, key: &str) -> Result<Option<IpAddr>> {
-    opt_str(c, key)?
-        .map(|s| s.parse().map_err(|_| cfg_err(format!("\"{key}\": {s:?} is not an IP address"))))
+fn routes(c: &NetConf) -> Result<Option<Vec<Route>>> {
+    c.get("routes")
+        .map(|v| {
+            ferry_cni::result::parse_routes(v)
+                .map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))
+        })
         .transpose()
+}
+
+fn ipam_type(c: &NetConf) -> Result<Option<String>> {
+    let Some(m) = c.ipam() else { return Ok(None) };
+    match m.get("type") {
+        Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => Ok(Some(t.clone())),
+        _ => Err(cfg_err("\"ipam\" needs a \"type\" naming an IPAM plugin in CNI_PATH")),
+    }
 }
 
 impl FerryConf {
     pub fn parse(c: &NetConf) -> Result<FerryConf> {
-        let subnet = opt_str(c, "subnet")?
-            .map(|s| {
-                s.parse::<IpNetwork>().map_err(|_| {
-                    cfg_err(format!(
-                        "\"subnet\": {s:?} is not a CIDR (expected e.g. \"10.244.1.0/24\")"
-                    ))
-                })
-            })
-            .transpose()?;
-        if let Some(IpNetwork::V4(n)) = subnet {
-            if n.prefix() > 30 {
-                return Err(cfg_err(format!("\"subnet\": {n} is too small: use a /30 or larger")));
-            }
-        }
-        let mtu = match c.get("mtu") {
-            None => None,
-            Some(v) => {
-                Some(v.as_u64().filter(|m| (68..=65535).contains(m)).ok_or_else(|| {
-                    cfg_err(format!("\"mtu\" must be an integer 68-65535, got {v}"))
-                })? as u32)
-            }
-        };
-        let path = |key: &str, default: &str| -> Result<PathBuf> {
-            let p = opt_str(c, key)?.unwrap_or(default);
-            if p.is_empty() || !p.starts_with('/') {
-                return Err(cfg_err(format!("\"{key}\" must be an absolute path, got {p:?}")));
-            }
-            Ok(PathBuf::from(p))
-        };
-        let exclude = match c.get("exclude") {
-            None => Vec::new(),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(ferry_ipam::config::parse_exclude)
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| cfg_err(format!("\"exclude\": {}", e.msg)))?,
-            Some(_) => {
-                return Err(cfg_err(
-                    "\"exclude\" must be a list of \"A-B\", \"A\" or \"A/N\" strings",
-                ))
-            }
-        };
-        let routes = match c.get("routes") {
-            None => None,
-            Some(v) => Some(
-                ferry_cni::result::parse_routes(v)
-                    .map_err(|e| cfg_err(format!("\"routes\": {}", e.msg)))?,
-            ),
-        };
         let dns = Dns::from_json(c.get("dns").unwrap_or(&Value::Null))
             .map_err(|e| cfg_err(format!("\"dns\": {}", e.msg)))?;
-        let ipam_type = match c.ipam() {
-            None => None,
-            Some(m) => match m.get("type") {
-                Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => Some(t.clone()),
-                _ => {
-                    return Err(cfg_err(
-                        "\"ipam\" needs a \"type\" naming an IPAM plugin in CNI_PATH",
-                    ))
-                }
-            },
-        };
         Ok(FerryConf {
             network: c.name.clone(),
-            subnet,
-            subnet_file: path("subnetFile", DEFAULT_SUBNET_FILE)?,
-            mtu,
-            data_dir: path("dataDir", DEFAULT_DATA_DIR)?,
-            range_start: opt_ip(c, "rangeStart")?,
-            range_end: opt_ip(c, "rangeEnd")?,
-            exclude,
-            routes,
+            range: RangeConf::parse(&c.raw, Some(ferry_fs::paths::SUBNET_FILE))?,
+            mtu: mtu(c)?,
+            routes: routes(c)?,
             dns,
-            ipam_type,
+            ipam_type: ipam_type(c)?,
         })
     }
 
-    /// Where the node subnet comes from: `subnet` in the config, else the subnet file. A missing
-    /// file is "try again later" (code 11: the node daemon has not claimed a lease yet); a garbled
-    /// one is an invalid config (code 7).
+    /// The node subnet: `subnet` in the config, else the subnet file's (its IPv4 subnet when it
+    /// has one). A missing file is "try again later" (code 11: the node daemon has not claimed a
+    /// lease yet); a garbled one, or a garbled `subnet`, is an invalid config (code 7).
     pub fn node_subnet(&self) -> Result<NodeSubnet> {
-        if let Some(s) = self.subnet {
-            return Ok(NodeSubnet { subnet: s, mtu: self.mtu });
-        }
-        let path = &self.subnet_file;
-        let env = ferry_ipam::config::read_subnet_file(path)?;
-        let subnet = env.subnet.ok_or_else(|| {
-            cfg_err(format!("node subnet file {} has no IPv4 subnet", path.display()))
-        })?;
-        Ok(NodeSubnet { subnet, mtu: self.mtu.or(env.mtu) })
+        let n = self.range.node_subnets()?;
+        let subnet = n.subnets.iter().find(|s| s.is_ipv4()).or(n.subnets.first()).copied();
+        let subnet = subnet.ok_or_else(|| cfg_err("the node subnet file names no subnet"))?;
+        Ok(NodeSubnet { subnet, mtu: self.mtu.or(n.mtu) })
+    }
+
+    /// The pool of `subnet` with the config's range, gateway and exclusions (code 7 when bad).
+    pub fn pool(&self, subnet: IpNetwork) -> Result<Pool> {
+        let mut pools = self.range.pools_for(&[subnet])?;
+        Ok(pools.remove(0))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_ipam::config::IpamConf;
+    use std::path::PathBuf;
 
     fn conf(extra: &str) -> Result<FerryConf> {
         let c = NetConf::parse(
@@ -172,35 +118,53 @@ mod tests {
         FerryConf::parse(&c)
     }
 
+    /// The pool ferry builds from `extra`: parse, node subnet, pool (the ADD path).
+    fn ferry_pool(extra: &str) -> Result<Pool> {
+        let c = conf(extra)?;
+        c.pool(c.node_subnet()?.subnet)
+    }
+
+    /// The pool ferry-ipam builds from the same keys in an `ipam` section.
+    fn ipam_pool(extra: &str) -> Result<Pool> {
+        let c = NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"x","ipam":{{"type":"ferry-ipam"{extra}}}}}"#)
+                .as_bytes(),
+        )?;
+        Ok(IpamConf::parse(c.ipam().unwrap())?.pools()?.remove(0))
+    }
+
     #[test]
     fn defaults() {
         let c = conf("").unwrap();
-        assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
-        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert!(c.subnet.is_none() && c.ipam_type.is_none() && c.routes.is_none());
+        assert_eq!(c.range.subnet_file, Some(PathBuf::from(ferry_fs::paths::SUBNET_FILE)));
+        assert_eq!(c.range.data_dir, PathBuf::from(ferry_fs::paths::IPAM_DATA_DIR));
+        assert!(c.range.subnet.is_none() && c.ipam_type.is_none() && c.routes.is_none());
+        let c = conf(r#","subnet":"10.1.0.0/24""#).unwrap();
+        assert_eq!(c.range.subnet_file, None, "a static subnet needs no file");
     }
 
     #[test]
     fn full_config() {
         let c = conf(r#","subnet":"10.244.1.0/24","mtu":1400,"dataDir":"/tmp/x","rangeStart":"10.244.1.10","exclude":["10.244.1.20-10.244.1.29","10.244.1.40"],"routes":[{"dst":"10.0.0.0/8"}],"dns":{"nameservers":["1.1.1.1"]}"#).unwrap();
-        assert_eq!(c.subnet.unwrap().to_string(), "10.244.1.0/24");
-        assert_eq!(c.mtu, Some(1400));
-        assert_eq!(c.exclude.len(), 2);
+        let n = c.node_subnet().unwrap();
+        assert_eq!(n, NodeSubnet { subnet: "10.244.1.0/24".parse().unwrap(), mtu: Some(1400) });
+        let p = c.pool(n.subnet).unwrap();
+        assert_eq!((p.start.to_string(), p.exclude.len()), ("10.244.1.10".into(), 2));
+        assert_eq!(c.range.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.routes.unwrap()[0].dst.to_string(), "10.0.0.0/8");
         assert_eq!(c.dns.nameservers, vec!["1.1.1.1"]);
     }
 
     #[test]
     fn bad_configs_are_code_7_with_hints() {
+        // Shape errors at parse time; address errors when the pool is built (ADD, STATUS).
         for (extra, needle) in [
-            (r#","subnet":"10.244.9.0/33""#, "not a CIDR"),
-            (r#","subnet":"banana""#, "not a CIDR"),
             (r#","subnet":5"#, "must be a string"),
-            (r#","subnet":"10.0.0.0/31""#, "too small"),
             (r#","mtu":"big""#, "mtu"),
             (r#","mtu":10"#, "mtu"),
             (r#","dataDir":"relative""#, "absolute"),
-            (r#","rangeStart":"x""#, "rangeStart"),
+            (r#","subnetFile":"relative""#, "absolute"),
+            (r#","subnet":"10.0.0.0/24","subnetFile":"/x""#, "not both"),
             (r#","exclude":"x""#, "exclude"),
             (r#","routes":[{"dst":"nope"}]"#, "routes"),
             (r#","ipam":{}"#, "ipam"),
@@ -209,6 +173,63 @@ mod tests {
             assert_eq!(e.code.as_u32(), 7, "{extra}");
             assert!(e.msg.contains(needle), "{extra}: {}", e.msg);
         }
+        for (extra, needle) in [
+            (r#","subnet":"10.244.9.0/33""#, "not a CIDR"),
+            (r#","subnet":"banana""#, "not a CIDR"),
+            (r#","subnet":"10.0.0.0/31""#, "too small"),
+            (r#","subnet":"10.0.0.0/24","rangeStart":"x""#, "rangeStart"),
+            (r#","subnet":"10.0.0.0/24","rangeStart":"fd00::1""#, "rangeStart"),
+            (r#","subnet":"10.0.0.0/24","exclude":["x"]"#, "exclude"),
+        ] {
+            let e = ferry_pool(extra).unwrap_err();
+            assert_eq!(e.code.as_u32(), 7, "{extra}");
+            assert!(e.msg.contains(needle), "{extra}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn garbled_subnet_defers_the_error_so_del_and_gc_still_work() {
+        for extra in [r#","subnet":"banana""#, r#","subnet":"10.0.0.0/31","rangeEnd":"junk""#] {
+            let c = conf(&format!(r#"{extra},"dataDir":"/tmp/d""#)).expect("parses");
+            assert_eq!(c.range.data_dir, PathBuf::from("/tmp/d"), "DEL finds the store");
+            let e = c.node_subnet().and_then(|n| c.pool(n.subnet)).unwrap_err();
+            assert_eq!(e.code.as_u32(), 7, "{extra}");
+        }
+    }
+
+    #[test]
+    fn ferry_and_ferry_ipam_read_the_address_keys_alike() {
+        for extra in [
+            r#","subnet":"10.9.0.0/24","rangeStart":"""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":"","rangeEnd":"","gateway":"","dataDir":"""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":null"#,
+            r#","subnet":"10.9.0.0/24","rangeStart":" 10.9.0.10 ","rangeEnd":"10.9.0.20""#,
+            r#","subnet":"10.9.0.1/24","gateway":"10.9.0.254","exclude":["10.9.0.2-10.9.0.4",["10.9.0.9","10.9.0.9"],"10.9.0.16/30"]"#,
+            r#","subnet":"fd00:9::/64","rangeStart":"fd00:9::100""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":"x""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":"10.9.1.1""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":"fd00::1""#,
+            r#","subnet":"10.9.0.0/24","gateway":"10.9.0.0""#,
+            r#","subnet":"10.9.0.0/24","exclude":["10.9.0.5-"]"#,
+            r#","subnet":"10.9.0.0/24","exclude":"10.9.0.5""#,
+            r#","subnet":"10.9.0.0/24","rangeStart":5"#,
+            r#","subnet":"banana""#,
+            r#","subnet":"10.9.0.0/31""#,
+            r#","subnet":"10.9.0.0/24","subnetFile":"/x""#,
+            r#","subnet":"10.9.0.0/24","dataDir":"rel""#,
+        ] {
+            match (ferry_pool(extra), ipam_pool(extra)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{extra}"),
+                (Err(a), Err(b)) => assert_eq!(a.code, b.code, "{extra}: {} vs {}", a.msg, b.msg),
+                (a, b) => panic!("{extra}: ferry {a:?} but ferry-ipam {b:?}"),
+            }
+        }
+        let p = ferry_pool(r#","subnet":"10.9.0.0/24","rangeStart":"""#).unwrap();
+        assert_eq!(p.start.to_string(), "10.9.0.1", "an empty rangeStart means unset");
+        // The one intended difference: with neither key, ferry reads ferryd's subnet file.
+        let none = conf(r#","subnet":"""#).unwrap();
+        assert_eq!(none.range.subnet_file.unwrap().to_str(), Some(ferry_fs::paths::SUBNET_FILE));
+        assert_eq!(ipam_pool(r#","subnet":"""#).unwrap_err().code.as_u32(), 7);
     }
 
     #[test]
@@ -224,6 +245,9 @@ mod tests {
         let n = c.node_subnet().unwrap();
         assert_eq!(n.subnet.to_string(), "10.244.7.1/24");
         assert_eq!(n.mtu, Some(1450));
+        std::fs::write(&f, "FLANNEL_IPV6_SUBNET=fd00:7::/64\nFLANNEL_SUBNET=10.244.7.1/24\n")
+            .unwrap();
+        assert_eq!(c.node_subnet().unwrap().subnet.to_string(), "10.244.7.1/24", "IPv4 first");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,26 +3,16 @@
 //! a container never added, a repeated DEL.
 
 use crate::conf::FerryConf;
-use crate::{delegate, names, nl_err};
+use crate::{ipam, names, nl_err};
 use ferry_cni::error::Result;
 use ferry_cni::skel::Request;
-use ferry_cni::Command;
-use ferry_ipam::{Owner, Store};
 use ferry_netlink::Netlink;
 
 pub fn del(req: &Request) -> Result<()> {
     let conf = FerryConf::parse(&req.conf)?;
     let (cid, ifname) = (req.args.container_id.as_str(), req.args.ifname.as_str());
     // IP first: DEL must release it even when every network object is long gone.
-    match &conf.ipam_type {
-        None => {
-            let owner = Owner { container_id: cid.to_string(), ifname: ifname.to_string() };
-            Store::open(&conf.data_dir, &conf.network)?.release(&owner)?;
-        }
-        Some(t) => {
-            delegate::exec(req, t, Command::Del)?;
-        }
-    }
+    ipam::choose(req, &conf).del()?;
     // The host end has a deterministic name, so the pod's namespace need not be entered at all.
     let name = names::host_veth(cid, ifname);
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;

@@ -11,6 +11,7 @@ pub mod conf;
 mod del;
 mod delegate;
 mod gc;
+pub mod ipam;
 pub mod names;
 
 use ferry_cni::error::{CniError, Code, Result, NETLINK};
@@ -34,6 +35,30 @@ impl Plugin for FerryPlugin {
     }
     fn status(&mut self, req: &Request) -> Result<()> {
         gc::status(req)
+    }
+}
+
+/// The failures of a verb that tries every step (DEL, GC) before it reports.
+#[derive(Default)]
+pub(crate) struct Failures(Vec<CniError>);
+
+impl Failures {
+    /// Keep `r`'s error, if any; its value otherwise.
+    pub fn note<T>(&mut self, r: Result<T>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    /// Nothing failed: `Ok`. One failure: that error. More: the first, with every message in
+    /// the details.
+    pub fn finish(mut self) -> Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => {
+                let details: Vec<String> = self.0.iter().map(|e| e.msg.clone()).collect();
+                Err(CniError { details: details.join("; "), ..self.0.remove(0) })
+            }
+        }
     }
 }
 
