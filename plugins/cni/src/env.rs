@@ -82,27 +82,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<CniArgs>>
     if command == Command::Version {
         return Ok(Some(a));
     }
-    let (need_id, need_netns, need_if) = match command {
-        Command::Add | Command::Check => (true, true, true),
-        Command::Del => (true, false, true),
-        _ => (false, false, false),
-    };
-    let mut missing = Vec::new();
-    if need_id && nonempty("CNI_CONTAINERID").is_none() {
-        missing.push("CNI_CONTAINERID");
-    }
-    if need_netns && nonempty("CNI_NETNS").is_none() {
-        missing.push("CNI_NETNS");
-    }
-    if need_if && nonempty("CNI_IFNAME").is_none() {
-        missing.push("CNI_IFNAME");
-    }
-    if !missing.is_empty() {
-        return Err(CniError::env(format!(
-            "required env variables [{}] missing",
-            missing.join(",")
-        )));
-    }
+    let need_id = check_required(command, &nonempty)?;
     if need_id {
         a.container_id = nonempty("CNI_CONTAINERID").unwrap_or_default();
         validate_container_id(&a.container_id)?;
@@ -120,6 +100,24 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<CniArgs>>
         a.path = p.split(':').filter(|s| !s.is_empty()).map(String::from).collect();
     }
     Ok(Some(a))
+}
+
+/// Fail (code 4, naming every one) unless the variables `command` needs are set and non-empty.
+/// Returns whether the command names an attachment (container id and ifname).
+fn check_required(command: Command, nonempty: &dyn Fn(&str) -> Option<String>) -> Result<bool> {
+    let need: &[&str] = match command {
+        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
+        Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
+        _ => &[],
+    };
+    let missing: Vec<&str> = need.iter().copied().filter(|k| nonempty(k).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(CniError::env(format!(
+            "required env variables [{}] missing",
+            missing.join(",")
+        )));
+    }
+    Ok(!need.is_empty())
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.-]*$`, at most 255 bytes.

@@ -110,52 +110,9 @@ impl CniResult {
             return self.to_legacy_json(v);
         }
         let modern = v >= Version::V110;
-        let interfaces: Vec<Value> = self
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mut m = Map::new();
-                m.insert("name".into(), json!(i.name));
-                if let Some(mac) = &i.mac {
-                    m.insert("mac".into(), json!(mac));
-                }
-                if modern {
-                    if let Some(mtu) = i.mtu {
-                        m.insert("mtu".into(), json!(mtu));
-                    }
-                }
-                if let Some(sb) = &i.sandbox {
-                    m.insert("sandbox".into(), json!(sb));
-                }
-                if modern {
-                    if let Some(s) = &i.socket_path {
-                        m.insert("socketPath".into(), json!(s));
-                    }
-                    if let Some(s) = &i.pci_id {
-                        m.insert("pciID".into(), json!(s));
-                    }
-                }
-                Value::Object(m)
-            })
-            .collect();
-        let ips: Vec<Value> = self
-            .ips
-            .iter()
-            .map(|ip| {
-                let mut m = Map::new();
-                if v.has_ip_version() {
-                    m.insert("version".into(), json!(if ip.address.is_ipv4() { "4" } else { "6" }));
-                }
-                if let Some(i) = ip.interface {
-                    m.insert("interface".into(), json!(i));
-                }
-                m.insert("address".into(), json!(ip.address.to_string()));
-                if let Some(gw) = ip.gateway {
-                    m.insert("gateway".into(), json!(gw.to_string()));
-                }
-                Value::Object(m)
-            })
-            .collect();
+        let interfaces: Vec<Value> =
+            self.interfaces.iter().map(|i| interface_json(i, modern)).collect();
+        let ips: Vec<Value> = self.ips.iter().map(|ip| ip_json(ip, v)).collect();
         let routes: Vec<Value> = self.routes.iter().map(|r| route_json(r, modern)).collect();
         let mut out = Map::new();
         out.insert("cniVersion".into(), json!(v.as_str()));
@@ -221,41 +178,10 @@ impl CniResult {
         }
         let mut r = CniResult::default();
         for (n, i) in arr(o.get("interfaces"), "interfaces")?.iter().enumerate() {
-            let io =
-                i.as_object().ok_or_else(|| bad(format!("interfaces[{n}] must be an object")))?;
-            r.interfaces.push(Interface {
-                name: opt_str(io.get("name"), "interfaces[].name")?
-                    .ok_or_else(|| bad(format!("interfaces[{n}].name is required")))?,
-                mac: opt_str(io.get("mac"), "interfaces[].mac")?,
-                mtu: opt_u32(io.get("mtu"), "interfaces[].mtu")?,
-                sandbox: opt_str(io.get("sandbox"), "interfaces[].sandbox")?
-                    .filter(|s| !s.is_empty()),
-                socket_path: opt_str(io.get("socketPath"), "interfaces[].socketPath")?,
-                pci_id: opt_str(io.get("pciID"), "interfaces[].pciID")?,
-            });
+            r.interfaces.push(parse_interface(n, i)?);
         }
         for (n, i) in arr(o.get("ips"), "ips")?.iter().enumerate() {
-            let io = i.as_object().ok_or_else(|| bad(format!("ips[{n}] must be an object")))?;
-            let address = cidr(io.get("address"), "ips[].address")?
-                .ok_or_else(|| bad(format!("ips[{n}].address is required")))?;
-            let interface = match io.get("interface") {
-                None | Some(Value::Null) => None,
-                Some(x) => Some(
-                    x.as_u64()
-                        .ok_or_else(|| bad("ips[].interface must be a non-negative integer"))?
-                        as usize,
-                ),
-            };
-            if let Some(idx) = interface {
-                if idx >= r.interfaces.len() {
-                    return Err(bad(format!("ips[{n}].interface {idx} is out of range")));
-                }
-            }
-            r.ips.push(IpConfig {
-                address,
-                gateway: ip(io.get("gateway"), "ips[].gateway")?,
-                interface,
-            });
+            r.ips.push(parse_ip_config(n, i, r.interfaces.len())?);
         }
         for rv in arr(o.get("routes"), "routes")? {
             r.routes.push(parse_route(rv)?);
@@ -283,6 +209,75 @@ impl CniResult {
         r.dns = Dns::from_json(o.get("dns").unwrap_or(&Value::Null))?;
         Ok(r)
     }
+}
+
+/// One `interfaces[]` entry in the shape of version 0.3.0+ (`modern`: 1.1.0's extra fields).
+fn interface_json(i: &Interface, modern: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(i.name));
+    if let Some(mac) = &i.mac {
+        m.insert("mac".into(), json!(mac));
+    }
+    if let Some(mtu) = i.mtu.filter(|_| modern) {
+        m.insert("mtu".into(), json!(mtu));
+    }
+    if let Some(sb) = &i.sandbox {
+        m.insert("sandbox".into(), json!(sb));
+    }
+    if let Some(s) = i.socket_path.as_ref().filter(|_| modern) {
+        m.insert("socketPath".into(), json!(s));
+    }
+    if let Some(s) = i.pci_id.as_ref().filter(|_| modern) {
+        m.insert("pciID".into(), json!(s));
+    }
+    Value::Object(m)
+}
+
+/// One `ips[]` entry in the shape of version `v` (0.3.x and 0.4.0 carry `version`).
+fn ip_json(ip: &IpConfig, v: Version) -> Value {
+    let mut m = Map::new();
+    if v.has_ip_version() {
+        m.insert("version".into(), json!(if ip.address.is_ipv4() { "4" } else { "6" }));
+    }
+    if let Some(i) = ip.interface {
+        m.insert("interface".into(), json!(i));
+    }
+    m.insert("address".into(), json!(ip.address.to_string()));
+    if let Some(gw) = ip.gateway {
+        m.insert("gateway".into(), json!(gw.to_string()));
+    }
+    Value::Object(m)
+}
+
+fn parse_interface(n: usize, i: &Value) -> Result<Interface> {
+    let io = i.as_object().ok_or_else(|| bad(format!("interfaces[{n}] must be an object")))?;
+    Ok(Interface {
+        name: opt_str(io.get("name"), "interfaces[].name")?
+            .ok_or_else(|| bad(format!("interfaces[{n}].name is required")))?,
+        mac: opt_str(io.get("mac"), "interfaces[].mac")?,
+        mtu: opt_u32(io.get("mtu"), "interfaces[].mtu")?,
+        sandbox: opt_str(io.get("sandbox"), "interfaces[].sandbox")?.filter(|s| !s.is_empty()),
+        socket_path: opt_str(io.get("socketPath"), "interfaces[].socketPath")?,
+        pci_id: opt_str(io.get("pciID"), "interfaces[].pciID")?,
+    })
+}
+
+/// One `ips[]` entry; its `interface` must index one of the `n_ifaces` interfaces.
+fn parse_ip_config(n: usize, i: &Value, n_ifaces: usize) -> Result<IpConfig> {
+    let io = i.as_object().ok_or_else(|| bad(format!("ips[{n}] must be an object")))?;
+    let address = cidr(io.get("address"), "ips[].address")?
+        .ok_or_else(|| bad(format!("ips[{n}].address is required")))?;
+    let interface = match io.get("interface") {
+        None | Some(Value::Null) => None,
+        Some(x) => {
+            Some(x.as_u64().ok_or_else(|| bad("ips[].interface must be a non-negative integer"))?
+                as usize)
+        }
+    };
+    if let Some(idx) = interface.filter(|&idx| idx >= n_ifaces) {
+        return Err(bad(format!("ips[{n}].interface {idx} is out of range")));
+    }
+    Ok(IpConfig { address, gateway: ip(io.get("gateway"), "ips[].gateway")?, interface })
 }
 
 fn route_json(r: &Route, modern: bool) -> Value {

@@ -49,35 +49,15 @@ pub fn run(
         Err(e) => return fail(stdout, &e, request_version(stdin).as_deref()),
     };
     if args.command == Command::Version {
-        // Echo the request's version when we speak it; libcni sends one, cnitool may not.
-        let ver = request_version(stdin)
-            .filter(|v| SUPPORTED.contains(&v.as_str()))
-            .unwrap_or_else(|| Version::V110.as_str().to_string());
-        let out = json!({ "cniVersion": ver, "supportedVersions": SUPPORTED });
-        return emit(stdout, &out.to_string());
+        return emit(stdout, &version_reply(stdin).to_string());
     }
     let conf = match NetConf::parse(stdin) {
         Ok(c) => c,
         Err(e) => return fail(stdout, &e, request_version(stdin).as_deref()),
     };
     let ver = conf.cni_version.clone();
-    let gate = match args.command {
-        Command::Check if !conf.version.supports_check() => {
-            Some(format!("CHECK needs cniVersion 0.4.0 or later, config is {:?}", conf.cni_version))
-        }
-        Command::Gc | Command::Status if !conf.version.supports_gc_status() => Some(format!(
-            "{} needs cniVersion 1.1.0 or later, config is {:?}",
-            args.command.as_str(),
-            conf.cni_version
-        )),
-        _ => None,
-    };
-    if let Some(msg) = gate {
-        return fail(
-            stdout,
-            &CniError::incompatible("incompatible CNI versions").with_details(msg),
-            Some(&ver),
-        );
+    if let Err(e) = version_gate(args.command, &conf) {
+        return fail(stdout, &e, Some(&ver));
     }
     let version = conf.version;
     let req = Request { args, conf, stdin: stdin.to_vec() };
@@ -94,6 +74,29 @@ pub fn run(
         Ok(None) => 0,
         Err(e) => fail(stdout, &e, Some(&ver)),
     }
+}
+
+/// VERSION's answer. Echo the request's version when we speak it; libcni sends one, cnitool may
+/// not.
+fn version_reply(stdin: &[u8]) -> serde_json::Value {
+    let ver = request_version(stdin)
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| Version::V110.as_str().to_string());
+    json!({ "cniVersion": ver, "supportedVersions": SUPPORTED })
+}
+
+/// CHECK needs 0.4.0, GC and STATUS 1.1.0: older configs get code 1.
+fn version_gate(cmd: Command, conf: &NetConf) -> Result<()> {
+    let need = match cmd {
+        Command::Check if !conf.version.supports_check() => "0.4.0",
+        Command::Gc | Command::Status if !conf.version.supports_gc_status() => "1.1.0",
+        _ => return Ok(()),
+    };
+    Err(CniError::incompatible("incompatible CNI versions").with_details(format!(
+        "{} needs cniVersion {need} or later, config is {:?}",
+        cmd.as_str(),
+        conf.cni_version
+    )))
 }
 
 /// The `cniVersion` string in stdin, if stdin is a JSON object that has one.

@@ -58,43 +58,44 @@ impl SubnetEnv {
             if is_ferry {
                 seen_ferry.insert(key.to_string());
             }
-            let cidr = |v: &str| -> Result<Option<IpNetwork>, String> {
-                if v.is_empty() {
-                    return Ok(None);
-                }
-                // Multi-CIDR files hold comma-separated lists; the first entry is the node's.
-                let first = v.split(',').next().unwrap_or("").trim();
-                first
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| format!("line {}: {k}={v:?} is not a CIDR", n + 1))
-            };
-            match key {
-                "NETWORK" => out.network = cidr(v)?,
-                "SUBNET" => out.subnet = cidr(v)?,
-                "IPV6_NETWORK" => out.ipv6_network = cidr(v)?,
-                "IPV6_SUBNET" => out.ipv6_subnet = cidr(v)?,
-                "MTU" => {
-                    out.mtu = Some(
-                        v.parse::<u32>().ok().filter(|m| (68..=65535).contains(m)).ok_or_else(
-                            || format!("line {}: {k}={v:?} is not an MTU (68-65535)", n + 1),
-                        )?,
-                    )
-                }
-                "IPMASQ" => {
-                    out.ipmasq = Some(match v {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(format!("line {}: {k}={v:?} is not true/false", n + 1)),
-                    })
-                }
-                _ => {}
-            }
+            out.set(key, k, v, n + 1)?;
         }
         if out.subnet.is_none() && out.ipv6_subnet.is_none() {
             return Err("no FLANNEL_SUBNET or FERRY_SUBNET key".into());
         }
         Ok(out)
+    }
+
+    /// Apply one line's value: `key` without its prefix, `k` as written (for errors).
+    fn set(&mut self, key: &str, k: &str, v: &str, line: usize) -> Result<(), String> {
+        let cidr = |v: &str| -> Result<Option<IpNetwork>, String> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            // Multi-CIDR files hold comma-separated lists; the first entry is the node's.
+            let first = v.split(',').next().unwrap_or("").trim();
+            first.parse().map(Some).map_err(|_| format!("line {line}: {k}={v:?} is not a CIDR"))
+        };
+        match key {
+            "NETWORK" => self.network = cidr(v)?,
+            "SUBNET" => self.subnet = cidr(v)?,
+            "IPV6_NETWORK" => self.ipv6_network = cidr(v)?,
+            "IPV6_SUBNET" => self.ipv6_subnet = cidr(v)?,
+            "MTU" => {
+                let mtu = v.parse::<u32>().ok().filter(|m| (68..=65535).contains(m));
+                let bad = || format!("line {line}: {k}={v:?} is not an MTU (68-65535)");
+                self.mtu = Some(mtu.ok_or_else(bad)?);
+            }
+            "IPMASQ" => {
+                self.ipmasq = Some(match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("line {line}: {k}={v:?} is not true/false")),
+                })
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Render in flannel's spelling, so the flannel CNI plugin can read a file Ferry wrote.
