@@ -7,34 +7,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
-use testlab::{bin, bin_dir, cni, wait_for, Netns};
+use testlab::{wait_for, Netns};
 
 const T: Duration = Duration::from_secs(10);
-
-/// Add a pod on node `i` the way a runtime would: the first plugin of the installed conflist,
-/// with the list's name and cniVersion, on stdin. Returns (pod netns, pod IP).
-fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
-    let list: Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
-    let mut conf = list["plugins"][0].clone();
-    conf["name"] = list["name"].clone();
-    conf["cniVersion"] = list["cniVersion"].clone();
-    let pod = Netns::new("fpo");
-    let path = bin_dir().display().to_string();
-    let netns = pod.path();
-    let env = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", &netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", &path),
-    ];
-    let out = cni(Some(&lab.nodes[i].ns), &bin("ferry"), &env, &conf.to_string());
-    out.assert_ok();
-    let r = out.json();
-    let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
-    (pod, ip)
-}
 
 /// Conntrack entries of node `i` (what its NAT did), one per line.
 fn conntrack(lab: &Lab, i: usize) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use testlab::{bin, ok, require_sandbox, wait_for, Netns, Proc, TempDir};
+use testlab::{bin, bin_dir, cni, ok, require_sandbox, wait_for, Netns, Proc, TempDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
@@ -402,4 +402,29 @@ pub fn key(subnet: &str) -> String {
 
 pub fn sh(s: &str) -> String {
     ok("sh", ["-c", s])
+}
+
+/// Add a pod on node `i` the way a runtime would: the first plugin of the installed conflist,
+/// with the list's name and cniVersion, on stdin. Returns (pod netns, pod IP).
+pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
+    let list: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
+    let mut conf = list["plugins"][0].clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    let pod = Netns::new("fpo");
+    let path = bin_dir().display().to_string();
+    let netns = pod.path();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", &netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", &path),
+    ];
+    let out = cni(Some(&lab.nodes[i].ns), &bin("ferry"), &env, &conf.to_string());
+    out.assert_ok();
+    let r = out.json();
+    let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    (pod, ip)
 }
