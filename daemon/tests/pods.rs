@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
 use std::time::Duration;
 use testlab::{wait_for, Netns};
 
