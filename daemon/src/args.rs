@@ -192,74 +192,98 @@ const VALUE_FLAGS: &[&str] = &[
     "--resync",
 ];
 
+/// A flag's value did not parse: the message names the flag, the value and what was expected.
+fn bad(flag: &str, v: &str, what: &str) -> String {
+    format!("{flag}: {v:?} is not {what}")
+}
+
 fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
-    let bad = |what: &str| format!("{flag}: {v:?} is not {what}");
+    let positive = |what| duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad(flag, v, what));
     match flag {
-        "--network" => {
-            let n: Ipv4Network = v.parse().map_err(|_| bad("an IPv4 CIDR"))?;
-            if n.network() != n.ip() {
-                return Err(format!(
-                    "{flag}: {v} has host bits set (did you mean {}/{}?)",
-                    n.network(),
-                    n.prefix()
-                ));
-            }
-            a.network.network = n;
-            a.network.explicit = true;
-        }
-        "--subnet-len" => {
-            a.network.subnet_len = Some(v.parse().map_err(|_| bad("a prefix length"))?);
-            a.network.explicit = true;
-        }
-        "--subnet-min" => {
-            a.network.subnet_min = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
-            a.network.explicit = true;
-        }
-        "--subnet-max" => {
-            a.network.subnet_max = Some(v.parse().map_err(|_| bad("an IPv4 address"))?);
-            a.network.explicit = true;
+        "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" => {
+            network_flag(&mut a.network, flag, v)?
         }
         "--store" => a.store.url = parse_store(v)?,
-        "--etcd-prefix" => a.store.etcd.prefix = v.trim_end_matches('/').to_string(),
-        "--etcd-ca" => a.store.etcd.ca = Some(v.into()),
-        "--etcd-cert" => a.store.etcd.cert = Some(v.into()),
-        "--etcd-key" => a.store.etcd.key = Some(v.into()),
-        "--etcd-dial-timeout" => {
-            a.store.etcd.dial_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+        f if f.starts_with("--etcd-") => etcd_flag(&mut a.store.etcd, flag, v)?,
+        "--lease-ttl" => a.lease.ttl = positive("a duration > 0")?,
+        "--renew-margin" => {
+            a.lease.renew_margin = duration(v).ok_or_else(|| bad(flag, v, "a duration"))?
         }
-        "--etcd-request-timeout" => {
-            a.store.etcd.request_timeout = duration(v).ok_or_else(|| bad("a duration"))?
+        "--public-ip" | "--iface" | "--mtu" => uplink_flag(&mut a.uplink, flag, v)?,
+        f if f.starts_with("--cni-") || f == "--subnet-file" => files_flag(&mut a.files, flag, v)?,
+        "--nft" => a.masq.nft = v.to_string(),
+        "--resync" => a.reconcile.resync = positive("a duration > 0")?,
+        _ => return Err(format!("unknown flag {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), String> {
+    let addr = || v.parse::<Ipv4Addr>().map_err(|_| bad(flag, v, "an IPv4 address"));
+    match flag {
+        "--network" => {
+            let net: Ipv4Network = v.parse().map_err(|_| bad(flag, v, "an IPv4 CIDR"))?;
+            if net.network() != net.ip() {
+                return Err(format!(
+                    "{flag}: {v} has host bits set (did you mean {}/{}?)",
+                    net.network(),
+                    net.prefix()
+                ));
+            }
+            n.network = net;
         }
-        "--lease-ttl" => {
-            a.lease.ttl =
-                duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
+        "--subnet-len" => {
+            n.subnet_len = Some(v.parse().map_err(|_| bad(flag, v, "a prefix length"))?)
         }
-        "--renew-margin" => a.lease.renew_margin = duration(v).ok_or_else(|| bad("a duration"))?,
-        "--public-ip" => a.uplink.public_ip = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
-        "--iface" => a.uplink.iface = Some(v.to_string()),
+        "--subnet-min" => n.subnet_min = Some(addr()?),
+        "--subnet-max" => n.subnet_max = Some(addr()?),
+        _ => return Err(format!("unknown flag {flag} (see --help)")),
+    }
+    n.explicit = true;
+    Ok(())
+}
+
+fn etcd_flag(e: &mut EtcdOpts, flag: &str, v: &str) -> Result<(), String> {
+    let timeout = || duration(v).ok_or_else(|| bad(flag, v, "a duration"));
+    match flag {
+        "--etcd-prefix" => e.prefix = v.trim_end_matches('/').to_string(),
+        "--etcd-ca" => e.ca = Some(v.into()),
+        "--etcd-cert" => e.cert = Some(v.into()),
+        "--etcd-key" => e.key = Some(v.into()),
+        "--etcd-dial-timeout" => e.dial_timeout = timeout()?,
+        "--etcd-request-timeout" => e.request_timeout = timeout()?,
+        _ => return Err(format!("unknown flag {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+fn uplink_flag(u: &mut UplinkFlags, flag: &str, v: &str) -> Result<(), String> {
+    match flag {
+        "--public-ip" => {
+            u.public_ip = Some(v.parse().map_err(|_| bad(flag, v, "an IPv4 address"))?)
+        }
+        "--iface" => u.iface = Some(v.to_string()),
         "--mtu" => {
-            a.uplink.mtu = Some(
-                v.parse()
-                    .ok()
-                    .filter(|m| (576..=65535).contains(m))
-                    .ok_or_else(|| bad("an MTU (576-65535)"))?,
-            )
+            let mtu = v.parse().ok().filter(|m| (576..=65535).contains(m));
+            u.mtu = Some(mtu.ok_or_else(|| bad(flag, v, "an MTU (576-65535)"))?);
         }
-        "--subnet-file" => a.files.subnet_file = v.into(),
-        "--cni-conf-dir" => a.files.cni_conf_dir = v.into(),
+        _ => return Err(format!("unknown flag {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+fn files_flag(f: &mut NodeFiles, flag: &str, v: &str) -> Result<(), String> {
+    match flag {
+        "--subnet-file" => f.subnet_file = v.into(),
+        "--cni-conf-dir" => f.cni_conf_dir = v.into(),
         "--cni-conf-name" => {
             if v.contains('/') || !(v.ends_with(".conflist")) {
-                return Err(bad("a file name ending in .conflist"));
+                return Err(bad(flag, v, "a file name ending in .conflist"));
             }
-            a.files.cni_conf_name = v.to_string();
+            f.cni_conf_name = v.to_string();
         }
-        "--cni-network-name" => a.files.cni_network_name = v.to_string(),
-        "--cni-data-dir" => a.files.cni_data_dir = v.into(),
-        "--nft" => a.masq.nft = v.to_string(),
-        "--resync" => {
-            a.reconcile.resync =
-                duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad("a duration > 0"))?
-        }
+        "--cni-network-name" => f.cni_network_name = v.to_string(),
+        "--cni-data-dir" => f.cni_data_dir = v.into(),
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())
@@ -357,6 +381,35 @@ mod tests {
             args(&["--store", "file:///tmp/x"]).unwrap().store.url,
             StoreUrl::File("/tmp/x".into())
         );
+    }
+
+    #[test]
+    fn each_flag_lands_in_its_group() {
+        let a = args(&[
+            "--subnet-min=10.244.4.0",
+            "--etcd-prefix=/p/",
+            "--etcd-dial-timeout=3s",
+            "--renew-margin=5m",
+            "--iface=eth1",
+            "--mtu=9000",
+            "--cni-conf-name=20-x.conflist",
+            "--subnet-file=/run/x/subnet.env",
+            "--nft=/sbin/nft",
+            "--resync=2s",
+            "--strict-network",
+        ])
+        .unwrap();
+        assert!(a.network.explicit && a.network.strict);
+        assert_eq!(a.network.subnet_min, Some(Ipv4Addr::new(10, 244, 4, 0)));
+        assert_eq!(a.store.etcd.prefix, "/p");
+        assert_eq!(a.store.etcd.dial_timeout, Duration::from_secs(3));
+        assert_eq!(a.lease.renew_margin, Duration::from_secs(300));
+        assert_eq!((a.uplink.iface.as_deref(), a.uplink.mtu), (Some("eth1"), Some(9000)));
+        assert_eq!(a.files.conflist_path().to_str(), Some("/etc/cni/net.d/20-x.conflist"));
+        assert_eq!(a.files.subnet_file.to_str(), Some("/run/x/subnet.env"));
+        assert_eq!(a.masq.nft, "/sbin/nft");
+        assert_eq!(a.reconcile.resync, Duration::from_secs(2));
+        assert_eq!(args(&["--mtu", "20"]).unwrap_err(), r#"--mtu: "20" is not an MTU (576-65535)"#);
     }
 
     #[test]

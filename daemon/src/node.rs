@@ -45,52 +45,17 @@ pub fn find_uplink(
     iface: Option<&str>,
 ) -> Result<Uplink, String> {
     let addrs = nl.addresses(None).map_err(|e| format!("list addresses: {e}"))?;
-    let v4_of = |idx: u32| {
-        addrs.iter().find_map(|(i, a)| match a {
-            IpNetwork::V4(n) if *i == idx && !n.ip().is_loopback() => Some(n.ip()),
-            _ => None,
-        })
-    };
-    let link = |nl: &mut Netlink, idx: u32| nl.link_by_index(idx).ok().flatten();
-    let index = if let Some(name) = iface {
-        let l = nl.link_by_name(name).map_err(|e| format!("look up --iface {name}: {e}"))?;
-        Some(l.ok_or_else(|| format!("--iface {name}: no such interface"))?.index)
-    } else if let Some(ip) = public_ip {
-        let found = addrs.iter().find(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)).map(|(i, _)| *i);
-        match found {
-            Some(i) => Some(i),
-            None => {
-                warn!("--public-ip {ip} is not assigned to any interface here (NAT?); using the default-route interface for the MTU");
-                default_route_oif(nl)
-            }
-        }
-    } else {
-        match default_route_oif(nl) {
-            Some(i) => Some(i),
-            None => {
-                let cands: Vec<u32> = {
-                    let mut v: Vec<u32> = addrs
-                        .iter()
-                        .filter(|(_, a)| matches!(a, IpNetwork::V4(n) if !n.ip().is_loopback() && !n.ip().is_link_local()))
-                        .map(|(i, _)| *i)
-                        .collect();
-                    v.dedup();
-                    v
-                };
-                match cands.as_slice() {
-                    [one] => Some(*one),
-                    [] => return Err("no default route and no interface with an IPv4 address: pass --iface or --public-ip".into()),
-                    _ => return Err("no default route and several interfaces with IPv4 addresses: pass --iface or --public-ip".into()),
-                }
-            }
-        }
-    };
-    let l = index.and_then(|i| link(nl, i));
+    let index = uplink_index(nl, &addrs, public_ip, iface)?;
+    let l = index.and_then(|i| nl.link_by_index(i).ok().flatten());
     let ip = match public_ip {
         Some(ip) => ip,
         None => {
             let i = index.ok_or("cannot find the uplink interface: pass --iface or --public-ip")?;
-            v4_of(i).ok_or_else(|| {
+            let v4 = addrs.iter().find_map(|(idx, a)| match a {
+                IpNetwork::V4(n) if *idx == i && !n.ip().is_loopback() => Some(n.ip()),
+                _ => None,
+            });
+            v4.ok_or_else(|| {
                 format!(
                     "interface {} has no IPv4 address: pass --public-ip",
                     l.as_ref().map(|l| l.name.as_str()).unwrap_or("?")
@@ -103,6 +68,41 @@ pub fn find_uplink(
         iface: l.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
         mtu: l.map(|l| l.mtu).filter(|m| *m > 0).unwrap_or(1500),
     })
+}
+
+/// The uplink's interface index: `--iface`, else the interface holding `--public-ip`, else the
+/// default route's, else the only interface with an IPv4 address.
+fn uplink_index(
+    nl: &mut Netlink,
+    addrs: &[(u32, IpNetwork)],
+    public_ip: Option<Ipv4Addr>,
+    iface: Option<&str>,
+) -> Result<Option<u32>, String> {
+    if let Some(name) = iface {
+        let l = nl.link_by_name(name).map_err(|e| format!("look up --iface {name}: {e}"))?;
+        return Ok(Some(l.ok_or_else(|| format!("--iface {name}: no such interface"))?.index));
+    }
+    if let Some(ip) = public_ip {
+        let found = addrs.iter().find(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)).map(|(i, _)| *i);
+        if found.is_none() {
+            warn!("--public-ip {ip} is not assigned to any interface here (NAT?); using the default-route interface for the MTU");
+        }
+        return Ok(found.or_else(|| default_route_oif(nl)));
+    }
+    if let Some(i) = default_route_oif(nl) {
+        return Ok(Some(i));
+    }
+    let mut cands: Vec<u32> = addrs
+        .iter()
+        .filter(|(_, a)| matches!(a, IpNetwork::V4(n) if !n.ip().is_loopback() && !n.ip().is_link_local()))
+        .map(|(i, _)| *i)
+        .collect();
+    cands.dedup();
+    match cands.as_slice() {
+        [one] => Ok(Some(*one)),
+        [] => Err("no default route and no interface with an IPv4 address: pass --iface or --public-ip".into()),
+        _ => Err("no default route and several interfaces with IPv4 addresses: pass --iface or --public-ip".into()),
+    }
 }
 
 fn default_route_oif(nl: &mut Netlink) -> Option<u32> {

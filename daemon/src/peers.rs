@@ -5,7 +5,7 @@
 //! that is not this node's. Everything else is reported as bad and never routed.
 
 use crate::config::{overlaps, span};
-use crate::store::{parse_subnet_key, subnet_key, LeaseEntry, WatchEvent};
+use crate::store::{parse_subnet_key, subnet_key, Lease, LeaseEntry, WatchEvent};
 use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -60,6 +60,7 @@ pub fn apply_event(leases: &mut Leases, ev: WatchEvent) {
     }
 }
 
+/// The routes this node wants from the store's current entries, and which entries are bad.
 pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     let mut v = Verdict::default();
     let mut ok: Vec<(Ipv4Network, Ipv4Addr, &str)> = Vec::with_capacity(leases.len());
@@ -74,57 +75,18 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
         if l.expires.is_some_and(|t| t <= now) {
             continue;
         }
-        let (s, ip) = (l.subnet, l.attrs.public_ip);
-        let reason = if !l.attrs.backend_type.is_empty()
-            && !l.attrs.backend_type.eq_ignore_ascii_case("host-gw")
-        {
-            Some(format!("backend type {:?} is not host-gw", l.attrs.backend_type))
-        } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
-            Some(format!("subnet {s} is outside the cluster network {}", me.network))
-        } else if s == me.subnet {
-            if ip == me.public_ip {
-                v.own_present = true;
-                continue;
-            }
-            Some(format!("claims this node's subnet {s} for {ip}"))
-        } else if overlaps(s, me.subnet) {
-            Some(format!("subnet {s} overlaps this node's subnet {}", me.subnet))
-        } else if ip == me.public_ip {
-            Some(format!("points at this node's own public IP {ip}"))
-        } else if ip.is_unspecified()
-            || ip.is_loopback()
-            || ip.is_multicast()
-            || ip.is_broadcast()
-            || me.network.contains(ip)
-        {
-            Some(format!("public IP {ip} is not a usable node address"))
-        } else {
-            None
-        };
-        match reason {
-            Some(r) => {
+        match judge(l, me) {
+            Judged::Own => v.own_present = true,
+            Judged::Bad(r) => {
                 v.bad.insert(key.clone(), r);
             }
-            None => ok.push((s, ip, key.as_str())),
+            Judged::Peer => ok.push((l.subnet, l.attrs.public_ip, key.as_str())),
         }
     }
-    // CIDRs either nest or are disjoint: a sorted sweep with a stack of enclosing subnets finds
-    // every overlap. Leases of the configured length cannot overlap each other, so in a clash the
-    // odd-sized lease is the bad one.
+    // Leases of the configured length cannot overlap each other, so in a clash the odd-sized
+    // lease is the bad one.
     ok.sort_by_key(|(s, _, _)| (u32::from(s.network()), s.prefix()));
-    let mut clash: Vec<Option<usize>> = vec![None; ok.len()];
-    let mut stack: Vec<usize> = Vec::new();
-    for i in 0..ok.len() {
-        let (start, _) = span(ok[i].0);
-        while stack.last().is_some_and(|&j| span(ok[j].0).1 < start) {
-            stack.pop();
-        }
-        for &j in &stack {
-            clash[i].get_or_insert(j);
-            clash[j].get_or_insert(i);
-        }
-        stack.push(i);
-    }
+    let clash = clashes(ok.iter().map(|(s, _, _)| *s));
     for (i, (s, ip, key)) in ok.iter().enumerate() {
         match clash[i] {
             Some(j) if s.prefix() != me.subnet_len => {
@@ -136,6 +98,66 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
         }
     }
     v
+}
+
+/// What a live, well-formed lease is to this node.
+enum Judged {
+    /// This node's own lease.
+    Own,
+    /// Never routed, for this reason.
+    Bad(String),
+    /// A peer to route (unless it overlaps another lease).
+    Peer,
+}
+
+fn judge(l: &Lease, me: &Me) -> Judged {
+    let (s, ip) = (l.subnet, l.attrs.public_ip);
+    let bad = |r: String| Judged::Bad(r);
+    if !l.attrs.backend_type.is_empty() && !l.attrs.backend_type.eq_ignore_ascii_case("host-gw") {
+        bad(format!("backend type {:?} is not host-gw", l.attrs.backend_type))
+    } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
+        bad(format!("subnet {s} is outside the cluster network {}", me.network))
+    } else if s == me.subnet {
+        if ip == me.public_ip {
+            Judged::Own
+        } else {
+            bad(format!("claims this node's subnet {s} for {ip}"))
+        }
+    } else if overlaps(s, me.subnet) {
+        bad(format!("subnet {s} overlaps this node's subnet {}", me.subnet))
+    } else if ip == me.public_ip {
+        bad(format!("points at this node's own public IP {ip}"))
+    } else if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || me.network.contains(ip)
+    {
+        bad(format!("public IP {ip} is not a usable node address"))
+    } else {
+        Judged::Peer
+    }
+}
+
+/// For each subnet (sorted by start address, then prefix), one other subnet it overlaps, if
+/// any. CIDRs either nest or are disjoint: a sweep with a stack of enclosing subnets finds every
+/// overlap.
+fn clashes(sorted: impl ExactSizeIterator<Item = Ipv4Network>) -> Vec<Option<usize>> {
+    let spans: Vec<(u32, u32)> = sorted.map(span).collect();
+    let mut clash: Vec<Option<usize>> = vec![None; spans.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    for i in 0..spans.len() {
+        let (start, _) = spans[i];
+        while stack.last().is_some_and(|&j| spans[j].1 < start) {
+            stack.pop();
+        }
+        for &j in &stack {
+            clash[i].get_or_insert(j);
+            clash[j].get_or_insert(i);
+        }
+        stack.push(i);
+    }
+    clash
 }
 
 /// All subnets any entry occupies (bad ones included when their key names a subnet): what a claim

@@ -128,8 +128,9 @@ async fn daemon(a: Args) -> i32 {
     );
 
     // 2. The store and the network config everyone agrees on.
-    let (store, mut wstore) = open_store(&a.store, &m).await;
-    let mut keeper = LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, m };
+    let (store, watch_store) = open_store(&a.store, &m).await;
+    let mut keeper =
+        LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, m: m.clone() };
     let net = match keeper.agree_network(&desired, &a.network).await {
         Ok(n) => n,
         Err(code) => return code,
@@ -138,7 +139,7 @@ async fn daemon(a: Args) -> i32 {
 
     // 3. This node's lease.
     let remembered = node::remembered_subnet(&a.files.subnet_file, net.network);
-    let lease = keeper.claim(keeper.public_ip, remembered).await;
+    let lease = keeper.claim(up.public_ip, remembered).await;
 
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
     if let Err(e) = node::enable_forwarding() {
@@ -154,19 +155,30 @@ async fn daemon(a: Args) -> i32 {
     node.ensure(false);
 
     // 5. The loops.
-    let m = keeper.m.clone();
     let routes = RouteApplier::new(NetlinkRouteTable::new(nl), m.clone());
-    let event_loop = EventLoop::new(node, a.reconcile, routes, m.clone());
+    let event_loop = EventLoop::new(node, a.reconcile, routes, m);
+    run_loops(event_loop, keeper, lease, watch_store, a.reconcile.resync).await
+}
+
+/// The store watcher, the lease keeper and the event loop, until one of them ends.
+async fn run_loops(
+    event_loop: EventLoop,
+    keeper: LeaseKeeper,
+    lease: Lease,
+    mut watch_store: AnyStore,
+    resync: Duration,
+) -> i32 {
+    let m = keeper.m.clone();
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let (kernel_tx, kernel_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let (own_tx, own_rx) = watch::channel(lease.subnet);
     if let Err(e) = crate::events::spawn(kernel_tx) {
-        warn!("netlink events unavailable ({e}); relying on the {:?} sweep", a.reconcile.resync);
+        warn!("netlink events unavailable ({e}); relying on the {resync:?} sweep");
     }
     let inputs = Inputs { store: store_rx, kernel: kernel_rx, own: own_rx, lost: lost_tx };
     tokio::select! {
-        _ = watcher(&mut wstore, store_tx, &m) => 1,
+        _ = watcher(&mut watch_store, store_tx, &m) => 1,
         _ = keeper.run(lease, own_tx, lost_rx) => 1,
         code = event_loop.run(inputs) => code,
     }

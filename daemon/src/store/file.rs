@@ -16,7 +16,7 @@ use super::{
 };
 use ferry_fs::Lock;
 use ipnetwork::Ipv4Network;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -158,6 +158,59 @@ impl FileStore {
         Ok(())
     }
 
+    /// Wait for inotify events, at most until the next known lease expires (`None` then).
+    async fn next_inotify_batch(&mut self) -> Result<Option<Changed>> {
+        let sleep_for = self
+            .next_expiry()
+            .map(|t| {
+                t.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1)
+            })
+            .unwrap_or(Duration::from_secs(3600));
+        let afd = self.inotify.as_ref().expect("inotify set up");
+        let read = tokio::time::timeout(
+            sleep_for,
+            afd.async_io(Interest::READABLE, |i| i.0.read_events().map_err(io::Error::from)),
+        )
+        .await;
+        match read {
+            Err(_elapsed) => Ok(None),
+            Ok(Err(e)) => {
+                self.inotify = None;
+                Err(StoreError::Other(format!("inotify read: {e}")))
+            }
+            Ok(Ok(events)) => self.changed(events).map(Some),
+        }
+    }
+
+    /// The lease names a batch of inotify events touched (each once, in order).
+    fn changed(&mut self, events: Vec<InotifyEvent>) -> Result<Changed> {
+        let mut names: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for ev in events {
+            if ev.mask.intersects(AddWatchFlags::IN_Q_OVERFLOW) {
+                return Ok(Changed::Overflow);
+            }
+            if ev.mask.intersects(
+                AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_IGNORED,
+            ) {
+                self.inotify = None;
+                return Err(StoreError::Unavailable(format!(
+                    "store directory {} was removed",
+                    self.dir.display()
+                )));
+            }
+            let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string)) else {
+                continue;
+            };
+            if !ignored(&name) && seen.insert(name.clone()) {
+                names.push(name);
+            }
+        }
+        Ok(Changed::Names(names))
+    }
+
     /// Delete the given expired lease files if the lock is free now (someone else cleans up otherwise).
     fn cleanup_expired(&self, names: &[String]) {
         if names.is_empty() {
@@ -217,6 +270,14 @@ impl FileStore {
     fn next_expiry(&self) -> Option<SystemTime> {
         self.known.values().flatten().min().copied()
     }
+}
+
+/// What one batch of inotify events means.
+enum Changed {
+    /// These entries changed (created, rewritten, renamed, deleted).
+    Names(Vec<String>),
+    /// The kernel dropped events: only a full listing is safe.
+    Overflow,
 }
 
 /// File names in the store directory that are not leases.
@@ -362,61 +423,19 @@ impl LeaseStore for FileStore {
             return Ok((vec![WatchEvent::Resync(all)], rev));
         }
         loop {
-            let sleep_for = self
-                .next_expiry()
-                .map(|t| {
-                    t.duration_since(SystemTime::now()).unwrap_or_default()
-                        + Duration::from_millis(1)
-                })
-                .unwrap_or(Duration::from_secs(3600));
-            let afd = self.inotify.as_ref().expect("inotify set up");
-            let read = tokio::time::timeout(
-                sleep_for,
-                afd.async_io(Interest::READABLE, |i| i.0.read_events().map_err(io::Error::from)),
-            )
-            .await;
-            let events = match read {
-                Err(_elapsed) => {
-                    let ev = self.expire_known();
-                    if ev.is_empty() {
-                        continue;
-                    }
-                    self.rev += 1;
-                    return Ok((ev, self.rev));
+            let out = match self.next_inotify_batch().await? {
+                // The next expiry came first.
+                None => self.expire_known(),
+                Some(Changed::Names(names)) => {
+                    let mut out = self.events_for(names)?;
+                    out.extend(self.expire_known());
+                    out
                 }
-                Ok(Err(e)) => {
-                    self.inotify = None;
-                    return Err(StoreError::Other(format!("inotify read: {e}")));
-                }
-                Ok(Ok(evs)) => evs,
-            };
-            let mut names: Vec<String> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for ev in events {
-                if ev.mask.intersects(AddWatchFlags::IN_Q_OVERFLOW) {
+                Some(Changed::Overflow) => {
                     let (all, rev) = self.list().await?;
                     return Ok((vec![WatchEvent::Resync(all)], rev));
                 }
-                if ev.mask.intersects(
-                    AddWatchFlags::IN_DELETE_SELF
-                        | AddWatchFlags::IN_MOVE_SELF
-                        | AddWatchFlags::IN_IGNORED,
-                ) {
-                    self.inotify = None;
-                    return Err(StoreError::Unavailable(format!(
-                        "store directory {} was removed",
-                        self.dir.display()
-                    )));
-                }
-                let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string)) else {
-                    continue;
-                };
-                if !ignored(&name) && seen.insert(name.clone()) {
-                    names.push(name);
-                }
-            }
-            let mut out = self.events_for(names)?;
-            out.extend(self.expire_known());
+            };
             if !out.is_empty() {
                 self.rev += 1;
                 return Ok((out, self.rev));
