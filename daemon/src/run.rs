@@ -130,7 +130,7 @@ async fn daemon(a: Args) -> i32 {
     // 2. The store and the network config everyone agrees on.
     let (store, watch_store) = open_store(&a.store, &m).await;
     let mut keeper =
-        LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, m: m.clone() };
+        LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, metrics: m.clone() };
     let net = match keeper.agree_network(&desired, &a.network).await {
         Ok(n) => n,
         Err(code) => return code,
@@ -168,7 +168,7 @@ async fn run_loops(
     mut watch_store: AnyStore,
     resync: Duration,
 ) -> i32 {
-    let m = keeper.m.clone();
+    let m = keeper.metrics.clone();
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let (kernel_tx, kernel_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
@@ -226,7 +226,7 @@ struct LeaseKeeper {
     net: Net,
     public_ip: Ipv4Addr,
     timing: LeaseTiming,
-    m: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl LeaseKeeper {
@@ -244,7 +244,7 @@ impl LeaseKeeper {
                 Err(StoreError::Invalid(e)) => {
                     return Err(refuse(&format!("the stored network config is unusable: {e}")))
                 }
-                Err(e) => b.fail("read network config", &e, &self.m).await,
+                Err(e) => b.fail("read network config", &e, &self.metrics).await,
             }
         };
         b.ok("network config");
@@ -280,7 +280,7 @@ impl LeaseKeeper {
             match lease::claim(&mut self.store, &self.net, ip, remembered, self.timing.ttl).await {
                 Ok(l) => {
                     b.ok("claim lease");
-                    metrics::inc(&self.m.lease_claims_total);
+                    metrics::inc(&self.metrics.lease_claims_total);
                     let exp = l
                         .expires
                         .map(crate::log::timestamp)
@@ -288,9 +288,9 @@ impl LeaseKeeper {
                     info!("lease {} for {} (expires {exp})", l.subnet, ip);
                     return l;
                 }
-                Err(ClaimError::Store(e)) => b.fail("claim lease", &e, &self.m).await,
+                Err(ClaimError::Store(e)) => b.fail("claim lease", &e, &self.metrics).await,
                 Err(e @ ClaimError::Exhausted(_)) => {
-                    metrics::inc(&self.m.store_errors_total);
+                    metrics::inc(&self.metrics.store_errors_total);
                     error!("claim lease: {e}; retrying in 5s");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
@@ -341,7 +341,7 @@ impl LeaseKeeper {
         match self.store.renew(lease.subnet, &lease.attrs, ttl).await {
             Ok(true) => {
                 b.ok("renew lease");
-                metrics::inc(&self.m.lease_renewals_total);
+                metrics::inc(&self.metrics.lease_renewals_total);
                 lease.expires = Some(SystemTime::now() + ttl);
                 debug!("renewed lease {}", lease.subnet);
                 Some(Instant::now() + lease::renew_after(ttl, self.timing.renew_margin))
@@ -354,7 +354,7 @@ impl LeaseKeeper {
                         lease.subnet
                     );
                 }
-                b.fail("renew lease", &e, &self.m).await;
+                b.fail("renew lease", &e, &self.metrics).await;
                 Some(Instant::now())
             }
         }

@@ -94,14 +94,14 @@ fn map_err(e: etcd_client::Error) -> StoreError {
     }
 }
 
-/// Run one etcd call bounded by `t`.
+/// Run one etcd call bounded by `timeout`.
 async fn io<T>(
-    t: Duration,
-    f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    timeout: Duration,
+    call: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(t, f).await {
+    match tokio::time::timeout(timeout, call).await {
         Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable(format!("etcd request timed out after {t:?}"))),
+        Err(_) => Err(StoreError::Unavailable(format!("etcd request timed out after {timeout:?}"))),
     }
 }
 
