@@ -48,6 +48,11 @@ fn invalid(path: &Path, why: &str) -> io::Error {
 /// Errors: `NotFound` if it does not exist; `InvalidData` ("is a symbolic link", "is not a
 /// regular file") for anything that is not a plain file; other I/O errors as they come.
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_meta(path).map(|(f, _)| f)
+}
+
+/// [`open_regular`], also returning the file's metadata (from the one `fstat` it makes).
+fn open_regular_meta(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -56,7 +61,8 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
             Some(libc::ELOOP) => invalid(path, "is a symbolic link"),
             _ => e,
         })?;
-    let ft = f.metadata()?.file_type();
+    let meta = f.metadata()?;
+    let ft = meta.file_type();
     if !ft.is_file() {
         let kind = if ft.is_dir() {
             "is a directory"
@@ -71,14 +77,14 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         };
         return Err(invalid(path, kind));
     }
-    Ok(f)
+    Ok((f, meta))
 }
 
 /// Read a regular file of at most `cap` bytes (see [`open_regular`]). A larger file is an
 /// `InvalidData` error, detected without reading more than `cap + 1` bytes.
 pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let f = open_regular(path)?;
-    let len = f.metadata()?.len();
+    let (f, meta) = open_regular_meta(path)?;
+    let len = meta.len();
     if len > cap {
         return Err(invalid(path, &format!("is {len} bytes, more than the {cap} allowed")));
     }
