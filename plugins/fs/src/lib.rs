@@ -122,11 +122,11 @@ fn temp_name(target: &Path) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mix =
-        nanos ^ (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((std::process::id() as u64) << 40);
+    let pid = std::process::id();
+    let mix = nanos ^ (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((pid as u64) << 40);
     let mut name = OsString::from(".");
     name.push(target.file_name().unwrap_or_default());
-    name.push(format!(".{}.{mix:016x}.tmp", std::process::id()));
+    name.push(format!(".{pid}.{mix:016x}.tmp"));
     parent_of(target).join(PathBuf::from(OsString::from_vec(name.into_vec())))
 }
 
