@@ -141,7 +141,9 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Linux interface name rules: 1..=15 bytes, not `.`/`..`, no `/`, `:`, whitespace or control chars.
+/// Linux interface name rules: 1..=15 bytes, not `.`/`..`, no `/`, `:`, `%` (the kernel expands
+/// `%d` into a free number: the link would get another name than asked), whitespace or control
+/// chars.
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad =
         |why: &str| Err(CniError::env(format!("invalid CNI_IFNAME {:?}: {why}", truncate(name))));
@@ -154,8 +156,8 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     if name == "." || name == ".." {
         return bad("must not be '.' or '..'");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
-        return bad("must not contain '/', ':', whitespace or control characters");
+    if name.chars().any(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control()) {
+        return bad("must not contain '/', ':', '%', whitespace or control characters");
     }
     Ok(())
 }
@@ -303,7 +305,19 @@ mod tests {
     fn ifnames() {
         assert!(validate_ifname("eth0").is_ok());
         assert!(validate_ifname(&"a".repeat(15)).is_ok());
-        for bad in [&"a".repeat(16) as &str, ".", "..", "a/b", "a:b", "a b", "a\tb", "e\u{1}", ""] {
+        for bad in [
+            &"a".repeat(16) as &str,
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "e\u{1}",
+            "",
+            "e%d",
+            "%",
+        ] {
             assert_eq!(validate_ifname(bad).unwrap_err().code.as_u32(), 4, "{bad:?}");
         }
     }
