@@ -314,11 +314,18 @@ pub fn parse_routes(v: &Value) -> Result<Vec<Route>> {
         .collect()
 }
 
+/// One route object. A `gw` of the other address family than `dst` is rejected (the kernel would
+/// otherwise install it via a mapped address): the one rule for config and result routes alike.
 fn parse_route(v: &Value) -> Result<Route> {
     let o = v.as_object().ok_or_else(|| bad("routes[] must be objects"))?;
+    let dst = cidr(o.get("dst"), "routes[].dst")?.ok_or_else(|| bad("routes[].dst is required"))?;
+    let gw = ip(o.get("gw"), "routes[].gw")?;
+    if let Some(g) = gw.filter(|g| g.is_ipv4() != dst.is_ipv4()) {
+        return Err(bad(format!("route {dst} via {g} mixes address families")));
+    }
     Ok(Route {
-        dst: cidr(o.get("dst"), "routes[].dst")?.ok_or_else(|| bad("routes[].dst is required"))?,
-        gw: ip(o.get("gw"), "routes[].gw")?,
+        dst,
+        gw,
         mtu: opt_u32(o.get("mtu"), "routes[].mtu")?,
         advmss: opt_u32(o.get("advmss"), "routes[].advmss")?,
         priority: opt_u32(o.get("priority"), "routes[].priority")?,
@@ -512,7 +519,14 @@ mod tests {
         let r = parse_routes(&ok).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].gw, Some("10.1.0.1".parse().unwrap()));
-        for bad in [r#""x""#, r#"[{"dst":"nope"}]"#, r#"[{"gw":"10.0.0.1"}]"#, r#"[5]"#] {
+        for bad in [
+            r#""x""#,
+            r#"[{"dst":"nope"}]"#,
+            r#"[{"gw":"10.0.0.1"}]"#,
+            r#"[5]"#,
+            r#"[{"dst":"0.0.0.0/0","gw":"fd00::1"}]"#,
+            r#"[{"dst":"::/0","gw":"10.0.0.1"}]"#,
+        ] {
             let e = parse_routes(&serde_json::from_str(bad).unwrap()).unwrap_err();
             assert_eq!(e.code.as_u32(), 7, "{bad}");
             assert!(!e.msg.contains("invalid result"), "{}", e.msg);

@@ -46,7 +46,10 @@ pub fn add(req: &Request) -> Result<CniResult> {
     ipam.prepare()?;
     let mut sides = open_sides(&names)?;
     let readd = existing(&mut sides, &names)?;
-    let plan = ipam.add()?;
+    let mut plan = ipam.add()?;
+    // Routes of the other address family cannot go via this attachment's gateway (CHECK skips
+    // them the same way).
+    plan.routes.retain(|r| r.dst.is_ipv4() == plan.ip.is_ipv4());
     crate::timing::mark("ipam allocate");
     match setup(&mut sides, &names, &plan, readd) {
         Ok((h, p)) => Ok(result(prev, &plan, &h, &p, &names.netns)),
