@@ -49,22 +49,11 @@ fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
     ferry_cni::requested::requested_ips(&req.conf, &req.args).map_err(|e| e.context("ferry-ipam"))
 }
 
-/// Match requested addresses to pools by family: at most one per pool, none left over.
+/// Match requested addresses to pools by family: ferry-cni's one rule (at most one per pool,
+/// none left over, code 7 otherwise), which the `ferry` plugin applies too.
 fn match_requests(pools: &[Pool], requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>, CniError> {
-    let mut out = vec![None; pools.len()];
-    for &ip in requested {
-        let Some(i) = pools.iter().position(|p| p.is_ipv4() == ip.is_ipv4()) else {
-            return Err(CniError::config(format!(
-                "ferry-ipam: requested IP {ip} matches no configured subnet"
-            )));
-        };
-        if let Some(prev) = out[i].replace(ip) {
-            return Err(CniError::config(format!(
-                "ferry-ipam: requested IPs {prev} and {ip}: only one per address family"
-            )));
-        }
-    }
-    Ok(out)
+    let families: Vec<bool> = pools.iter().map(Pool::is_ipv4).collect();
+    ferry_cni::requested::by_family(requested, &families).map_err(|e| e.context("ferry-ipam"))
 }
 
 impl Plugin for IpamPlugin {

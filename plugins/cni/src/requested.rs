@@ -52,6 +52,26 @@ pub fn requested_ips(conf: &NetConf, args: &CniArgs) -> Result<Vec<IpAddr>> {
     }
 }
 
+/// Match `requested` addresses to the allocating pools, given as their families (`true` = IPv4),
+/// in order: at most one per pool, none left over. The one answer for `ferry` and `ferry-ipam`:
+/// an address no pool can serve, or two for one pool, is a config error (code 7), never ignored.
+pub fn by_family(requested: &[IpAddr], pools_v4: &[bool]) -> Result<Vec<Option<IpAddr>>> {
+    let mut out = vec![None; pools_v4.len()];
+    for &ip in requested {
+        let Some(i) = pools_v4.iter().position(|v4| *v4 == ip.is_ipv4()) else {
+            return Err(CniError::config(format!(
+                "requested IP {ip} matches no configured subnet's address family"
+            )));
+        };
+        if let Some(prev) = out[i].replace(ip) {
+            return Err(CniError::config(format!(
+                "requested IPs {prev} and {ip}: only one per address family"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +123,22 @@ mod tests {
         ] {
             let e = requested_ips(&conf(extra), &args(cni_args)).unwrap_err();
             assert_eq!(e.code.as_u32(), 7, "{extra} {cni_args}");
+        }
+    }
+
+    #[test]
+    fn matched_to_pools_by_family() {
+        let v4 = ips(&["10.0.0.3"]);
+        assert_eq!(by_family(&v4, &[true]).unwrap(), vec![Some(v4[0])]);
+        assert_eq!(by_family(&[], &[true, false]).unwrap(), vec![None, None]);
+        let dual = ips(&["fd00::3", "10.0.0.3"]);
+        assert_eq!(by_family(&dual, &[true, false]).unwrap(), vec![Some(dual[1]), Some(dual[0])]);
+        for (req, pools) in [
+            (ips(&["10.0.0.3", "10.0.0.4"]), vec![true]),
+            (ips(&["fd00::3"]), vec![true]),
+            (ips(&["10.0.0.3"]), vec![]),
+        ] {
+            assert_eq!(by_family(&req, &pools).unwrap_err().code.as_u32(), 7, "{req:?}");
         }
     }
 }

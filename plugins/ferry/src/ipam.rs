@@ -59,8 +59,15 @@ pub(crate) fn default_route(ip: IpAddr) -> Route {
 struct InProcess<'a> {
     req: &'a Request,
     conf: &'a FerryConf,
-    /// The node's pool and MTU, once [`Ipam::prepare`] resolved them.
-    node: Option<(Pool, u32)>,
+    /// The node's pool, MTU and the requested address, once [`Ipam::prepare`] resolved them.
+    node: Option<Node>,
+}
+
+/// What ADD allocates from: the node's pool, its MTU and the address the runtime asked for.
+struct Node {
+    pool: Pool,
+    mtu: u32,
+    requested: Option<IpAddr>,
 }
 
 impl InProcess<'_> {
@@ -72,9 +79,13 @@ impl InProcess<'_> {
         Store::open(&self.conf.range.data_dir, &self.conf.network)
     }
 
-    fn node(&self) -> Result<(Pool, u32)> {
+    fn node(&self) -> Result<Node> {
         let node = self.conf.node_subnet()?;
-        Ok((self.conf.pool(node.subnet)?, node.mtu.unwrap_or(DEFAULT_MTU)))
+        let pool = self.conf.pool(node.subnet)?;
+        // The same rule as ferry-ipam's: a request no pool serves is an error, not ignored.
+        let asked = ferry_cni::requested::requested_ips(&self.req.conf, &self.req.args)?;
+        let requested = ferry_cni::requested::by_family(&asked, &[pool.is_ipv4()])?[0];
+        Ok(Node { pool, mtu: node.mtu.unwrap_or(DEFAULT_MTU), requested })
     }
 }
 
@@ -85,13 +96,10 @@ impl Ipam for InProcess<'_> {
     }
 
     fn add(&mut self) -> Result<Plan> {
-        let (pool, mtu) = match self.node.take() {
+        let Node { pool, mtu, requested } = match self.node.take() {
             Some(n) => n,
             None => self.node()?,
         };
-        let requested = ferry_cni::requested::requested_ips(&self.req.conf, &self.req.args)?
-            .into_iter()
-            .find(|ip| ip.is_ipv4() == pool.is_ipv4());
         let ip = self.store()?.allocate(&pool, &self.owner(), requested)?;
         Ok(Plan {
             ip,
