@@ -35,8 +35,46 @@ pub struct State {
 struct DiskState {
     version: u32,
     #[serde(default)]
-    last: BTreeMap<String, String>,
-    allocations: BTreeMap<String, DiskOwner>,
+    last: UniqueMap<String>,
+    allocations: UniqueMap<DiskOwner>,
+}
+
+/// A JSON object read strictly: a key written twice is an error, never "the last one wins" (which
+/// would silently drop one owner's allocation). Every map in `state.json` is read this way.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct UniqueMap<V>(BTreeMap<String, V>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(BTreeMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with unique keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = BTreeMap::new();
+                while let Some((k, v)) = a.next_entry::<String, V>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("key {k:?} appears twice")));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(UniqueMap(m))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,7 +95,7 @@ impl State {
             ));
         }
         let mut st = State::default();
-        for (k, v) in d.last {
+        for (k, v) in d.last.0 {
             let net: ipnetwork::IpNetwork =
                 k.parse().map_err(|_| format!("last: key {k:?} is not a subnet"))?;
             let ip: IpAddr =
@@ -67,7 +105,7 @@ impl State {
             }
             st.last.insert(k, ip);
         }
-        for (k, o) in d.allocations {
+        for (k, o) in d.allocations.0 {
             let ip: IpAddr =
                 k.parse().map_err(|_| format!("allocations: key {k:?} is not an IP address"))?;
             if o.id.is_empty() || o.ifname.is_empty() {
@@ -83,17 +121,18 @@ impl State {
     pub fn encode(&self) -> Vec<u8> {
         let d = DiskState {
             version: STATE_VERSION,
-            last: self.last.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            allocations: self
-                .allocations
-                .iter()
-                .map(|(ip, o)| {
-                    (
-                        ip.to_string(),
-                        DiskOwner { id: o.container_id.clone(), ifname: o.ifname.clone() },
-                    )
-                })
-                .collect(),
+            last: UniqueMap(self.last.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
+            allocations: UniqueMap(
+                self.allocations
+                    .iter()
+                    .map(|(ip, o)| {
+                        (
+                            ip.to_string(),
+                            DiskOwner { id: o.container_id.clone(), ifname: o.ifname.clone() },
+                        )
+                    })
+                    .collect(),
+            ),
         };
         let mut v = serde_json::to_vec(&d).expect("state serializes");
         v.push(b'\n');
@@ -271,6 +310,9 @@ mod tests {
             r#"{"version":1,"last":{"x":"10.0.0.1"},"allocations":{}}"#,
             r#"{"version":1,"last":{"10.0.0.0/24":"fd00::1"},"allocations":{}}"#,
             r#"{"version":1,"allocations":{"10.0.0.3":{"id":"a","ifname":"e"},"10.0.0.03":{"id":"b","ifname":"e"}}}"#,
+            r#"{"version":1,"allocations":{"10.0.0.3":{"id":"a","ifname":"e"},"10.0.0.3":{"id":"b","ifname":"e"}}}"#,
+            r#"{"version":1,"last":{"10.0.0.0/24":"10.0.0.1","10.0.0.0/24":"10.0.0.2"},"allocations":{}}"#,
+            r#"{"version":1,"version":1,"allocations":{}}"#,
         ] {
             assert!(State::decode(bad.as_bytes()).is_err(), "{bad:?}");
         }

@@ -83,20 +83,30 @@ impl Store {
     /// The state; a missing file is the empty state. A file that is not valid state, or not a
     /// regular file at all, is an error that names it and is never overwritten.
     fn read(&self) -> Result<State, CniError> {
-        let corrupt = |why: String| {
-            CniError::plugin(
-                IPAM,
-                format!("ferry-ipam: state file {} is corrupt: {why}", self.state_path.display()),
-            )
-            .with_details(
-                "refusing to overwrite it; move it aside to reset this network's allocations",
-            )
-        };
+        self.decode(self.read_bytes()?.as_deref())
+    }
+
+    fn corrupt(&self, why: String) -> CniError {
+        CniError::plugin(
+            IPAM,
+            format!("ferry-ipam: state file {} is corrupt: {why}", self.state_path.display()),
+        )
+        .with_details("refusing to overwrite it; move it aside to reset this network's allocations")
+    }
+
+    /// The raw `state.json` (`None`: missing). Not a regular file, or too large: corrupt.
+    fn read_bytes(&self) -> Result<Option<Vec<u8>>, CniError> {
         match ferry_fs::read_optional(&self.state_path, STATE_CAP) {
-            Ok(Some(bytes)) => State::decode(&bytes).map_err(corrupt),
-            Ok(None) => Ok(State::default()),
-            Err(e) if e.kind() == ErrorKind::InvalidData => Err(corrupt(e.to_string())),
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(self.corrupt(e.to_string())),
             Err(e) => Err(io_err("read", &self.state_path, e)),
+        }
+    }
+
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<State, CniError> {
+        match bytes {
+            Some(b) => State::decode(b).map_err(|why| self.corrupt(why)),
+            None => Ok(State::default()),
         }
     }
 
@@ -150,9 +160,23 @@ impl Store {
         self.transact(|st| st.allocate(pool, owner, requested))
     }
 
-    /// Free every address `owner` holds; `Ok(vec![])` when it holds none.
+    /// Free every address `owner` holds; `Ok(vec![])` when it holds none. A corrupt (but
+    /// readable) `state.json` whose bytes never mention the owner's container id cannot hold an
+    /// address of it: `Ok(vec![])`, and the file is left alone (so teardown of attachments it
+    /// cannot concern still succeeds). Otherwise the corruption is the error.
     pub fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
-        self.transact(|st| Ok(st.release(owner)))
+        let _guard = self.lock()?;
+        let bytes = self.read_bytes()?;
+        let mut st = match (self.decode(bytes.as_deref()), bytes.as_deref()) {
+            (Ok(st), _) => st,
+            (Err(_), Some(b)) if !mentions(b, &owner.container_id) => return Ok(vec![]),
+            (Err(e), _) => return Err(e),
+        };
+        let ips = st.release(owner);
+        if !ips.is_empty() {
+            self.write(&st)?;
+        }
+        Ok(ips)
     }
 
     /// Addresses `owner` holds (lock-free read).
@@ -174,4 +198,10 @@ impl Store {
     pub fn available(&mut self, pool: &Pool) -> Result<u128, CniError> {
         Ok(pool.size() - self.read()?.used_in(pool).min(pool.size()))
     }
+}
+
+/// Whether `needle` occurs anywhere in `hay` (a container id in raw state bytes).
+fn mentions(hay: &[u8], needle: &str) -> bool {
+    let n = needle.as_bytes();
+    !n.is_empty() && hay.windows(n.len()).any(|w| w == n)
 }
