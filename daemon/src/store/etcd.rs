@@ -308,7 +308,11 @@ impl LeaseStore for EtcdStore {
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = r.take_kvs();
         let ids: HashSet<i64> = kvs.iter().map(|kv| kv.lease()).filter(|id| *id != 0).collect();
-        self.expiry.retain(|id, _| ids.contains(id));
+        // Forget leases no key uses, and expiries that have passed: a key still listed under a
+        // lease we think expired is alive (etcd extends every lease when it restarts, e.g. after
+        // an outage longer than the TTL), so ask etcd again instead of dropping the route.
+        let now = SystemTime::now();
+        self.expiry.retain(|id, exp| ids.contains(id) && *exp > now);
         self.learn_expiry(ids).await?;
         Ok((kvs.iter().map(|kv| self.entry(kv)).collect(), rev))
     }
