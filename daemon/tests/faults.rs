@@ -74,9 +74,9 @@ fn etcd_outage_loses_no_ping_on_established_paths_and_the_lease_is_renewed_after
     lab.etcd_down();
     let t0 = Instant::now();
     std::thread::sleep(down);
-    for i in 0..3 {
+    for (i, before) in routes_before.iter().enumerate() {
         assert!(lab.running(i), "ferryd on node {i} stayed up through the outage");
-        assert_eq!(lab.routes(i), routes_before[i], "node {i} kept every route in the outage");
+        assert_eq!(&lab.routes(i), before, "node {i} kept every route in the outage");
     }
     lab.store_up();
     let back = Instant::now();
@@ -92,8 +92,8 @@ fn etcd_outage_loses_no_ping_on_established_paths_and_the_lease_is_renewed_after
         assert_eq!(sent, got, "pings to {dst} lost during the etcd outage");
         lost += sent - got;
     }
-    for i in 0..3 {
-        assert_eq!(lab.routes(i), routes_before[i], "node {i}: routes unchanged after the outage");
+    for (i, before) in routes_before.iter().enumerate() {
+        assert_eq!(&lab.routes(i), before, "node {i}: routes unchanged after the outage");
     }
     // The leases carry an etcd lease again: they expire if no one renews them.
     let o = lab.etcdctl(&[
@@ -123,8 +123,8 @@ fn etcd_restarted_with_its_data_wiped_nodes_reclaim_their_own_subnets() {
     });
     assert!(reclaimed, "each node re-claims its own subnet: {:?}", lab.lease_keys());
     let took = back.elapsed();
-    for i in 0..3 {
-        assert_eq!(lab.subnet(i).as_deref(), Some(subnets[i].as_str()), "node {i} kept its subnet");
+    for (i, subnet) in subnets.iter().enumerate() {
+        assert_eq!(lab.subnet(i).as_deref(), Some(subnet.as_str()), "node {i} kept its subnet");
     }
     // A node joining now gets a subnet of its own, and everyone routes it.
     let n = lab.add_node();
