@@ -4,7 +4,7 @@
 
 use crate::{addr::addr_msg, link::up_msg, route::route_msg, Netlink, Route};
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::io;
 
@@ -17,8 +17,6 @@ pub enum Op<'a> {
     AddAddress(u32, IpNetwork, bool),
     /// Add a route (EEXIST if present).
     AddRoute(&'a Route),
-    /// Add or replace a route atomically.
-    ReplaceRoute(&'a Route),
 }
 
 impl Op<'_> {
@@ -29,7 +27,6 @@ impl Op<'_> {
                 (Rt::NewAddress(addr_msg(*i, *a, *npr)), NLM_F_CREATE | NLM_F_EXCL)
             }
             Op::AddRoute(r) => (Rt::NewRoute(route_msg(r)), NLM_F_CREATE | NLM_F_EXCL),
-            Op::ReplaceRoute(r) => (Rt::NewRoute(route_msg(r)), NLM_F_CREATE | NLM_F_REPLACE),
         }
     }
 }
