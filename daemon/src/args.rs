@@ -198,24 +198,45 @@ fn bad(flag: &str, v: &str, what: &str) -> String {
 }
 
 fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
-    let positive = |what| duration(v).filter(|d| !d.is_zero()).ok_or_else(|| bad(flag, v, what));
     match flag {
         "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" => {
             network_flag(&mut a.network, flag, v)?
         }
         "--store" => a.store.url = parse_store(v)?,
         f if f.starts_with("--etcd-") => etcd_flag(&mut a.store.etcd, flag, v)?,
-        "--lease-ttl" => a.lease.ttl = positive("a duration > 0")?,
-        "--renew-margin" => {
-            a.lease.renew_margin = duration(v).ok_or_else(|| bad(flag, v, "a duration"))?
-        }
+        "--lease-ttl" => a.lease.ttl = duration_flag(flag, v)?,
+        "--renew-margin" => a.lease.renew_margin = duration_flag(flag, v)?,
         "--public-ip" | "--iface" | "--mtu" => uplink_flag(&mut a.uplink, flag, v)?,
         f if f.starts_with("--cni-") || f == "--subnet-file" => files_flag(&mut a.files, flag, v)?,
         "--nft" => a.masq.nft = v.to_string(),
-        "--resync" => a.reconcile.resync = positive("a duration > 0")?,
+        "--resync" => a.reconcile.resync = duration_flag(flag, v)?,
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())
+}
+
+/// Every duration flag and the range it accepts: long enough to be meaningful, short enough that
+/// no timer, deadline or expiry computed from it can overflow.
+pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
+    ("--lease-ttl", Duration::from_secs(1), Duration::from_secs(365 * 86400)),
+    ("--renew-margin", Duration::ZERO, Duration::from_secs(365 * 86400)),
+    ("--resync", Duration::from_millis(10), Duration::from_secs(86400)),
+    ("--etcd-dial-timeout", Duration::from_millis(10), Duration::from_secs(600)),
+    ("--etcd-request-timeout", Duration::from_millis(10), Duration::from_secs(600)),
+];
+
+/// A duration flag's value, checked against its range in [`DURATION_RANGES`].
+pub fn duration_flag(flag: &str, v: &str) -> Result<Duration, String> {
+    let d = duration(v).ok_or_else(|| bad(flag, v, "a duration (500ms, 30s, 5m, 24h)"))?;
+    let (_, lo, hi) = DURATION_RANGES.iter().find(|(f, _, _)| *f == flag).copied().unwrap_or((
+        flag,
+        Duration::ZERO,
+        Duration::MAX,
+    ));
+    if d < lo || d > hi {
+        return Err(format!("{flag}: {v:?} is out of range ({lo:?} to {hi:?})"));
+    }
+    Ok(d)
 }
 
 fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), String> {
@@ -244,7 +265,7 @@ fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), Strin
 }
 
 fn etcd_flag(e: &mut EtcdOpts, flag: &str, v: &str) -> Result<(), String> {
-    let timeout = || duration(v).ok_or_else(|| bad(flag, v, "a duration"));
+    let timeout = || duration_flag(flag, v);
     match flag {
         "--etcd-prefix" => e.prefix = v.trim_end_matches('/').to_string(),
         "--etcd-ca" => e.ca = Some(v.into()),
@@ -335,7 +356,8 @@ pub fn duration(v: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // try_from: a value past Duration's range (1e20s) is an error, never a panic.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[cfg(test)]
@@ -448,5 +470,33 @@ mod tests {
         assert_eq!(duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(duration("5x"), None);
         assert_eq!(duration(""), None);
+        assert_eq!(duration("18446744073709551616"), None, "past Duration's range");
+        assert_eq!(duration("-1"), None);
+    }
+
+    #[test]
+    fn duration_flags_are_range_checked() {
+        for (flag, v) in [
+            ("--resync", "18446744073709551616"),
+            ("--resync", "10000000000000000000"),
+            ("--resync", "0"),
+            ("--lease-ttl", "1e19"),
+            ("--lease-ttl", "10000000000000000000"),
+            ("--lease-ttl", "1000000000000"),
+            ("--lease-ttl", "0"),
+            ("--renew-margin", "1e20"),
+            ("--renew-margin", "100000000000000000000"),
+            ("--renew-margin", "400d"),
+            ("--etcd-dial-timeout", "99999999999999999999999h"),
+            ("--etcd-request-timeout", "0"),
+        ] {
+            let e = args(&[flag, v]).unwrap_err();
+            assert!(e.starts_with(flag), "{flag} {v}: {e}");
+        }
+        assert_eq!(args(&["--renew-margin", "0"]).unwrap().lease.renew_margin, Duration::ZERO);
+        assert_eq!(
+            args(&["--lease-ttl", "365d"]).unwrap().lease.ttl,
+            Duration::from_secs(365 * 86400)
+        );
     }
 }
