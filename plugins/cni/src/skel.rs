@@ -46,18 +46,18 @@ pub fn run(
             );
             return 0;
         }
-        Err(e) => return fail(stdout, &e, request_version(stdin).as_deref()),
+        Err(e) => return fail(out(stdout, stderr), &e, request_version(stdin).as_deref()),
     };
     if args.command == Command::Version {
         return emit(stdout, &version_reply(stdin).to_string());
     }
     let conf = match NetConf::parse(stdin) {
         Ok(c) => c,
-        Err(e) => return fail(stdout, &e, request_version(stdin).as_deref()),
+        Err(e) => return fail(out(stdout, stderr), &e, request_version(stdin).as_deref()),
     };
     let ver = conf.cni_version.clone();
     if let Err(e) = version_gate(args.command, &conf) {
-        return fail(stdout, &e, Some(&ver));
+        return fail(out(stdout, stderr), &e, Some(&ver));
     }
     let version = conf.version;
     let req = Request { args, conf, stdin: stdin.to_vec() };
@@ -72,8 +72,38 @@ pub fn run(
     match outcome {
         Ok(Some(v)) => emit(stdout, &v.to_string()),
         Ok(None) => 0,
-        Err(e) => fail(stdout, &e, Some(&ver)),
+        Err(e) => fail(out(stdout, stderr), &e, Some(&ver)),
     }
+}
+
+/// Where a failure goes: the error object on stdout (for the runtime), the reason on stderr (for
+/// whoever reads the runtime's or the terminal's log).
+struct Out<'a> {
+    stdout: &'a mut dyn Write,
+    stderr: &'a mut dyn Write,
+}
+
+fn out<'a>(stdout: &'a mut dyn Write, stderr: &'a mut dyn Write) -> Out<'a> {
+    Out { stdout, stderr }
+}
+
+/// `--help` / `-h` and `--version` / `-V` as the first argument: the text on `stdout` and
+/// `Some(0)`. Anything else: `None` (a CNI plugin ignores its arguments).
+pub fn cli_flags(args: &[String], about: &str, stdout: &mut dyn Write) -> Option<i32> {
+    let versions = SUPPORTED.join(", ");
+    let text = match args.get(1).map(String::as_str) {
+        Some("--version" | "-V") => format!("{about}\nCNI protocol versions supported: {versions}"),
+        Some("--help" | "-h") => format!(
+            "{about}\nCNI protocol versions supported: {versions}\n\n\
+             A CNI plugin: run by a container runtime with CNI_COMMAND (ADD, DEL, CHECK, GC, \
+             STATUS, VERSION),\nCNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS and CNI_PATH \
+             in the environment and the\nnetwork configuration (JSON) on stdin; it prints the \
+             result or a CNI error object on stdout.\n\nOptions: --help, --version"
+        ),
+        _ => return None,
+    };
+    let _ = writeln!(stdout, "{text}");
+    Some(0)
 }
 
 /// VERSION's answer. Echo the request's version when we speak it; libcni sends one, cnitool may
@@ -112,10 +142,11 @@ fn emit(stdout: &mut dyn Write, s: &str) -> i32 {
     }
 }
 
-fn fail(stdout: &mut dyn Write, e: &CniError, ver: Option<&str>) -> i32 {
+fn fail(o: Out, e: &CniError, ver: Option<&str>) -> i32 {
     // An unknown version cannot be echoed as if it were spoken; leave it out then.
     let ver = ver.filter(|v| SUPPORTED.contains(v) || e.code != Code::IncompatibleVersion);
-    let _ = emit(stdout, &e.to_json(ver).to_string());
+    let _ = emit(o.stdout, &e.to_json(ver).to_string());
+    let _ = writeln!(o.stderr, "error (code {}): {e}", e.code.as_u32());
     1
 }
 
@@ -288,6 +319,26 @@ mod tests {
             assert_eq!(v["code"], code, "{stdin}");
             assert!(v["msg"].is_string());
         }
+    }
+
+    #[test]
+    fn failures_say_why_on_stderr_too() {
+        let (rc, _, err) = call(&mut Fake::default(), &add_env("ADD"), "{");
+        assert_eq!(rc, 1);
+        assert!(err.contains("code 6") && err.contains("decoding"), "{err}");
+    }
+
+    #[test]
+    fn help_and_version_flags() {
+        let args = |a: &str| vec!["ferry".to_string(), a.to_string()];
+        for flag in ["--help", "-h", "--version", "-V"] {
+            let mut out = Vec::new();
+            assert_eq!(cli_flags(&args(flag), "CNI x 1.0", &mut out), Some(0));
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with("CNI x 1.0") && text.contains("1.1.0"), "{text}");
+        }
+        assert_eq!(cli_flags(&["ferry".into()], "x", &mut Vec::new()), None);
+        assert_eq!(cli_flags(&args("other"), "x", &mut Vec::new()), None);
     }
 
     #[test]

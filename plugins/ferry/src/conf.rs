@@ -78,6 +78,7 @@ impl FerryConf {
     pub fn parse(c: &NetConf) -> Result<FerryConf> {
         let dns = Dns::from_json(c.get("dns").unwrap_or(&Value::Null))
             .map_err(|e| cfg_err(format!("\"dns\": {}", e.msg)))?;
+        crate::log::settings(c)?;
         Ok(FerryConf {
             network: c.name.clone(),
             range: RangeConf::parse(&c.raw, Some(ferry_fs::paths::SUBNET_FILE))?,

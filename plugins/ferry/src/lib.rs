@@ -12,6 +12,7 @@ mod del;
 mod delegate;
 mod gc;
 pub mod ipam;
+pub mod log;
 pub mod names;
 
 use ferry_cni::error::{CniError, Code, Result, NETLINK};
@@ -20,21 +21,30 @@ use ferry_cni::CniResult;
 
 pub struct FerryPlugin;
 
+/// Each verb runs between [`log::start`] and [`log::finish`] (no-ops unless `logFile` is set).
 impl Plugin for FerryPlugin {
     fn add(&mut self, req: &Request) -> Result<CniResult> {
-        add::add(req)
+        log::start(req);
+        log::finish(add::add(req), |r| {
+            let ips: Vec<String> = r.ips.iter().map(|i| i.address.to_string()).collect();
+            format!("ip={}", ips.join(","))
+        })
     }
     fn del(&mut self, req: &Request) -> Result<()> {
-        del::del(req)
+        log::start(req);
+        log::finish(del::del(req), |_| String::new())
     }
     fn check(&mut self, req: &Request) -> Result<()> {
-        check::check(req)
+        log::start(req);
+        log::finish(check::check(req), |_| String::new())
     }
     fn gc(&mut self, req: &Request) -> Result<()> {
-        gc::gc(req)
+        log::start(req);
+        log::finish(gc::gc(req), |_| String::new())
     }
     fn status(&mut self, req: &Request) -> Result<()> {
-        gc::status(req)
+        log::start(req);
+        log::finish(gc::status(req), |_| String::new())
     }
 }
 
