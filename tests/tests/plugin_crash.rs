@@ -65,15 +65,6 @@ fn spawn(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &str) -> Child {
     ch
 }
 
-/// Host routes the plugin made (protocol 114) in the node.
-fn pod_routes(node: &Node) -> usize {
-    node.ns.ip_json(&["route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
-}
-
-fn host_ends(node: &Node) -> usize {
-    node.links().iter().filter(|l| l.starts_with("fry")).count()
-}
-
 /// The node holds exactly the attachments in `live`: their IPs allocated, one host end and one
 /// host route each, nothing else.
 fn assert_exactly(node: &Node, live: &BTreeMap<usize, (String, String)>, when: &str) {

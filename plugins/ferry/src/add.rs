@@ -3,13 +3,13 @@
 
 use crate::conf::FerryConf;
 use crate::ipam::{self, Plan};
-use crate::{names, nl_err, open_netns};
+use crate::{log, names, nl_err, open_netns};
 use ferry_cni::error::{CniError, Result, NETLINK};
 use ferry_cni::result::{Interface, IpConfig, Route as CniRoute};
 use ferry_cni::skel::Request;
 use ferry_cni::CniResult;
 use ferry_netlink::batch::Op;
-use ferry_netlink::{sysctl, Link, Netlink, Route, Scope, RTPROT_FERRY_POD};
+use ferry_netlink::{sysctl, Link, Netlink, Route, Scope, RTPROT_FERRY_POD, RT_TABLE_MAIN};
 use ipnetwork::IpNetwork;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -18,6 +18,8 @@ use std::net::IpAddr;
 /// The attachment's names: where the pod end goes and what the host end is called and tagged.
 struct Names<'a> {
     netns: String,
+    network: &'a str,
+    cid: &'a str,
     ifname: &'a str,
     host: String,
     alias: String,
@@ -37,6 +39,8 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let (cid, ifname) = (req.args.container_id.as_str(), req.args.ifname.as_str());
     let names = Names {
         netns: req.args.netns.clone().unwrap_or_default(),
+        network: &conf.network,
+        cid,
         ifname,
         host: names::host_veth(cid, ifname),
         alias: names::alias(&conf.network, cid, ifname),
@@ -51,10 +55,12 @@ pub fn add(req: &Request) -> Result<CniResult> {
     // them the same way).
     plan.routes.retain(|r| r.dst.is_ipv4() == plan.ip.is_ipv4());
     crate::timing::mark("ipam allocate");
+    log::step("add-ipam");
     match setup(&mut sides, &names, &plan, readd) {
         Ok((h, p)) => Ok(result(prev, &plan, &h, &p, &names.netns)),
         Err(e) => {
             if !readd {
+                log::event(log::Level::Warn, &format!("rolling back: {e}"));
                 let _ = sides.host.del_link_by_name(&names.host);
                 let _ = ipam.del();
             }
@@ -80,7 +86,9 @@ fn existing(s: &mut Sides, n: &Names) -> Result<bool> {
     let pod_link = s.pod.link_by_name(n.ifname).map_err(nl_err("look up pod interface"))?;
     let host_link = s.host.link_by_name(&n.host).map_err(nl_err("look up host interface"))?;
     crate::timing::mark("existing-link lookups");
-    let ours = |l: &Link| l.alias.as_deref() == Some(n.alias.as_str());
+    let ours = |l: &Link| {
+        l.alias.as_deref().is_some_and(|a| names::is_ours(a, n.network, n.cid, n.ifname))
+    };
     match (&pod_link, &host_link) {
         (Some(_), Some(h)) if ours(h) => Ok(true),
         (Some(_), _) => Err(CniError::env(format!(
@@ -108,15 +116,59 @@ fn host_prefix(ip: IpAddr) -> u8 {
     }
 }
 
-/// Run a batch; "already exists" counts as done (a repeated ADD re-applies the same state).
+/// Run a batch. "Already exists" counts as done (a repeated ADD re-applies the same state) only
+/// for what is provably this attachment's: an address (it exists on this very link) or a route
+/// of the same destination, protocol and gateway out of the same link. A destination already
+/// routed out of another link is an error naming that link, never a silent success.
 fn apply(nl: &mut Netlink, ops: &[(Op, String)]) -> Result<()> {
     let only: Vec<Op> = ops.iter().map(|(o, _)| o.clone()).collect();
     let results = nl.batch(&only).map_err(nl_err("netlink batch"))?;
-    for (r, (_, what)) in results.into_iter().zip(ops) {
-        match r {
-            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(nl_err(what)(e)),
-            _ => {}
+    let mut existing: Vec<(&Route, &str)> = vec![];
+    for (r, (op, what)) in results.into_iter().zip(ops) {
+        match (r, op) {
+            (Ok(()), _) => {}
+            (Err(e), Op::AddRoute(rt)) if e.kind() == ErrorKind::AlreadyExists => {
+                existing.push((rt, what))
+            }
+            (Err(e), _) if e.kind() == ErrorKind::AlreadyExists => {}
+            (Err(e), _) => return Err(nl_err(what)(e)),
         }
+    }
+    match existing.first() {
+        None => Ok(()),
+        Some((r, _)) => confirm_ours(nl, r.dst.is_ipv6(), &existing),
+    }
+}
+
+/// Every route in `existing` (all of one family) is present exactly as wanted; else the error
+/// names the link that holds its destination. One dump, only when something already existed.
+fn confirm_ours(nl: &mut Netlink, v6: bool, existing: &[(&Route, &str)]) -> Result<()> {
+    let table = nl.routes(v6, RT_TABLE_MAIN, None).map_err(nl_err("list routes"))?;
+    for (want, what) in existing {
+        let same = |x: &&Route| {
+            x.dst == want.dst
+                && x.oif == want.oif
+                && x.gateway == want.gateway
+                && x.protocol == want.protocol
+        };
+        if table.iter().any(|x| same(&x)) {
+            continue;
+        }
+        let holder = table.iter().find(|x| x.dst == want.dst).and_then(|x| x.oif);
+        let name = holder.and_then(|i| nl.link_by_index(i).ok().flatten()).map(|l| l.name);
+        return Err(CniError::new(
+            NETLINK,
+            format!(
+                "{what}: {} is already routed via another link ({}), not this attachment's",
+                want.dst,
+                name.as_deref().unwrap_or("unknown")
+            ),
+        )
+        .with_details(
+            "refusing to take it over. In a pod: a second attachment must not share the first's \
+             gateway or routes (see \"The ferry plugin\" in README.md). On the node: a stale \
+             attachment still routes this address; DEL or GC it",
+        ));
     }
     Ok(())
 }
@@ -127,8 +179,10 @@ fn setup(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<(Link, Link)
     let gw_host = IpNetwork::new(p.gateway, host_prefix(p.gateway)).expect("valid prefix");
     host_side(&mut s.host, &h, n, p, gw_host)?;
     crate::timing::mark("host addr + route");
+    log::step("add-host");
     let pl = pod_side(&mut s.pod, n, p, gw_host)?;
     crate::timing::mark("pod link/addr/routes");
+    log::step("add-pod");
     sysctls(&s.ns, &n.host, n.ifname, p.ip.is_ipv4())?;
     crate::timing::mark("sysctls");
     Ok((h, pl))
@@ -149,6 +203,7 @@ fn host_end(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<Link> {
                 .create_veth(&n.host, n.ifname, &s.ns, Some(p.mtu), Some(&n.alias))
                 .map_err(nl_err(format!("create veth {} <-> {}", n.host, n.ifname)))?;
             crate::timing::mark("create veth (+alias)");
+            log::step("add-veth");
             made
         }
     };

@@ -5,7 +5,7 @@
 //! added, a repeated DEL.
 
 use crate::conf::FerryConf;
-use crate::{ipam, names, nl_err, Failures};
+use crate::{ipam, log, names, nl_err, Failures};
 use ferry_cni::error::Result;
 use ferry_cni::skel::Request;
 use ferry_netlink::Netlink;
@@ -15,9 +15,11 @@ pub fn del(req: &Request) -> Result<()> {
     // The host end first: with it gone the pod is unreachable before its address is freed for
     // reuse. It needs nothing from the config but the network name.
     failures.note(remove_host_end(req));
+    log::step("del-host-end");
     let conf = failures.note(FerryConf::parse(&req.conf));
     if let Some(conf) = conf {
         failures.note(ipam::choose(req, &conf).del());
+        log::step("del-release");
     }
     failures.finish()
 }
@@ -31,8 +33,11 @@ fn remove_host_end(req: &Request) -> Result<()> {
     let Some(l) = host.link_by_name(&name).map_err(nl_err(format!("look up {name}")))? else {
         return Ok(());
     };
-    let alias = names::alias(&req.conf.name, cid, ifname);
-    if l.alias.is_none() || l.alias.as_deref() == Some(alias.as_str()) {
+    let ours = match l.alias.as_deref() {
+        None => true,
+        Some(a) => names::is_ours(a, &req.conf.name, cid, ifname),
+    };
+    if ours {
         host.del_link(l.index).map_err(nl_err(format!("delete {name}")))?;
     }
     Ok(())

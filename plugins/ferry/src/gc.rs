@@ -3,6 +3,7 @@
 //! ready (code 50) while the node subnet is unknown or the pool is full.
 
 use crate::conf::FerryConf;
+use crate::names::Tag;
 use crate::{ipam, names, nl_err, Failures};
 use ferry_cni::error::Result;
 use ferry_cni::skel::Request;
@@ -31,25 +32,32 @@ pub fn gc(req: &Request) -> Result<()> {
     failures.finish()
 }
 
-/// One pass over the host's links. A host end is stale when its alias names this network and an
-/// attachment not in `keep`, or when it has no alias and is the deterministic host end of an
-/// allocation just released (an ADD killed between creating and tagging its veth).
+/// One pass over the host's links. A host end of this network is stale when its alias names an
+/// attachment not in `keep` (compared by the alias's fixed-size hash, so no id is too long to
+/// match), or when it is the deterministic host end of an allocation just released (also when
+/// untagged: an ADD killed before tagging). Another network's host ends are never touched.
 fn sweep_host_ends(
     network: &str,
     keep: &BTreeSet<Owner>,
     released: &BTreeSet<String>,
     failures: &mut Failures,
 ) -> Result<()> {
+    let hashes: BTreeSet<String> =
+        keep.iter().map(|o| names::attachment_hash(network, &o.container_id, &o.ifname)).collect();
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
     for l in host.links().map_err(nl_err("list links"))? {
         if !l.name.starts_with(names::HOST_PREFIX) {
             continue;
         }
-        let stale = match l.alias.as_deref() {
+        let stale = match l.alias.as_deref().map(names::parse_alias) {
             None => released.contains(&l.name),
-            Some(a) => names::parse_alias(a).is_some_and(|(net, cid, ifname)| {
-                net == network && !keep.contains(&Owner::new(cid, ifname))
-            }),
+            Some(None) => false,
+            Some(Some(tag)) if tag.network() != network => false,
+            Some(Some(_)) if released.contains(&l.name) => true,
+            Some(Some(Tag::Hashed { hash, .. })) => !hashes.contains(hash),
+            Some(Some(Tag::Legacy { owner, .. })) => {
+                owner.is_some_and(|(c, i)| !keep.contains(&Owner::new(c, i)))
+            }
         };
         if stale {
             failures.note(host.del_link(l.index).map_err(nl_err(format!("delete {}", l.name))));

@@ -33,16 +33,59 @@ impl Node {
         ifname: &str,
         stdin: &str,
     ) -> CniOut {
+        self.call_env(cmd, (cid, pod, ifname), stdin, &[])
+    }
+
+    /// [`Node::call`] with extra environment variables (`CNI_ARGS`, `FERRY_FAILPOINT`, ...).
+    pub fn call_env(
+        &self,
+        cmd: &str,
+        attachment: (&str, Option<&Netns>, &str),
+        stdin: &str,
+        extra: &[(&str, &str)],
+    ) -> CniOut {
+        let (cid, pod, ifname) = attachment;
         let netns = pod.map(|p| p.path()).unwrap_or_default();
         let path = format!("{}:/usr/lib/cni", testlab::bin_dir().display());
-        let env = [
+        let mut env = vec![
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", cid),
             ("CNI_NETNS", netns.as_str()),
             ("CNI_IFNAME", ifname),
             ("CNI_PATH", path.as_str()),
         ];
+        env.extend_from_slice(extra);
         cni(Some(&self.ns), &testlab::bin("ferry"), &env, stdin)
+    }
+
+    /// [`Node::call_env`] bounded in time: `None` when the plugin had not finished after
+    /// `timeout` (it is then killed, by PID). For inputs that must fail fast, not hang.
+    pub fn call_bounded(
+        &self,
+        cmd: &str,
+        attachment: (&str, Option<&Netns>, &str),
+        stdin: &str,
+        timeout: std::time::Duration,
+    ) -> Option<CniOut> {
+        let (cid, pod, ifname) = attachment;
+        let input = self.dir.join(&testlab::unique("stdin-"));
+        std::fs::write(&input, stdin).unwrap();
+        let mut c = self.ns.cmd("sh");
+        c.args(["-c", "exec \"$0\" < \"$1\""]).arg(testlab::bin("ferry")).arg(&input);
+        c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs([
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", &pod.map(|p| p.path()).unwrap_or_default()),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]);
+        let out = testlab::output_bounded(c, timeout)?;
+        let _ = std::fs::remove_file(&input);
+        Some(CniOut {
+            rc: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     pub fn add(&self, cid: &str, pod: &Netns, stdin: &str) -> Value {
@@ -83,6 +126,23 @@ impl Node {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Host routes the plugin made (protocol 114) in the node.
+pub fn pod_routes(node: &Node) -> usize {
+    node.ns.ip_json(&["route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
+}
+
+/// Host ends (`fry*` links) in the node.
+pub fn host_ends(node: &Node) -> usize {
+    node.links().iter().filter(|l| l.starts_with("fry")).count()
+}
+
+/// Nothing of any attachment is left on `node`: no IP in the state, no host end, no host route.
+pub fn assert_clean(node: &Node, when: &str) {
+    assert_eq!(node.allocated(), Vec::<String>::new(), "{when}: IPs left: {}", node.ipam_state());
+    assert_eq!(host_ends(node), 0, "{when}: host veths left: {:?}", node.links());
+    assert_eq!(pod_routes(node), 0, "{when}: proto-114 routes left");
 }
 
 /// Config with `prevResult` added (for CHECK / DEL).
