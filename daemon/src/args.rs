@@ -27,6 +27,7 @@ Store:
   --etcd-prefix P           [/coreos.com/network]
   --etcd-ca F  --etcd-cert F  --etcd-key F     TLS for etcd (https)
   --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]
+  --etcd-failover-timeout D [500ms]  abandon an unresponsive etcd member (or silent watch) after D
   --lease-ttl D             [24h]    --renew-margin D          [1h] (renew at ttl/2 at the latest)
 Node:
   --public-ip IP            this node's address peers route to [address of --iface]
@@ -88,6 +89,7 @@ impl Default for Args {
                     key: None,
                     dial_timeout: Duration::from_secs(2),
                     request_timeout: Duration::from_secs(5),
+                    failover_timeout: Duration::from_millis(500),
                 },
             },
             lease: LeaseTiming {
@@ -178,6 +180,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--etcd-key",
     "--etcd-dial-timeout",
     "--etcd-request-timeout",
+    "--etcd-failover-timeout",
     "--lease-ttl",
     "--renew-margin",
     "--public-ip",
@@ -223,6 +226,7 @@ pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
     ("--resync", Duration::from_millis(10), Duration::from_secs(86400)),
     ("--etcd-dial-timeout", Duration::from_millis(10), Duration::from_secs(600)),
     ("--etcd-request-timeout", Duration::from_millis(10), Duration::from_secs(600)),
+    ("--etcd-failover-timeout", Duration::from_millis(20), Duration::from_secs(600)),
 ];
 
 /// A duration flag's value, checked against its range in [`DURATION_RANGES`].
@@ -273,6 +277,7 @@ fn etcd_flag(e: &mut EtcdOpts, flag: &str, v: &str) -> Result<(), String> {
         "--etcd-key" => e.key = Some(v.into()),
         "--etcd-dial-timeout" => e.dial_timeout = timeout()?,
         "--etcd-request-timeout" => e.request_timeout = timeout()?,
+        "--etcd-failover-timeout" => e.failover_timeout = timeout()?,
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())

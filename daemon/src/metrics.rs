@@ -49,12 +49,22 @@ metrics! {
     counter lease_renewals_total;
     /// Times this node (re-)claimed a lease.
     counter lease_claims_total;
+    /// etcd: requests or watches that moved to another member (the one in use failed).
+    counter etcd_failovers_total;
+    /// etcd: member failures seen (refused, reset, no leader, no answer within the deadline).
+    counter etcd_member_failures_total;
+    /// etcd: watch streams resumed on another member (broke, went silent, cancelled).
+    counter etcd_watch_restarts_total;
+    /// etcd: watches that had to re-list because their revision was compacted away.
+    counter etcd_watch_relists_total;
     /// Peer routes currently wanted.
     gauge peers;
     /// Leases currently ignored as bad.
     gauge bad_leases;
     /// Peers currently unreachable.
     gauge unreachable_peers;
+    /// etcd: the member in use, as its 1-based position in --store (0: none answered yet).
+    gauge etcd_member;
 }
 
 pub fn inc(c: &AtomicU64) {

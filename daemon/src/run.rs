@@ -209,10 +209,10 @@ fn check_local(req: &NetworkRequest, flags: &UplinkFlags) -> Result<Local, i32> 
 }
 
 /// Open the store (a claim/renew handle and a watch handle), retrying with backoff.
-async fn open_store(settings: &StoreSettings, m: &Metrics) -> (AnyStore, AnyStore) {
+async fn open_store(settings: &StoreSettings, m: &Arc<Metrics>) -> (AnyStore, AnyStore) {
     let mut b = Backoff::new();
     loop {
-        match AnyStore::open_pair(settings).await {
+        match AnyStore::open_pair(settings, m).await {
             Ok(p) => return p,
             Err(e) => b.fail("open store", &e, m).await,
         }

@@ -3,8 +3,10 @@
 use super::etcd::{EtcdConfig, EtcdStore};
 use super::file::FileStore;
 use super::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, WatchEvent};
+use crate::metrics::Metrics;
 use ipnetwork::Ipv4Network;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which store, and how to reach it.
@@ -28,6 +30,8 @@ pub struct EtcdOpts {
     pub key: Option<PathBuf>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
+    /// Abandon an unresponsive etcd member (or a silent watch stream) after this long.
+    pub failover_timeout: Duration,
 }
 
 pub enum AnyStore {
@@ -38,7 +42,7 @@ pub enum AnyStore {
 impl AnyStore {
     /// Two handles: one for claims/renewals, one that lists and watches (so a watch in progress
     /// never delays a renewal).
-    pub async fn open_pair(s: &StoreSettings) -> Result<(AnyStore, AnyStore)> {
+    pub async fn open_pair(s: &StoreSettings, m: &Arc<Metrics>) -> Result<(AnyStore, AnyStore)> {
         let etcd = &s.etcd;
         Ok(match &s.url {
             StoreUrl::File(dir) => (
@@ -51,11 +55,12 @@ impl AnyStore {
                     prefix: etcd.prefix.clone(),
                     dial_timeout: etcd.dial_timeout,
                     request_timeout: etcd.request_timeout,
+                    failover_timeout: etcd.failover_timeout,
                     ca_file: etcd.ca.clone(),
                     cert_file: etcd.cert.clone(),
                     key_file: etcd.key.clone(),
                 };
-                let s = EtcdStore::connect(cfg).await?;
+                let s = EtcdStore::connect_with_metrics(cfg, m.clone()).await?;
                 let w = s.handle();
                 (AnyStore::Etcd(Box::new(s)), AnyStore::Etcd(Box::new(w)))
             }

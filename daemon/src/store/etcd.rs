@@ -6,25 +6,33 @@
 //!   no keepalive). A key without an etcd lease is a permanent reservation (`expires: None`).
 //!
 //! Entry keys ([`BadLease::key`](super::BadLease), [`WatchEvent::Removed`]) are the full etcd keys.
-//! Every request is bounded by `request_timeout`; transport failures map to
-//! [`StoreError::Unavailable`]. The client connects lazily, so `connect` succeeds with etcd down.
+//! Every request fails over between the members ([`members`]: one connection per endpoint, a short
+//! per-member deadline, the whole call bounded by `request_timeout`); transport failures map to
+//! [`StoreError::Unavailable`]. The clients connect lazily, so `connect` succeeds with etcd down.
 //! `watch` keeps one prefix watch stream open across calls and is cancel-safe (a received but
-//! unreturned batch is kept; a cancelled resync simply happens again on the next call).
+//! unreturned batch is kept; a cancelled resync simply happens again on the next call). A watch
+//! stream that breaks or goes silent ([`watch`]) is resumed on another member from the last
+//! delivered revision; only a compaction past that revision makes it re-list.
+
+mod members;
+mod watch;
 
 use super::{
     parse_lease, parse_subnet_key, subnet_key, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig,
     Result, StoreError, WatchEvent,
 };
+use crate::metrics::{self, Metrics};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
-    WatchStream,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchResponse,
 };
 use ipnetwork::Ipv4Network;
+use members::Members;
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use watch::Watching;
 
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +43,11 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// TCP/TLS connect timeout.
     pub dial_timeout: Duration,
-    /// Upper bound of every request (watch: of establishing the stream).
+    /// Upper bound of every request over all members (watch: of establishing the stream).
     pub request_timeout: Duration,
+    /// A member that does not answer within this long is abandoned for the next one; a watch
+    /// stream silent this long (after a progress request) is resumed on another member.
+    pub failover_timeout: Duration,
     /// CA bundle (PEM) to verify the servers; needed for `https://` endpoints.
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key (PEM), both or neither.
@@ -51,6 +62,7 @@ impl Default for EtcdConfig {
             prefix: "/coreos.com/network".into(),
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(3),
+            failover_timeout: Duration::from_millis(500),
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -59,23 +71,14 @@ impl Default for EtcdConfig {
 }
 
 /// The etcd-backed [`LeaseStore`]. Not `Sync`-shared: use [`EtcdStore::handle`] for a second
-/// store object (sharing the connection) e.g. to renew while another task watches.
+/// store object (sharing the member connections) e.g. to renew while another task watches.
 pub struct EtcdStore {
-    client: Client,
-    cfg: EtcdConfig,
+    members: Arc<Members>,
     prefix: String,
     watch: Option<Watching>,
     /// etcd lease id → expiry. Leases are never kept alive (fresh lease per write), so an expiry
     /// once learned stays valid; pruned by `list` and on deletes.
     expiry: HashMap<i64, SystemTime>,
-}
-
-struct Watching {
-    stream: WatchStream,
-    /// The revision the next event must have at least (`revision + 1` of the caller).
-    next: i64,
-    /// A response received but not yet returned (keeps `watch` cancel-safe).
-    pending: Option<WatchResponse>,
 }
 
 /// Map an etcd-client error: transport trouble → `Unavailable`, the rest → `Other`.
@@ -91,17 +94,6 @@ fn map_err(e: etcd_client::Error) -> StoreError {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Other(e.to_string()),
-    }
-}
-
-/// Run one etcd call bounded by `timeout`.
-async fn io<T>(
-    timeout: Duration,
-    call: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable(format!("etcd request timed out after {timeout:?}"))),
     }
 }
 
@@ -123,47 +115,71 @@ fn decode_config(v: &[u8]) -> Result<NetworkConfig> {
     })
 }
 
+/// The client options every member connection shares (TLS, keepalive, require-leader).
+fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.dial_timeout)
+        .with_timeout(cfg.request_timeout)
+        // HTTP/2 pings while a stream (the watch) is open: detects a dead peer / partition.
+        // etcd's default --grpc-keepalive-min-time is 5 s, stay above it.
+        .with_keep_alive(Duration::from_secs(10), cfg.request_timeout)
+        // A member without a leader refuses at once ("no leader"): the call moves on.
+        .with_require_leader(true);
+    if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &cfg.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+        }
+        match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(Identity::from_pem(read_pem(c)?, read_pem(k)?))
+            }
+            (None, None) => {}
+            _ => return Err(StoreError::Other("etcd cert_file and key_file go together".into())),
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
+}
+
+/// The value of the first `Get` in a transaction's else branch.
+fn txn_get(r: &TxnResponse) -> Option<KeyValue> {
+    r.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// Did a create/renew transaction write our value? Yes if it succeeded, and also if it failed
+/// only because an earlier attempt of the same call (whose answer was lost on a dying member)
+/// already wrote it: the key then carries the etcd lease this call granted.
+fn wrote(r: &TxnResponse, lease: i64) -> bool {
+    r.succeeded() || (lease != 0 && txn_get(r).is_some_and(|kv| kv.lease() == lease))
+}
+
 impl EtcdStore {
-    /// Build the client (lazy: no request is made; the first call reports an unreachable etcd).
+    /// Build the member clients (lazy: no request is made; the first call reports an
+    /// unreachable etcd). Counters go to a private [`Metrics`].
     pub async fn connect(cfg: EtcdConfig) -> Result<EtcdStore> {
+        EtcdStore::connect_with_metrics(cfg, Arc::new(Metrics::default())).await
+    }
+
+    /// [`EtcdStore::connect`], counting failovers and watch restarts in `metrics`.
+    pub async fn connect_with_metrics(cfg: EtcdConfig, m: Arc<Metrics>) -> Result<EtcdStore> {
         if cfg.endpoints.is_empty() {
             return Err(StoreError::Other("no etcd endpoints configured".into()));
         }
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(cfg.dial_timeout)
-            .with_timeout(cfg.request_timeout)
-            // HTTP/2 pings while a stream (the watch) is open: detects a dead peer / partition.
-            // etcd's default --grpc-keepalive-min-time is 5 s, stay above it.
-            .with_keep_alive(Duration::from_secs(10), cfg.request_timeout)
-            .with_require_leader(true);
-        if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &cfg.ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
-            }
-            match (&cfg.cert_file, &cfg.key_file) {
-                (Some(c), Some(k)) => {
-                    tls = tls.identity(Identity::from_pem(read_pem(c)?, read_pem(k)?))
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(StoreError::Other("etcd cert_file and key_file go together".into()))
-                }
-            }
-            opts = opts.with_tls(tls);
-        }
-        let client =
-            io(cfg.dial_timeout + cfg.request_timeout, Client::connect(&cfg.endpoints, Some(opts)))
-                .await?;
+        let opts = connect_options(&cfg)?;
+        let (failover, timeout) = (cfg.failover_timeout, cfg.request_timeout);
+        let members = Members::new(&cfg.endpoints, opts, failover, timeout, m).await?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
-        Ok(EtcdStore { client, cfg, prefix, watch: None, expiry: HashMap::new() })
+        Ok(EtcdStore { members: Arc::new(members), prefix, watch: None, expiry: HashMap::new() })
     }
 
-    /// Another store object on the same connection (its own watch state).
+    /// Another store object on the same member connections (its own watch state).
     pub fn handle(&self) -> EtcdStore {
         EtcdStore {
-            client: self.client.clone(),
-            cfg: self.cfg.clone(),
+            members: self.members.clone(),
             prefix: self.prefix.clone(),
             watch: None,
             expiry: HashMap::new(),
@@ -184,12 +200,34 @@ impl EtcdStore {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
     }
 
+    async fn get(&self, key: &str, opts: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
+        self.members
+            .call("get", |mut c| {
+                let (k, o) = (key.to_string(), opts.clone());
+                async move { c.get(k, o).await }
+            })
+            .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.members
+            .call("txn", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await
+    }
+
     /// Grant an etcd lease for `ttl` (none for a zero TTL: a reservation). Returns (put options, id).
     async fn grant(&mut self, ttl: Duration) -> Result<(Option<PutOptions>, i64)> {
         if ttl.is_zero() {
             return Ok((None, 0));
         }
-        let g = io(self.cfg.request_timeout, self.client.lease_grant(ttl_secs(ttl), None)).await?;
+        let secs = ttl_secs(ttl);
+        let g = self
+            .members
+            .call("lease grant", |mut c| async move { c.lease_grant(secs, None).await })
+            .await?;
         self.expiry.insert(g.id(), SystemTime::now() + Duration::from_secs(g.ttl().max(0) as u64));
         Ok((Some(PutOptions::new().with_lease(g.id())), g.id()))
     }
@@ -198,7 +236,8 @@ impl EtcdStore {
     async fn revoke(&mut self, id: i64) {
         if id != 0 {
             self.expiry.remove(&id);
-            let _ = io(self.cfg.request_timeout, self.client.lease_revoke(id)).await;
+            let call = |mut c: Client| async move { c.lease_revoke(id).await };
+            let _ = self.members.call("lease revoke", call).await;
         }
     }
 
@@ -211,12 +250,14 @@ impl EtcdStore {
         if self.expiry.len() + missing.len() > 10_000 {
             self.expiry.clear(); // stale ids of renewed leases pile up between lists; start over
         }
-        let t = self.cfg.request_timeout;
         for chunk in missing.chunks(64) {
             let mut set = tokio::task::JoinSet::new();
             for &id in chunk {
-                let mut lc = self.client.lease_client();
-                set.spawn(async move { (id, io(t, lc.time_to_live(id, None)).await) });
+                let members = self.members.clone();
+                set.spawn(async move {
+                    let ttl = |mut c: Client| async move { c.lease_time_to_live(id, None).await };
+                    (id, members.call("lease ttl", ttl).await)
+                });
             }
             while let Some(joined) = set.join_next().await {
                 let (id, r) =
@@ -271,11 +312,44 @@ impl EtcdStore {
         }
         Ok((!out.is_empty()).then_some((out, rev)))
     }
+
+    /// The watch stream broke, went silent or was cancelled by its member: resume on another
+    /// member from the last delivered revision (no re-list, no event lost or repeated).
+    async fn restart_watch(&mut self, why: &str) -> Result<()> {
+        let Some(old) = self.watch.take() else { return Ok(()) };
+        let from = self.members.url(old.member);
+        self.members.failed(old.member, &format!("watch {why}"), why.contains("silent"));
+        metrics::inc(&self.members.metrics.etcd_watch_restarts_total);
+        let w = Watching::open(&self.members, &self.subnets_prefix(), old.next).await?;
+        let to = self.members.url(w.member);
+        info!("etcd: watch on {from} {why}; resumed from revision {} on {to}", old.next);
+        self.watch = Some(w);
+        Ok(())
+    }
+
+    /// The watch stream's next response (resuming it on another member as often as needed).
+    async fn next_response(&mut self) -> Result<WatchResponse> {
+        loop {
+            let failover = self.members.failover;
+            let w = self.watch.as_mut().expect("watch stream set");
+            if let Some(r) = &w.pending {
+                return Ok(r.clone());
+            }
+            match w.message(failover).await {
+                Ok(r) if r.canceled() && r.compact_revision() == 0 => {
+                    let why = format!("cancelled ({})", r.cancel_reason());
+                    self.restart_watch(&why).await?
+                }
+                Ok(r) => w.pending = Some(r),
+                Err(why) => self.restart_watch(&why).await?,
+            }
+        }
+    }
 }
 
 impl LeaseStore for EtcdStore {
     async fn get_config(&mut self) -> Result<Option<NetworkConfig>> {
-        let r = io(self.cfg.request_timeout, self.client.get(self.config_key(), None)).await?;
+        let r = self.get(&self.config_key(), None).await?;
         r.kvs().first().map(|kv| decode_config(kv.value())).transpose()
     }
 
@@ -286,25 +360,21 @@ impl LeaseStore for EtcdStore {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let r = io(self.cfg.request_timeout, self.client.txn(txn)).await?;
+        let r = self.txn(txn).await?;
         if r.succeeded() {
             return Ok(cfg.clone());
         }
-        for op in r.op_responses() {
-            if let TxnOpResponse::Get(g) = op {
-                if let Some(kv) = g.kvs().first() {
-                    return decode_config(kv.value());
-                }
+        match txn_get(&r) {
+            Some(kv) => decode_config(kv.value()),
+            None => {
+                Err(StoreError::Invalid("config exists but the transaction returned none".into()))
             }
         }
-        Err(StoreError::Invalid("config exists but the transaction returned none".into()))
     }
 
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
         let opts = GetOptions::new().with_prefix();
-        let mut r =
-            io(self.cfg.request_timeout, self.client.get(self.subnets_prefix(), Some(opts)))
-                .await?;
+        let mut r = self.get(&self.subnets_prefix(), Some(opts)).await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = r.take_kvs();
         let ids: HashSet<i64> = kvs.iter().map(|kv| kv.lease()).filter(|id| *id != 0).collect();
@@ -328,9 +398,10 @@ impl LeaseStore for EtcdStore {
         let (opts, lease) = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, opts)]);
-        match io(self.cfg.request_timeout, self.client.txn(txn)).await {
-            Ok(r) if r.succeeded() => Ok(true),
+            .and_then([TxnOp::put(key.clone(), value, opts)])
+            .or_else([TxnOp::get(key, None)]);
+        match self.txn(txn).await {
+            Ok(r) if wrote(&r, lease) => Ok(true),
             other => {
                 // Lost the race (or the answer): don't leak the lease. If the txn did commit and
                 // only the answer was lost, this deletes the key again; the caller retries.
@@ -349,7 +420,7 @@ impl LeaseStore for EtcdStore {
         let key = self.lease_key(subnet);
         let value = serde_json::to_vec(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
         for _ in 0..3 {
-            let r = io(self.cfg.request_timeout, self.client.get(key.clone(), None)).await?;
+            let r = self.get(&key, None).await?;
             let Some(kv) = r.kvs().first() else { return Ok(false) };
             match serde_json::from_slice::<LeaseAttrs>(kv.value()) {
                 Ok(cur) if cur.public_ip == attrs.public_ip => {
@@ -363,9 +434,10 @@ impl LeaseStore for EtcdStore {
             let (opts, lease) = if kv.lease() == 0 { (None, 0) } else { self.grant(ttl).await? };
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
-                .and_then([TxnOp::put(key.clone(), value.clone(), opts)]);
-            match io(self.cfg.request_timeout, self.client.txn(txn)).await {
-                Ok(r) if r.succeeded() => return Ok(true),
+                .and_then([TxnOp::put(key.clone(), value.clone(), opts)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            match self.txn(txn).await {
+                Ok(r) if wrote(&r, lease) => return Ok(true),
                 Ok(_) => self.revoke(lease).await, // changed under us: look again
                 Err(e) => {
                     self.revoke(lease).await;
@@ -377,7 +449,13 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
-        io(self.cfg.request_timeout, self.client.delete(self.lease_key(subnet), None)).await?;
+        let key = self.lease_key(subnet);
+        self.members
+            .call("delete", |mut c| {
+                let k = key.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -385,27 +463,14 @@ impl LeaseStore for EtcdStore {
         let next = revision + 1;
         if self.watch.as_ref().is_none_or(|w| w.next != next) {
             self.watch = None;
-            let mut opts = WatchOptions::new().with_prefix().with_prev_key();
-            if revision > 0 {
-                opts = opts.with_start_revision(next);
-            }
-            let stream =
-                io(self.cfg.request_timeout, self.client.watch(self.subnets_prefix(), Some(opts)))
-                    .await?;
-            self.watch = Some(Watching { stream, next, pending: None });
+            self.watch = Some(Watching::open(&self.members, &self.subnets_prefix(), next).await?);
         }
         loop {
-            let w = self.watch.as_mut().expect("watch stream set above");
-            if w.pending.is_none() {
-                match w.stream.message().await {
-                    Ok(Some(resp)) => w.pending = Some(resp),
-                    // Stream ended or broke: re-list (reports Unavailable if etcd is gone).
-                    Ok(None) | Err(_) => return self.resync().await,
-                }
-            }
-            let resp = w.pending.clone().expect("pending set above");
-            if resp.canceled() || resp.compact_revision() > 0 {
-                return self.resync().await; // compacted past `revision`, or cancelled by etcd
+            let resp = self.next_response().await?;
+            if resp.compact_revision() > 0 {
+                metrics::inc(&self.members.metrics.etcd_watch_relists_total);
+                info!("etcd: watch compacted past revision {next}: re-listing");
+                return self.resync().await;
             }
             let done = self.events(&resp).await?;
             let w = self.watch.as_mut().expect("watch stream kept");

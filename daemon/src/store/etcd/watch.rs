@@ -1,0 +1,73 @@
+//! One prefix watch stream on one etcd member, with a liveness check: when the stream has been
+//! silent for half the failover deadline a progress request is sent on it, and a stream that
+//! stays silent for another half (a dead member, a partition, a stuck connection) is declared
+//! dead. The caller then resumes on another member from the last revision it delivered.
+//!
+//! etcd 3.4 answers a progress request with its current revision, possibly ahead of events still
+//! queued for the stream, so progress answers only prove liveness; they never advance the
+//! revision a watch resumes from.
+
+use super::members::Members;
+use etcd_client::{WatchOptions, WatchResponse, WatchStream};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub(super) struct Watching {
+    stream: WatchStream,
+    /// The member the stream runs on (index into [`Members`]).
+    pub member: usize,
+    /// The revision the next event must have at least (`revision + 1` of the caller).
+    pub next: i64,
+    /// A response received but not yet returned (keeps `watch` cancel-safe).
+    pub pending: Option<WatchResponse>,
+    last_rx: Instant,
+    probe_sent: Option<Instant>,
+}
+
+impl Watching {
+    /// A watch of `prefix` from revision `next` (0: from now) on the first member that takes it.
+    pub async fn open(members: &Members, prefix: &str, next: i64) -> crate::store::Result<Self> {
+        let mut opts = WatchOptions::new().with_prefix().with_prev_key();
+        if next > 1 {
+            opts = opts.with_start_revision(next);
+        }
+        let (member, stream) = members
+            .call_on("watch", |mut c| {
+                let (p, o) = (prefix.to_string(), opts.clone());
+                async move { c.watch(p, Some(o)).await }
+            })
+            .await?;
+        let now = Instant::now();
+        Ok(Watching { stream, member, next, pending: None, last_rx: now, probe_sent: None })
+    }
+
+    /// The next response on the stream, or why the stream is dead.
+    pub async fn message(&mut self, failover: Duration) -> Result<WatchResponse, String> {
+        let half = failover / 2;
+        loop {
+            let wake = self.probe_sent.unwrap_or(self.last_rx) + half;
+            tokio::select! {
+                m = self.stream.message() => {
+                    self.last_rx = Instant::now();
+                    self.probe_sent = None;
+                    return match m {
+                        Ok(Some(r)) => Ok(r),
+                        Ok(None) => Err("stream closed by the member".into()),
+                        Err(e) => Err(format!("stream broke: {e}")),
+                    };
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if self.probe_sent.is_some() {
+                        let silent = self.last_rx.elapsed();
+                        return Err(format!("stream silent for {silent:?}, progress request unanswered"));
+                    }
+                    self.probe_sent = Some(Instant::now());
+                    match tokio::time::timeout(half, self.stream.request_progress()).await {
+                        Ok(Ok(())) => {}
+                        _ => return Err("cannot send a progress request".into()),
+                    }
+                }
+            }
+        }
+    }
+}
