@@ -428,3 +428,299 @@ pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
     let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
     (pod, ip)
 }
+
+// ---- A multi-member etcd cluster in the lab (tests/etcd_cluster.rs, bench/etcd_failover.sh) ----
+
+/// One etcd member in its own namespace on the underlay, at 198.18.0.(2+k).
+pub struct EtcdMember {
+    pub ns: Netns,
+    pub ip: String,
+    pub name: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+/// A multi-member etcd cluster on the lab's underlay; members are killed (by PID) on drop.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    /// Directory holding ca.pem, server.{pem,key}, client.{pem,key} when clients must use TLS
+    /// with client certificates (peers talk plain HTTP).
+    pub tls: Option<PathBuf>,
+    /// etcd's `--election-timeout` / `--heartbeat-interval` (ms).
+    pub election_ms: u32,
+    pub heartbeat_ms: u32,
+}
+
+/// A throw-away CA, a server certificate for `ips` and a client certificate (EC P-256, openssl).
+pub fn make_cluster_certs(dir: &std::path::Path, ips: &[String]) {
+    let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    let script = format!(
+        r#"set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+            -subj /CN=ferry-lab-ca -keyout ca.key -out ca.pem 2>/dev/null
+        for who in server client; do
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who" \
+                -keyout $who.key -out $who.csr 2>/dev/null
+            printf 'subjectAltName={}\nextendedKeyUsage=serverAuth,clientAuth\n' > $who.ext
+            openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+                -extfile $who.ext -out $who.pem 2>/dev/null
+        done"#,
+        san.join(",")
+    );
+    let st = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap();
+    assert!(st.success(), "openssl failed");
+}
+
+impl EtcdCluster {
+    /// Start `n` members (TLS for clients if `tls`) and wait until every one is healthy.
+    pub fn start(lab: &Lab, n: usize, tls: bool, election_ms: u32, heartbeat_ms: u32) -> Self {
+        let mut members = Vec::new();
+        for k in 0..n {
+            let ns = Netns::new("fet");
+            let ip = format!("198.18.0.{}", 2 + k);
+            let port = format!("e{k}");
+            lab.underlay.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ]);
+            lab.underlay.ip(&["link", "set", &port, "master", "br0", "up"]);
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            let name = format!("m{k}");
+            let data = lab.dir.join(&format!("etcd-{name}"));
+            let log = lab.dir.join(&format!("etcd-{name}.log"));
+            members.push(EtcdMember { ns, ip, name, data, log, proc: None });
+        }
+        let tls = tls.then(|| {
+            let d = lab.dir.join("etcd-tls");
+            fs::create_dir_all(&d).unwrap();
+            let ips: Vec<String> = members.iter().map(|m| m.ip.clone()).collect();
+            make_cluster_certs(&d, &ips);
+            d
+        });
+        let mut c = EtcdCluster { members, tls, election_ms, heartbeat_ms };
+        for k in 0..n {
+            c.launch(k);
+        }
+        for k in 0..n {
+            assert!(c.wait_healthy(lab, k, Duration::from_secs(20)), "member {k}: {}", c.log(k));
+        }
+        c
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    pub fn client_url(&self, k: usize) -> String {
+        format!("{}://{}:2379", self.scheme(), self.members[k].ip)
+    }
+
+    /// Every member's client URL, comma-separated.
+    pub fn endpoints(&self) -> String {
+        (0..self.members.len()).map(|k| self.client_url(k)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The ferryd flags that point it at this cluster (all members, TLS files if any).
+    pub fn store_flags(&self) -> Vec<String> {
+        let mut v = vec!["--store".to_string(), self.endpoints()];
+        if let Some(d) = &self.tls {
+            for (flag, file) in [
+                ("--etcd-ca", "ca.pem"),
+                ("--etcd-cert", "client.pem"),
+                ("--etcd-key", "client.key"),
+            ] {
+                v.push(flag.into());
+                v.push(d.join(file).display().to_string());
+            }
+        }
+        v
+    }
+
+    /// Start member `k` on its data dir (does not wait).
+    pub fn launch(&mut self, k: usize) {
+        assert!(self.members[k].proc.is_none(), "member {k} already runs");
+        let cluster: Vec<String> =
+            self.members.iter().map(|m| format!("{}=http://{}:2380", m.name, m.ip)).collect();
+        let url = self.client_url(k);
+        let m = &self.members[k];
+        let peer = format!("http://{}:2380", m.ip);
+        let mut c = m.ns.cmd("etcd");
+        c.args(["--name", &m.name, "--data-dir"]).arg(&m.data);
+        c.args(["--listen-client-urls", &url, "--advertise-client-urls", &url]);
+        c.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
+        c.args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"]);
+        c.args(["--election-timeout", &self.election_ms.to_string()]);
+        c.args(["--heartbeat-interval", &self.heartbeat_ms.to_string()]);
+        c.args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(d) = &self.tls {
+            c.arg(format!("--cert-file={}", d.join("server.pem").display()));
+            c.arg(format!("--key-file={}", d.join("server.key").display()));
+            c.arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()));
+            c.arg("--client-cert-auth");
+        }
+        let log = fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        let name = format!("etcd-{}", m.name);
+        self.members[k].proc = Some(Proc::spawn(&name, c));
+    }
+
+    pub fn log(&self, k: usize) -> String {
+        fs::read_to_string(&self.members[k].log).unwrap_or_default()
+    }
+
+    /// SIGKILL member `k` and reap it.
+    pub fn kill9(&mut self, k: usize) {
+        if let Some(mut p) = self.members[k].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGTERM member `k` (SIGKILL after 5 s) and reap it.
+    pub fn stop(&mut self, k: usize) {
+        if let Some(mut p) = self.members[k].proc.take() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// `etcdctl` from the underlay against the given members (TLS flags added).
+    pub fn etcdctl_on(&self, lab: &Lab, members: &[usize], args: &[&str]) -> std::process::Output {
+        let eps: Vec<String> = members.iter().map(|&k| self.client_url(k)).collect();
+        let mut c = lab.underlay.cmd("etcdctl");
+        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", eps.join(",")));
+        c.args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        if let Some(d) = &self.tls {
+            c.arg(format!("--cacert={}", d.join("ca.pem").display()));
+            c.arg(format!("--cert={}", d.join("client.pem").display()));
+            c.arg(format!("--key={}", d.join("client.key").display()));
+        }
+        c.args(args).stdin(Stdio::null()).output().expect("etcdctl")
+    }
+
+    /// `etcdctl` against every member.
+    pub fn etcdctl(&self, lab: &Lab, args: &[&str]) -> std::process::Output {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.etcdctl_on(lab, &all, args)
+    }
+
+    /// Member `k` answers `endpoint health` (within `timeout`).
+    pub fn wait_healthy(&self, lab: &Lab, k: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || self.etcdctl_on(lab, &[k], &["endpoint", "health"]).status.success())
+    }
+
+    /// The member that is leader now, if any member knows one.
+    pub fn leader(&self, lab: &Lab) -> Option<usize> {
+        let o = self.etcdctl(lab, &["endpoint", "status", "--write-out=json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?.iter().find_map(|e| {
+            let s = &e["Status"];
+            let me = s["header"]["member_id"].as_u64()?;
+            (s["leader"].as_u64()? == me).then(|| {
+                let ep = e["Endpoint"].as_str().unwrap_or("");
+                (0..self.members.len()).find(|&k| self.client_url(k) == ep)
+            })?
+        })
+    }
+
+    /// Drop every packet between member `k` and the nodes (198.18.0.11 and up), inside the
+    /// member's namespace; the member keeps running and keeps talking to its peers.
+    pub fn partition(&self, k: usize) {
+        let o = self.members[k].ns.sh(
+            "nft add table inet ferrypart && \
+             nft add chain inet ferrypart in '{ type filter hook input priority -10; policy accept; }' && \
+             nft add chain inet ferrypart out '{ type filter hook output priority -10; policy accept; }' && \
+             nft add rule inet ferrypart in ip saddr 198.18.0.11-198.18.0.254 drop && \
+             nft add rule inet ferrypart out ip daddr 198.18.0.11-198.18.0.254 drop",
+        );
+        assert!(o.status.success(), "partition: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    pub fn heal(&self, k: usize) {
+        let o = self.members[k].ns.sh("nft delete table inet ferrypart");
+        assert!(o.status.success(), "heal: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// Write a lease by hand (`key` like `10.244.9.0-24`), through any live member.
+    pub fn put_lease(&self, lab: &Lab, key: &str, value: &str) {
+        let o = self.etcdctl(lab, &["put", &format!("{PREFIX}/subnets/{key}"), value]);
+        assert!(o.status.success(), "etcdctl put: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// Every lease key → its PublicIP.
+    pub fn leases(&self, lab: &Lab) -> BTreeMap<String, String> {
+        let o = self.etcdctl(lab, &["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| {
+                let key = kv.first()?.rsplit('/').next()?.to_string();
+                let v: serde_json::Value = serde_json::from_str(kv.get(1)?).ok()?;
+                Some((key, v["PublicIP"].as_str()?.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut p) = m.proc.take() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+/// A `ping` every 200 ms from `pod` to `dst` until [`Pinger::finish`].
+pub struct Pinger {
+    pub dst: String,
+    child: Option<std::process::Child>,
+}
+
+impl Pinger {
+    pub fn start(pod: &Netns, dst: &str) -> Pinger {
+        let child = pod
+            .cmd("ping")
+            .args(["-i", "0.2", "-W", "1", "-q", dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ping");
+        Pinger { dst: dst.to_string(), child: Some(child) }
+    }
+
+    /// Stop it (SIGINT, by PID) and return (sent, received).
+    pub fn finish(mut self) -> (u64, u64) {
+        let ch = self.child.take().unwrap();
+        // SAFETY: signals only the ping process this harness started.
+        unsafe {
+            libc::kill(ch.id() as i32, libc::SIGINT);
+        }
+        let out = ch.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
+        let num = |word: &str| -> u64 {
+            let before = line.split(word).next().unwrap_or("");
+            before
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .rfind(|s| !s.is_empty())
+                .map_or(0, |n| n.parse().unwrap_or(0))
+        };
+        (num(" packets transmitted"), num(" received"))
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+}

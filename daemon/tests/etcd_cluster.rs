@@ -1,0 +1,281 @@
+//! ferryd on a 3-member etcd cluster in the lab (each member in its own namespace on the underlay,
+//! 198.18.0.2-4), three ferryd nodes given all three endpoints, pods pinging across: the leader
+//! killed, a follower killed, a member partitioned from the nodes, a rolling restart (with TLS
+//! client certificates), every member stopped for 30 s. In each case: no ping lost on established
+//! paths, no established route removed, no subnet claimed twice, and the convergence time of a
+//! lease change made during or right after the fault is printed.
+//!
+//! `FERRY_OUTAGE_SECS` shortens the 30 s full outage for a quick local run. The `bench_` tests are
+//! `#[ignore]`d: `bench/etcd_failover.sh` runs them (realistic etcd timings, repeated trials).
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use testlab::{wait_for, Netns, Proc};
+
+const T: Duration = Duration::from_secs(15);
+
+/// The lab, the cluster, three running nodes with a pod each, pings and route monitors running.
+struct World {
+    lab: Lab,
+    etcd: EtcdCluster,
+    subnets: Vec<String>,
+    /// When the pings started.
+    started: Instant,
+    _pods: Vec<Netns>,
+    pingers: Vec<Pinger>,
+    monitors: Vec<(Proc, PathBuf)>,
+    /// Fake leases written by `lease_change` (subnet → gateway), routed by every node.
+    extra: BTreeMap<String, String>,
+}
+
+fn world(tls: bool, election_ms: u32, heartbeat_ms: u32, extra_flags: &[&str]) -> World {
+    let mut lab = Lab::with_store(Store::Etcd, 3, false);
+    let etcd = EtcdCluster::start(&lab, 3, tls, election_ms, heartbeat_ms);
+    lab.common.extend(etcd.store_flags());
+    lab.common.extend(extra_flags.iter().map(|s| s.to_string()));
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let subnets = lab.wait_subnets(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), T);
+    }
+    let pods: Vec<(Netns, String)> = (0..3).map(|i| add_pod(&lab, i, &format!("pod{i}"))).collect();
+    for i in 0..3 {
+        let dst = &pods[(i + 1) % 3].1;
+        let up = wait_for(Duration::from_secs(5), || pods[i].0.ping(dst));
+        assert!(up, "path pod{i} -> {dst} works before the fault");
+    }
+    let started = Instant::now();
+    let pingers = (0..3).map(|i| Pinger::start(&pods[i].0, &pods[(i + 1) % 3].1)).collect();
+    let monitors = (0..3).map(|i| lab.monitor(i, &format!("routes-n{i}.log"))).collect();
+    let extra = BTreeMap::new();
+    World {
+        lab,
+        etcd,
+        subnets,
+        started,
+        _pods: pods.into_iter().map(|p| p.0).collect(),
+        pingers,
+        monitors,
+        extra,
+    }
+}
+
+impl World {
+    /// Node `i` routes `subnet` via `gw`.
+    fn routes_it(&self, i: usize, subnet: &str, gw: &str) -> bool {
+        self.lab.routes(i).get(subnet).is_some_and(|g| g == gw)
+    }
+
+    /// Write a new lease (a fake peer) and wait until every running node among the first three
+    /// routes it; returns the time from just before the write.
+    fn lease_change(&mut self, what: &str) -> Duration {
+        let n = self.extra.len();
+        let (subnet, gw) = (format!("10.244.{}.0/24", 240 + n), format!("198.18.0.{}", 60 + n));
+        let t0 = Instant::now();
+        let value = format!(r#"{{"PublicIP":"{gw}","BackendType":"host-gw","BackendData":null}}"#);
+        self.etcd.put_lease(&self.lab, &key(&subnet), &value);
+        let ok = wait_for(T, || (0..3).all(|i| self.routes_it(i, &subnet, &gw)));
+        let took = t0.elapsed();
+        assert!(ok, "{what}: lease {subnet} not routed everywhere: {}", self.logs());
+        self.extra.insert(subnet, gw);
+        took
+    }
+
+    /// Start a new node; returns (lease claimed, routed on every other node), both from its start.
+    fn join(&mut self) -> (usize, Duration, Duration) {
+        let n = self.lab.add_node();
+        let t0 = Instant::now();
+        self.lab.start(n, &[]);
+        let claimed = wait_for(T, || self.lab.subnet(n).is_some());
+        let t_claim = t0.elapsed();
+        assert!(claimed, "node {n} claimed no lease: {}", self.lab.log(n));
+        let s = self.lab.subnet(n).unwrap();
+        let ip = self.lab.nodes[n].ip.clone();
+        let routed = wait_for(T, || (0..3).all(|i| self.routes_it(i, &s, &ip)));
+        let t_routed = t0.elapsed();
+        assert!(routed, "node {n} ({s}) not routed by every peer: {}", self.logs());
+        (n, t_claim, t_routed)
+    }
+
+    fn logs(&self) -> String {
+        (0..self.lab.nodes.len()).map(|i| format!("\n--- n{i}\n{}", self.lab.log(i))).collect()
+    }
+
+    /// The member most of the three nodes talk to (from their logs).
+    fn busiest_member(&self) -> usize {
+        let mut count = vec![0; self.etcd.members.len()];
+        for i in 0..3 {
+            let log = self.lab.log(i);
+            let last = log.lines().rev().find_map(|l| l.split("talking to ").nth(1));
+            let url = last.and_then(|r| r.split_whitespace().next()).unwrap_or("");
+            if let Some(k) = (0..count.len()).find(|&k| self.etcd.client_url(k) == url) {
+                count[k] += 1;
+            }
+        }
+        (0..count.len()).max_by_key(|&k| count[k]).unwrap()
+    }
+
+    /// Check the invariants and print the case's line.
+    fn finish(mut self, case: &str, times: &str) {
+        // At least 3 s of pings (15 per path) however quick the case was.
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(self.started.elapsed()));
+        let mut lost = Vec::new();
+        for p in self.pingers.drain(..) {
+            let dst = p.dst.clone();
+            let (sent, got) = p.finish();
+            assert!(sent >= 10, "{case}: pinger to {dst} ran ({sent} sent)");
+            lost.push((dst, sent, sent - got));
+        }
+        assert!(lost.iter().all(|l| l.2 == 0), "{case}: pings lost {lost:?}");
+        for (i, (mut p, path)) in self.monitors.drain(..).enumerate() {
+            p.stop(Duration::from_secs(2));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for s in self.subnets.iter().chain(self.extra.keys()) {
+                let gone = text.lines().find(|l| l.contains("Deleted") && l.contains(s.as_str()));
+                assert!(gone.is_none(), "{case}: node {i} removed the route to {s}: {gone:?}");
+            }
+        }
+        self.check_unique(case);
+        let sent: u64 = lost.iter().map(|l| l.1).sum();
+        println!("{case}: {times}; 0 of {sent} pings lost, no established route removed, no subnet claimed twice");
+    }
+
+    /// Every node's subnet is its own, and the store says so.
+    fn check_unique(&self, case: &str) {
+        let n = self.lab.nodes.len();
+        let subnets: Vec<String> = (0..n).map(|i| self.lab.subnet(i).unwrap()).collect();
+        let mut seen = subnets.clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "{case}: a subnet was claimed twice: {subnets:?}");
+        let ok = wait_for(T, || {
+            let leases = self.etcd.leases(&self.lab);
+            (0..n).all(|i| leases.get(&key(&subnets[i])) == Some(&self.lab.nodes[i].ip))
+        });
+        assert!(ok, "{case}: leases {:?} vs nodes {subnets:?}", self.etcd.leases(&self.lab));
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Kill a member (the leader or a follower) and start a fourth node right away.
+fn member_killed(leader: bool) {
+    let mut w = world(false, 100, 10, &[]);
+    let l = w.etcd.leader(&w.lab).expect("a leader");
+    let victim = if leader { l } else { (l + 1) % 3 };
+    w.etcd.kill9(victim);
+    let (n, claim, routed) = w.join();
+    std::thread::sleep(Duration::from_secs(1));
+    let later = w.lease_change("1 s after the kill");
+    for i in 0..3 {
+        assert!(w.routes_it(n, &w.subnets[i], &w.lab.nodes[i].ip), "new node routes node {i}");
+    }
+    let times = format!(
+        "new node claimed its lease {} after start, routed on every peer {}; a lease written 1 s \
+         later routed everywhere in {}",
+        ms(claim),
+        ms(routed),
+        ms(later)
+    );
+    w.finish(if leader { "leader SIGKILLed" } else { "follower SIGKILLed" }, &times);
+}
+
+#[test]
+fn leader_killed() {
+    member_killed(true)
+}
+
+#[test]
+fn follower_killed() {
+    member_killed(false)
+}
+
+#[test]
+fn member_partitioned_from_the_nodes() {
+    let mut w = world(false, 100, 10, &[]);
+    let k = w.busiest_member();
+    w.etcd.partition(k);
+    let during = w.lease_change("partitioned");
+    let (_, claim, routed) = w.join();
+    std::thread::sleep(Duration::from_secs(2));
+    let later = w.lease_change("2 s into the partition");
+    w.etcd.heal(k);
+    std::thread::sleep(Duration::from_secs(1));
+    let healed = w.lease_change("healed");
+    let times = format!(
+        "member {k} partitioned: a lease written at once routed everywhere in {}, new node \
+         claimed {} / routed {}, 2 s later {}, after healing {}",
+        ms(during),
+        ms(claim),
+        ms(routed),
+        ms(later),
+        ms(healed)
+    );
+    w.finish("partition", &times);
+}
+
+#[test]
+fn rolling_restart_with_tls_client_certificates() {
+    let mut w = world(true, 100, 10, &[]);
+    let mut times = Vec::new();
+    for k in 0..3 {
+        w.etcd.stop(k);
+        let down = w.lease_change(&format!("member {k} down"));
+        w.etcd.launch(k);
+        assert!(w.etcd.wait_healthy(&w.lab, k, T), "member {k} back: {}", w.etcd.log(k));
+        let up = w.lease_change(&format!("member {k} back"));
+        times.push(format!("m{k} down {} / back {}", ms(down), ms(up)));
+    }
+    let (_, claim, routed) = w.join();
+    let times = format!(
+        "lease writes routed everywhere: {}; then a new node claimed {} / routed {}",
+        times.join(", "),
+        ms(claim),
+        ms(routed)
+    );
+    w.finish("rolling restart (TLS)", &times);
+}
+
+fn outage() -> Duration {
+    let s = std::env::var("FERRY_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    Duration::from_secs(s)
+}
+
+#[test]
+fn all_members_stopped_then_started() {
+    let mut w = world(false, 100, 10, &[]);
+    let before: Vec<_> = (0..3).map(|i| w.lab.routes(i)).collect();
+    for k in 0..3 {
+        w.etcd.stop(k);
+    }
+    std::thread::sleep(outage());
+    for (i, b) in before.iter().enumerate() {
+        assert!(w.lab.running(i), "ferryd {i} survived the outage");
+        assert_eq!(&w.lab.routes(i), b, "node {i} kept its routes through the outage");
+    }
+    for k in 0..3 {
+        w.etcd.launch(k);
+    }
+    let t0 = Instant::now();
+    assert!((0..3).all(|k| w.etcd.wait_healthy(&w.lab, k, T)), "cluster back");
+    let healthy = t0.elapsed();
+    let after = w.lease_change("right after the restart");
+    let (_, claim, routed) = w.join();
+    let times = format!(
+        "all members down {} s; cluster healthy {} after start, a lease written then routed \
+         everywhere in {}, a new node claimed {} / routed {}",
+        outage().as_secs(),
+        ms(healthy),
+        ms(after),
+        ms(claim),
+        ms(routed)
+    );
+    w.finish("all members stopped", &times);
+}
