@@ -61,12 +61,18 @@ impl Lab {
         self.tmp.join(&format!("cache/results/refnet-{}-eth0", self.id))
     }
 
+    /// The addresses on the pod's eth0 that a plugin put there. The IPv6 link-local (`fe80::`,
+    /// scope link) address is the kernel's own, added asynchronously once the link's carrier is
+    /// seen (so sometimes present when this runs, sometimes not): it is left out.
     fn pod_addrs(&self) -> Vec<String> {
         let v = self.pod.ip_json(&["addr", "show"]);
         let mut out = vec![];
         for link in v.as_array().unwrap() {
             if link["ifname"] == "eth0" {
                 for a in link["addr_info"].as_array().unwrap() {
+                    if a["family"] == "inet6" && a["scope"] == "link" {
+                        continue;
+                    }
                     out.push(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
                 }
             }

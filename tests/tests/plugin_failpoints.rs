@@ -8,16 +8,18 @@ mod common;
 use common::*;
 use testlab::Netns;
 
-/// The ADD steps, each with what must exist right after it (IPs allocated, host ends, host
-/// routes, pod end present).
-const ADD_STEPS: &[(&str, (usize, usize, usize, bool))] = &[
+/// What exists on the node: (IPs allocated, host ends, host routes, pod end present).
+type Leftovers = (usize, usize, usize, bool);
+
+/// The ADD steps, each with what must exist right after it.
+const ADD_STEPS: &[(&str, Leftovers)] = &[
     ("add-ipam", (1, 0, 0, false)),
     ("add-veth", (1, 1, 0, true)),
     ("add-host", (1, 1, 1, true)),
     ("add-pod", (1, 1, 1, true)),
 ];
 
-fn state(node: &Node, pod: &Netns) -> (usize, usize, usize, bool) {
+fn state(node: &Node, pod: &Netns) -> Leftovers {
     let pod_end = pod.sh("ip link show eth0").status.success();
     (node.allocated().len(), host_ends(node), pod_routes(node), pod_end)
 }

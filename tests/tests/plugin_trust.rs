@@ -44,6 +44,7 @@ fn second_interface_in_one_pod_is_rejected_or_routed_on_its_own() {
     // Another network whose routes do not overlap: eth1 gets its own routes.
     let other = net_conf(&node, "t2", "10.91.0.0/24", r#","routes":[{"dst":"10.99.0.0/16"}]"#);
     let r1 = node.call("ADD", "two", Some(&pod), "eth1", &other).assert_ok().json();
+    node.wait_up(&pod);
     node.call("CHECK", "two", Some(&pod), "eth0", &with_prev(&conf, &r0)).assert_ok();
     node.call("CHECK", "two", Some(&pod), "eth1", &with_prev(&other, &r1)).assert_ok();
     let routes = pod.ip(&["-4", "route"]);
@@ -82,6 +83,7 @@ fn gc_with_the_longest_names_matches_the_full_key() {
     let cni_args = format!("IP={ip_b}");
     let out = node.call_env("ADD", (&c, Some(&pc), "eth0"), &conf, &[("CNI_ARGS", &cni_args)]);
     let rc = out.assert_ok().json();
+    node.wait_up(&pc);
     assert_eq!(pod_ip(&rc), ip_b);
     assert!(node.ns.ping(&ip_b), "the new pod is reachable at the reused IP");
     for (cid, p) in [(&a, &pa), (&c, &pc)] {

@@ -88,8 +88,29 @@ impl Node {
         })
     }
 
+    /// ADD eth0 into `pod`, then wait until the pair can carry traffic (see [`Node::wait_up`]).
     pub fn add(&self, cid: &str, pod: &Netns, stdin: &str) -> Value {
-        self.call("ADD", cid, Some(pod), "eth0", stdin).assert_ok().json()
+        let r = self.call("ADD", cid, Some(pod), "eth0", stdin).assert_ok().json();
+        self.wait_up(pod);
+        r
+    }
+
+    /// Wait (at most 3 s) until every link but `lo` in the node and in `pod` is operationally up
+    /// with its queueing discipline attached. The kernel does both asynchronously after carrier
+    /// comes on (the linkwatch work item, delayed under load); until then the link has the
+    /// `noop` qdisc, which drops what is sent, so a single ping sent right after ADD can be lost
+    /// with its ARP request. The plugin's job ends with the links set up; this is the test's
+    /// wait for the kernel, not a sleep in the plugin.
+    pub fn wait_up(&self, pod: &Netns) {
+        let ready =
+            |ns: &Netns| {
+                ns.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| {
+                    l["ifname"] == "lo" || (l["operstate"] == "UP" && l["qdisc"] != "noop")
+                })
+            };
+        let done =
+            testlab::wait_for(std::time::Duration::from_secs(3), || ready(&self.ns) && ready(pod));
+        assert!(done, "links not up after 3 s: {:?} / {}", self.links(), pod.ip(&["link"]));
     }
 
     /// Names of the links in the node namespace.
