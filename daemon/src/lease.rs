@@ -1,13 +1,16 @@
 //! Claiming and renewing this node's subnet lease, over any [`LeaseStore`].
 //!
-//! Claim order (flannel's): (1) a lease that already carries this node's public IP, preferring the
-//! subnet remembered in the subnet file; (2) the remembered subnet if it is free; (3) a random pick
-//! among up to 100 free subnets in [SubnetMin, SubnetMax], created only if absent (a lost race
-//! retries with a fresh listing).
+//! A node keeps the subnet its subnet file (and so its pods) use: with a remembered subnet it
+//! renews its lease there, creates it when the key is free or expired, and re-writes it when the
+//! key holds an entry that is not a lease (garbage, a look-alike's debris); when another node
+//! validly leases it, the claim fails ([`ClaimError::Taken`]) instead of renumbering the node
+//! under its pods. Without one (flannel's order): (1) a lease that already carries this node's
+//! public IP; (2) a random pick among up to 100 free subnets in [SubnetMin, SubnetMax], created
+//! only if absent (a lost race retries with a fresh listing).
 
 use crate::config::{span, Net};
 use crate::peers::taken;
-use crate::store::{Lease, LeaseAttrs, LeaseEntry, LeaseStore, StoreError};
+use crate::store::{subnet_key, Lease, LeaseAttrs, LeaseEntry, LeaseStore, StoreError};
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
@@ -27,6 +30,11 @@ pub enum ClaimError {
     Store(StoreError),
     /// Every subnet in the range is taken (or the races were all lost).
     Exhausted(String),
+    /// The subnet this node's pods use is validly leased to another node.
+    Taken {
+        subnet: Ipv4Network,
+        by: Ipv4Addr,
+    },
 }
 
 impl std::fmt::Display for ClaimError {
@@ -34,6 +42,12 @@ impl std::fmt::Display for ClaimError {
         match self {
             ClaimError::Store(e) => e.fmt(f),
             ClaimError::Exhausted(m) => f.write_str(m),
+            ClaimError::Taken { subnet, by } => write!(
+                f,
+                "this node's pods use {subnet}, which is now leased to {by}; refusing to move \
+                 the node to another subnet under them (remove the subnet file to accept a new \
+                 subnet, then restart the pods)"
+            ),
         }
     }
 }
@@ -111,7 +125,7 @@ pub fn random_u64() -> u64 {
     }
 }
 
-/// Claim (or re-claim) this node's lease.
+/// Claim (or re-claim) this node's lease; `remembered` is the subnet its subnet file names.
 pub async fn claim<S: LeaseStore>(
     store: &mut S,
     net: &Net,
@@ -123,43 +137,117 @@ pub async fn claim<S: LeaseStore>(
     let remembered = remembered.filter(|s| net.in_range(*s));
     for _ in 0..ATTEMPTS {
         let (entries, _) = store.list().await?;
-        let now = SystemTime::now();
-        if let Some(mut l) = existing(&entries, net, public_ip, remembered, now) {
-            if l.expires.is_none() {
-                return Ok(l); // a permanent reservation stays permanent
-            }
-            if store.renew(l.subnet, &attrs, ttl).await? {
-                l.attrs = attrs;
-                l.expires = Some(SystemTime::now() + ttl);
-                return Ok(l);
-            }
-            continue;
-        }
-        let taken = taken(&entries, now);
-        let pick = match remembered.filter(|r| free_subnets(&single(net, *r), &taken, 1).len() == 1)
-        {
-            Some(r) => r,
-            None => {
-                let free = free_subnets(net, &taken, SAMPLE);
-                if free.is_empty() {
-                    return Err(ClaimError::Exhausted(format!(
-                        "no free subnet left: {}",
-                        net.describe()
-                    )));
-                }
-                free[(random_u64() % free.len() as u64) as usize]
-            }
+        let got = match remembered {
+            Some(r) => keep(store, &entries, r, &attrs, ttl).await?,
+            None => adopt_or_pick(store, &entries, net, &attrs, ttl).await?,
         };
-        if store.create(pick, &attrs, ttl).await? {
-            return Ok(Lease { subnet: pick, attrs, expires: Some(SystemTime::now() + ttl) });
+        if let Some(l) = got {
+            return Ok(l);
         }
     }
     Err(ClaimError::Exhausted(format!("lost the race for a subnet {ATTEMPTS} times in a row")))
 }
 
-/// A one-subnet range, to ask "is this subnet free".
-fn single(net: &Net, s: Ipv4Network) -> Net {
-    Net { min: s.network(), max: s.network(), ..*net }
+/// Who holds the key of subnet `r` in a listing.
+#[derive(Debug, PartialEq)]
+pub enum Holder {
+    /// Nobody (or an expired lease).
+    Free,
+    /// This node (the lease as listed).
+    Mine(Lease),
+    /// Another node's live, valid lease (its public IP).
+    Other(Ipv4Addr),
+    /// An entry that is not a lease (why).
+    Bad(String),
+}
+
+/// Who holds subnet `r`: its canonical key, or another live lease of the same subnet (a
+/// dual-stack key) naming another node.
+pub fn holder(entries: &[LeaseEntry], r: Ipv4Network, me: Ipv4Addr, now: SystemTime) -> Holder {
+    let key = subnet_key(r);
+    let live = |l: &&Lease| l.expires.is_none_or(|t| t > now);
+    let ok = entries.iter().filter_map(|e| e.as_ref().ok()).filter(live);
+    if let Some(l) = ok.clone().find(|l| l.subnet == r && l.attrs.public_ip != me) {
+        return Holder::Other(l.attrs.public_ip);
+    }
+    if let Some(l) = ok.clone().find(|l| l.key == key) {
+        return Holder::Mine(l.clone());
+    }
+    match entries.iter().find_map(|e| e.as_ref().err().filter(|b| b.key == key)) {
+        Some(b) => Holder::Bad(b.reason.clone()),
+        None => Holder::Free,
+    }
+}
+
+/// Keep subnet `r`: renew, create, or re-write over a bad entry. `None`: lost a race, retry.
+async fn keep<S: LeaseStore>(
+    store: &mut S,
+    entries: &[LeaseEntry],
+    r: Ipv4Network,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Result<Option<Lease>, ClaimError> {
+    match holder(entries, r, attrs.public_ip, SystemTime::now()) {
+        Holder::Other(by) => return Err(ClaimError::Taken { subnet: r, by }),
+        Holder::Mine(l) => return renew_existing(store, l, attrs, ttl).await,
+        Holder::Bad(why) => {
+            warn!("the lease key of {r} holds an entry that is not a lease ({why}); this node's pods use {r}: re-writing its lease there");
+            store.delete(r).await?;
+        }
+        Holder::Free => {}
+    }
+    if store.create(r, attrs, ttl).await? {
+        let expires = Some(SystemTime::now() + ttl);
+        return Ok(Some(Lease { key: subnet_key(r), subnet: r, attrs: attrs.clone(), expires }));
+    }
+    Ok(None)
+}
+
+/// Renew a lease this node holds (a permanent reservation stays as it is).
+async fn renew_existing<S: LeaseStore>(
+    store: &mut S,
+    mut l: Lease,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Result<Option<Lease>, ClaimError> {
+    if l.expires.is_none() {
+        return Ok(Some(l));
+    }
+    if !store.renew(l.subnet, attrs, ttl).await? {
+        return Ok(None);
+    }
+    l.attrs = attrs.clone();
+    l.expires = Some(SystemTime::now() + ttl);
+    Ok(Some(l))
+}
+
+/// No remembered subnet: adopt a lease carrying this node's IP, else create a random free one.
+async fn adopt_or_pick<S: LeaseStore>(
+    store: &mut S,
+    entries: &[LeaseEntry],
+    net: &Net,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Result<Option<Lease>, ClaimError> {
+    let now = SystemTime::now();
+    if let Some(l) = existing(entries, net, attrs.public_ip, None, now) {
+        return renew_existing(store, l, attrs, ttl).await;
+    }
+    let free = free_subnets(net, &taken(entries, now), SAMPLE);
+    if free.is_empty() {
+        return Err(ClaimError::Exhausted(format!("no free subnet left: {}", net.describe())));
+    }
+    let pick = free[(random_u64() % free.len() as u64) as usize];
+    if store.create(pick, attrs, ttl).await? {
+        let expires = Some(SystemTime::now() + ttl);
+        return Ok(Some(Lease {
+            key: subnet_key(pick),
+            subnet: pick,
+            attrs: attrs.clone(),
+            expires,
+        }));
+    }
+    Ok(None)
 }
 
 /// When to renew a lease that expires `ttl` after it was written: `margin` before expiry, but at

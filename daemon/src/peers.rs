@@ -1,11 +1,11 @@
 //! From the store's lease entries to the routes this node wants: pure, O(n log n).
 //!
-//! A lease is routed only if it is a well-formed host-gw lease inside the cluster network, is not
-//! this node's own, does not overlap this node's subnet or another lease, and points at a public IP
-//! that is not this node's. Everything else is reported as bad and never routed.
+//! A lease is routed only if it is a well-formed host-gw lease inside the cluster network, of the
+//! network's subnet length, is not this node's own, does not overlap this node's subnet or another
+//! lease, and points at a public IP that is not this node's. Everything else is reported as bad and never routed.
 
-use crate::config::{overlaps, span};
-use crate::store::{parse_subnet_key, subnet_key, Lease, LeaseEntry, WatchEvent};
+use crate::config::overlaps;
+use crate::store::{claimed_subnet, Lease, LeaseEntry, WatchEvent};
 use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,7 +20,8 @@ pub struct Me {
     pub public_ip: Ipv4Addr,
 }
 
-/// The store's current entries, keyed by lease key (`10.244.1.0-24`).
+/// The store's current entries, keyed by their key exactly as stored (`10.244.1.0-24`): two keys
+/// that spell one subnet differently are two entries, never one.
 pub type Leases = BTreeMap<String, LeaseEntry>;
 
 #[derive(Debug, Default, PartialEq)]
@@ -33,23 +34,17 @@ pub struct Verdict {
     pub own_present: bool,
 }
 
-/// The last path component of a store key, which is what `Leases` is keyed on.
-pub fn short_key(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key)
-}
-
 /// Fold watch events into the lease map.
 pub fn apply_event(leases: &mut Leases, ev: WatchEvent) {
     match ev {
         WatchEvent::Put(Ok(l)) => {
-            leases.insert(subnet_key(l.subnet), Ok(l));
+            leases.insert(l.key.clone(), Ok(l));
         }
         WatchEvent::Put(Err(b)) => {
-            leases.insert(short_key(&b.key).to_string(), Err(b));
+            leases.insert(b.key.clone(), Err(b));
         }
-        WatchEvent::Removed { key, subnet } => {
-            let k = subnet.map(subnet_key).unwrap_or_else(|| short_key(&key).to_string());
-            leases.remove(&k);
+        WatchEvent::Removed { key, .. } => {
+            leases.remove(&key);
         }
         WatchEvent::Resync(all) => {
             leases.clear();
@@ -83,17 +78,18 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             Judged::Peer => ok.push((l.subnet, l.attrs.public_ip, key.as_str())),
         }
     }
-    // Leases of the configured length cannot overlap each other, so in a clash the odd-sized
-    // lease is the bad one.
-    ok.sort_by_key(|(s, _, _)| (u32::from(s.network()), s.prefix()));
-    let clash = clashes(ok.iter().map(|(s, _, _)| *s));
-    for (i, (s, ip, key)) in ok.iter().enumerate() {
-        match clash[i] {
-            Some(j) if s.prefix() != me.subnet_len => {
-                v.bad.insert(key.to_string(), format!("subnet {s} overlaps lease {}", ok[j].2));
+    // Every peer lease has the network's subnet length, so two overlap only when they are one
+    // subnet (a plain and a dual-stack key): the plain key, else the first key, is routed.
+    ok.sort_by_key(|(s, _, k)| (u32::from(s.network()), k.contains('&'), *k));
+    let mut first: BTreeMap<Ipv4Network, &str> = BTreeMap::new();
+    for (s, ip, key) in ok {
+        match first.get(&s) {
+            Some(k) => {
+                v.bad.insert(key.to_string(), format!("subnet {s} is also leased as {k}"));
             }
-            _ => {
-                v.want.insert(*s, *ip);
+            None => {
+                first.insert(s, key);
+                v.want.insert(s, ip);
             }
         }
     }
@@ -117,6 +113,8 @@ fn judge(l: &Lease, me: &Me) -> Judged {
         bad(format!("backend type {:?} is not host-gw", l.attrs.backend_type))
     } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
         bad(format!("subnet {s} is outside the cluster network {}", me.network))
+    } else if s.prefix() != me.subnet_len {
+        bad(format!("subnet {s} is not a /{} (the network's subnet length)", me.subnet_len))
     } else if s == me.subnet {
         if ip == me.public_ip {
             Judged::Own
@@ -139,36 +137,16 @@ fn judge(l: &Lease, me: &Me) -> Judged {
     }
 }
 
-/// For each subnet (sorted by start address, then prefix), one other subnet it overlaps, if
-/// any. CIDRs either nest or are disjoint: a sweep with a stack of enclosing subnets finds every
-/// overlap.
-fn clashes(sorted: impl ExactSizeIterator<Item = Ipv4Network>) -> Vec<Option<usize>> {
-    let spans: Vec<(u32, u32)> = sorted.map(span).collect();
-    let mut clash: Vec<Option<usize>> = vec![None; spans.len()];
-    let mut stack: Vec<usize> = Vec::new();
-    for i in 0..spans.len() {
-        let (start, _) = spans[i];
-        while stack.last().is_some_and(|&j| spans[j].1 < start) {
-            stack.pop();
-        }
-        for &j in &stack {
-            clash[i].get_or_insert(j);
-            clash[j].get_or_insert(i);
-        }
-        stack.push(i);
-    }
-    clash
-}
-
-/// All subnets any entry occupies (bad ones included when their key names a subnet): what a claim
-/// must avoid.
+/// All subnets any entry occupies: what a claim must avoid. A bad entry blocks whatever subnet
+/// its key might claim, read leniently (`10.244.5.0-024` blocks 10.244.5.0/24): an entry that
+/// cannot be parsed is never taken as free.
 pub fn taken(entries: &[LeaseEntry], now: SystemTime) -> Vec<Ipv4Network> {
     entries
         .iter()
         .filter_map(|e| match e {
             Ok(l) if l.expires.is_none_or(|t| t > now) => Some(l.subnet),
             Ok(_) => None,
-            Err(b) => parse_subnet_key(&b.key),
+            Err(b) => claimed_subnet(&b.key),
         })
         .collect()
 }

@@ -139,7 +139,10 @@ async fn daemon(a: Args) -> i32 {
 
     // 3. This node's lease.
     let remembered = node::remembered_subnet(&a.files.subnet_file, net.network);
-    let lease = keeper.claim(up.public_ip, remembered).await;
+    let lease = match keeper.claim(up.public_ip, remembered).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
 
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
     if let Err(e) = node::enable_forwarding() {
@@ -179,7 +182,7 @@ async fn run_loops(
     let inputs = Inputs { store: store_rx, kernel: kernel_rx, own: own_rx, lost: lost_tx };
     tokio::select! {
         _ = watcher(&mut watch_store, store_tx, &m) => 1,
-        _ = keeper.run(lease, own_tx, lost_rx) => 1,
+        code = keeper.run(lease, own_tx, lost_rx) => code,
         code = event_loop.run(inputs) => code,
     }
 }
@@ -273,8 +276,9 @@ impl LeaseKeeper {
         Ok(s)
     }
 
-    /// A lease for `ip`, retrying until one is claimed.
-    async fn claim(&mut self, ip: Ipv4Addr, remembered: Option<Ipv4Network>) -> Lease {
+    /// A lease for `ip`, retrying until one is claimed; `Err` (the exit code) when the subnet
+    /// this node's pods use belongs to another node.
+    async fn claim(&mut self, ip: Ipv4Addr, remembered: Option<Ipv4Network>) -> Result<Lease, i32> {
         let mut b = Backoff::new();
         loop {
             match lease::claim(&mut self.store, &self.net, ip, remembered, self.timing.ttl).await {
@@ -286,8 +290,9 @@ impl LeaseKeeper {
                         .map(crate::log::timestamp)
                         .unwrap_or_else(|| "never (reservation)".into());
                     info!("lease {} for {} (expires {exp})", l.subnet, ip);
-                    return l;
+                    return Ok(l);
                 }
+                Err(e @ ClaimError::Taken { .. }) => return Err(refuse(&e.to_string())),
                 Err(ClaimError::Store(e)) => b.fail("claim lease", &e, &self.metrics).await,
                 Err(e @ ClaimError::Exhausted(_)) => {
                     metrics::inc(&self.metrics.store_errors_total);
@@ -299,13 +304,14 @@ impl LeaseKeeper {
     }
 
     /// Renews this node's lease ahead of expiry and re-claims it when it is lost; a lease
-    /// re-claimed on another subnet is announced on `own`.
+    /// re-claimed on another subnet is announced on `own`. Returns the exit code when the
+    /// node's subnet cannot be kept.
     async fn run(
         mut self,
         mut lease: Lease,
         own: watch::Sender<Ipv4Network>,
         mut lost: mpsc::UnboundedReceiver<()>,
-    ) {
+    ) -> i32 {
         let every = lease::renew_after(self.timing.ttl, self.timing.renew_margin);
         let mut at = Instant::now() + every;
         let mut b = Backoff::new();
@@ -323,7 +329,10 @@ impl LeaseKeeper {
                 Some(()) = lost.recv() => true,
             };
             if reclaim {
-                let l = self.claim(lease.attrs.public_ip, Some(lease.subnet)).await;
+                let l = match self.claim(lease.attrs.public_ip, Some(lease.subnet)).await {
+                    Ok(l) => l,
+                    Err(code) => return code,
+                };
                 while lost.try_recv().is_ok() {}
                 if l.subnet != lease.subnet {
                     warn!("lease {} was taken; this node now has {} (pods on the old subnet need restarting)", lease.subnet, l.subnet);

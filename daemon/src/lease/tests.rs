@@ -41,7 +41,12 @@ impl LeaseStore for Mem {
         }
         self.leases.insert(
             subnet,
-            Lease { subnet, attrs: attrs.clone(), expires: Some(SystemTime::now() + ttl) },
+            Lease {
+                key: subnet_key(subnet),
+                subnet,
+                attrs: attrs.clone(),
+                expires: Some(SystemTime::now() + ttl),
+            },
         );
         Ok(true)
     }
@@ -61,6 +66,7 @@ impl LeaseStore for Mem {
     }
     async fn delete(&mut self, subnet: Ipv4Network) -> StoreResult<()> {
         self.leases.remove(&subnet);
+        self.garbage.retain(|k| *k != subnet_key(subnet));
         Ok(())
     }
     async fn watch(&mut self, _revision: i64) -> StoreResult<(Vec<WatchEvent>, i64)> {
@@ -113,13 +119,43 @@ fn reuses_own_lease_then_remembered_subnet() {
         let c =
             claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
         assert_eq!(c.subnet, n("10.244.77.0/24"), "remembered subnet is re-claimed when free");
-        // Remembered subnet taken by someone else: pick another.
+        // Remembered subnet (the pods' subnet) validly leased to someone else: refuse, never
+        // renumber the node under its pods.
         s.leases.clear();
         claim(&mut s, &net, ip("198.18.0.12"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
-        let d =
-            claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await.unwrap();
-        assert_ne!(d.subnet, n("10.244.77.0/24"));
+        let d = claim(&mut s, &net, ip("198.18.0.11"), Some(n("10.244.77.0/24")), TTL).await;
+        assert!(
+            matches!(d, Err(ClaimError::Taken { subnet, by }) if subnet == n("10.244.77.0/24") && by == ip("198.18.0.12")),
+            "{d:?}"
+        );
     });
+}
+
+#[test]
+fn own_lease_overwritten_with_garbage_is_rewritten_in_place() {
+    let net = net(r#"{"Network":"10.244.0.0/16"}"#);
+    let mut s = Mem::default();
+    block(async {
+        let a = claim(&mut s, &net, ip("198.18.0.11"), None, TTL).await.unwrap();
+        s.leases.clear();
+        s.garbage.push(subnet_key(a.subnet));
+        // Look-alikes of the subnet do not count either way.
+        s.garbage.push(format!("{}-024", a.subnet.network()));
+        let b = claim(&mut s, &net, ip("198.18.0.11"), Some(a.subnet), TTL).await.unwrap();
+        assert_eq!(b.subnet, a.subnet, "the node keeps its pods' subnet");
+        assert_eq!(s.leases[&a.subnet].attrs.public_ip, ip("198.18.0.11"));
+        assert!(!s.garbage.contains(&subnet_key(a.subnet)));
+    });
+}
+
+#[test]
+fn a_look_alike_key_blocks_its_subnet_for_a_new_node() {
+    let net =
+        net(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0"}"#);
+    let mut s = Mem::default();
+    s.garbage.extend(["10.244.1.0-024".into(), "10.244.2.0-24&fd00::-64x".into()]);
+    let l = block(claim(&mut s, &net, ip("198.18.0.11"), None, TTL)).unwrap();
+    assert_eq!(l.subnet, n("10.244.3.0/24"));
 }
 
 #[test]
@@ -128,7 +164,12 @@ fn permanent_reservation_stays_permanent() {
     let mut s = Mem::default();
     s.leases.insert(
         n("10.244.5.0/24"),
-        Lease { subnet: n("10.244.5.0/24"), attrs: my_attrs(ip("198.18.0.11")), expires: None },
+        Lease {
+            key: "10.244.5.0-24".into(),
+            subnet: n("10.244.5.0/24"),
+            attrs: my_attrs(ip("198.18.0.11")),
+            expires: None,
+        },
     );
     let l = block(claim(&mut s, &net, ip("198.18.0.11"), None, TTL)).unwrap();
     assert_eq!((l.subnet, l.expires), (n("10.244.5.0/24"), None));

@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{BadLease, Lease, LeaseAttrs};
+use crate::store::{parse_lease, subnet_key, BadLease, Lease, LeaseAttrs};
 use std::time::Duration;
 
 fn me() -> Me {
@@ -13,6 +13,7 @@ fn me() -> Me {
 
 fn lease(subnet: &str, ip: &str) -> LeaseEntry {
     Ok(Lease {
+        key: subnet_key(subnet.parse().unwrap()),
         subnet: subnet.parse().unwrap(),
         attrs: LeaseAttrs {
             public_ip: ip.parse().unwrap(),
@@ -59,38 +60,38 @@ fn bad_leases_are_never_routed() {
         lease("10.244.2.0/24", "198.18.0.12"),
         Err(BadLease { key: "10.244.4.0-24".into(), reason: "value is not lease JSON".into() }),
         lease("10.99.0.0/24", "198.18.0.14"), // outside the network
-        lease("10.244.1.0/25", "198.18.0.15"), // overlaps own subnet (odd key still distinct)
+        lease("10.244.1.0/25", "198.18.0.15"), // inside own subnet, wrong length
         lease("10.244.5.0/24", "198.18.0.11"), // own public IP, other subnet
         lease("10.244.6.0/24", "10.244.7.1"), // gateway inside the pod network
         lease("10.244.2.0/23", "198.18.0.16"), // overlaps 10.244.2.0/24 and is odd-sized
-        lease("10.244.8.0/25", "198.18.0.17"), // odd-sized but alone: fine
+        lease("10.244.8.0/25", "198.18.0.17"), // odd-sized, alone: still the wrong length
+        lease("10.244.128.0/17", "198.18.0.23"), // a /17 in a /24-per-node network
         lease("10.244.0.0/16", "198.18.0.18"), // the whole network: overlaps everything
         other_backend,
         expired,
     ];
     let v = evaluate(&map(entries), &me(), SystemTime::now());
-    assert_eq!(want(&v), ["10.244.2.0/24 via 198.18.0.12", "10.244.8.0/25 via 198.18.0.17"]);
+    assert_eq!(want(&v), ["10.244.2.0/24 via 198.18.0.12"]);
     let bad: Vec<&str> = v.bad.keys().map(|k| k.as_str()).collect();
     assert_eq!(
         bad,
         [
             "10.244.0.0-16",
             "10.244.1.0-25",
+            "10.244.128.0-17",
             "10.244.2.0-23",
             "10.244.4.0-24",
             "10.244.5.0-24",
             "10.244.6.0-24",
+            "10.244.8.0-25",
             "10.244.9.0-24",
             "10.99.0.0-24"
         ]
     );
-    assert!(v.bad["10.244.1.0-25"].contains("overlaps this node's subnet"));
+    for k in ["10.244.1.0-25", "10.244.2.0-23", "10.244.8.0-25", "10.244.128.0-17"] {
+        assert!(v.bad[k].contains("is not a /24"), "{k}: {}", v.bad[k]);
+    }
     assert!(v.bad["10.244.5.0-24"].contains("own public IP"));
-    assert!(
-        v.bad["10.244.2.0-23"].contains("overlaps lease 10.244.2.0-24"),
-        "{}",
-        v.bad["10.244.2.0-23"]
-    );
     assert!(!v.own_present);
 }
 
@@ -117,21 +118,12 @@ fn odd_sized_leases_clashing_with_each_other_are_both_bad() {
 fn events_update_the_map() {
     let mut m = map(vec![lease("10.244.2.0/24", "198.18.0.12")]);
     apply_event(&mut m, WatchEvent::Put(lease("10.244.3.0/24", "198.18.0.13")));
-    apply_event(
-        &mut m,
-        WatchEvent::Removed {
-            key: "/coreos.com/network/subnets/10.244.2.0-24".into(),
-            subnet: None,
-        },
-    );
+    apply_event(&mut m, WatchEvent::Removed { key: "10.244.2.0-24".into(), subnet: None });
     assert_eq!(m.keys().collect::<Vec<_>>(), ["10.244.3.0-24"]);
     // A lease overwritten with garbage stops being routed.
     apply_event(
         &mut m,
-        WatchEvent::Put(Err(BadLease {
-            key: "/p/subnets/10.244.3.0-24".into(),
-            reason: "x".into(),
-        })),
+        WatchEvent::Put(Err(BadLease { key: "10.244.3.0-24".into(), reason: "x".into() })),
     );
     let v = evaluate(&m, &me(), SystemTime::now());
     assert!(v.want.is_empty() && v.bad.contains_key("10.244.3.0-24"));
@@ -148,6 +140,7 @@ fn scales_to_5000_peers() {
             .unwrap();
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i + 2);
             Ok(Lease {
+                key: subnet_key(s),
                 subnet: s,
                 attrs: LeaseAttrs {
                     public_ip: ip,
@@ -185,4 +178,47 @@ fn taken_includes_garbage_keys() {
         t.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         ["10.244.2.0/24", "10.244.4.0/24"]
     );
+}
+
+fn stored(key: &str, ip: &str) -> LeaseEntry {
+    parse_lease(key, format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw"}}"#).as_bytes(), None)
+}
+
+#[test]
+fn look_alike_keys_are_never_merged_with_the_real_lease() {
+    let mut m = map(vec![stored("10.244.50.0-24", "198.18.0.12")]);
+    for k in ["10.244.50.0-024", "10.244.50.0-+24", "010.244.50.0-24"] {
+        apply_event(&mut m, WatchEvent::Put(stored(k, "198.18.0.66")));
+    }
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.50.0/24 via 198.18.0.12"], "{v:?}");
+    assert_eq!(v.bad.len(), 3, "{v:?}");
+    assert!(v.bad.values().all(|r| r.starts_with(crate::store::NON_CANONICAL)), "{v:?}");
+    // Deleting a look-alike leaves the real peer's lease alone.
+    apply_event(&mut m, WatchEvent::Removed { key: "10.244.50.0-024".into(), subnet: None });
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.50.0/24 via 198.18.0.12"]);
+    // A look-alike blocks its subnet for a node picking a free one.
+    let t = taken(&[stored("10.244.51.0-+24", "198.18.0.66")], SystemTime::now());
+    assert_eq!(t, ["10.244.51.0/24".parse::<Ipv4Network>().unwrap()]);
+}
+
+#[test]
+fn flannel_dual_stack_leases_route_their_ipv4_part_and_are_taken() {
+    let ds = "10.244.7.0-24&fd00:10:244:2e::-64";
+    let mut m = map(vec![stored(ds, "198.18.0.17")]);
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.7.0/24 via 198.18.0.17"]);
+    let t = taken(&[stored(ds, "198.18.0.17")], SystemTime::now());
+    assert_eq!(t, ["10.244.7.0/24".parse::<Ipv4Network>().unwrap()]);
+    // A plain lease of the same subnet is a second claim: one is routed, the other is bad.
+    apply_event(&mut m, WatchEvent::Put(stored("10.244.7.0-24", "198.18.0.27")));
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.7.0/24 via 198.18.0.27"]);
+    assert!(v.bad[ds].contains("also leased as 10.244.7.0-24"), "{v:?}");
+    // Removing the dual-stack key removes only it.
+    apply_event(&mut m, WatchEvent::Removed { key: ds.into(), subnet: None });
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.7.0/24 via 198.18.0.27"]);
+    assert!(v.bad.is_empty());
 }

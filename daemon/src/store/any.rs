@@ -2,7 +2,10 @@
 
 use super::etcd::{EtcdConfig, EtcdStore};
 use super::file::FileStore;
-use super::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, WatchEvent};
+use super::{
+    parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result,
+    WatchEvent, NON_CANONICAL,
+};
 use crate::metrics::Metrics;
 use ipnetwork::Ipv4Network;
 use std::path::PathBuf;
@@ -75,6 +78,51 @@ impl AnyStore {
     }
 }
 
+/// Keys as the daemon sees them: relative to the store's subnets prefix (etcd gives full keys,
+/// `<prefix>/subnets/10.244.1.0-24`; the file store gives file names). A key with a further
+/// path level under the prefix (`<prefix>/subnets/x/10.244.1.0-24`) is not a lease key: it is a
+/// bad entry under its own relative key, never merged with the lease its last part spells.
+impl AnyStore {
+    fn relative<'k>(&self, key: &'k str) -> &'k str {
+        match self {
+            AnyStore::File(_) => key,
+            AnyStore::Etcd(s) => key.strip_prefix(&s.subnets_prefix()).unwrap_or(key),
+        }
+    }
+
+    fn relative_entry(&self, e: LeaseEntry) -> LeaseEntry {
+        match e {
+            Ok(mut l) => {
+                let rel = self.relative(&l.key).to_string();
+                if rel.contains('/') {
+                    let reason = format!("{NON_CANONICAL}: not directly under the subnets prefix");
+                    return Err(BadLease { key: rel, reason });
+                }
+                l.key = rel;
+                Ok(l)
+            }
+            Err(mut b) => {
+                b.key = self.relative(&b.key).to_string();
+                Err(b)
+            }
+        }
+    }
+
+    fn relative_event(&self, ev: WatchEvent) -> WatchEvent {
+        match ev {
+            WatchEvent::Put(e) => WatchEvent::Put(self.relative_entry(e)),
+            WatchEvent::Removed { key, .. } => {
+                let key = self.relative(&key).to_string();
+                let subnet = (!key.contains('/')).then(|| parse_subnet_key(&key)).flatten();
+                WatchEvent::Removed { key, subnet }
+            }
+            WatchEvent::Resync(all) => {
+                WatchEvent::Resync(all.into_iter().map(|e| self.relative_entry(e)).collect())
+            }
+        }
+    }
+}
+
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
@@ -92,7 +140,8 @@ impl LeaseStore for AnyStore {
         each!(self, s => s.put_config_if_absent(cfg).await)
     }
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
-        each!(self, s => s.list().await)
+        let (entries, rev) = each!(self, s => s.list().await)?;
+        Ok((entries.into_iter().map(|e| self.relative_entry(e)).collect(), rev))
     }
     async fn create(
         &mut self,
@@ -114,6 +163,7 @@ impl LeaseStore for AnyStore {
         each!(self, s => s.delete(subnet).await)
     }
     async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)> {
-        each!(self, s => s.watch(revision).await)
+        let (events, rev) = each!(self, s => s.watch(revision).await)?;
+        Ok((events.into_iter().map(|e| self.relative_event(e)).collect(), rev))
     }
 }

@@ -116,12 +116,14 @@ impl FileStore {
         Ok(bytes.map(|b| parse_file(name, &b)))
     }
 
-    /// [`FileStore::read_entry`] for a listing or watch: an unreadable entry is reported and
-    /// skipped (read as absent), so it never stops the other entries from being read.
+    /// [`FileStore::read_entry`] for a listing or watch: an unreadable entry (a FIFO, symlink,
+    /// directory, device, socket, oversized file) is a bad entry, never opened in a way that
+    /// blocks and never stopping the other entries from being read; it still blocks the subnet
+    /// its name might claim.
     fn read_listed(&self, name: &str) -> Option<(LeaseEntry, Option<SystemTime>)> {
         self.read_entry(name).unwrap_or_else(|e| {
-            warn!("file store: skipping entry {name:?}: {e}");
-            None
+            let reason = format!("unreadable: {e}");
+            Some((Err(BadLease { key: name.to_string(), reason }), None))
         })
     }
 
@@ -348,7 +350,7 @@ impl LeaseStore for FileStore {
         for ent in rd {
             let ent = ent.map_err(|e| io_err("read directory", &self.dir, e))?;
             let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
-            if ignored(&name) || ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if ignored(&name) {
                 continue;
             }
             match self.read_listed(&name) {

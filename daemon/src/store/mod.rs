@@ -7,8 +7,13 @@
 //! Wire formats (both stores):
 //! * config: `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.255.0","Backend":{"Type":"host-gw"}}`
 //! * lease key `<prefix>/subnets/10.244.1.0-24`, value `{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}`
+//!   (flannel's dual-stack leases: `10.244.1.0-24&fd00:10:244:2e::-64`; the IPv4 part is routed)
+//!
+//! Lease keys parse only in their one canonical spelling ([`parse_subnet_key`]): a key that spells
+//! a subnet differently (`10.244.1.0-024`) is a bad entry under its own key, never merged with
+//! the real lease. Such a key still blocks the subnet it might claim ([`claimed_subnet`]).
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
@@ -57,6 +62,9 @@ pub struct LeaseAttrs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The entry's key as the store gave it (the daemon sees keys relative to the subnets
+    /// prefix: `10.244.1.0-24`, or a dual-stack `10.244.1.0-24&fd00::-64`).
+    pub key: String,
     pub subnet: Ipv4Network,
     pub attrs: LeaseAttrs,
     /// When the lease runs out; `None` for a permanent reservation.
@@ -113,22 +121,65 @@ pub fn subnet_key(subnet: Ipv4Network) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix())
 }
 
-/// Parse a lease key (`10.244.1.0-24`, the last path component); `None` if malformed.
+/// The last path component of a store key.
+pub fn short_key(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Parse a lease key (the last path component): `10.244.1.0-24`, or flannel's dual-stack
+/// `10.244.1.0-24&fd00:10:244:2e::-64` (its IPv4 subnet). Only the canonical spelling parses,
+/// the one [`subnet_key`] writes (no leading zeros or signs, no host bits); `None` otherwise.
 pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
-    let last = key.rsplit('/').next()?;
-    let (ip, len) = last.split_once('-')?;
+    let last = short_key(key);
+    let (v4, v6) = match last.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (last, None),
+    };
+    let (ip, len) = v4.split_once('-')?;
     let net = Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
-    (net.network() == net.ip()).then_some(net)
+    if subnet_key(net) != v4 || net.network() != net.ip() {
+        return None;
+    }
+    match v6 {
+        None => Some(net),
+        Some(v6) => parse_v6_key(v6).map(|_| net),
+    }
+}
+
+/// The IPv6 part of a dual-stack key, canonical (RFC 5952, as flannel writes it) and aligned.
+fn parse_v6_key(s: &str) -> Option<Ipv6Network> {
+    let (ip, len) = s.rsplit_once('-')?;
+    let net = Ipv6Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+    let canonical = format!("{}-{}", net.network(), net.prefix());
+    (canonical == s && net.network() == net.ip()).then_some(net)
+}
+
+/// The IPv4 subnet a key might claim, read leniently (leading zeros, signs, spaces or dashes
+/// around numbers, host bits, anything after `&`): what a node picking a free subnet must treat as taken when the key does
+/// not parse. `None` only when no reading of the key names a subnet.
+pub fn claimed_subnet(key: &str) -> Option<Ipv4Network> {
+    let v4 = short_key(key).split('&').next()?;
+    let (ip, len) = v4.rsplit_once('-').or_else(|| v4.rsplit_once('/'))?;
+    let num = |s: &str| s.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u8>().ok();
+    let octets: Vec<u8> = ip.split('.').map(num).collect::<Option<_>>()?;
+    let [a, b, c, d] = octets[..] else { return None };
+    let len = num(len)?;
+    let net = Ipv4Network::new(Ipv4Addr::new(a, b, c, d), len).ok()?;
+    Ipv4Network::new(net.network(), len).ok()
 }
 
 /// Parse one stored lease value for `key`.
 pub fn parse_lease(key: &str, value: &[u8], expires: Option<SystemTime>) -> LeaseEntry {
     let bad = |reason: String| BadLease { key: key.to_string(), reason };
-    let subnet = parse_subnet_key(key).ok_or_else(|| bad("key is not <ip>-<prefix>".into()))?;
+    let subnet = parse_subnet_key(key)
+        .ok_or_else(|| bad(format!("{NON_CANONICAL}: not <ip>-<prefix> in canonical form")))?;
     let attrs: LeaseAttrs =
         serde_json::from_slice(value).map_err(|e| bad(format!("value is not lease JSON: {e}")))?;
-    Ok(Lease { subnet, attrs, expires })
+    Ok(Lease { key: key.to_string(), subnet, attrs, expires })
 }
+
+/// How a bad entry's reason starts when its key is not a canonical lease key.
+pub const NON_CANONICAL: &str = "non-canonical key";
 
 /// A lease store. All methods are cancel-safe except where noted.
 #[allow(async_fn_in_trait)]
@@ -181,6 +232,36 @@ mod tests {
         assert_eq!(parse_subnet_key("10.244.3.1-24"), None);
         assert_eq!(parse_subnet_key("garbage"), None);
         assert_eq!(parse_subnet_key("10.244.3.0-33"), None);
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_parses() {
+        for k in [
+            "10.244.50.0-024",
+            "10.244.51.0-+24",
+            "010.244.50.0-24",
+            "10.244.50.00-24",
+            "10.244.50.0- 24",
+            " 10.244.50.0-24",
+            "10.244.50.0-24 ",
+            "10.244.50.0--24",
+            "10.244.50.0-24&",
+            "10.244.50.0-24&fd00:10:244:002e::-64",
+            "10.244.50.0-24&FD00:10:244:2e::-64",
+            "10.244.50.0-24&fd00:10:244:2e::1-64",
+            "10.244.50.0-24&fd00:10:244:2e::-064",
+            "10.244.50.0-24&fd00:10:244:2e:0:0:0:0-64",
+        ] {
+            assert_eq!(parse_subnet_key(k), None, "{k}");
+            assert!(claimed_subnet(k).is_some(), "{k} blocks a subnet");
+        }
+        let n: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(parse_subnet_key("10.244.1.0-24&fd00:10:244:2e::-64"), Some(n));
+        assert_eq!(claimed_subnet("10.244.1.0-024"), Some(n));
+        assert_eq!(claimed_subnet("10.244.1.7-+24&junk"), Some(n));
+        assert_eq!(claimed_subnet("junk"), None);
+        let e = parse_lease("10.244.50.0-024", br#"{"PublicIP":"198.18.0.9"}"#, None);
+        assert!(e.unwrap_err().reason.starts_with(NON_CANONICAL));
     }
 
     #[test]

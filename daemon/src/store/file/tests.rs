@@ -173,7 +173,7 @@ fn mkfifo(p: &Path) {
 }
 
 #[test]
-fn fifo_and_symlink_entries_are_skipped_without_blocking() {
+fn fifo_and_symlink_entries_are_bad_entries_read_without_blocking() {
     let d = tmpdir("hostile");
     let good = r#"{"PublicIP":"198.18.0.17","BackendType":"host-gw","BackendData":null}"#;
     fs::write(d.join("10.244.7.0-24"), good).unwrap();
@@ -187,8 +187,15 @@ fn fifo_and_symlink_entries_are_skipped_without_blocking() {
             .await
             .expect("a FIFO entry must not block the listing")
             .unwrap();
-        let subnets: Vec<_> = all.iter().map(|e| e.as_ref().unwrap().subnet).collect();
+        let subnets: Vec<_> =
+            all.iter().filter_map(|e| e.as_ref().ok()).map(|l| l.subnet).collect();
         assert_eq!(subnets, [net("10.244.7.0/24")], "{all:?}");
+        // The others are bad entries (so they block their subnets), each saying why.
+        let mut bad: Vec<_> = all.iter().filter_map(|e| e.as_ref().err()).collect();
+        bad.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(bad.len(), 2, "{all:?}");
+        assert!(bad[0].key == "10.244.8.0-24" && bad[0].reason.contains("FIFO"), "{bad:?}");
+        assert!(bad[1].key == "10.244.9.0-24" && bad[1].reason.contains("symbolic link"));
         // A key held by something that is not a lease file is not free.
         let mut c = FileStore::open(&d);
         let ttl = Duration::from_secs(9);
