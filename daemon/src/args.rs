@@ -168,7 +168,8 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> 
     Ok(Parsed::Run(Box::new(a)))
 }
 
-const VALUE_FLAGS: &[&str] = &[
+/// Every flag that takes a value (booleans and the others are matched in [`parse`]).
+pub const VALUE_FLAGS: &[&str] = &[
     "--network",
     "--subnet-len",
     "--subnet-min",
@@ -193,6 +194,42 @@ const VALUE_FLAGS: &[&str] = &[
     "--cni-data-dir",
     "--nft",
     "--resync",
+];
+
+/// Every flag name ferryd knows (for generated-input tests and the docs check).
+pub const FLAG_NAMES: &[&str] = &[
+    "--network",
+    "--subnet-len",
+    "--subnet-min",
+    "--subnet-max",
+    "--strict-network",
+    "--store",
+    "--etcd-prefix",
+    "--etcd-ca",
+    "--etcd-cert",
+    "--etcd-key",
+    "--etcd-dial-timeout",
+    "--etcd-request-timeout",
+    "--etcd-failover-timeout",
+    "--lease-ttl",
+    "--renew-margin",
+    "--public-ip",
+    "--iface",
+    "--mtu",
+    "--subnet-file",
+    "--cni-conf-dir",
+    "--cni-conf-name",
+    "--cni-network-name",
+    "--cni-data-dir",
+    "--cni-portmap",
+    "--ip-masq",
+    "--nft",
+    "--resync",
+    "--uninstall",
+    "--verbose",
+    "--quiet",
+    "--help",
+    "--version",
 ];
 
 /// A flag's value did not parse: the message names the flag, the value and what was expected.

@@ -128,13 +128,8 @@ impl FileStore {
     }
 
     fn write_lease(&self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
-        let mut v = serde_json::to_value(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
-        let expires = SystemTime::now() + ttl;
-        v[EXPIRES_FIELD] = serde_json::json!(expires
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64);
-        write_atomic(&self.dir, &subnet_key(subnet), v.to_string().as_bytes())
+        let bytes = lease_json(attrs, SystemTime::now() + ttl)?;
+        write_atomic(&self.dir, &subnet_key(subnet), &bytes)
     }
 
     fn ensure_inotify(&mut self) -> Result<()> {
@@ -301,6 +296,14 @@ pub fn parse_file(name: &str, bytes: &[u8]) -> (LeaseEntry, Option<SystemTime>) 
         Err(e) => return bad(format!("value is not lease JSON: {e}")),
     };
     (parse_lease(name, bytes, expires), expires)
+}
+
+/// A lease file's content: flannel's lease JSON plus [`EXPIRES_FIELD`] (read by [`parse_file`]).
+pub fn lease_json(attrs: &LeaseAttrs, expires: SystemTime) -> Result<Vec<u8>> {
+    let mut v = serde_json::to_value(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
+    let ms = expires.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    v[EXPIRES_FIELD] = serde_json::json!(ms);
+    Ok(v.to_string().into_bytes())
 }
 
 /// Write `dir/name` atomically (ferry-fs: exclusive dotfile temp, fsync, rename).
