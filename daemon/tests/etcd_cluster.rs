@@ -71,15 +71,16 @@ impl World {
         self.lab.routes(i).get(subnet).is_some_and(|g| g == gw)
     }
 
-    /// Write a new lease (a fake peer) and wait until every running node among the first three
-    /// routes it; returns the time from just before the write.
+    /// Write a new lease (a fake peer) and wait until every node routes it; returns the time
+    /// from just before the write.
     fn lease_change(&mut self, what: &str) -> Duration {
         let n = self.extra.len();
         let (subnet, gw) = (format!("10.244.{}.0/24", 240 + n), format!("198.18.0.{}", 60 + n));
         let t0 = Instant::now();
         let value = format!(r#"{{"PublicIP":"{gw}","BackendType":"host-gw","BackendData":null}}"#);
         self.etcd.put_lease(&self.lab, &key(&subnet), &value);
-        let ok = wait_for(T, || (0..3).all(|i| self.routes_it(i, &subnet, &gw)));
+        let n = self.lab.nodes.len();
+        let ok = wait_for(T, || (0..n).all(|i| self.routes_it(i, &subnet, &gw)));
         let took = t0.elapsed();
         assert!(ok, "{what}: lease {subnet} not routed everywhere: {}", self.logs());
         self.extra.insert(subnet, gw);
@@ -88,15 +89,19 @@ impl World {
 
     /// Start a new node; returns (lease claimed, routed on every other node), both from its start.
     fn join(&mut self) -> (usize, Duration, Duration) {
+        self.join_since(Instant::now())
+    }
+
+    /// [`World::join`], times counted from `t0` (e.g. the fault).
+    fn join_since(&mut self, t0: Instant) -> (usize, Duration, Duration) {
         let n = self.lab.add_node();
-        let t0 = Instant::now();
         self.lab.start(n, &[]);
         let claimed = wait_for(T, || self.lab.subnet(n).is_some());
         let t_claim = t0.elapsed();
         assert!(claimed, "node {n} claimed no lease: {}", self.lab.log(n));
         let s = self.lab.subnet(n).unwrap();
         let ip = self.lab.nodes[n].ip.clone();
-        let routed = wait_for(T, || (0..3).all(|i| self.routes_it(i, &s, &ip)));
+        let routed = wait_for(T, || (0..n).all(|i| self.routes_it(i, &s, &ip)));
         let t_routed = t0.elapsed();
         assert!(routed, "node {n} ({s}) not routed by every peer: {}", self.logs());
         (n, t_claim, t_routed)
@@ -278,4 +283,100 @@ fn all_members_stopped_then_started() {
         ms(routed)
     );
     w.finish("all members stopped", &times);
+}
+
+// ---- The failover bench (bench/etcd_failover.sh): realistic etcd timings, repeated trials ----
+
+fn trials() -> usize {
+    std::env::var("FERRY_BENCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+fn stats(name: &str, v: &mut [Duration], target: Duration) {
+    v.sort();
+    let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    let verdict = if v.iter().all(|d| *d <= target) { "met" } else { "MISSED" };
+    println!(
+        "BENCH {name:<58} n={:<2} min {:>7} p50 {:>7} max {:>7}  target {} {verdict}",
+        v.len(),
+        ms(v[0]),
+        ms(q(0.5)),
+        ms(v[v.len() - 1]),
+        ms(target)
+    );
+}
+
+/// One kind of fault, `trials()` times on one world: fault, a node joins at once (claim and
+/// routed on every peer, counted from the fault), the fault is undone. Then the fault once more
+/// and a lease written 30 s later (no watch left silently dead).
+fn bench_fault(
+    name: &str,
+    target: Duration,
+    fault: impl Fn(&mut World) -> usize,
+    undo: impl Fn(&mut World, usize),
+) {
+    let mut w = world(false, 1000, 100, &[]);
+    let (mut claims, mut routed) = (Vec::new(), Vec::new());
+    for _ in 0..trials() {
+        let t0 = Instant::now();
+        let k = fault(&mut w);
+        let (_, c, r) = w.join_since(t0);
+        claims.push(c);
+        routed.push(r);
+        undo(&mut w, k);
+    }
+    let k = fault(&mut w);
+    std::thread::sleep(Duration::from_secs(30));
+    let mut late = vec![w.lease_change("30 s after the fault")];
+    undo(&mut w, k);
+    stats(&format!("{name}: new node's lease claimed"), &mut claims, target);
+    stats(&format!("{name}: new node routed on every peer"), &mut routed, target);
+    stats(
+        &format!("{name}: lease written 30 s later, routed everywhere"),
+        &mut late,
+        Duration::from_millis(100),
+    );
+    w.finish(name, "bench");
+}
+
+fn restart_member(w: &mut World, k: usize) {
+    w.etcd.launch(k);
+    assert!(w.etcd.wait_healthy(&w.lab, k, T), "member {k} back");
+    std::thread::sleep(Duration::from_secs(2)); // let it catch up and the cluster settle
+}
+
+#[test]
+#[ignore]
+fn bench_leader_killed() {
+    let kill = |w: &mut World| {
+        let k = w.etcd.leader(&w.lab).expect("a leader");
+        w.etcd.kill9(k);
+        k
+    };
+    bench_fault("leader SIGKILLed", Duration::from_secs(2), kill, restart_member);
+}
+
+#[test]
+#[ignore]
+fn bench_follower_killed() {
+    let kill = |w: &mut World| {
+        let k = (w.etcd.leader(&w.lab).expect("a leader") + 1) % 3;
+        w.etcd.kill9(k);
+        k
+    };
+    bench_fault("follower SIGKILLed", Duration::from_secs(1), kill, restart_member);
+}
+
+#[test]
+#[ignore]
+fn bench_member_partitioned() {
+    let cut = |w: &mut World| {
+        let k = w.busiest_member();
+        w.etcd.partition(k);
+        k
+    };
+    let heal = |w: &mut World, k: usize| {
+        w.etcd.heal(k);
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    bench_fault("member partitioned from the nodes", Duration::from_secs(1), cut, heal);
 }
