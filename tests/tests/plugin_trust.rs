@@ -238,27 +238,37 @@ fn log_file_records_each_verb_and_never_follows_a_symlink() {
     );
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
-    // Level error: successes are not logged. A symlink at logFile is refused, the verb succeeds.
+    quiet_levels_symlinks_and_bad_levels(&node, &pod, &log, &text);
+}
+
+/// Level error: successes are not logged. A symlink at logFile is refused, the verb succeeds. A
+/// bad level is a config error.
+fn quiet_levels_symlinks_and_bad_levels(
+    node: &Node,
+    pod: &Netns,
+    log: &std::path::Path,
+    text: &str,
+) {
     let quiet = node.conf(
         "1.1.0",
         "10.97.0.0/24",
         &format!(r#","logFile":"{}","logLevel":"error""#, log.display()),
     );
-    node.add("quiet", &pod, &quiet);
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), text, "nothing logged at level error");
+    node.add("quiet", pod, &quiet);
+    assert_eq!(std::fs::read_to_string(log).unwrap(), text, "nothing logged at level error");
     let victim = node.dir.join("victim");
     std::fs::write(&victim, "keep").unwrap();
     let link = node.dir.join("link.log");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
     let via_link =
         node.conf("1.1.0", "10.97.0.0/24", &format!(r#","logFile":"{}""#, link.display()));
-    let out = node.call("DEL", "quiet", Some(&pod), "eth0", &via_link);
+    let out = node.call("DEL", "quiet", Some(pod), "eth0", &via_link);
     out.assert_ok();
     assert!(out.stderr.contains("not logging"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     let bad_level = node.conf("1.1.0", "10.97.0.0/24", r#","logFile":"/x","logLevel":"loud""#);
-    assert_eq!(node.call("ADD", "lv", Some(&pod), "eth0", &bad_level).code(), 7);
-    assert_clean(&node, "end");
+    assert_eq!(node.call("ADD", "lv", Some(pod), "eth0", &bad_level).code(), 7);
+    assert_clean(node, "end");
 }
 
 /// Operator item (b): `--help` and `--version` on both binaries: exit 0, the version and the
