@@ -14,7 +14,9 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 ferryd: Ferry's node daemon (subnet lease, host-gw routes, CNI config, masquerade)
 
-USAGE: ferryd [FLAGS]        ferryd --uninstall [FLAGS]
+USAGE: ferryd [FLAGS]
+       ferryd install [--root DIR] [--cni-bin-dir D] [--bin-dir D] [--cni-only]
+       ferryd uninstall [--root DIR] [FLAGS]     (also: ferryd --uninstall)
 
 Network (stored in the lease store on first start; the stored config wins):
   --network CIDR            cluster network [10.244.0.0/16]
@@ -26,9 +28,9 @@ Store:
   --store URL               file:///DIR or etcd://HOST:PORT[,HOST:PORT] [file:///var/lib/ferry/leases]
   --etcd-prefix P           [/coreos.com/network]
   --etcd-ca F  --etcd-cert F  --etcd-key F     TLS for etcd (https)
-  --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]
+  --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]   (10ms-10m)
   --etcd-failover-timeout D [500ms]  abandon an unresponsive etcd member (or silent watch) after D
-  --lease-ttl D             [24h]    --renew-margin D          [1h] (renew at ttl/2 at the latest)
+  --lease-ttl D             [24h] (1s-365d)   --renew-margin D  [1h] (0-365d; renew at ttl/2 at the latest)
 Node:
   --public-ip IP            this node's address peers route to [address of --iface]
   --iface NAME              uplink interface [the one holding the default route]
@@ -39,10 +41,14 @@ Node:
   --cni-portmap             chain the portmap plugin
   --ip-masq[=BOOL]          masquerade pod traffic leaving the cluster network [true]
   --nft PATH                nft binary [nft]
-  --resync D                full route sweep period [10s]
-Other:
-  --uninstall               remove Ferry's routes, nft table and conflist, then exit
-  -v, --verbose             debug logging      -q, --quiet   warnings and errors only
+  --resync D                full route sweep period [10s] (10ms-24h)
+Operation:
+  --config FILE             read flags from FILE: `name = value` per line (the long flag
+                            without --), # comments, booleans true/false; the command line wins
+  --metrics-address A:P     serve /metrics, /healthz, /readyz over HTTP, or `off` [127.0.0.1:9473]
+  --log-level L             error, warn, info or debug [info; env FERRY_LOG; the flag wins]
+  -v, --verbose             same as --log-level debug      -q, --quiet   same as --log-level warn
+  --uninstall               remove Ferry's routes, nft table, conflist and subnet file, then exit
   -h, --help                this text          --version
 Durations: 500ms, 30s, 5m, 24h (a bare number is seconds). Exit codes: 0 ok, 1 runtime error,
 2 unusable flags or a network config this node cannot honour (nothing is changed then).";
@@ -59,6 +65,8 @@ pub struct Args {
     pub reconcile: ReconcileSettings,
     pub uninstall: bool,
     pub log_level: u8,
+    /// `--metrics-address`: where /metrics, /healthz and /readyz are served (`None`: off).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `--public-ip`, `--iface`, `--mtu`: how this node finds its uplink.
@@ -109,6 +117,7 @@ impl Default for Args {
             reconcile: ReconcileSettings { resync: Duration::from_secs(10) },
             uninstall: false,
             log_level: crate::log::INFO,
+            metrics_address: Some(([127, 0, 0, 1], 9473).into()),
         }
     }
 }
@@ -121,7 +130,29 @@ pub enum Parsed {
     Version,
 }
 
+/// Parse the command line alone (no config file is read unless `--config` names one).
 pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> {
+    parse_with_env(argv, None)
+}
+
+/// Parse with the precedence config file < `FERRY_LOG` (`ferry_log`) < command line.
+pub fn parse_with_env<I: IntoIterator<Item = String>>(
+    argv: I,
+    ferry_log: Option<&str>,
+) -> Result<Parsed, String> {
+    let argv: Vec<String> = argv.into_iter().collect();
+    let mut all = match config_path(&argv)? {
+        Some(path) => config_file(&path)?,
+        None => Vec::new(),
+    };
+    if let Some(level) = ferry_log.filter(|l| !l.trim().is_empty()) {
+        all.push(format!("--log-level={}", level.trim()));
+    }
+    all.extend(argv);
+    parse_flags(all)
+}
+
+fn parse_flags(argv: Vec<String>) -> Result<Parsed, String> {
     let mut a = Args::default();
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -129,43 +160,106 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Parsed, String> 
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        // Boolean flags: bare, or with an inline value.
-        let boolean = |v: Option<String>| -> Result<bool, String> {
-            match v.as_deref() {
-                None | Some("true") | Some("1") | Some("yes") => Ok(true),
-                Some("false") | Some("0") | Some("no") => Ok(false),
-                Some(x) => Err(format!("{flag}: expected true or false, got {x:?}")),
-            }
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--version" => return Ok(Parsed::Version),
-            "-v" | "--verbose" => a.log_level = crate::log::DEBUG,
-            "-q" | "--quiet" => a.log_level = crate::log::WARN,
-            "--strict-network" => a.network.strict = boolean(inline)?,
-            "--cni-portmap" => a.files.cni_portmap = boolean(inline)?,
-            "--ip-masq" => a.masq.enabled = boolean(inline)?,
-            "--uninstall" => a.uninstall = boolean(inline)?,
-            _ if !VALUE_FLAGS.contains(&flag.as_str()) => {
-                return Err(if flag.starts_with('-') {
-                    format!("unknown flag {flag} (see --help)")
-                } else {
-                    format!("unexpected argument {flag:?} (see --help)")
-                })
-            }
-            _ => {
-                let v = match inline {
-                    Some(v) => v,
-                    None if flag.starts_with("--") => {
-                        it.next().ok_or_else(|| format!("{flag} needs a value"))?
-                    }
-                    None => return Err(format!("{flag} needs a value")),
-                };
-                value_flag(&mut a, &flag, &v)?;
-            }
+        if let Some(done) = bare_flag(&mut a, &flag, &inline)? {
+            return Ok(done);
         }
+        if BOOL_FLAGS.contains(&flag.as_str()) || matches!(flag.as_str(), "-v" | "-q") {
+            continue;
+        }
+        if !VALUE_FLAGS.contains(&flag.as_str()) {
+            return Err(if flag.starts_with('-') {
+                format!("unknown flag {flag} (see --help)")
+            } else {
+                format!("unexpected argument {flag:?} (see --help)")
+            });
+        }
+        let v = match inline {
+            Some(v) => v,
+            None if flag.starts_with("--") => {
+                it.next().ok_or_else(|| format!("{flag} needs a value"))?
+            }
+            None => return Err(format!("{flag} needs a value")),
+        };
+        value_flag(&mut a, &flag, &v)?;
     }
     Ok(Parsed::Run(Box::new(a)))
+}
+
+/// Flags without a value: help, version, verbosity and the booleans (bare, or `=true|false`).
+/// `Some` ends the parse.
+fn bare_flag(a: &mut Args, flag: &str, inline: &Option<String>) -> Result<Option<Parsed>, String> {
+    let boolean = || -> Result<bool, String> {
+        match inline.as_deref() {
+            None | Some("true") | Some("1") | Some("yes") => Ok(true),
+            Some("false") | Some("0") | Some("no") => Ok(false),
+            Some(x) => Err(format!("{flag}: expected true or false, got {x:?}")),
+        }
+    };
+    match flag {
+        "-h" | "--help" => return Ok(Some(Parsed::Help)),
+        "--version" => return Ok(Some(Parsed::Version)),
+        "-v" | "--verbose" => a.log_level = crate::log::DEBUG,
+        "-q" | "--quiet" => a.log_level = crate::log::WARN,
+        "--strict-network" => a.network.strict = boolean()?,
+        "--cni-portmap" => a.files.cni_portmap = boolean()?,
+        "--ip-masq" => a.masq.enabled = boolean()?,
+        "--uninstall" => a.uninstall = boolean()?,
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Flags that take true/false (bare means true).
+const BOOL_FLAGS: &[&str] =
+    &["--strict-network", "--cni-portmap", "--ip-masq", "--uninstall", "--verbose", "--quiet"];
+
+/// The `--config FILE` named on the command line, if any.
+fn config_path(argv: &[String]) -> Result<Option<String>, String> {
+    let mut found = None;
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        if let Some(v) = arg.strip_prefix("--config=") {
+            found = Some(v.to_string());
+        } else if arg == "--config" {
+            found = Some(it.next().ok_or("--config needs a value")?.clone());
+        }
+    }
+    Ok(found)
+}
+
+/// Largest config file read.
+const CONFIG_CAP: u64 = 1 << 20;
+
+/// Read a config file into flags (`--name=value`), in file order.
+pub fn config_file(path: &str) -> Result<Vec<String>, String> {
+    let text = ferry_fs::read_to_string_capped(std::path::Path::new(path), CONFIG_CAP)
+        .map_err(|e| format!("--config {path}: {e}"))?;
+    config_lines(path, &text)
+}
+
+/// `name = value` per line (the long flag without `--`), `#` comments, blank lines; booleans
+/// true/false. An unknown key or a line without `=` is an error naming the line.
+pub fn config_lines(path: &str, text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |why: String| format!("{path}:{}: {why}: {raw:?}", n + 1);
+        let (k, v) = line.split_once('=').ok_or_else(|| at("expected name = value".into()))?;
+        let (k, v) = (k.trim(), v.trim());
+        let flag = format!("--{k}");
+        let known = VALUE_FLAGS.contains(&flag.as_str()) || BOOL_FLAGS.contains(&flag.as_str());
+        if !known || k.starts_with('-') {
+            return Err(at(format!("unknown key {k:?}")));
+        }
+        if BOOL_FLAGS.contains(&flag.as_str()) && !matches!(v, "true" | "false") {
+            return Err(at(format!("{k} takes true or false")));
+        }
+        out.push(format!("{flag}={v}"));
+    }
+    Ok(out)
 }
 
 /// Every flag that takes a value (booleans and the others are matched in [`parse`]).
@@ -194,6 +288,9 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--cni-data-dir",
     "--nft",
     "--resync",
+    "--config",
+    "--log-level",
+    "--metrics-address",
 ];
 
 /// Every flag name ferryd knows (for generated-input tests and the docs check).
@@ -225,6 +322,9 @@ pub const FLAG_NAMES: &[&str] = &[
     "--ip-masq",
     "--nft",
     "--resync",
+    "--config",
+    "--log-level",
+    "--metrics-address",
     "--uninstall",
     "--verbose",
     "--quiet",
@@ -250,6 +350,11 @@ fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
         f if f.starts_with("--cni-") || f == "--subnet-file" => files_flag(&mut a.files, flag, v)?,
         "--nft" => a.masq.nft = v.to_string(),
         "--resync" => a.reconcile.resync = duration_flag(flag, v)?,
+        "--config" => {} // read before the other flags
+        "--log-level" => {
+            a.log_level = log_level(v).ok_or_else(|| bad(flag, v, "error, warn, info or debug"))?
+        }
+        "--metrics-address" => a.metrics_address = metrics_address(v)?,
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())
@@ -382,6 +487,25 @@ fn parse_store(v: &str) -> Result<StoreUrl, String> {
         }
     }
     Err(format!("--store: {v:?}: expected file:///dir or etcd://host:port[,host:port]"))
+}
+
+/// `error`, `warn`, `info`, `debug` (any case).
+pub fn log_level(v: &str) -> Option<u8> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "error" => Some(crate::log::ERROR),
+        "warn" | "warning" => Some(crate::log::WARN),
+        "info" => Some(crate::log::INFO),
+        "debug" => Some(crate::log::DEBUG),
+        _ => None,
+    }
+}
+
+/// `ADDR:PORT` (`127.0.0.1:9473`, `[::1]:9473`) or `off`.
+fn metrics_address(v: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| bad("--metrics-address", v, "ADDR:PORT or off"))
 }
 
 /// `500ms`, `30s`, `5m`, `24h`, `1d`, or bare seconds.
@@ -540,5 +664,54 @@ mod tests {
             args(&["--lease-ttl", "365d"]).unwrap().lease.ttl,
             Duration::from_secs(365 * 86400)
         );
+    }
+
+    #[test]
+    fn config_file_lines_and_precedence() {
+        let f = config_lines(
+            "f.conf",
+            "# c\nnetwork = 10.9.0.0/16\n\nip-masq = false  # off\nlog-level = debug\nresync = 2s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ["--network=10.9.0.0/16", "--ip-masq=false", "--log-level=debug", "--resync=2s"]
+        );
+        let mut argv = f.clone();
+        argv.push("--resync=3s".into());
+        let Ok(Parsed::Run(a)) = parse_flags(argv) else { panic!() };
+        assert_eq!(a.reconcile.resync, Duration::from_secs(3), "the command line wins");
+        assert!(!a.masq.enabled && a.log_level == crate::log::DEBUG);
+        let e = config_lines("f.conf", "network = 10.9.0.0/16\nbogus = 1\n").unwrap_err();
+        assert!(e.starts_with("f.conf:2: unknown key \"bogus\""), "{e}");
+        assert!(config_lines("f.conf", "ip-masq = maybe\n").unwrap_err().contains("f.conf:1"));
+        assert!(config_lines("f.conf", "just words\n").unwrap_err().contains("f.conf:1"));
+        assert!(config_lines("f.conf", "help = true\n").is_err());
+    }
+
+    #[test]
+    fn log_level_flag_beats_ferry_log() {
+        let run = |argv: &[&str], env: Option<&str>| match parse_with_env(
+            argv.iter().map(|s| s.to_string()),
+            env,
+        ) {
+            Ok(Parsed::Run(a)) => Ok(a.log_level),
+            Ok(_) => panic!(),
+            Err(e) => Err(e),
+        };
+        assert_eq!(run(&[], Some("debug")), Ok(crate::log::DEBUG));
+        assert_eq!(run(&["--log-level", "error"], Some("debug")), Ok(crate::log::ERROR));
+        assert_eq!(run(&[], None), Ok(crate::log::INFO));
+        assert!(run(&[], Some("loud")).is_err());
+        assert!(run(&["--metrics-address", "nowhere"], None).is_err());
+        let Ok(Parsed::Run(a)) = parse(["--metrics-address=off".to_string()]) else { panic!() };
+        assert_eq!(a.metrics_address, None);
+    }
+
+    #[test]
+    fn every_flag_name_is_in_the_usage() {
+        for f in FLAG_NAMES {
+            assert!(USAGE.contains(f), "{f} missing from USAGE");
+        }
     }
 }

@@ -40,25 +40,37 @@ impl NodeSide {
 
     /// Subnet file, masquerade table and conflist, in that order (the conflist last: a runtime
     /// that sees it can use the network). `force_masq` re-applies the nft table even if unchanged.
-    pub fn ensure(&mut self, force_masq: bool) {
-        self.write_subnet_file();
+    /// Returns whether the subnet file and conflist are in place.
+    pub fn ensure(&mut self, force_masq: bool) -> bool {
+        let subnet_ok = self.write_subnet_file();
         self.ensure_masquerade(force_masq);
         let path = self.files.conflist_path();
-        match node::write_if_changed(&path, &node::conflist(&self.files)) {
-            Ok(true) => info!("installed CNI config {}", path.display()),
-            Ok(false) => {}
-            Err(e) => warn!("CNI config: {e}"),
-        }
+        let conf_ok = match node::write_if_changed(&path, &node::conflist(&self.files)) {
+            Ok(true) => {
+                info!("installed CNI config {}", path.display());
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                warn!("CNI config: {e}");
+                false
+            }
+        };
+        subnet_ok && conf_ok
     }
 
-    fn write_subnet_file(&self) {
+    fn write_subnet_file(&self) -> bool {
         let me = &self.me;
         let env = node::subnet_env(me.network, me.subnet, self.mtu, self.masq.enabled);
         match node::write_if_changed(&self.files.subnet_file, &env) {
             Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnet),
             Ok(false) => {}
-            Err(e) => warn!("subnet file: {e}"),
+            Err(e) => {
+                warn!("subnet file: {e}");
+                return false;
+            }
         }
+        true
     }
 
     fn ensure_masquerade(&mut self, force: bool) {
@@ -141,6 +153,7 @@ impl EventLoop {
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
         loop {
+            metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
             let pass = tokio::select! {
                 biased;
                 Ok(()) = inp.own.changed() => {
@@ -150,7 +163,8 @@ impl EventLoop {
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => {
-                    self.node.ensure(true);
+                    let ok = self.node.ensure(true);
+                    metrics::set(&self.metrics.node_files_written, u64::from(ok));
                     Some(Pass { retry: true, drift: false })
                 }
                 Some(()) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
@@ -167,7 +181,8 @@ impl EventLoop {
     fn on_own_subnet(&mut self, s: Ipv4Network, lost: &mpsc::UnboundedSender<()>) -> Option<Pass> {
         info!("this node's subnet is now {s}");
         self.node.me.subnet = s;
-        self.node.ensure(false);
+        let ok = self.node.ensure(false);
+        metrics::set(&self.metrics.node_files_written, u64::from(ok));
         self.recompute(lost);
         Some(Pass::default())
     }
@@ -223,6 +238,13 @@ impl EventLoop {
             }
         }
         metrics::set(&self.metrics.bad_leases, v.bad.len() as u64);
+        let mut by_reason = [0u64; metrics::REASONS.len()];
+        for why in v.bad.values() {
+            by_reason[metrics::reason_index(why)] += 1;
+        }
+        for (g, n) in self.metrics.ignored.iter().zip(by_reason) {
+            metrics::set(g, n);
+        }
         self.reported_bad = v.bad;
         self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {
@@ -237,7 +259,11 @@ impl EventLoop {
         if !self.listed {
             return;
         }
-        match self.routes.reconcile(&self.want, pass.retry) {
+        let started = std::time::Instant::now();
+        let res = self.routes.reconcile(&self.want, pass.retry);
+        self.metrics.reconcile_seconds.observe(started.elapsed());
+        metrics::set(&self.metrics.routes_in_sync, u64::from(res.is_ok()));
+        match res {
             Ok(n) => {
                 if n > 0 && pass.drift {
                     metrics::inc(&self.metrics.drift_repairs_total);

@@ -5,6 +5,7 @@ pub mod args;
 pub mod config;
 pub mod event_loop;
 pub mod events;
+pub mod http;
 pub mod lease;
 pub mod masq;
 pub mod metrics;

@@ -26,6 +26,16 @@ pub fn write(level: u8, args: std::fmt::Arguments) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Seconds since the Unix epoch, now.
+pub fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
 /// RFC 3339 UTC with milliseconds, computed without a date crate.
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

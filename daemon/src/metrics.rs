@@ -1,17 +1,23 @@
-//! Counters and gauges the daemon keeps for a future Prometheus endpoint. Atomics, so an HTTP
-//! thread could read them while the event loop writes; [`Metrics::render`] gives the text format.
+//! Counters, gauges and a histogram the daemon keeps, served as Prometheus text on /metrics
+//! ([`crate::http`]). Atomics: the event loop writes, a scrape reads, nobody waits.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! metrics {
     ($($(#[doc = $doc:literal])* $kind:ident $name:ident;)*) => {
         #[derive(Debug, Default)]
-        pub struct Metrics { $($(#[doc = $doc])* pub $name: AtomicU64,)* }
+        pub struct Metrics {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Bad leases currently ignored, by [`REASONS`] index.
+            pub ignored: [AtomicU64; REASONS.len()],
+            /// How long full reconciles take.
+            pub reconcile_seconds: Histogram,
+        }
 
         impl Metrics {
             /// Prometheus text exposition of every metric, names prefixed `ferryd_`.
             pub fn render(&self) -> String {
-                let mut s = String::new();
+                let mut s = self.render_extra();
                 $(
                     let help = concat!($($doc),*).trim();
                     s.push_str(&format!("# HELP ferryd_{} {}\n# TYPE ferryd_{} {}\nferryd_{} {}\n",
@@ -65,6 +71,115 @@ metrics! {
     gauge unreachable_peers;
     /// etcd: the member in use, as its 1-based position in --store (0: none answered yet).
     gauge etcd_member;
+    /// Peer routes in the kernel as wanted (wanted minus unreachable or blocked peers).
+    gauge routes_programmed;
+    /// The last full reconcile left the kernel as wanted (1) or failed (0).
+    gauge routes_in_sync;
+    /// This node holds its lease (1) or is (re-)claiming it (0).
+    gauge lease_held;
+    /// When this node's lease expires, in Unix seconds (0: a permanent reservation).
+    gauge lease_expiry_unix_seconds;
+    /// The lease store answered its last request (1) or is unreachable (0).
+    gauge store_reachable;
+    /// The subnet file and CNI conflist are in place (1).
+    gauge node_files_written;
+    /// When the event loop last ran, Unix milliseconds (/healthz fails when it goes stale).
+    gauge loop_heartbeat_unix_ms;
+}
+
+/// Why a lease is ignored, as the `reason` label of `ferryd_peers_ignored`.
+pub const REASONS: [&str; 7] = [
+    "invalid_json",
+    "outside_network",
+    "overlapping",
+    "unreachable",
+    "noncanonical_key",
+    "wrong_length",
+    "other",
+];
+
+/// The [`REASONS`] index for a bad lease's reason text (see `peers::evaluate`).
+pub fn reason_index(why: &str) -> usize {
+    let label = if why.starts_with(crate::store::NON_CANONICAL) {
+        "noncanonical_key"
+    } else if why.contains("lease JSON") || why.contains("unreadable") || why.contains("Expires") {
+        "invalid_json"
+    } else if why.contains("outside the cluster network") {
+        "outside_network"
+    } else if why.contains("is not a /") {
+        "wrong_length"
+    } else if why.contains("overlaps") || why.contains("also leased") || why.contains("claims this")
+    {
+        "overlapping"
+    } else {
+        "other"
+    };
+    REASONS.iter().position(|r| *r == label).unwrap_or(REASONS.len() - 1)
+}
+
+/// Upper bounds (seconds) of the reconcile-duration histogram's buckets.
+pub const BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 2.0];
+
+/// A Prometheus histogram of durations (cumulative buckets, sum in microseconds).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            if secs <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, s: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(s, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+impl Metrics {
+    /// The labelled gauge, seconds to lease expiry and the histogram.
+    fn render_extra(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        s.push_str("# HELP ferryd_peers_ignored Leases currently not routed, by reason.\n");
+        s.push_str("# TYPE ferryd_peers_ignored gauge\n");
+        for (i, r) in REASONS.iter().enumerate() {
+            let n = if *r == "unreachable" {
+                self.unreachable_peers.load(Relaxed)
+            } else {
+                self.ignored[i].load(Relaxed)
+            };
+            let _ = writeln!(s, "ferryd_peers_ignored{{reason=\"{r}\"}} {n}");
+        }
+        let exp = self.lease_expiry_unix_seconds.load(Relaxed);
+        let left = if exp == 0 { -1 } else { exp as i64 - crate::log::unix_secs() as i64 };
+        let name = "ferryd_lease_seconds_to_expiry";
+        let _ = writeln!(s, "# HELP {name} Seconds until this node's lease expires (-1: never).");
+        let _ = writeln!(s, "# TYPE {name} gauge\n{name} {left}");
+        self.reconcile_seconds.render(
+            "ferryd_reconcile_duration_seconds",
+            "How long full route reconciles take.",
+            &mut s,
+        );
+        s
+    }
 }
 
 pub fn inc(c: &AtomicU64) {

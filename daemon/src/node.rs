@@ -181,8 +181,22 @@ pub fn remove_conflist(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// `net.ipv4.ip_forward=1`, written only when it differs; a failed write (a read-only /proc/sys
+/// in a non-privileged container) is fine when the value is already right.
 pub fn enable_forwarding() -> io::Result<()> {
-    ferry_netlink::sysctl::set("net.ipv4.ip_forward", "1")
+    ensure_sysctl("net.ipv4.ip_forward", "1")
+}
+
+pub fn ensure_sysctl(key: &str, want: &str) -> io::Result<()> {
+    use ferry_netlink::sysctl;
+    if sysctl::get(key).is_ok_and(|v| v.trim() == want) {
+        return Ok(());
+    }
+    match sysctl::set(key, want) {
+        Ok(()) => Ok(()),
+        Err(_) if sysctl::get(key).is_ok_and(|v| v.trim() == want) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

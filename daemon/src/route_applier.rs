@@ -11,9 +11,6 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-/// Plans with at most this many changes log each change at INFO (bigger ones at DEBUG).
-const LOG_EACH_UP_TO: usize = 16;
-
 /// Why a wanted route is not in the kernel. Peers without one are routed (or being routed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Blocked {
@@ -56,15 +53,9 @@ struct Tally {
     added: usize,
     replaced: usize,
     deleted: usize,
-    /// Few changes: log each one at INFO.
-    log_each: bool,
 }
 
 impl Tally {
-    fn for_changes(n: usize) -> Tally {
-        Tally { log_each: n <= LOG_EACH_UP_TO, ..Tally::default() }
-    }
-
     fn total(&self) -> usize {
         self.added + self.replaced + self.deleted
     }
@@ -95,7 +86,7 @@ impl<T: RouteTable> RouteApplier<T> {
         metrics::inc(&self.metrics.reconciles_total);
         let have = self.table.ferry_routes()?;
         let p = plan(want, &have);
-        let mut tally = Tally::for_changes(p.len());
+        let mut tally = Tally::default();
         let src = Source::Plan { retry };
         for r in &p.del {
             self.delete(r, &mut tally);
@@ -115,7 +106,7 @@ impl<T: RouteTable> RouteApplier<T> {
     /// already held a new peer's subnet) and a full [`RouteApplier::reconcile`] is needed.
     pub fn apply_delta(&mut self, old: &Want, new: &Want) -> io::Result<bool> {
         let changes = diff(old, new);
-        let mut tally = Tally::for_changes(changes.len());
+        let mut tally = Tally::default();
         let mut in_sync = true;
         for (dst, was, now) in changes {
             match (was, now) {
@@ -259,15 +250,11 @@ impl<T: RouteTable> RouteApplier<T> {
         if replaced {
             tally.replaced += 1;
             metrics::inc(&self.metrics.routes_replaced_total);
-            info!("route {dst} via {gw} replaced a wrong gateway");
+            info!("route replace: peer {dst} via gateway {gw} (was another gateway)");
         } else {
             tally.added += 1;
             metrics::inc(&self.metrics.routes_added_total);
-            if tally.log_each {
-                info!("route {dst} via {gw} added");
-            } else {
-                debug!("route {dst} via {gw} added");
-            }
+            info!("route add: peer {dst} via gateway {gw}");
         }
     }
 
@@ -276,10 +263,8 @@ impl<T: RouteTable> RouteApplier<T> {
             Ok(true) => {
                 tally.deleted += 1;
                 metrics::inc(&self.metrics.routes_deleted_total);
-                if tally.log_each {
-                    let gw = r.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
-                    info!("route {} via {gw} removed (no such peer lease)", r.dst);
-                }
+                let gw = r.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+                info!("route delete: peer {} via gateway {gw} (no such peer lease)", r.dst);
             }
             Ok(false) => {}
             Err(e) => self.op_failed("delete", r.dst, e),
@@ -292,6 +277,8 @@ impl<T: RouteTable> RouteApplier<T> {
             self.blocked.values().filter(|b| matches!(b, Blocked::Unreachable(_))).count();
         metrics::set(&self.metrics.unreachable_peers, unreachable as u64);
         metrics::set(&self.metrics.peers, want.len() as u64);
+        let programmed = want.len().saturating_sub(self.blocked.len());
+        metrics::set(&self.metrics.routes_programmed, programmed as u64);
         if tally.total() > 0 {
             info!(
                 "routes: {} added, {} replaced, {} removed ({} peers)",

@@ -25,8 +25,12 @@ use tokio::time::Instant;
 /// Exit code for flags or a network config this node cannot honour.
 pub const EXIT_REFUSED: i32 = 2;
 
-pub fn main(argv: Vec<String>) -> i32 {
-    let a = match args::parse(argv) {
+pub fn main(mut argv: Vec<String>) -> i32 {
+    if argv.first().map(String::as_str) == Some("uninstall") {
+        argv[0] = "--uninstall".into();
+    }
+    let ferry_log = std::env::var("FERRY_LOG").ok();
+    let a = match args::parse_with_env(argv, ferry_log.as_deref()) {
         Ok(Parsed::Run(a)) => *a,
         Ok(Parsed::Help) => {
             println!("{}", args::USAGE);
@@ -89,6 +93,7 @@ impl Backoff {
     }
     pub async fn fail(&mut self, what: &str, e: &dyn std::fmt::Display, m: &Metrics) {
         metrics::inc(&m.store_errors_total);
+        metrics::set(&m.store_reachable, 0);
         if !self.failing {
             warn!("{what}: {e}; retrying with backoff (routes stay in place)");
         } else {
@@ -119,13 +124,10 @@ async fn daemon(a: Args) -> i32 {
         Err(code) => return code,
     };
     let mtu = a.uplink.mtu.unwrap_or(up.mtu);
-    info!(
-        "ferryd {}: node {} on {} (mtu {mtu}), {}",
-        env!("CARGO_PKG_VERSION"),
-        up.public_ip,
-        if up.iface.is_empty() { "?" } else { &up.iface },
-        AnyStore::describe(&a.store)
-    );
+    startup_lines(&a, &up, mtu);
+    if let Err(code) = start_metrics(a.metrics_address, &m, a.reconcile.resync).await {
+        return code;
+    }
 
     // 2. The store and the network config everyone agrees on.
     let (store, watch_store) = open_store(&a.store, &m).await;
@@ -136,6 +138,7 @@ async fn daemon(a: Args) -> i32 {
         Err(code) => return code,
     };
     info!("network: {}", net.describe());
+    metrics::set(&m.store_reachable, 1);
 
     // 3. This node's lease.
     let remembered = node::remembered_subnet(&a.files.subnet_file, net.network);
@@ -144,6 +147,7 @@ async fn daemon(a: Args) -> i32 {
         Err(code) => return code,
     };
 
+    info!("subnet: {} (this node's pods)", lease.subnet);
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
     if let Err(e) = node::enable_forwarding() {
         warn!("net.ipv4.ip_forward=1: {e}");
@@ -155,7 +159,7 @@ async fn daemon(a: Args) -> i32 {
         public_ip: up.public_ip,
     };
     let mut node = NodeSide::new(me, mtu, a.files, a.masq);
-    node.ensure(false);
+    metrics::set(&m.node_files_written, u64::from(node.ensure(false)));
 
     // 5. The loops.
     let routes = RouteApplier::new(NetlinkRouteTable::new(nl), m.clone());
@@ -185,6 +189,35 @@ async fn run_loops(
         code = keeper.run(lease, own_tx, lost_rx) => code,
         code = event_loop.run(inputs) => code,
     }
+}
+
+/// One plain line each for what start-up found and chose.
+fn startup_lines(a: &Args, up: &Uplink, mtu: u32) {
+    info!("ferryd {}", env!("CARGO_PKG_VERSION"));
+    info!("store: {}", AnyStore::describe(&a.store));
+    info!("public IP: {}", up.public_ip);
+    info!("iface: {}", if up.iface.is_empty() { "? (none found)" } else { &up.iface });
+    info!("MTU: {mtu}");
+    match a.metrics_address {
+        Some(addr) => info!("metrics address: http://{addr}/metrics (/healthz, /readyz)"),
+        None => info!("metrics address: off"),
+    }
+}
+
+/// Bind `--metrics-address` and serve it on this runtime; `Err` is the exit code.
+async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    m: &Arc<Metrics>,
+    resync: Duration,
+) -> Result<(), i32> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| refuse(&format!("--metrics-address {addr}: {e}")))?;
+    let stale_after = (resync * 3).max(Duration::from_secs(3));
+    let health = crate::http::Health { metrics: m.clone(), stale_after };
+    tokio::spawn(crate::http::serve(listener, health));
+    Ok(())
 }
 
 /// What start-up learns before it touches the store or the node.
@@ -290,6 +323,7 @@ impl LeaseKeeper {
                         .map(crate::log::timestamp)
                         .unwrap_or_else(|| "never (reservation)".into());
                     info!("lease {} for {} (expires {exp})", l.subnet, ip);
+                    self.held(&l);
                     return Ok(l);
                 }
                 Err(e @ ClaimError::Taken { .. }) => return Err(refuse(&e.to_string())),
@@ -329,6 +363,7 @@ impl LeaseKeeper {
                 Some(()) = lost.recv() => true,
             };
             if reclaim {
+                metrics::set(&self.metrics.lease_held, 0);
                 let l = match self.claim(lease.attrs.public_ip, Some(lease.subnet)).await {
                     Ok(l) => l,
                     Err(code) => return code,
@@ -344,6 +379,15 @@ impl LeaseKeeper {
         }
     }
 
+    /// Publish the lease held (and its expiry) for /metrics and /readyz.
+    fn held(&self, l: &Lease) {
+        let m = &self.metrics;
+        let exp = l.expires.map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default());
+        metrics::set(&m.lease_expiry_unix_seconds, exp.map_or(0, |d| d.as_secs()));
+        metrics::set(&m.lease_held, 1);
+        metrics::set(&m.store_reachable, 1);
+    }
+
     /// One renewal attempt: when to try next, or `None` if the lease is gone (re-claim it).
     async fn renew(&mut self, lease: &mut Lease, b: &mut Backoff) -> Option<Instant> {
         let ttl = self.timing.ttl;
@@ -352,6 +396,7 @@ impl LeaseKeeper {
                 b.ok("renew lease");
                 metrics::inc(&self.metrics.lease_renewals_total);
                 lease.expires = Some(SystemTime::now() + ttl);
+                self.held(lease);
                 debug!("renewed lease {}", lease.subnet);
                 Some(Instant::now() + lease::renew_after(ttl, self.timing.renew_margin))
             }
@@ -382,6 +427,7 @@ async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>
                 continue;
             }
         };
+        metrics::set(&m.store_reachable, 1);
         if tx.send(vec![WatchEvent::Resync(all)]).is_err() {
             return;
         }
@@ -389,6 +435,7 @@ async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>
             match store.watch(rev).await {
                 Ok((evs, r)) => {
                     b.ok("watch leases");
+                    metrics::set(&m.store_reachable, 1);
                     rev = r;
                     if !evs.is_empty() && tx.send(evs).is_err() {
                         return;
