@@ -125,11 +125,8 @@ fn hostile_state_json_fails_add_fast_and_changes_nothing() {
     for kind in KINDS {
         let _socket = plant(kind, &state, &v);
         // Root reads a mode-000 file like any other: then it is judged by its content (corrupt).
-        // open(2) on a socket fails with ENXIO before ferry-fs can fstat it: an I/O error (5)
-        // naming the file, not yet "is a socket" (that classification belongs in ferry-fs).
         let code = match *kind {
             "mode 000" if !root => 5,
-            "socket" => 5,
             _ => 101,
         };
         assert_fails_fast(&node, &pod, &conf, code, &state, kind);

@@ -59,6 +59,8 @@ fn open_regular_meta(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => invalid(path, "is a symbolic link"),
+            // open(2) of a unix socket (or of a device without a driver) fails with ENXIO.
+            Some(libc::ENXIO) => invalid(path, "is a socket or a device"),
             _ => e,
         })?;
     let meta = f.metadata()?;

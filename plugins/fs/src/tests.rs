@@ -29,7 +29,8 @@ fn read_capped_reads_regular_files_and_refuses_everything_else() {
     symlink(&d, d.join("dirlink")).unwrap();
     mkfifo(&d.join("fifo"));
     std::fs::create_dir(d.join("dir")).unwrap();
-    for name in ["link", "self", "zero", "dirlink", "fifo", "dir"] {
+    let _sock = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    for name in ["link", "self", "zero", "dirlink", "fifo", "dir", "sock"] {
         let e = read_capped(&d.join(name), DEFAULT_CAP).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidData, "{name}: {e}");
     }
