@@ -9,6 +9,10 @@ PKGS=(
     golang-go golang-github-appc-cni-dev   # the reference libcni, for the conformance driver
     protobuf-compiler libprotobuf-dev  # protoc + its well-known .proto files (descriptor.proto), for the etcd-client crate's build script
     iperf3 jq time
+    podman buildah runc conmon    # build and run Ferry's image (conf-examples/Containerfile) in the lab
+    systemd                       # systemd-analyze verify of conf-examples/ferryd.service
+    openssl                       # TLS certificates for the etcd-cluster tests
+    python3                       # benchmark report rendering
 )
 missing=()
 for p in "${PKGS[@]}"; do
