@@ -314,12 +314,30 @@ fn bench_fault(
     fault: impl Fn(&mut World) -> usize,
     undo: impl Fn(&mut World, usize),
 ) {
-    let mut w = world(false, 1000, 100, &[]);
-    let (mut claims, mut routed) = (Vec::new(), Vec::new());
+    // ferryd's own default timeouts (the lab's are shorter).
+    let failover = std::env::var("FERRY_BENCH_FAILOVER").unwrap_or_else(|_| "500ms".into());
+    let defaults = [
+        "--etcd-dial-timeout",
+        "2s",
+        "--etcd-request-timeout",
+        "5s",
+        "--etcd-failover-timeout",
+        &failover,
+    ];
+    let mut w = world(false, 1000, 100, &defaults);
+    let (mut claims, mut routed, mut elected) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..trials() {
         let t0 = Instant::now();
         let k = fault(&mut w);
-        let (_, c, r) = w.join_since(t0);
+        let election = leader_among_others(&w, k, t0);
+        let (n, c, r) = w.join_since(t0);
+        elected.push(election.join().unwrap());
+        if std::env::var_os("FERRY_SHOW_LOGS").is_some() {
+            eprintln!("fault at {:?} before; new node log:\n{}", t0.elapsed(), w.lab.log(n));
+            let live: Vec<usize> = (0..3).filter(|&j| j != k).collect();
+            let o = w.etcd.etcdctl_on(&w.lab, &live, &["endpoint", "status", "-w", "table"]);
+            eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+        }
         claims.push(c);
         routed.push(r);
         undo(&mut w, k);
@@ -328,6 +346,7 @@ fn bench_fault(
     std::thread::sleep(Duration::from_secs(30));
     let mut late = vec![w.lease_change("30 s after the fault")];
     undo(&mut w, k);
+    stats(&format!("{name}: (etcd: a live member leads again)"), &mut elected, target);
     stats(&format!("{name}: new node's lease claimed"), &mut claims, target);
     stats(&format!("{name}: new node routed on every peer"), &mut routed, target);
     stats(
@@ -336,6 +355,31 @@ fn bench_fault(
         Duration::from_millis(100),
     );
     w.finish(name, "bench");
+}
+
+/// From another thread: how long after `t0` one of the members other than `k` is leader (as
+/// that member itself reports), polled with etcdctl from the underlay.
+fn leader_among_others(w: &World, k: usize, t0: Instant) -> std::thread::JoinHandle<Duration> {
+    let live: Vec<String> = (0..3).filter(|&j| j != k).map(|j| w.etcd.client_url(j)).collect();
+    let ns = w.lab.underlay.path();
+    std::thread::spawn(move || loop {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["etcdctl", "--endpoints", &live.join(","), "--command-timeout=300ms"])
+            .args(["endpoint", "status", "-w", "json"])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let leads = v.as_array().into_iter().flatten().any(|e| {
+            let st = &e["Status"];
+            st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"]
+        });
+        if leads || t0.elapsed() > T {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    })
 }
 
 fn restart_member(w: &mut World, k: usize) {

@@ -5,8 +5,8 @@
 //! connection, or an answer that says the member cannot serve ("no leader", ...), moves on to the
 //! next member at once, and a member that does not answer within the failover deadline is
 //! abandoned (its connection is rebuilt before it is used again). When every member failed in a
-//! round, the call waits a little (an election in progress) and tries again, with a longer deadline
-//! each round, until the request timeout is spent. The first member is picked at random, so the
+//! round, the call waits a little (an election in progress) and tries again (after a few rounds
+//! with a longer deadline each round) until the request timeout is spent. The first member is picked at random, so the
 //! order of `--store` endpoints is no single point of failure.
 
 use super::map_err;
@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 /// Pause between rounds when every member failed (doubles up to [`MAX_PAUSE`]).
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// Rounds with the plain failover deadline before each further round doubles it. During an
+/// election a request stuck on a follower (forwarded to the dead leader) is better abandoned
+/// and sent again than waited for; only a cluster that stays slow gets longer deadlines.
+const PATIENT_AFTER: u32 = 3;
 
 pub(super) struct Members {
     opts: ConnectOptions,
@@ -159,7 +163,7 @@ impl Members {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let start = Instant::now();
-        let (mut pause, mut limit) = (FIRST_PAUSE, self.failover);
+        let (mut pause, mut limit, mut round) = (FIRST_PAUSE, self.failover, 0);
         let mut last = String::from("no member tried");
         loop {
             for (i, client) in self.candidates().await {
@@ -199,7 +203,10 @@ impl Members {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(MAX_PAUSE);
-            limit *= 2; // a slow (not dead) cluster still gets served in a later round
+            round += 1;
+            if round >= PATIENT_AFTER {
+                limit *= 2; // a slow (not dead) cluster still gets served in a later round
+            }
         }
     }
 }
