@@ -30,12 +30,16 @@
 //!   --out FILE        also write the markdown report to FILE
 
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testlab::{bin_dir, ok, require_sandbox};
+
+mod benchkit;
+use benchkit::{
+    del_pods, die, enter_netns, fail, loadavg, machine, make_pods, percentile, ptp_plugin,
+    set_nice, timed, Plugin, Run,
+};
 
 struct Opts {
     n: usize,
@@ -94,115 +98,6 @@ fn parse_opts() -> Opts {
     o
 }
 
-fn die(msg: &str) -> ! {
-    eprintln!("cni-bench: {msg}");
-    std::process::exit(2);
-}
-
-/// One finished process: wall time spawn→reaped, exit status, output, peak RSS (KiB).
-struct Run {
-    dur: Duration,
-    code: i32,
-    stdout: String,
-    stderr: String,
-    maxrss_kib: i64,
-}
-
-/// Spawn `cmd` with `stdin`, drain its output, reap it with wait4; all inside the timed region.
-fn timed(mut cmd: Command, stdin: &str) -> Run {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child =
-        cmd.spawn().unwrap_or_else(|e| die(&format!("spawn {:?}: {e}", cmd.get_program())));
-    {
-        let mut si = child.stdin.take().unwrap();
-        if !stdin.is_empty() {
-            let _ = si.write_all(stdin.as_bytes());
-        }
-    } // closed: EOF for the plugin
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    // Outputs are small (a result or an error object, far below the pipe buffer), so draining
-    // stdout to EOF and then stderr cannot deadlock.
-    let mut out = Vec::with_capacity(4096);
-    let _ = so.read_to_end(&mut out);
-    let mut err = Vec::new();
-    let _ = se.read_to_end(&mut err);
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        break r;
-    };
-    let dur = start.elapsed();
-    if r != pid {
-        die(&format!("wait4({pid}): {}", std::io::Error::last_os_error()));
-    }
-    // `child` was reaped by wait4; forget it so std never waits on a recycled PID.
-    std::mem::forget(child);
-    let code =
-        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
-    Run {
-        dur,
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-        maxrss_kib: ru.ru_maxrss,
-    }
-}
-
-/// A CNI plugin invocation, as a runtime does it: CNI_* environment, config on stdin.
-struct Plugin {
-    label: String,
-    bin: PathBuf,
-    cni_path: String,
-    conf: Value,
-}
-
-impl Plugin {
-    fn invoke(&self, command: &str, id: &str, netns: &str, prev: Option<&Value>) -> Run {
-        let mut cmd = Command::new(&self.bin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path);
-        let mut conf = self.conf.clone();
-        if let Some(p) = prev {
-            // libcni (spec >= 0.4.0) passes the cached ADD result as prevResult on CHECK and DEL.
-            conf["prevResult"] = p.clone();
-        }
-        timed(cmd, &conf.to_string())
-    }
-
-    fn version(&self) -> Result<Value, String> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.env_clear().env("CNI_COMMAND", "VERSION").env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        let r = timed(cmd, r#"{"cniVersion":"1.0.0"}"#);
-        if r.code != 0 {
-            return Err(format!("VERSION exited {}: {}{}", r.code, r.stdout, r.stderr));
-        }
-        let v: Value = serde_json::from_str(r.stdout.trim())
-            .map_err(|e| format!("VERSION output {:?}: {e}", r.stdout))?;
-        if !v["supportedVersions"].as_array().is_some_and(|a| a.iter().any(|s| s == "1.0.0")) {
-            return Err(format!("VERSION does not list 1.0.0: {v}"));
-        }
-        Ok(v)
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    // Nearest-rank percentile.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[derive(Default)]
 struct Series {
     ms: Vec<f64>,
@@ -219,30 +114,6 @@ impl Series {
     }
 }
 
-/// Pre-create pod namespaces (untimed).
-fn make_pods(prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}{i}");
-            ok("ip", ["netns", "add", &name]);
-            name
-        })
-        .collect()
-}
-
-fn del_pods(names: &[String]) {
-    for n in names {
-        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
-    }
-}
-
-fn enter_netns(path: &str) {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| die(&format!("open {path}: {e}")));
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        die(&format!("setns {path}: {}", std::io::Error::last_os_error()));
-    }
-}
-
 fn file_size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
@@ -253,12 +124,6 @@ fn fmt_size(b: Option<u64>) -> String {
         Some(b) => format!("{:.0} KiB", b as f64 / 1024.0),
         None => "(not built)".into(),
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().next().unwrap_or("?").to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn median_i64(v: &[i64]) -> i64 {
@@ -289,16 +154,6 @@ struct Columns {
     note: Option<String>,
 }
 
-fn set_nice(nice: i32) {
-    if nice != 0 {
-        // Children inherit the nice value.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-            let e = std::io::Error::last_os_error();
-            eprintln!("cni-bench: setpriority({nice}): {e} (continuing)");
-        }
-    }
-}
-
 /// The IPAM data directory of both plugins, under `--data-root` (default /run, tmpfs).
 fn data_dir(o: &Opts) -> testlab::TempDir {
     let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from("/run"));
@@ -306,19 +161,6 @@ fn data_dir(o: &Opts) -> testlab::TempDir {
     std::fs::create_dir_all(&path)
         .unwrap_or_else(|e| die(&format!("mkdir {}: {e}", path.display())));
     testlab::TempDir { path }
-}
-
-fn ptp_plugin(label: &str, name: &str, subnet: &str, ref_dir: &Path, data: String) -> Plugin {
-    Plugin {
-        label: label.into(),
-        bin: ref_dir.join("ptp"),
-        cni_path: ref_dir.to_string_lossy().into_owned(),
-        conf: serde_json::json!({
-            "cniVersion": "1.0.0", "name": name, "type": "ptp", "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data}
-        }),
-    }
 }
 
 fn columns(o: &Opts, tmp: &testlab::TempDir) -> Columns {
@@ -365,15 +207,6 @@ fn columns(o: &Opts, tmp: &testlab::TempDir) -> Columns {
         ),
     };
     Columns { ferry, ptp, ferry_is_real: why_not.is_none(), note: why_not }
-}
-
-fn fail(what: &str, r: &Run) -> ! {
-    die(&format!(
-        "{what} failed (exit {}): stdout={} stderr={}",
-        r.code,
-        r.stdout.trim(),
-        r.stderr.trim()
-    ))
 }
 
 /// One plugin ADD then DEL in a fresh pod namespace; returns (add, del).
@@ -463,22 +296,6 @@ fn run_trials(o: &Opts, c: &Columns) -> Samples {
     }
     del_pods(&pods.concat());
     s
-}
-
-/// The machine, for the report: `uname -srm`, CPU count and model.
-fn machine() -> String {
-    let uname = ok("uname", ["-srm"]).trim().to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let model = if model.is_empty() { String::new() } else { format!(" ({model})") };
-    format!("{uname}, {cpus} CPUs{model}")
 }
 
 /// What the report says about the run besides the samples.
