@@ -14,7 +14,7 @@ use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How often the loop re-checks everything on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +108,13 @@ pub struct EventLoop {
     listed: bool,
     reported_bad: BTreeMap<String, String>,
     own_missing: bool,
+    /// The first full reconcile (the start-up bulk programming) has run.
+    started: bool,
 }
 
 pub struct Inputs {
     pub store: mpsc::UnboundedReceiver<Vec<WatchEvent>>,
     pub kernel: mpsc::UnboundedReceiver<Vec<Event>>,
-    pub own: watch::Receiver<Ipv4Network>,
     pub lost: mpsc::UnboundedSender<()>,
 }
 
@@ -143,6 +144,7 @@ impl EventLoop {
             listed: false,
             reported_bad: BTreeMap::new(),
             own_missing: false,
+            started: false,
         }
     }
 
@@ -156,10 +158,6 @@ impl EventLoop {
             metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
             let pass = tokio::select! {
                 biased;
-                Ok(()) = inp.own.changed() => {
-                    let s = *inp.own.borrow_and_update();
-                    self.on_own_subnet(s, &inp.lost)
-                }
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => {
@@ -176,15 +174,6 @@ impl EventLoop {
                 self.reconcile(p);
             }
         }
-    }
-
-    fn on_own_subnet(&mut self, s: Ipv4Network, lost: &mpsc::UnboundedSender<()>) -> Option<Pass> {
-        info!("this node's subnet is now {s}");
-        self.node.me.subnet = s;
-        let ok = self.node.ensure(false);
-        metrics::set(&self.metrics.node_files_written, u64::from(ok));
-        self.recompute(lost);
-        Some(Pass::default())
     }
 
     /// Single lease changes take the fast path (no table dump); a full listing, or a kernel that
@@ -259,9 +248,18 @@ impl EventLoop {
         if !self.listed {
             return;
         }
-        let started = std::time::Instant::now();
-        let res = self.routes.reconcile(&self.want, pass.retry);
-        self.metrics.reconcile_seconds.observe(started.elapsed());
+        let t0 = std::time::Instant::now();
+        let res = if self.started {
+            self.routes.reconcile(&self.want, pass.retry)
+        } else {
+            // Start-up programs every peer at once: its per-route lines go to DEBUG and one
+            // summary line is logged instead (a 5,000-peer start must not print 5,000 lines).
+            let res = crate::log::info_as_debug(|| self.routes.reconcile(&self.want, pass.retry));
+            self.started = true;
+            self.startup_summary(&res, t0.elapsed());
+            res
+        };
+        self.metrics.reconcile_seconds.observe(t0.elapsed());
         metrics::set(&self.metrics.routes_in_sync, u64::from(res.is_ok()));
         match res {
             Ok(n) => {
@@ -279,6 +277,20 @@ impl EventLoop {
         // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
         unsafe {
             libc::malloc_trim(0);
+        }
+    }
+
+    /// The one INFO line for the start-up programming.
+    fn startup_summary(&self, res: &std::io::Result<usize>, took: Duration) {
+        let m = &self.metrics;
+        let routed = m.routes_programmed.load(std::sync::atomic::Ordering::Relaxed);
+        let unreachable = m.unreachable_peers.load(std::sync::atomic::Ordering::Relaxed);
+        match res {
+            Ok(changed) => info!(
+                "routes programmed at start-up: {} peers, {routed} routed, {unreachable} unreachable, {changed} route changes in {took:.0?} (per-route lines at debug)",
+                self.want.len()
+            ),
+            Err(_) => info!("start-up route programming failed after {took:.0?}; retrying"),
         }
     }
 

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Exit code for flags or a network config this node cannot honour.
@@ -179,14 +179,13 @@ async fn run_loops(
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let (kernel_tx, kernel_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-    let (own_tx, own_rx) = watch::channel(lease.subnet);
     if let Err(e) = crate::events::spawn(kernel_tx) {
         warn!("netlink events unavailable ({e}); relying on the {resync:?} sweep");
     }
-    let inputs = Inputs { store: store_rx, kernel: kernel_rx, own: own_rx, lost: lost_tx };
+    let inputs = Inputs { store: store_rx, kernel: kernel_rx, lost: lost_tx };
     tokio::select! {
         _ = watcher(&mut watch_store, store_tx, &m) => 1,
-        code = keeper.run(lease, own_tx, lost_rx) => code,
+        code = keeper.run(lease, lost_rx) => code,
         code = event_loop.run(inputs) => code,
     }
 }
@@ -337,15 +336,11 @@ impl LeaseKeeper {
         }
     }
 
-    /// Renews this node's lease ahead of expiry and re-claims it when it is lost; a lease
-    /// re-claimed on another subnet is announced on `own`. Returns the exit code when the
-    /// node's subnet cannot be kept.
-    async fn run(
-        mut self,
-        mut lease: Lease,
-        own: watch::Sender<Ipv4Network>,
-        mut lost: mpsc::UnboundedReceiver<()>,
-    ) -> i32 {
+    /// Renews this node's lease ahead of expiry and re-claims it when it is lost. A re-claim
+    /// asks for the same subnet (the pods use it): it gets that subnet or fails
+    /// ([`ClaimError::Taken`]), so the node's subnet never changes while it runs. Returns the
+    /// exit code when the node's subnet cannot be kept.
+    async fn run(mut self, mut lease: Lease, mut lost: mpsc::UnboundedReceiver<()>) -> i32 {
         let every = lease::renew_after(self.timing.ttl, self.timing.renew_margin);
         let mut at = Instant::now() + every;
         let mut b = Backoff::new();
@@ -369,10 +364,6 @@ impl LeaseKeeper {
                     Err(code) => return code,
                 };
                 while lost.try_recv().is_ok() {}
-                if l.subnet != lease.subnet {
-                    warn!("lease {} was taken; this node now has {} (pods on the old subnet need restarting)", lease.subnet, l.subnet);
-                    let _ = own.send(l.subnet);
-                }
                 lease = l;
                 at = Instant::now() + every;
             }
