@@ -211,6 +211,8 @@ struct Density {
     ips: std::collections::HashSet<String>,
 }
 
+// Indexes pods[side][pod] with the pod number driving both sides.
+#[allow(clippy::needless_range_loop)]
 fn density_add(sides: &[Side], pods: &[Vec<String>], n: usize) -> Vec<Density> {
     let mut d: Vec<Density> = sides.iter().map(|_| Density::default()).collect();
     for i in 0..n {
@@ -239,6 +241,7 @@ fn density_add(sides: &[Side], pods: &[Vec<String>], n: usize) -> Vec<Density> {
     d
 }
 
+#[allow(clippy::needless_range_loop)]
 fn density_del(sides: &[Side], pods: &[Vec<String>], d: &mut [Density]) {
     let n = pods[0].len();
     for i in 0..n {
