@@ -3,6 +3,7 @@
 pub mod log;
 pub mod args;
 pub mod config;
+pub mod ctl;
 pub mod event_loop;
 pub mod events;
 pub mod http;

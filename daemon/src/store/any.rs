@@ -46,26 +46,28 @@ impl AnyStore {
     /// Two handles: one for claims/renewals, one that lists and watches (so a watch in progress
     /// never delays a renewal).
     pub async fn open_pair(s: &StoreSettings, m: &Arc<Metrics>) -> Result<(AnyStore, AnyStore)> {
-        let etcd = &s.etcd;
         Ok(match &s.url {
             StoreUrl::File(dir) => (
                 AnyStore::File(FileStore::open(dir)),
                 AnyStore::File(FileStore::open_watching(dir)),
             ),
             StoreUrl::Etcd(endpoints) => {
-                let cfg = EtcdConfig {
-                    endpoints: endpoints.clone(),
-                    prefix: etcd.prefix.clone(),
-                    dial_timeout: etcd.dial_timeout,
-                    request_timeout: etcd.request_timeout,
-                    failover_timeout: etcd.failover_timeout,
-                    ca_file: etcd.ca.clone(),
-                    cert_file: etcd.cert.clone(),
-                    key_file: etcd.key.clone(),
-                };
-                let s = EtcdStore::connect_with_metrics(cfg, m.clone()).await?;
+                let s = EtcdStore::connect_with_metrics(etcd_config(endpoints, &s.etcd), m.clone())
+                    .await?;
                 let w = s.handle();
                 (AnyStore::Etcd(Box::new(s)), AnyStore::Etcd(Box::new(w)))
+            }
+        })
+    }
+
+    /// One handle for a reader (ferryctl): it lists and reads the config, and on the file store
+    /// leaves expired leases for the daemons to tidy.
+    pub async fn open_reader(s: &StoreSettings) -> Result<AnyStore> {
+        Ok(match &s.url {
+            StoreUrl::File(dir) => AnyStore::File(FileStore::open_read_only(dir)),
+            StoreUrl::Etcd(endpoints) => {
+                let cfg = etcd_config(endpoints, &s.etcd);
+                AnyStore::Etcd(Box::new(EtcdStore::connect(cfg).await?))
             }
         })
     }
@@ -75,6 +77,19 @@ impl AnyStore {
             StoreUrl::File(d) => format!("file store {}", d.display()),
             StoreUrl::Etcd(e) => format!("etcd {} (prefix {})", e.join(","), s.etcd.prefix),
         }
+    }
+}
+
+fn etcd_config(endpoints: &[String], etcd: &EtcdOpts) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: endpoints.to_vec(),
+        prefix: etcd.prefix.clone(),
+        dial_timeout: etcd.dial_timeout,
+        request_timeout: etcd.request_timeout,
+        failover_timeout: etcd.failover_timeout,
+        ca_file: etcd.ca.clone(),
+        cert_file: etcd.cert.clone(),
+        key_file: etcd.key.clone(),
     }
 }
 

@@ -51,12 +51,20 @@ pub struct FileStore {
     /// Lease keys seen by this watcher and when they expire (for synthetic `Removed` events).
     known: HashMap<String, Option<SystemTime>>,
     rev: i64,
+    /// `list` deletes the expired lease files it finds (the daemons do; a reader does not).
+    tidy: bool,
 }
 
 impl FileStore {
     /// A store handle for claims and renewals (no inotify). Does no I/O.
     pub fn open(dir: impl Into<PathBuf>) -> FileStore {
-        FileStore { dir: dir.into(), inotify: None, watching: false, known: HashMap::new(), rev: 0 }
+        let (known, rev) = (HashMap::new(), 0);
+        FileStore { dir: dir.into(), inotify: None, watching: false, known, rev, tidy: true }
+    }
+
+    /// A handle that only reads: `list` leaves expired lease files in place (ferryctl).
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> FileStore {
+        FileStore { tidy: false, ..FileStore::open(dir) }
     }
 
     /// A store handle whose `list` + `watch` follow changes.
@@ -367,7 +375,9 @@ impl LeaseStore for FileStore {
                 None => {}
             }
         }
-        self.cleanup_expired(&expired);
+        if self.tidy {
+            self.cleanup_expired(&expired);
+        }
         self.rev += 1;
         Ok((out, self.rev))
     }

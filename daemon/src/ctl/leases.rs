@@ -1,0 +1,321 @@
+//! `ferryctl lease` (this node's lease: subnet file and store) and `ferryctl leases` (the
+//! cluster's, with the entries ferryd ignores and why).
+
+use super::table::{expiry, expiry_json, pairs, render};
+use super::{Report, EXIT_DIFFERENT, EXIT_FAILED, EXIT_OK};
+use crate::args::Args;
+use crate::config;
+use crate::node::NodeFiles;
+use crate::peers::{apply_event, evaluate, Leases, Me, Verdict};
+use crate::store::any::AnyStore;
+use crate::store::{subnet_key, LeaseEntry, LeaseStore, NetworkConfig, WatchEvent};
+use ferry_cni::subnet_env::SubnetEnv;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// What the subnet file ferryd wrote says about this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    pub path: PathBuf,
+    pub network: Option<Ipv4Network>,
+    /// The node's subnet (network address form: `10.244.7.0/24`).
+    pub subnet: Ipv4Network,
+    pub mtu: Option<u32>,
+    pub ipmasq: Option<bool>,
+}
+
+/// Read the subnet file; `Ok(None)` when there is none.
+pub fn local(files: &NodeFiles) -> Result<Option<Local>, String> {
+    let path = &files.subnet_file;
+    let text = match ferry_fs::read_optional(path, 64 << 10) {
+        Ok(Some(b)) => {
+            String::from_utf8(b).map_err(|_| format!("{}: not UTF-8", path.display()))?
+        }
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("subnet file {}: {e}", path.display())),
+    };
+    let env =
+        SubnetEnv::parse(&text).map_err(|e| format!("subnet file {}: {e}", path.display()))?;
+    let Some(IpNetwork::V4(s)) = env.subnet else {
+        return Err(format!("subnet file {}: no IPv4 FLANNEL_SUBNET", path.display()));
+    };
+    let subnet = Ipv4Network::new(s.network(), s.prefix()).expect("prefix from a network");
+    let network = match env.network {
+        Some(IpNetwork::V4(n)) => Some(n),
+        _ => None,
+    };
+    Ok(Some(Local { path: path.clone(), network, subnet, mtu: env.mtu, ipmasq: env.ipmasq }))
+}
+
+/// The store's network config (if any) and every entry.
+pub async fn listing(a: &Args) -> Result<(Option<NetworkConfig>, Vec<LeaseEntry>), String> {
+    let at = || AnyStore::describe(&a.store);
+    let mut store = AnyStore::open_reader(&a.store).await.map_err(|e| format!("{}: {e}", at()))?;
+    let cfg = store.get_config().await.map_err(|e| format!("{}: {e}", at()))?;
+    let (entries, _) = store.list().await.map_err(|e| format!("{}: {e}", at()))?;
+    Ok((cfg, entries))
+}
+
+/// The entries as ferryd keeps them (keyed by their key).
+pub fn lease_map(entries: &[LeaseEntry]) -> Leases {
+    let mut m = Leases::new();
+    apply_event(&mut m, WatchEvent::Resync(entries.to_vec()));
+    m
+}
+
+/// This node as ferryd judges leases: the network from the store's config (else the subnet
+/// file), the subnet from the subnet file, the public IP given (else the lease's). `None` when
+/// neither names a network.
+pub fn me(
+    cfg: Option<&NetworkConfig>,
+    local: Option<&Local>,
+    public_ip: Option<Ipv4Addr>,
+    entries: &[LeaseEntry],
+) -> Option<Me> {
+    let net = cfg.and_then(|c| config::validate(c).ok());
+    let network = net.map(|n| n.network).or(local.and_then(|l| l.network))?;
+    let subnet = local.map(|l| l.subnet);
+    let subnet_len = net.map(|n| n.subnet_len).or(subnet.map(|s| s.prefix()))?;
+    let own = subnet.and_then(|s| own_lease(entries, s)).map(|l| l.attrs.public_ip);
+    Some(Me {
+        network,
+        subnet_len,
+        // No subnet file: a subnet no lease can equal or overlap inside the network.
+        subnet: subnet.unwrap_or(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).expect("/32")),
+        public_ip: public_ip.or(own).unwrap_or(Ipv4Addr::UNSPECIFIED),
+    })
+}
+
+/// The lease stored under `subnet`'s canonical key.
+pub fn own_lease(entries: &[LeaseEntry], subnet: Ipv4Network) -> Option<&crate::store::Lease> {
+    let key = subnet_key(subnet);
+    entries.iter().filter_map(|e| e.as_ref().ok()).find(|l| l.key == key)
+}
+
+/// `ferryctl leases`.
+pub async fn leases(a: &Args) -> Result<Report, String> {
+    let (cfg, entries) = listing(a).await?;
+    let local = local(&a.files).ok().flatten();
+    let me = me(cfg.as_ref(), local.as_ref(), a.uplink.public_ip, &entries);
+    let now = SystemTime::now();
+    let verdict = me.as_ref().map(|m| evaluate(&lease_map(&entries), m, now)).unwrap_or_default();
+    let mut rows: Vec<Row> =
+        entries.iter().map(|e| Row::of(e, me.as_ref(), local.is_some(), &verdict, now)).collect();
+    rows.sort_by(|x, y| {
+        (x.subnet.map(|s| u32::from(s.network())), &x.key)
+            .cmp(&(y.subnet.map(|s| u32::from(s.network())), &y.key))
+    });
+    let text = leases_text(&rows, cfg.as_ref(), a, now);
+    let json = json!({
+        "store": AnyStore::describe(&a.store),
+        "network": cfg.as_ref().map(|c| c.network.to_string()),
+        "subnet_len": cfg.as_ref().and_then(|c| config::validate(c).ok()).map(|n| n.subnet_len),
+        "this_node": local.as_ref().map(|l| l.subnet.to_string()),
+        "leases": rows.iter().map(|r| r.json(now)).collect::<Vec<_>>(),
+    });
+    Ok(Report { text, json, code: EXIT_OK })
+}
+
+/// One store entry as `leases` shows it.
+struct Row {
+    key: String,
+    subnet: Option<Ipv4Network>,
+    public_ip: Option<Ipv4Addr>,
+    backend: Option<String>,
+    expires: Option<SystemTime>,
+    /// `this node`, `peer`, `expired` or `ignored`.
+    status: &'static str,
+    reason: Option<String>,
+}
+
+impl Row {
+    fn of(e: &LeaseEntry, me: Option<&Me>, node: bool, v: &Verdict, now: SystemTime) -> Row {
+        let l = match e {
+            Err(b) => {
+                let (key, reason) = (b.key.clone(), Some(b.reason.clone()));
+                let (subnet, public_ip, backend, expires) = (None, None, None, None);
+                return Row { key, subnet, public_ip, backend, expires, status: "ignored", reason };
+            }
+            Ok(l) => l,
+        };
+        let reason = v.bad.get(&l.key).cloned();
+        let mine =
+            me.is_some_and(|m| node && l.subnet == m.subnet && l.attrs.public_ip == m.public_ip);
+        let status = if l.expires.is_some_and(|t| t <= now) {
+            "expired"
+        } else if reason.is_some() {
+            "ignored"
+        } else if mine {
+            "this node"
+        } else {
+            "peer"
+        };
+        Row {
+            key: l.key.clone(),
+            subnet: Some(l.subnet),
+            public_ip: Some(l.attrs.public_ip),
+            backend: Some(l.attrs.backend_type.clone()),
+            expires: l.expires,
+            status,
+            reason,
+        }
+    }
+
+    fn cells(&self, now: SystemTime) -> Vec<String> {
+        let dash = || "-".to_string();
+        let plain = self.subnet.is_some_and(|s| subnet_key(s) == self.key);
+        let status = match &self.reason {
+            Some(r) => format!("{}: {r}", self.status),
+            None => self.status.to_string(),
+        };
+        vec![
+            if plain {
+                self.subnet.map(|s| s.to_string()).unwrap_or_default()
+            } else {
+                self.key.clone()
+            },
+            self.public_ip.map_or_else(dash, |ip| ip.to_string()),
+            self.backend.clone().filter(|b| !b.is_empty()).unwrap_or_else(dash),
+            if self.subnet.is_some() { expiry(self.expires, now) } else { dash() },
+            status,
+        ]
+    }
+
+    fn json(&self, now: SystemTime) -> serde_json::Value {
+        let mut v = json!({
+            "key": self.key,
+            "subnet": self.subnet.map(|s| s.to_string()),
+            "public_ip": self.public_ip.map(|i| i.to_string()),
+            "backend": self.backend,
+            "status": self.status,
+            "reason": self.reason,
+        });
+        if self.subnet.is_some() {
+            for (k, x) in expiry_json(self.expires, now).as_object().expect("object") {
+                v[k] = x.clone();
+            }
+        }
+        v
+    }
+}
+
+fn leases_text(rows: &[Row], cfg: Option<&NetworkConfig>, a: &Args, now: SystemTime) -> String {
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.cells(now)).collect();
+    let mut t = render(&["LEASE", "PUBLIC IP", "BACKEND", "EXPIRES", "STATUS"], &cells);
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+    t.push_str(&format!(
+        "\n{} entries: {} this node, {} peers, {} expired, {} ignored\n",
+        rows.len(),
+        count("this node"),
+        count("peer"),
+        count("expired"),
+        count("ignored")
+    ));
+    let net = match cfg.map(config::validate) {
+        Some(Ok(n)) => n.describe(),
+        Some(Err(e)) => format!("unusable stored config: {e}"),
+        None => "no network config stored".into(),
+    };
+    t.push_str(&format!("network: {net}\nstore: {}\n", AnyStore::describe(&a.store)));
+    t
+}
+
+/// `ferryctl lease`: exit 1 when this node holds no live lease (no subnet file, no lease under
+/// its subnet, or one naming another node), 3 when the store cannot be read.
+pub async fn lease(a: &Args) -> Result<Report, String> {
+    let Some(local) = local(&a.files)? else {
+        let path = a.files.subnet_file.display();
+        let msg =
+            format!("no subnet file at {path}: this node holds no lease (is ferryd running?)");
+        let json =
+            json!({"held": false, "state": "no subnet file", "subnet_file": path.to_string()});
+        return Ok(Report { text: msg + "\n", json, code: EXIT_DIFFERENT });
+    };
+    let store = AnyStore::describe(&a.store);
+    let found = match listing(a).await {
+        Ok((_, entries)) => Ok(own_lease(&entries, local.subnet).cloned()),
+        Err(e) => Err(e),
+    };
+    let view = LeaseView::new(&local, found, a.uplink.public_ip, SystemTime::now());
+    Ok(view.report(&local, &store))
+}
+
+/// This node's lease as `lease` shows it.
+struct LeaseView {
+    lease: Option<crate::store::Lease>,
+    /// `held`, `expired`, `missing from the store`, `held by another node`, `store unreachable`.
+    state: String,
+    code: i32,
+    now: SystemTime,
+}
+
+impl LeaseView {
+    fn new(
+        local: &Local,
+        found: Result<Option<crate::store::Lease>, String>,
+        me: Option<Ipv4Addr>,
+        now: SystemTime,
+    ) -> LeaseView {
+        let (lease, state, code) = match found {
+            Err(e) => (None, format!("store unreachable: {e}"), EXIT_FAILED),
+            Ok(None) => (
+                None,
+                format!("missing from the store (no key {})", subnet_key(local.subnet)),
+                EXIT_DIFFERENT,
+            ),
+            Ok(Some(l)) => {
+                let (state, code) = if l.expires.is_some_and(|t| t <= now) {
+                    ("expired".to_string(), EXIT_DIFFERENT)
+                } else if me.is_some_and(|ip| ip != l.attrs.public_ip) {
+                    (format!("held by another node ({})", l.attrs.public_ip), EXIT_DIFFERENT)
+                } else {
+                    ("held".to_string(), EXIT_OK)
+                };
+                (Some(l), state, code)
+            }
+        };
+        LeaseView { lease, state, code, now }
+    }
+
+    fn report(&self, local: &Local, store: &str) -> Report {
+        let l = self.lease.as_ref();
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let file = format!(
+            "{} (MTU {}, ip-masq {})",
+            local.path.display(),
+            opt(local.mtu.map(|m| m.to_string())),
+            opt(local.ipmasq.map(|m| m.to_string()))
+        );
+        let text = pairs(&[
+            ("subnet", local.subnet.to_string()),
+            ("network", opt(local.network.map(|n| n.to_string()))),
+            ("public IP", opt(l.map(|l| l.attrs.public_ip.to_string()))),
+            ("backend", opt(l.map(|l| l.attrs.backend_type.clone()))),
+            ("expires", opt(l.map(|l| expiry(l.expires, self.now)))),
+            ("state", self.state.clone()),
+            ("subnet file", file),
+            ("store", store.to_string()),
+        ]);
+        let mut json = json!({
+            "subnet": local.subnet.to_string(),
+            "network": local.network.map(|n| n.to_string()),
+            "public_ip": l.map(|l| l.attrs.public_ip.to_string()),
+            "backend": l.map(|l| l.attrs.backend_type.clone()),
+            "held": self.code == EXIT_OK,
+            "state": self.state,
+            "subnet_file": local.path.display().to_string(),
+            "mtu": local.mtu,
+            "ip_masq": local.ipmasq,
+            "store": store,
+        });
+        if let Some(l) = l {
+            for (k, x) in expiry_json(l.expires, self.now).as_object().expect("object") {
+                json[k] = x.clone();
+            }
+        }
+        Report { text, json, code: self.code }
+    }
+}
