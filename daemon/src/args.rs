@@ -16,7 +16,8 @@ ferryd: Ferry's node daemon (subnet lease, host-gw routes, CNI config, masquerad
 
 USAGE: ferryd [FLAGS]
        ferryd install [--root DIR] [--cni-bin-dir D] [--bin-dir D] [--cni-only]
-       ferryd uninstall [--root DIR] [FLAGS]     (also: ferryd --uninstall)
+       ferryd uninstall [--root DIR] [--cni-bin-dir D] [--bin-dir D] [FLAGS]
+                                                 (also: ferryd --uninstall ...)
 
 Network (stored in the lease store on first start; the stored config wins):
   --network CIDR            cluster network [10.244.0.0/16]
@@ -48,8 +49,17 @@ Operation:
   --metrics-address A:P     serve /metrics, /healthz, /readyz over HTTP, or `off` [127.0.0.1:9473]
   --log-level L             error, warn, info or debug [info; env FERRY_LOG; the flag wins]
   -v, --verbose             same as --log-level debug      -q, --quiet   same as --log-level warn
-  --uninstall               remove Ferry's routes, nft table, conflist and subnet file, then exit
+  --uninstall               same as `ferryd uninstall`
   -h, --help                this text          --version
+Install and uninstall (ferry, ferry-ipam and ferryctl are taken from ferryd's own directory):
+  --root DIR                install under DIR (a host mounted in a container, a staging tree) [/]
+  --cni-bin-dir D           where ferry and ferry-ipam go, under --root [/opt/cni/bin]
+  --bin-dir D               where ferryd and ferryctl go, under --root [/usr/local/bin]
+  --cni-only                install the CNI plugins only (not ferryd, ferryctl, the systemd unit)
+  install writes each file atomically (0755 programs, 0644 <root>/etc/systemd/system/ferryd.service)
+  and only when it differs; uninstall removes Ferry's routes (proto 113), its nft table, the
+  conflist and subnet file named by the flags above, and the files install puts under --root:
+  nothing else.
 Durations: 500ms, 30s, 5m, 24h (a bare number is seconds). Exit codes: 0 ok, 1 runtime error,
 2 unusable flags or a network config this node cannot honour (nothing is changed then).";
 
@@ -326,6 +336,10 @@ pub const FLAG_NAMES: &[&str] = &[
     "--log-level",
     "--metrics-address",
     "--uninstall",
+    "--root",
+    "--cni-bin-dir",
+    "--bin-dir",
+    "--cni-only",
     "--verbose",
     "--quiet",
     "--help",

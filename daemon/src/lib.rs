@@ -7,6 +7,7 @@ pub mod ctl;
 pub mod event_loop;
 pub mod events;
 pub mod http;
+pub mod install;
 pub mod lease;
 pub mod masq;
 pub mod metrics;

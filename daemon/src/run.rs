@@ -4,10 +4,10 @@
 use crate::args::{self, Args, Parsed, UplinkFlags};
 use crate::config::{self, Net, NetworkRequest};
 use crate::event_loop::{EventLoop, Inputs, NodeSide};
+use crate::install::Layout;
 use crate::lease::{self, ClaimError, LeaseTiming};
-use crate::masq::{self, Masquerade};
 use crate::metrics::{self, Metrics};
-use crate::node::{self, NodeFiles, Uplink};
+use crate::node::{self, Uplink};
 use crate::peers::Me;
 use crate::route_applier::RouteApplier;
 use crate::route_table::NetlinkRouteTable;
@@ -26,28 +26,18 @@ use tokio::time::Instant;
 pub const EXIT_REFUSED: i32 = 2;
 
 pub fn main(mut argv: Vec<String>) -> i32 {
-    if argv.first().map(String::as_str) == Some("uninstall") {
-        argv[0] = "--uninstall".into();
+    match argv.first().map(String::as_str) {
+        Some("install") => return crate::install::install_main(argv.split_off(1)),
+        Some("uninstall") => argv[0] = "--uninstall".into(),
+        _ => {}
     }
-    let ferry_log = std::env::var("FERRY_LOG").ok();
-    let a = match args::parse_with_env(argv, ferry_log.as_deref()) {
-        Ok(Parsed::Run(a)) => *a,
-        Ok(Parsed::Help) => {
-            println!("{}", args::USAGE);
-            return 0;
-        }
-        Ok(Parsed::Version) => {
-            println!("ferryd {}", env!("CARGO_PKG_VERSION"));
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("ferryd: {e}");
-            return EXIT_REFUSED;
-        }
+    let (a, layout) = match parse_main(argv) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     crate::log::set_level(a.log_level);
     if a.uninstall {
-        return uninstall(&a.files, &a.masq);
+        return crate::install::uninstall(&layout, &a.files, &a.masq);
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(rt) => rt,
@@ -69,6 +59,32 @@ pub fn main(mut argv: Vec<String>) -> i32 {
             _ = int.recv() => { info!("SIGINT: exiting, routes and files stay in place"); 0 }
         }
     })
+}
+
+/// ferryd's flags (config file, `FERRY_LOG`, command line) and, for uninstall, where install
+/// put its files; `Err` is the exit code (0 after --help or --version).
+fn parse_main(argv: Vec<String>) -> Result<(Args, Layout), i32> {
+    let usage = |e: &str| {
+        eprintln!("ferryd: {e}");
+        EXIT_REFUSED
+    };
+    let (layout, argv) = crate::install::layout_flags(argv).map_err(|e| usage(&e))?;
+    let ferry_log = std::env::var("FERRY_LOG").ok();
+    match args::parse_with_env(argv, ferry_log.as_deref()) {
+        Ok(Parsed::Run(a)) if !a.uninstall && layout != Layout::default() => Err(usage(
+            "--root, --cni-bin-dir, --bin-dir and --cni-only belong to install and uninstall",
+        )),
+        Ok(Parsed::Run(a)) => Ok((*a, layout)),
+        Ok(Parsed::Help) => {
+            println!("{}", args::USAGE);
+            Err(0)
+        }
+        Ok(Parsed::Version) => {
+            println!("ferryd {}", env!("CARGO_PKG_VERSION"));
+            Err(0)
+        }
+        Err(e) => Err(usage(&e)),
+    }
 }
 
 fn refuse(msg: &str) -> i32 {
@@ -439,41 +455,4 @@ async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>
             }
         }
     }
-}
-
-/// `--uninstall`: remove Ferry's routes, its nft table and the conflist it wrote.
-fn uninstall(files: &NodeFiles, masq_flags: &Masquerade) -> i32 {
-    let mut failed = false;
-    match Netlink::new()
-        .map(|nl| RouteApplier::new(NetlinkRouteTable::new(nl), Arc::new(Metrics::default())))
-    {
-        Ok(mut r) => match r.remove_all() {
-            Ok(n) => info!("removed {n} Ferry routes (proto 113)"),
-            Err(e) => {
-                error!("remove routes: {e}");
-                failed = true;
-            }
-        },
-        Err(e) => {
-            error!("netlink socket: {e}");
-            failed = true;
-        }
-    }
-    match masq::remove(&masq_flags.nft) {
-        Ok(()) => info!("removed nft table ip {}", masq::TABLE),
-        Err(e) => {
-            error!("remove nft table: {e}");
-            failed = true;
-        }
-    }
-    let path = files.conflist_path();
-    match node::remove_conflist(&path) {
-        Ok(true) => info!("removed {}", path.display()),
-        Ok(false) => {}
-        Err(e) => {
-            error!("remove {}: {e}", path.display());
-            failed = true;
-        }
-    }
-    i32::from(failed)
 }

@@ -273,11 +273,14 @@ fn masquerade_table(kind: Store) {
         .unwrap();
     lab.nodes[0].ns.ip(&["route", "add", "10.77.0.0/24", "via", "198.18.0.13"]);
     assert!(lab.stop(0).unwrap().success());
-    let (st, out) = lab.run_once(0, &["--uninstall"], T);
+    // --root: the installed files it would remove are under the lab, never the host's.
+    let root = lab.dir.path_str("root");
+    let (st, out) = lab.run_once(0, &["--uninstall", "--root", &root], T);
     assert!(st.is_some_and(|s| s.success()), "{out}");
     assert!(lab.routes(0).is_empty());
     assert!(lab.nft_table(0).is_none());
     assert!(!lab.conflist(0).exists() && other.exists());
+    assert!(!lab.nodes[0].dir.join("subnet.env").exists());
     assert!(lab.nodes[0].ns.ip(&["route"]).contains("10.77.0.0/24"));
 }
 
