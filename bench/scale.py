@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""ferryd at scale, inside tests/sandbox.sh (bench/report.sh runs it): cold start against N leases
+(etcd and the file store), lease churn, 3 real nodes with pods (ping, iperf3 against the underlay
+and against ptp + static routes), many daemons on one etcd, a perf profile at the largest size.
+Writes every sample as JSON (--json). Sanity is recorded, not asserted (bench_quick.rs asserts).
+
+  bench/scale.py --bin DIR [--quick] [--prof-bin FERRYD] --json FILE
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lab  # noqa: E402
+from lab import (EtcdStore, FileStore, Listener, Underlay, cpu_ticks, ferry_routes, proc_status,  # noqa: E402
+                 pub_ip, route_count, run, subnet)
+
+SIZES = {"quick": ([200, 500], [2000]), "full": ([500, 1000, 2000, 5000], [10000, 20000, 50000])}
+
+
+def log(msg):
+    print("scale: %s" % msg, file=sys.stderr, flush=True)
+
+
+class Node:
+    """One ferryd in its own namespace on the underlay."""
+
+    def __init__(self, ctx, name, addr, store, binary=None):
+        self.ctx, self.ns, self.addr, self.store = ctx, name, addr, store
+        self.dir = os.path.join(ctx.tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.bin = binary or os.path.join(ctx.bin, "ferryd")
+        self.proc = None
+
+    def argv(self):
+        return [self.bin, "--store", self.store.url, "--iface", "eth0", "--network", lab.NETWORK,
+                "--subnet-file", self.dir + "/subnet.env", "--cni-conf-dir", self.dir + "/net.d",
+                "--cni-data-dir", self.dir + "/ipam", "--metrics-address", "off", "--log-level", "warn"]
+
+    def start(self, wrap=()):
+        self.log = open(self.dir + "/log", "w")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(list(wrap) + ["nsenter", "--net=/run/netns/" + self.ns] + self.argv(),
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+
+    def subnet(self):
+        try:
+            for line in open(self.dir + "/subnet.env"):
+                if line.startswith("FLANNEL_SUBNET="):
+                    a, b, c, _ = line.split("=")[1].split("/")[0].split(".")
+                    return "%s.%s.%s.0/24" % (a, b, c)
+        except OSError:
+            return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Ctx:
+    def __init__(self, args):
+        self.bin, self.quick, self.rng = args.bin, args.quick, random.Random(11)
+        self.tmp = tempfile.mkdtemp(prefix="ferry-scale-", dir="/run")
+        self.disk = tempfile.mkdtemp(prefix="ferry-scale-etcd-", dir="/var/tmp")
+        self.under = Underlay()
+        self.port = 23790 + os.getpid() % 1000
+        self.etcd = self.start_etcd()
+        self.stores = {"etcd": EtcdStore(self.port), "file": FileStore(self.tmp + "/filestore")}
+        for s in self.stores.values():
+            s.put_config()
+        self.next_j, self.node_seq = 1, 0
+
+    def start_etcd(self):
+        p, peer = self.port, self.port + 1000
+        argv = ["etcd", "--name", "bench", "--data-dir", self.disk + "/data",
+                "--listen-client-urls", "http://127.0.0.1:%d,http://172.16.0.1:%d" % (p, p),
+                "--advertise-client-urls", "http://172.16.0.1:%d" % p,
+                "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
+                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
+                "--initial-cluster", "bench=http://127.0.0.1:%d" % peer,
+                "--max-txn-ops", "1000", "--max-request-bytes", "33554432",
+                "--quota-backend-bytes", "8589934592", "--log-level", "warn"]
+        proc = subprocess.Popen(argv, stdout=open(self.tmp + "/etcd.log", "w"), stderr=subprocess.STDOUT)
+        for _ in range(300):
+            if subprocess.run(["etcdctl", "--endpoints=127.0.0.1:%d" % p, "endpoint", "health"],
+                              capture_output=True).returncode == 0:
+                return proc
+            time.sleep(0.05)
+        raise RuntimeError("etcd did not start: " + open(self.tmp + "/etcd.log").read()[-2000:])
+
+    def node(self, store, prefix="n", binary=None):
+        self.node_seq += 1
+        k = self.node_seq
+        name = "%s%d" % (prefix, k)
+        addr = "172.16.%d.%d" % (1 + k // 250, 1 + k % 250)
+        self.under.add_nodes([(name, addr)])
+        return Node(self, name, addr, store, binary)
+
+    def drop(self, node):
+        node.stop()
+        self.under.del_nodes([node.ns])
+
+    def top_up(self, store, target):
+        """Add synthetic leases (public IPs 172.17.x.y) until the store holds `target`."""
+        have = store.leases()
+        items = []
+        while len(have) + len(items) < target:
+            j, self.next_j = self.next_j, self.next_j + 1
+            if subnet(j) not in have:
+                items.append((j, pub_ip(j)))
+        t0 = time.monotonic()
+        store.bulk(items)
+        return len(items), time.monotonic() - t0
+
+    def fresh_js(self, have, n):
+        out = []
+        while len(out) < n:
+            j, self.next_j = self.next_j, self.next_j + 1
+            if subnet(j) not in have:
+                out.append(j)
+        return out
+
+    def close(self):
+        self.etcd.terminate()
+        self.etcd.wait()
+        self.under.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.disk, ignore_errors=True)
+
+
+def kernel_floor(ctx, n):
+    """`ip -batch` adding n routes via on-link gateways in a fresh namespace: the kernel's own cost."""
+    ctx.under.add_nodes([("kf", "172.16.15.1")])
+    lines = "".join("route add %s via %s proto 113\n" % (subnet(j), pub_ip(j)) for j in range(1, n + 1))
+    t0 = time.monotonic()
+    run("ip", "-n", "kf", "-batch", "-", inp=lines)
+    dt = time.monotonic() - t0
+    ctx.under.del_nodes(["kf"])
+    return {"routes": n, "seconds": dt}
+
+
+def wait_converged(lst, node, expected, timeout):
+    """Time from spawn to the arrival of the last of `expected` distinct proto-113 routes."""
+    seen, last, i, deadline = set(), None, 0, time.monotonic() + timeout
+    while time.monotonic() < deadline and node.proc.poll() is None:
+        evs = lst.events()
+        for t, _, kind, dst, _, proto in evs[i:]:
+            if kind == "add" and proto == lab.RTPROT_FERRY and dst not in seen:
+                seen.add(dst)
+                last = t
+        i = len(evs)
+        if len(seen) >= expected:
+            return len(seen), last - node.t0
+        time.sleep(0.01)
+    return len(seen), None
+
+
+def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
+    store = ctx.stores[kind]
+    added, bulk_s = ctx.top_up(store, size)
+    expected = len(store.leases())
+    node = ctx.node(store, binary=binary)
+    lst = Listener([node.ns])
+    node.start()
+    got, startup = wait_converged(lst, node, expected, 120)
+    lst.close()
+    time.sleep(1.0)
+    pid = node.proc.pid
+    r = {"store": kind, "leases": expected + 1, "expected_routes": expected, "routes_seen": got,
+         "startup_s": startup, "rss_kib": proc_status(pid, "VmRSS"), "hwm_kib": proc_status(pid, "VmHWM"),
+         "bulk_written": added, "bulk_s": bulk_s, "routes_in_table": route_count(node.ns),
+         "overflows": lst.overflows}
+    if idle:
+        secs = 3 if ctx.quick else 10
+        a = cpu_ticks(pid)
+        time.sleep(secs)
+        r.update(idle_ticks=cpu_ticks(pid) - a, idle_window_s=secs, hz=lab.HZ,
+                 rss_idle_kib=proc_status(pid, "VmRSS"))
+    log("cold start %s %d leases: %s s, %d/%d routes, RSS %d KiB" %
+        (kind, expected + 1, startup, got, expected, r["rss_kib"]))
+    if keep:
+        return r, node
+    ctx.drop(node)
+    return r, None
+
+
+def table_vs_store(store, node):
+    """Missing, extra and wrong-gateway routes of node against the store (its own lease excluded)."""
+    want = {s: ip for s, ip in store.leases().items() if s != node.subnet()}
+    have = ferry_routes(node.ns)
+    missing = [s for s in want if s not in have]
+    extra = [s for s in have if s not in want]
+    wrong = [s for s in want if s in have and have[s] != want[s]]
+    return {"want": len(want), "have": len(have), "missing": len(missing), "extra": len(extra),
+            "wrong_gw": len(wrong), "examples": (missing + extra + wrong)[:5]}
+
+
+def churn_ops(ctx, store, node, seconds, rate):
+    """Write leases at a fixed rate: add, public IP move, delete in turn; each subnet touched once."""
+    have = store.leases()
+    synth = [s for s, ip in have.items() if ip.startswith("172.17.") and s != node.subnet()]
+    ctx.rng.shuffle(synth)
+    n = int(seconds * rate)
+    adds = ctx.fresh_js(have, n // 3 + 1)
+    ops, t_start = [], time.monotonic()
+    for k in range(n):
+        delay = t_start + k / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        kind = ("add", "move", "del")[k % 3]
+        j = adds.pop() if kind == "add" else js_of(synth.pop())
+        ip = pub_ip(j, 18 if kind == "move" else 17)
+        t0 = time.monotonic()
+        store.delete(j) if kind == "del" else store.put(j, ip)
+        ops.append((t0, kind, subnet(j), None if kind == "del" else ip, time.monotonic() - t0))
+    return ops, time.monotonic() - t_start
+
+
+def js_of(sub):
+    a, b, c, _ = sub.split("/")[0].split(".")
+    return int(b) * 256 + int(c)
+
+
+def match_ops(lst, ops):
+    """Per op: ms from the store write to the first matching route event (None: never seen)."""
+    by_dst = {}
+    for t, _, kind, dst, gw, proto in lst.events():
+        if proto == lab.RTPROT_FERRY:
+            by_dst.setdefault(dst, []).append((t, kind, gw))
+    lat = []
+    for t0, kind, dst, ip, _ in ops:
+        hit = [t for t, k, gw in by_dst.get(dst, []) if t >= t0 and
+               ((kind == "del" and k == "del") or (kind != "del" and k == "add" and gw == ip))]
+        lat.append((hit[0] - t0) * 1000 if hit else None)
+    return lat
+
+
+def churn(ctx, kind, node, seconds, rate=100):
+    store = ctx.stores[kind]
+    lst = Listener([node.ns])
+    c0 = cpu_ticks(node.proc.pid)
+    ops, wall = churn_ops(ctx, store, node, seconds, rate)
+    time.sleep(2)
+    cpu = (cpu_ticks(node.proc.pid) - c0) / lab.HZ
+    lat = match_ops(lst, ops)
+    lst.close()
+    check = table_vs_store(store, node)
+    by_kind = {k: [l for (o, l) in zip(ops, lat) if o[1] == k] for k in ("add", "move", "del")}
+    r = {"store": kind, "leases": len(store.leases()), "seconds": seconds, "rate": rate,
+         "achieved_rate": len(ops) / wall, "lat_ms": lat, "by_kind": by_kind,
+         "write_ms": [o[4] * 1000 for o in ops], "missed": sum(1 for l in lat if l is None),
+         "ferryd_cpu_s": cpu, "cpu_window_s": wall + 2, "final": check, "overflows": lst.overflows}
+    log("churn %s: %d ops, %d missed, final %s" % (kind, len(ops), r["missed"], check))
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--prof-bin")
+    ap.add_argument("--daemons", type=int)
+    args = ap.parse_args()
+    lab.require_sandbox()
+    os.nice(-5)
+    ctx = Ctx(args)
+    try:
+        out = experiments(ctx, args)
+    finally:
+        ctx.close()
+    out["leftover_netns"] = sorted(os.listdir("/run/netns"))
+    with open(args.json, "w") as f:
+        json.dump(out, f)
+
+
+def experiments(ctx, args):
+    import scale_more
+    small, big = SIZES["quick" if ctx.quick else "full"]
+    churn_s = 5 if ctx.quick else 60
+    out = {"quick": ctx.quick, "etcd_version": run("etcd", "--version").split("\n")[0],
+           "etcd_data": "disk (%s)" % run("stat", "-f", "-c", "%T", ctx.disk).strip(),
+           "floor": [kernel_floor(ctx, n) for n in (small[-1], big[-1])], "scale": [], "churn": []}
+    for kind in ("etcd", "file"):
+        for size in small:
+            r, node = cold_start(ctx, kind, size, idle=size == small[-1], keep=size == small[-1])
+            out["scale"].append(r)
+        out["churn"].append(churn(ctx, kind, node, churn_s))
+        ctx.drop(node)
+    out["datapath"] = scale_more.datapath(ctx, ctx.stores["etcd"])
+    n = args.daemons or (5 if ctx.quick else 100)
+    out["daemons"] = scale_more.daemons(ctx, ctx.stores["etcd"], n, small[-1])
+    for kind in ("etcd", "file"):
+        for size in big:
+            last = size == big[-1]
+            r, node = cold_start(ctx, kind, size, idle=last, keep=last and kind == "etcd")
+            out["scale"].append(r)
+        if node:
+            out["churn"].append(churn(ctx, kind, node, churn_s))
+            ctx.drop(node)
+    if args.prof_bin:
+        out["profile"] = scale_more.profile(ctx, "etcd", big[-1], args.prof_bin)
+    return out
+
+
+if __name__ == "__main__":
+    main()
