@@ -104,9 +104,9 @@ pub async fn leases(a: &Args) -> Result<Report, String> {
     let verdict = me.as_ref().map(|m| evaluate(&lease_map(&entries), m, now)).unwrap_or_default();
     let mut rows: Vec<Row> =
         entries.iter().map(|e| Row::of(e, me.as_ref(), local.is_some(), &verdict, now)).collect();
-    rows.sort_by(|x, y| {
-        (x.subnet.map(|s| u32::from(s.network())), &x.key)
-            .cmp(&(y.subnet.map(|s| u32::from(s.network())), &y.key))
+    // Leases by address, then the entries ferryd ignores for what they are.
+    rows.sort_by_key(|r| {
+        (r.subnet.is_none(), r.subnet.map(|s| u32::from(s.network())), r.key.clone())
     });
     let text = leases_text(&rows, cfg.as_ref(), a, now);
     let json = json!({
@@ -219,7 +219,7 @@ fn leases_text(rows: &[Row], cfg: Option<&NetworkConfig>, a: &Args, now: SystemT
         Some(Err(e)) => format!("unusable stored config: {e}"),
         None => "no network config stored".into(),
     };
-    t.push_str(&format!("network: {net}\nstore: {}\n", AnyStore::describe(&a.store)));
+    t.push_str(&format!("{net}\nstore: {}\n", AnyStore::describe(&a.store)));
     t
 }
 
