@@ -157,6 +157,12 @@ fn wrote(r: &TxnResponse, lease: i64) -> bool {
     r.succeeded() || (lease != 0 && txn_get(r).is_some_and(|kv| kv.lease() == lease))
 }
 
+/// A (re)created watch whose member is behind the revision it should resume from: etcd was
+/// restored or wiped, so the events in between never happen there (it would wait silently).
+fn went_back(resp: &WatchResponse, next: i64) -> bool {
+    resp.created() && resp.header().is_some_and(|h| h.revision() < next - 1)
+}
+
 impl EtcdStore {
     /// Build the member clients (lazy: no request is made; the first call reports an
     /// unreachable etcd). Counters go to a private [`Metrics`].
@@ -467,9 +473,10 @@ impl LeaseStore for EtcdStore {
         }
         loop {
             let resp = self.next_response().await?;
-            if resp.compact_revision() > 0 {
+            let at = self.watch.as_ref().map_or(next, |w| w.next);
+            if resp.compact_revision() > 0 || went_back(&resp, at) {
                 metrics::inc(&self.members.metrics.etcd_watch_relists_total);
-                info!("etcd: watch compacted past revision {next}: re-listing");
+                info!("etcd: watch cannot resume from revision {at} (compacted, or etcd's data went back): re-listing");
                 return self.resync().await;
             }
             let done = self.events(&resp).await?;
