@@ -161,7 +161,7 @@ fn ipam_and_gc(lab: &Lab) {
         "{}",
         dry.stdout
     );
-    assert!(dry.stdout.contains("would release 1 allocations"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("would release 1 allocation of"), "{}", dry.stdout);
     assert_eq!(
         ctl(lab, 2, &["ipam", "--json"]).json()["allocations"].as_array().unwrap().len(),
         2,

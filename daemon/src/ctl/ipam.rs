@@ -2,7 +2,7 @@
 //! `<cni-data-dir>/<cni-network-name>/state.json`) and `ferryctl gc` (release the allocations of
 //! attachments that no longer exist, through ferry-ipam's own store and lock).
 
-use super::table::render;
+use super::table::{count, render};
 use super::{Report, EXIT_DIFFERENT, EXIT_OK};
 use crate::node::NodeFiles;
 use ferry_ipam::state::State;
@@ -49,7 +49,7 @@ fn json_list(allocs: &[(IpAddr, Owner)]) -> Vec<serde_json::Value> {
 pub fn list(files: &NodeFiles) -> Result<Report, String> {
     let (path, allocs) = read(files)?;
     let mut text = render(&["IP", "CONTAINER ID", "IFNAME"], &rows(&allocs));
-    text.push_str(&format!("\n{} allocations in {}\n", allocs.len(), path.display()));
+    text.push_str(&format!("\n{} in {}\n", count(allocs.len(), "allocation"), path.display()));
     let json = json!({
         "network": files.cni_network_name,
         "state_file": path.display().to_string(),
@@ -75,8 +75,8 @@ pub fn gc(files: &NodeFiles, valid: &[Owner], apply: bool) -> Result<Report, Str
     };
     let mut text = render(&["IP", "CONTAINER ID", "IFNAME"], &rows(&released));
     text.push_str(&format!(
-        "\n{verb} {} allocations of attachments not named by --valid ({} valid) in {}\n",
-        released.len(),
+        "\n{verb} {} of attachments not named by --valid ({} valid) in {}\n",
+        count(released.len(), "allocation"),
         valid.len(),
         path.display()
     ));

@@ -34,6 +34,11 @@ pub fn pairs(rows: &[(&str, String)]) -> String {
     rows.iter().map(|(k, v)| format!("{k:<w$}  {v}\n")).collect()
 }
 
+/// `1 allocation`, `2 allocations`.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `3d4h`, `23h59m`, `5m3s`, `12s` (two units at most).
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
