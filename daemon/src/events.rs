@@ -47,6 +47,8 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
             }
             _ => Trigger::None,
         },
+        // Ferry does not use nexthop objects yet.
+        Event::NexthopChanged(_) | Event::NexthopDeleted(_) => Trigger::None,
         Event::LinkChanged { .. }
         | Event::LinkDeleted { .. }
         | Event::AddressChanged

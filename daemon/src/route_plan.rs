@@ -68,6 +68,7 @@ pub fn peer_route(dst: Ipv4Network, gw: Ipv4Addr, oif: u32) -> Route {
         src: None,
         metric: None,
         onlink: false,
+        nh_id: None,
     }
 }
 

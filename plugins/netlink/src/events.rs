@@ -1,6 +1,7 @@
 //! Multicast route/link/address notifications for the daemon's drift detection.
 
 use crate::frame::frames;
+use crate::nexthop::{parse_nexthop, RTM_DELNEXTHOP, RTM_NEWNEXTHOP, RTNLGRP_NEXTHOP};
 use crate::route::parse_route;
 use crate::socket::{recv_into, RECV_BUF};
 use crate::{netns, Event, EventSocket};
@@ -13,13 +14,18 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-/// Groups joined: links, IPv4 and IPv6 routes, IPv4 addresses.
+/// Groups joined: links, IPv4 and IPv6 routes, IPv4 addresses; and nexthop objects where the
+/// kernel has them ([`OPTIONAL_GROUPS`]).
 pub const GROUPS: [u32; 4] = [
     libc::RTNLGRP_LINK,
     libc::RTNLGRP_IPV4_ROUTE,
     libc::RTNLGRP_IPV6_ROUTE,
     libc::RTNLGRP_IPV4_IFADDR,
 ];
+
+/// Groups joined when the kernel knows them: deleting a nexthop object takes its routes with it
+/// without any route notification, so only the nexthop's own notification shows it.
+pub const OPTIONAL_GROUPS: [u32; 1] = [RTNLGRP_NEXTHOP];
 
 /// Receive buffer asked for, so bursts (a node joining with many routes) do not overrun.
 const SOCK_RCVBUF: libc::c_int = 4 << 20;
@@ -67,12 +73,27 @@ pub fn parse_event(msg: &Rt) -> Option<Event> {
     }
 }
 
+/// A nexthop notification (raw: `netlink-packet-route` has no nexthop messages) as an event.
+fn nexthop_event(mtype: u16, body: &[u8]) -> Option<Event> {
+    let nh = parse_nexthop(body).ok()?;
+    match mtype {
+        RTM_NEWNEXTHOP => Some(Event::NexthopChanged(nh)),
+        RTM_DELNEXTHOP => Some(Event::NexthopDeleted(nh)),
+        _ => None,
+    }
+}
+
 /// Every event in one datagram of notifications; consecutive `AddressChanged` are merged.
 pub fn parse_datagram(buf: &[u8]) -> io::Result<Vec<Event>> {
     let mut out = Vec::new();
     for frame in frames(buf) {
+        let frame = frame?;
+        if frame.mtype == RTM_NEWNEXTHOP || frame.mtype == RTM_DELNEXTHOP {
+            out.extend(nexthop_event(frame.mtype, frame.body()));
+            continue;
+        }
         // A notification our parser cannot read is skipped; the next full resync covers it.
-        let Ok(m) = frame?.parse() else { continue };
+        let Ok(m) = frame.parse() else { continue };
         let ev = match m.payload {
             NetlinkPayload::InnerMessage(inner) => parse_event(&inner),
             NetlinkPayload::Overrun(_) => Some(Event::Overrun),
@@ -94,6 +115,9 @@ impl EventSocket {
         sock.bind_auto()?;
         for g in GROUPS {
             sock.add_membership(g)?;
+        }
+        for g in OPTIONAL_GROUPS {
+            let _ = sock.add_membership(g); // EINVAL before Linux 5.3: no nexthop objects
         }
         Ok(EventSocket { sock, buf: Vec::with_capacity(RECV_BUF) })
     }
@@ -172,9 +196,22 @@ mod tests {
     fn datagram(msgs: Vec<Rt>) -> Vec<u8> {
         let mut out = Vec::new();
         for m in msgs {
-            crate::frame::encode(&mut out, m, 0, 0);
+            crate::frame::encode(&mut out, crate::frame::Msg::Rt(m), 0, 0);
         }
         out
+    }
+
+    #[test]
+    fn parses_nexthop_notifications() {
+        use crate::frame::{encode, Msg};
+        use crate::nexthop::nexthop_body;
+        let nh = crate::Nexthop::via(7, "198.18.0.12".parse().unwrap(), 2, 113);
+        let mut buf = Vec::new();
+        encode(&mut buf, Msg::Raw(RTM_NEWNEXTHOP, nexthop_body(&nh)), 0, 0);
+        encode(&mut buf, Msg::Raw(RTM_DELNEXTHOP, nexthop_body(&nh)), 0, 0);
+        encode(&mut buf, Msg::Raw(RTM_DELNEXTHOP, vec![1, 2]), 0, 0); // garbled: skipped
+        let ev = parse_datagram(&buf).unwrap();
+        assert_eq!(ev, vec![Event::NexthopChanged(nh.clone()), Event::NexthopDeleted(nh)]);
     }
 
     #[test]

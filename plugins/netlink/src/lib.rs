@@ -19,6 +19,7 @@ pub mod events;
 mod frame;
 pub mod link;
 pub mod netns;
+pub mod nexthop;
 pub mod route;
 mod socket;
 pub mod sysctl;
@@ -68,6 +69,28 @@ pub struct Route {
     pub metric: Option<u32>,
     /// RTNH_F_ONLINK: gateway need not be on a connected subnet.
     pub onlink: bool,
+    /// `RTA_NH_ID`: the route uses this nexthop object. When set, a route message carries the id
+    /// and no gateway or oif (the kernel refuses both at once); in dumps the kernel may add the
+    /// nexthop's gateway and oif (`net.ipv4.nexthop_compat_mode`, on by default).
+    pub nh_id: Option<u32>,
+}
+
+/// A nexthop object (Linux 5.3+), see `nexthop.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nexthop {
+    /// The kernel's key: unique in the namespace.
+    pub id: u32,
+    /// Family (with no gateway, the only sign of it).
+    pub v6: bool,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// `nh_protocol`: who installed it.
+    pub protocol: u8,
+    pub onlink: bool,
+    /// A group of nexthops (read from dumps; never built here).
+    pub group: bool,
+    /// A blackhole nexthop (read from dumps; never built here).
+    pub blackhole: bool,
 }
 
 impl Route {
@@ -83,6 +106,7 @@ impl Route {
             src: None,
             metric: None,
             onlink: false,
+            nh_id: None,
         }
     }
 }
@@ -116,6 +140,10 @@ pub enum Event {
         name: String,
     },
     AddressChanged,
+    /// A nexthop object was added or replaced.
+    NexthopChanged(Nexthop),
+    /// A nexthop object was deleted, and with it (silently: no route event) its routes.
+    NexthopDeleted(Nexthop),
     /// The kernel dropped events (ENOBUFS): do a full resync.
     Overrun,
 }

@@ -56,7 +56,8 @@ fn addr(ip: IpAddr) -> RouteAddress {
     RouteAddress::from(ip)
 }
 
-/// The RTM_NEWROUTE body for `r`.
+/// The RTM_NEWROUTE body for `r`. A route on a nexthop object carries `RTA_NH_ID` instead of
+/// its gateway and oif.
 pub fn route_msg(r: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = family(r.dst.is_ipv6());
@@ -71,11 +72,15 @@ pub fn route_msg(r: &Route) -> RouteMessage {
     if r.dst.prefix() > 0 {
         m.attributes.push(RouteAttribute::Destination(addr(r.dst.ip())));
     }
-    if let Some(gw) = r.gateway {
-        m.attributes.push(RouteAttribute::Gateway(addr(gw)));
-    }
-    if let Some(oif) = r.oif {
-        m.attributes.push(RouteAttribute::Oif(oif));
+    if let Some(id) = r.nh_id {
+        m.attributes.push(RouteAttribute::NhId(id));
+    } else {
+        if let Some(gw) = r.gateway {
+            m.attributes.push(RouteAttribute::Gateway(addr(gw)));
+        }
+        if let Some(oif) = r.oif {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
     }
     if let Some(src) = r.src {
         m.attributes.push(RouteAttribute::PrefSource(addr(src)));
@@ -87,7 +92,8 @@ pub fn route_msg(r: &Route) -> RouteMessage {
 }
 
 /// The RTM_DELROUTE body for `r`: any scope matches; gateway, oif, protocol, source and metric
-/// narrow the match when set.
+/// narrow the match when set. A nexthop id narrows it to routes on that nexthop (the kernel
+/// never matches a gateway against a route on a nexthop object).
 pub fn route_del_msg(r: &Route) -> RouteMessage {
     let mut m = route_msg(r);
     m.header.scope = RouteScope::NoWhere;
@@ -154,6 +160,7 @@ pub fn parse_route(m: &RouteMessage) -> io::Result<Option<Route>> {
             RouteAttribute::PrefSource(s) => r.src = ip_of(s),
             RouteAttribute::Priority(p) => r.metric = Some(*p),
             RouteAttribute::Table(t) => r.table = *t,
+            RouteAttribute::NhId(id) => r.nh_id = Some(*id),
             _ => {}
         }
     }
@@ -253,6 +260,7 @@ mod tests {
             src: Some("192.168.7.2".parse().unwrap()),
             metric: Some(20),
             onlink: true,
+            nh_id: None,
         }
     }
 
@@ -273,6 +281,30 @@ mod tests {
         for r in [full_v4(), pod, v6, big, v6_metric, Route::new(net("10.0.0.0/8"))] {
             assert_eq!(parse_route(&wire(&route_msg(&r))).unwrap(), Some(r.clone()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn nexthop_routes_carry_the_id_instead_of_gateway_and_oif() {
+        let mut r = full_v4();
+        r.nh_id = Some(0xf0a0_0b7f);
+        let m = route_msg(&r);
+        assert!(m.attributes.contains(&RouteAttribute::NhId(0xf0a0_0b7f)));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_))));
+        let back = parse_route(&wire(&m)).unwrap().unwrap();
+        assert_eq!((back.nh_id, back.gateway, back.oif), (Some(0xf0a0_0b7f), None, None));
+        // A dump in compat mode shows the nexthop's gateway and oif next to the id: all kept.
+        let mut m = route_msg(&r);
+        m.attributes.push(RouteAttribute::Gateway(addr("192.168.7.3".parse().unwrap())));
+        m.attributes.push(RouteAttribute::Oif(4));
+        let back = parse_route(&wire(&m)).unwrap().unwrap();
+        assert_eq!(back, r);
+        // ... and deleting it by what the dump said matches on the id only.
+        let d = route_del_msg(&back);
+        assert!(d.attributes.contains(&RouteAttribute::NhId(0xf0a0_0b7f)));
+        assert!(!d.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_))));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Every test works in fresh `ip netns` namespaces (tests run in parallel threads).
 
 use ferry_netlink::{
-    netns, sysctl, Event, EventSocket, Netlink, Route, Scope, RTPROT_FERRY, RTPROT_FERRY_POD,
+    netns, sysctl, Event, EventSocket, Netlink, Nexthop, Route, Scope, RTPROT_FERRY,
+    RTPROT_FERRY_POD,
 };
 use ipnetwork::IpNetwork;
 use std::fs::File;
@@ -378,5 +379,115 @@ fn a_batch_of_thousands_of_routes_is_not_refused_for_buffer_space() {
     assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 4000);
     let have = l.nl.routes(false, ferry_netlink::RT_TABLE_MAIN, None).unwrap();
     assert_eq!(have.iter().filter(|r| r.oif == Some(l.v0) && r.dst.prefix() == 24).count(), 4000);
+    let _ = &l.host;
+}
+
+fn nh_route(dst: &str, id: u32) -> Route {
+    Route { nh_id: Some(id), protocol: RTPROT_FERRY, ..Route::new(net(dst)) }
+}
+
+#[test]
+fn nexthops_add_replace_dump_delete_and_routes_on_them() {
+    let mut l = lab();
+    l.nl.add_address(l.v0, net("10.9.1.1/24"), false).unwrap();
+    let nh = Nexthop::via(100, "10.9.1.3".parse().unwrap(), l.v0, RTPROT_FERRY);
+    l.nl.add_nexthop(&nh).unwrap();
+    assert_eq!(l.nl.add_nexthop(&nh).unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(l.nl.nexthops().unwrap(), vec![nh.clone()]);
+    let r = nh_route("10.244.3.0/24", 100);
+    l.nl.add_route(&r).unwrap();
+    let shown = l.host.ip(&["route", "show", "proto", "113"]);
+    assert!(shown.contains("10.244.3.0/24 nhid 100 "), "{shown}");
+    let got = l.nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].nh_id, Some(100));
+    // Replacing the nexthop moves the route with it, atomically.
+    let moved = Nexthop { gateway: Some("10.9.1.4".parse().unwrap()), ..nh.clone() };
+    l.nl.replace_nexthop(&moved).unwrap();
+    assert_eq!(l.nl.nexthops().unwrap(), vec![moved.clone()]);
+    let json = l.host.ip_json(&["nexthop", "show", "id", "100"]);
+    assert_eq!(json[0]["gateway"], "10.9.1.4", "{json}");
+    // The kernel checks the gateway: not on a connected subnet of the device is refused.
+    let bad = Nexthop::via(101, "203.0.113.5".parse().unwrap(), l.v0, RTPROT_FERRY);
+    let e = l.nl.add_nexthop(&bad).unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENETUNREACH | libc::EINVAL | libc::EHOSTUNREACH)),
+        "{e}"
+    );
+    // A route to a missing nexthop is refused.
+    assert!(l.nl.add_route(&nh_route("10.244.4.0/24", 555)).is_err());
+    // Deleting by the dumped route (gateway shown in compat mode) matches on the id.
+    let dumped = l.nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap().remove(0);
+    assert!(l.nl.del_route(&dumped).unwrap());
+    assert!(l.nl.del_nexthop(100).unwrap());
+    assert!(!l.nl.del_nexthop(100).unwrap());
+    assert!(l.nl.nexthops().unwrap().is_empty());
+}
+
+#[test]
+fn a_plain_route_is_replaced_by_a_nexthop_route_in_place_and_nexthop_deletion_takes_routes() {
+    let mut l = lab();
+    l.nl.add_address(l.v0, net("10.9.1.1/24"), false).unwrap();
+    let mut ev = EventSocket::in_netns(&open(&l.host)).unwrap();
+    let plain = Route {
+        gateway: Some("10.9.1.5".parse().unwrap()),
+        oif: Some(l.v0),
+        protocol: RTPROT_FERRY,
+        ..Route::new(net("10.244.5.0/24"))
+    };
+    l.nl.add_route(&plain).unwrap();
+    let nh = Nexthop::via(105, "10.9.1.5".parse().unwrap(), l.v0, RTPROT_FERRY);
+    l.nl.add_nexthop(&nh).unwrap();
+    l.nl.replace_route(&nh_route("10.244.5.0/24", 105)).unwrap();
+    let got = l.nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].nh_id, Some(105));
+    assert!(l.nl.del_nexthop(105).unwrap());
+    assert!(l.nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap().is_empty(), "route went too");
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end && !seen.iter().any(|e| matches!(e, Event::NexthopDeleted(_))) {
+        seen.extend(ev.recv_timeout(Duration::from_millis(100)).unwrap());
+    }
+    assert!(seen.contains(&Event::NexthopChanged(nh.clone())), "{seen:?}");
+    assert!(seen.contains(&Event::NexthopDeleted(nh)), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::RouteDeleted(_))),
+        "the kernel says nothing about the routes: {seen:?}"
+    );
+}
+
+#[test]
+fn a_batch_of_thousands_of_nexthops_and_routes_reports_each_failure() {
+    use ferry_netlink::batch::Op;
+    let mut l = lab();
+    l.nl.add_address(l.v0, net("10.8.0.1/16"), false).unwrap();
+    let n = 3000u32;
+    let gw = |i: u32| std::net::IpAddr::from([10, 8, (i / 250) as u8 + 1, (i % 250) as u8 + 2]);
+    let nhs: Vec<Nexthop> =
+        (0..n).map(|i| Nexthop::via(1000 + i, gw(i), l.v0, RTPROT_FERRY)).collect();
+    let routes: Vec<Route> = (0..n)
+        .map(|i| nh_route(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256), 1000 + i))
+        .collect();
+    let bad = Nexthop::via(99, "203.0.113.5".parse().unwrap(), l.v0, RTPROT_FERRY);
+    let mut ops: Vec<Op> = nhs.iter().map(Op::AddNexthop).collect();
+    ops.insert(1500, Op::AddNexthop(&bad));
+    ops.extend(routes.iter().map(Op::AddRoute));
+    ops.push(Op::AddRoute(&routes[7])); // duplicate: EEXIST, the last of its datagram
+    let res = l.nl.batch(&ops).unwrap();
+    assert_eq!(res.len(), 2 * n as usize + 2);
+    assert!(res[1500].is_err(), "bad gateway reported on its own op");
+    assert_eq!(res.last().unwrap().as_ref().unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 2 * n as usize);
+    assert_eq!(l.nl.nexthops().unwrap().len(), n as usize);
+    assert_eq!(l.nl.routes(false, 254, Some(RTPROT_FERRY)).unwrap().len(), n as usize);
+    // Deleting in a batch: absent ones fail with their own errno.
+    let mut del: Vec<Op> = routes.iter().map(Op::DelRoute).collect();
+    del.extend(nhs.iter().map(|h| Op::DelNexthop(h.id)));
+    del.push(Op::DelNexthop(99));
+    let res = l.nl.batch(&del).unwrap();
+    assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 2 * n as usize);
+    assert_eq!(res.last().unwrap().as_ref().unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert!(l.nl.nexthops().unwrap().is_empty());
     let _ = &l.host;
 }
