@@ -11,7 +11,9 @@
 # (ping, iperf3 vs the underlay and vs ptp + static routes); 100 ferryd on one etcd; a perf
 # profile of a 50,000-lease cold start. --quick (default out target/bench-quick/, under 2
 # minutes): the same pieces at small sizes, no profile; bench_quick.rs checks its sanity.
-# Environment: FERRY_BENCH_SKIP_BUILD=1 skips the builds; FERRY_BENCH_TIMEOUT (s) bounds the run.
+# Environment: FERRY_BENCH_SKIP_BUILD=1 skips the builds; FERRY_BENCH_TIMEOUT (s) bounds the run;
+# FERRY_BENCH_PROF_BIN (an unstripped ferryd to profile) and FERRY_BENCH_COMMIT (the commit the
+# binaries were built from, for the report) when building separately.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -39,7 +41,7 @@ if [ "${FERRY_BENCH_SKIP_BUILD:-}" != 1 ]; then
             cargo build --release -p ferryd --bin ferryd --target-dir "$PROF"
     fi
 fi
-PROF_BIN=$(find "$PROF" -path '*/release/ferryd' -type f 2>/dev/null | head -1 || true)
+PROF_BIN=${FERRY_BENCH_PROF_BIN:-$(find "$PROF" -path '*/release/ferryd' -type f 2>/dev/null | head -1 || true)}
 if [ -n "$QUICK" ]; then
     CNI_ARGS=(--density 30 --storm 50 --storm-rounds 1); SCALE_ARGS=(--quick); LIMIT=${FERRY_BENCH_TIMEOUT:-300}
 else
@@ -57,5 +59,5 @@ timeout --kill-after=20 "$LIMIT" tests/sandbox.sh bash -c '
 WALL=$(( $(date +%s) - START ))
 CMD="sudo bench/report.sh${QUICK:+ --quick}"
 python3 bench/render.py "$OUT" --command "$CMD" --wall "$WALL" --date "$(date -u +%Y-%m-%dT%H:%MZ)" \
-    --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    --commit "${FERRY_BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}"
 echo "bench/report.sh: $OUT/REPORT.md (${WALL} s)" >&2
