@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Ferry's container image (conf-examples/Containerfile) from the release binaries, offline:
 #   conf-examples/build-image.sh [TAG] [-- extra podman/buildah build args]
-# Stages rootfs/ = {ferryd, ferry, ferry-ipam} in /usr/local/bin + /usr/sbin/nft with the shared
+# Stages rootfs/ = {ferryd, ferryctl, ferry, ferry-ipam} in /usr/local/bin + /usr/sbin/nft with the shared
 # libraries it links (ldd), then `podman build` (or `buildah bud`). Prints the image id.
 # Environment: FERRY_BIN_DIR (default: tests/bin-dir.sh); PODMAN, the podman command with any
 # global options (default: podman, else buildah).
@@ -11,12 +11,13 @@ tag=${1:-localhost/ferry:0.1.0}
 shift || true
 [ "${1:-}" = -- ] && shift
 bin=${FERRY_BIN_DIR:-$("$here/../tests/bin-dir.sh")}
-for b in ferryd ferry ferry-ipam; do
+for b in ferryd ferryctl ferry ferry-ipam; do
     [ -x "$bin/$b" ] || { echo "build-image.sh: $bin/$b not built (cargo build --release --workspace)" >&2; exit 1; }
 done
 ctx=$(mktemp -d /tmp/ferry-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 install -D -m 0755 "$bin/ferryd" "$ctx/rootfs/usr/local/bin/ferryd"
+install -D -m 0755 "$bin/ferryctl" "$ctx/rootfs/usr/local/bin/ferryctl"
 install -D -m 0755 "$bin/ferry" "$ctx/rootfs/usr/local/bin/ferry"
 install -D -m 0755 "$bin/ferry-ipam" "$ctx/rootfs/usr/local/bin/ferry-ipam"
 nft=$(command -v nft || true)
