@@ -192,6 +192,18 @@ impl Netns {
             .unwrap_or(false)
     }
 
+    /// True once every link but `lo` is operationally up with its queueing discipline
+    /// attached. The kernel does both asynchronously after carrier comes on (the linkwatch work
+    /// item, delayed under load); until then a link has the `noop` qdisc, which drops what is
+    /// sent, so a single ping sent right after a CNI ADD can be lost with its ARP request.
+    pub fn links_ready(&self) -> bool {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ifname"] == "lo" || (l["operstate"] == "UP" && l["qdisc"] != "noop"))
+    }
+
     pub fn sysctl(&self, key: &str) -> String {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let out = self.cmd("cat").arg(path).output().expect("cat sysctl");

@@ -426,6 +426,9 @@ pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
     out.assert_ok();
     let r = out.json();
     let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    // The test's wait for the kernel's linkwatch (see `Netns::links_ready`), not the plugin's.
+    let ready = wait_for(Duration::from_secs(3), || pod.links_ready());
+    assert!(ready, "pod links not up 3 s after ADD: {}", pod.ip(&["link"]));
     (pod, ip)
 }
 

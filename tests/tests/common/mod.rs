@@ -102,14 +102,9 @@ impl Node {
     /// with its ARP request. The plugin's job ends with the links set up; this is the test's
     /// wait for the kernel, not a sleep in the plugin.
     pub fn wait_up(&self, pod: &Netns) {
-        let ready =
-            |ns: &Netns| {
-                ns.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| {
-                    l["ifname"] == "lo" || (l["operstate"] == "UP" && l["qdisc"] != "noop")
-                })
-            };
-        let done =
-            testlab::wait_for(std::time::Duration::from_secs(3), || ready(&self.ns) && ready(pod));
+        let done = testlab::wait_for(std::time::Duration::from_secs(3), || {
+            self.ns.links_ready() && pod.links_ready()
+        });
         assert!(done, "links not up after 3 s: {:?} / {}", self.links(), pod.ip(&["link"]));
     }
 
