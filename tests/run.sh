@@ -37,7 +37,11 @@ export FERRY_BIN_DIR
 echo "== test (inside the sandbox)" >&2
 LOG="$ROOT/target/test-run.log"
 set +e
-tests/sandbox.sh cargo test --workspace --offline --lib --bins --tests "$@" 2>&1 | tee "$LOG"
+# --show-output: the fault, crash and generated-input tests print their figures.
+args=("$@")
+[[ " ${args[*]} " == *" -- "* ]] || args+=(--)
+args+=(--show-output)
+tests/sandbox.sh cargo test --workspace --offline --lib --bins --tests "${args[@]}" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals over every test binary.
