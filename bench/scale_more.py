@@ -156,10 +156,10 @@ def daemons(ctx, store, n, total):
     have = store.leases()
     extra = [s for s, ip in have.items() if ip.startswith("172.17.")][:max(0, len(have) + n - total)]
     store.bulk_delete([int(s.split(".")[1]) * 256 + int(s.split(".")[2]) for s in extra])
+    want = len(have) - len(extra) + n - 1  # every other lease, once all n have claimed theirs
     nodes = [ctx.node(store, "d") for _ in range(n)]
     for node in nodes:
         node.start()
-    want = len(store.leases()) + n - 1
     conv = wait_routes(nodes, want, 300)
     subnets = [node.subnet() for node in nodes]
     time.sleep(3)
