@@ -28,15 +28,36 @@ pub struct NetworkRequest {
     pub strict: bool,
 }
 
-/// The config this node would store: what it asks for, host-gw.
+/// The config this node would store: what it asks for, with `"Backend":{"Type":"host-gw"}`
+/// written out (flannel reads a config without `Backend` as udp).
 pub fn desired(r: &NetworkRequest) -> NetworkConfig {
     NetworkConfig {
         network: r.network,
         subnet_len: r.subnet_len.unwrap_or_else(|| default_subnet_len(r.network)),
         subnet_min: r.subnet_min,
         subnet_max: r.subnet_max,
-        backend: Backend::default(),
+        backend: Backend::host_gw(),
     }
+}
+
+/// Whether a config's `Backend.Type` is host-gw. Case-insensitive: flannel lower-cases the
+/// config's type before it looks the backend up (leases are compared exactly, see
+/// [`crate::peers`]).
+pub fn is_host_gw(backend: &Backend) -> bool {
+    backend.kind.eq_ignore_ascii_case("host-gw")
+}
+
+/// Why a config's backend cannot be honoured, with how to fix it.
+fn backend_error(backend: &Backend) -> String {
+    let what = match backend.kind.as_str() {
+        "" => "an empty backend type".to_string(),
+        "udp" => "backend type \"udp\" (also what flannel reads when \"Backend\" is absent)".into(),
+        k => format!("backend type {k:?}"),
+    };
+    format!(
+        "{what} is not supported: ferryd implements host-gw only; set \"Backend\":{{\"Type\":\"host-gw\"}} \
+         in the stored network config (flannel's nodes must use host-gw too)"
+    )
 }
 
 /// Defaults as flannel fills them: SubnetLen 24 for a /22 or larger network, else prefix + 2.
@@ -54,11 +75,8 @@ pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
     if network.ip() != network.network() {
         return Err(format!("network {network} has host bits set"));
     }
-    if !cfg.backend.kind.eq_ignore_ascii_case("host-gw") {
-        return Err(format!(
-            "backend type {:?} is not supported (ferryd implements host-gw only)",
-            cfg.backend.kind
-        ));
+    if !is_host_gw(&cfg.backend) {
+        return Err(backend_error(&cfg.backend));
     }
     let len = if cfg.subnet_len == 0 { default_subnet_len(network) } else { cfg.subnet_len };
     if len <= network.prefix() {
@@ -155,8 +173,13 @@ pub fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
 mod tests {
     use super::*;
 
+    /// A config; fixtures without `Backend` get host-gw (absent means udp, see `backend_*`).
     fn cfg(json: &str) -> NetworkConfig {
-        serde_json::from_str(json).unwrap()
+        let mut c: NetworkConfig = serde_json::from_str(json).unwrap();
+        if !json.contains("Backend") {
+            c.backend = Backend::host_gw();
+        }
+        c
     }
 
     #[test]
@@ -206,6 +229,44 @@ mod tests {
             .unwrap_err()
             .contains("inside the cluster network"));
         assert!(check_node(&n, "192.0.2.7".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn backend_as_flannel_reads_it() {
+        let parse = |j: &str| serde_json::from_str::<NetworkConfig>(j).unwrap();
+        for (json, needle) in [
+            (r#"{"Network":"10.244.0.0/16"}"#, "\"udp\" (also what flannel reads when"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#, "\"udp\""),
+            (r#"{"Network":"10.244.0.0/16","Backend":null}"#, "empty backend type"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{}}"#, "empty backend type"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, "\"vxlan\""),
+        ] {
+            let e = validate(&parse(json)).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+            assert!(e.contains(r#"set "Backend":{"Type":"host-gw"}"#), "{json}: {e}");
+        }
+        // flannel lower-cases the config's type: HOST-GW is host-gw.
+        for t in ["host-gw", "HOST-GW", "Host-Gw"] {
+            let j = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{t}"}}}}"#);
+            assert!(validate(&parse(&j)).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_written_config_names_host_gw() {
+        let r = NetworkRequest {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: None,
+            subnet_min: None,
+            subnet_max: None,
+            explicit: false,
+            strict: false,
+        };
+        let json = serde_json::to_string(&desired(&r)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! From the store's lease entries to the routes this node wants: pure, O(n log n).
 //!
-//! A lease is routed only if it is a well-formed host-gw lease inside the cluster network, of the
-//! network's subnet length, is not this node's own, does not overlap this node's subnet or another
+//! A lease is routed only if it is a well-formed host-gw lease (its `BackendType` exactly
+//! `host-gw`, as flanneld's host-gw backend compares it: a missing type or `HOST-GW` is not
+//! routed by either) inside the cluster network, of the network's subnet length, is not this node's own, does not overlap this node's subnet or another
 //! lease, and points at a public IP that is not this node's. Everything else is reported as bad and never routed.
 
 use crate::config::overlaps;
@@ -106,11 +107,23 @@ enum Judged {
     Peer,
 }
 
+/// The lease `BackendType` Ferry speaks, compared byte for byte as flanneld's host-gw backend
+/// does (`pkg/backend/route_network.go`: `evt.Lease.Attrs.BackendType != n.BackendType`).
+pub const BACKEND_TYPE: &str = "host-gw";
+
+fn backend_reason(t: &str) -> String {
+    if t.is_empty() {
+        "no BackendType (flannel routes only \"host-gw\" leases)".into()
+    } else {
+        format!("backend type {t:?} is not \"host-gw\" (compared exactly, as flannel does)")
+    }
+}
+
 fn judge(l: &Lease, me: &Me) -> Judged {
     let (s, ip) = (l.subnet, l.attrs.public_ip);
     let bad = |r: String| Judged::Bad(r);
-    if !l.attrs.backend_type.is_empty() && !l.attrs.backend_type.eq_ignore_ascii_case("host-gw") {
-        bad(format!("backend type {:?} is not host-gw", l.attrs.backend_type))
+    if l.attrs.backend_type != BACKEND_TYPE {
+        bad(backend_reason(&l.attrs.backend_type))
     } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
         bad(format!("subnet {s} is outside the cluster network {}", me.network))
     } else if s.prefix() != me.subnet_len {

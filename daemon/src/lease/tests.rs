@@ -74,8 +74,11 @@ impl LeaseStore for Mem {
     }
 }
 
+/// A host-gw network (the fixtures leave `Backend` out).
 fn net(json: &str) -> Net {
-    validate(&serde_json::from_str::<NetworkConfig>(json).unwrap()).unwrap()
+    let mut c = serde_json::from_str::<NetworkConfig>(json).unwrap();
+    c.backend = crate::store::Backend::host_gw();
+    validate(&c).unwrap()
 }
 
 fn n(s: &str) -> Ipv4Network {

@@ -222,3 +222,28 @@ fn flannel_dual_stack_leases_route_their_ipv4_part_and_are_taken() {
     assert_eq!(want(&v), ["10.244.7.0/24 via 198.18.0.27"]);
     assert!(v.bad.is_empty());
 }
+
+#[test]
+fn only_exactly_host_gw_leases_are_routed_as_flannel_does() {
+    let with = |key: &str, ip: &str, bt: Option<&str>| {
+        let bt = bt.map(|t| format!(r#","BackendType":"{t}""#)).unwrap_or_default();
+        parse_lease(key, format!(r#"{{"PublicIP":"{ip}"{bt}}}"#).as_bytes(), None)
+    };
+    let entries = vec![
+        with("10.244.2.0-24", "198.18.0.12", Some("host-gw")),
+        with("10.244.3.0-24", "198.18.0.13", None),
+        with("10.244.4.0-24", "198.18.0.14", Some("")),
+        with("10.244.5.0-24", "198.18.0.15", Some("HOST-GW")),
+        with("10.244.6.0-24", "198.18.0.16", Some("host-gw ")),
+        with("10.244.8.0-24", "198.18.0.18", Some("vxlan")),
+    ];
+    let v = evaluate(&map(entries.clone()), &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.2.0/24 via 198.18.0.12"]);
+    assert!(v.bad["10.244.3.0-24"].contains("no BackendType"), "{v:?}");
+    assert!(v.bad["10.244.4.0-24"].contains("no BackendType"), "{v:?}");
+    for k in ["10.244.5.0-24", "10.244.6.0-24", "10.244.8.0-24"] {
+        assert!(v.bad[k].contains("compared exactly"), "{k}: {v:?}");
+    }
+    // Never routed, but never free either: a node picking a subnet avoids all six.
+    assert_eq!(taken(&entries, SystemTime::now()).len(), 6);
+}

@@ -33,20 +33,34 @@ pub struct NetworkConfig {
     pub subnet_min: Option<Ipv4Addr>,
     #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
     pub subnet_max: Option<Ipv4Addr>,
-    #[serde(rename = "Backend", default)]
+    /// As flannel reads it: absent means `udp`, `null` or `{}` an empty type.
+    #[serde(rename = "Backend", default = "Backend::absent", deserialize_with = "backend_or_null")]
     pub backend: Backend,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
-    #[serde(rename = "Type")]
+    #[serde(rename = "Type", default)]
     pub kind: String,
 }
 
-impl Default for Backend {
-    fn default() -> Self {
+impl Backend {
+    /// The one backend Ferry speaks, as ferryd writes it into a config it stores.
+    pub fn host_gw() -> Backend {
         Backend { kind: "host-gw".into() }
     }
+
+    /// What flannel takes a config without `Backend` to mean: `udp`.
+    pub fn absent() -> Backend {
+        Backend { kind: "udp".into() }
+    }
+}
+
+/// `"Backend": null` is flannel's empty type, not a parse error.
+fn backend_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Backend, D::Error> {
+    Ok(Option::<Backend>::deserialize(d)?.unwrap_or(Backend { kind: String::new() }))
 }
 
 /// What a lease says about its node, flannel's `LeaseAttrs`.
@@ -284,5 +298,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.backend.kind, "host-gw");
+        // flannel's reading: no Backend is udp; null and {} are an empty type.
+        let kind = |j: &str| serde_json::from_str::<NetworkConfig>(j).unwrap().backend.kind;
+        assert_eq!(kind(r#"{"Network":"10.244.0.0/16"}"#), "udp");
+        assert_eq!(kind(r#"{"Network":"10.244.0.0/16","Backend":null}"#), "");
+        assert_eq!(kind(r#"{"Network":"10.244.0.0/16","Backend":{}}"#), "");
+        let written = serde_json::to_string(&NetworkConfig {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            subnet_min: None,
+            subnet_max: None,
+            backend: Backend::host_gw(),
+        })
+        .unwrap();
+        assert!(written.contains(r#""Backend":{"Type":"host-gw"}"#), "{written}");
     }
 }
