@@ -155,6 +155,13 @@ def scale(rp):
         rp.w("| %s | %d | %s | %d/%d | %d (%d) | %s |" % (r["store"], r["leases"], su, r["routes_in_table"],
                                                           r["expected_routes"], r["rss_kib"], r["hwm_kib"], idle))
     rp.w()
+    for r in rows:
+        if r.get("log_tail"):
+            rp.w("**%s with %d leases never converged** (%d/%d routes after 120 s); ferryd's log ends:" % (
+                r["store"], r["leases"], r["routes_seen"], r["expected_routes"]))
+            rp.w()
+            rp.w("```\n%s\n```" % r["log_tail"].strip())
+            rp.w()
     for f in sc.get("floor", []):
         rp.w("Kernel floor: `ip -batch` adding %d routes via on-link gateways to a fresh namespace: **%.3f s**." % (f["routes"], f["seconds"]))
     rp.w()

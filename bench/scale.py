@@ -184,7 +184,9 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
          "startup_s": startup, "rss_kib": proc_status(pid, "VmRSS"), "hwm_kib": proc_status(pid, "VmHWM"),
          "bulk_written": added, "bulk_s": bulk_s, "routes_in_table": route_count(node.ns),
          "overflows": lst.overflows}
-    if idle:
+    if startup is None:
+        r["log_tail"] = open(node.dir + "/log").read()[-600:]
+    if idle and startup is not None:
         secs = 3 if ctx.quick else 10
         a = cpu_ticks(pid)
         time.sleep(secs)
@@ -313,7 +315,9 @@ def experiments(ctx, args):
             out["churn"].append(churn(ctx, kind, node, churn_s))
             ctx.drop(node)
     if args.prof_bin:
-        out["profile"] = scale_more.profile(ctx, "etcd", big[-1], args.prof_bin)
+        # The store that reached the largest size; etcd first.
+        ok = [r["store"] for r in out["scale"] if r["leases"] > big[-1] and r["startup_s"] is not None]
+        out["profile"] = scale_more.profile(ctx, (ok or ["etcd"])[0], big[-1], args.prof_bin)
     return out
 
 
