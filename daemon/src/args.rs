@@ -40,6 +40,8 @@ Node:
   --cni-conf-dir DIR        [/etc/cni/net.d]    --cni-conf-name NAME [10-ferry.conflist]
   --cni-network-name NAME   [ferry]             --cni-data-dir DIR   [/run/ferry/ipam]
   --cni-portmap             chain the portmap plugin
+  --cni-exclude-host-local DIR  never hand out an address a host-local plugin (flannel's pods)
+                            recorded in DIR; `off` to skip [/var/lib/cni/networks/cbr0]
   --ip-masq[=BOOL]          masquerade pod traffic leaving the cluster network [true]
   --nft PATH                nft binary [nft]
   --resync D                full route sweep period [10s] (10ms-24h)
@@ -122,6 +124,7 @@ impl Default for Args {
                 cni_network_name: "ferry".into(),
                 cni_data_dir: paths::IPAM_DATA_DIR.into(),
                 cni_portmap: false,
+                cni_exclude_host_local: Some(HOST_LOCAL_FLANNEL.into()),
             },
             masq: Masquerade { enabled: true, nft: "nft".into() },
             reconcile: ReconcileSettings { resync: Duration::from_secs(10) },
@@ -272,6 +275,9 @@ pub fn config_lines(path: &str, text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// flannel's pods' `host-local` state (the stock kube-flannel network name is `cbr0`).
+pub const HOST_LOCAL_FLANNEL: &str = "/var/lib/cni/networks/cbr0";
+
 /// Every flag that takes a value (booleans and the others are matched in [`parse`]).
 pub const VALUE_FLAGS: &[&str] = &[
     "--network",
@@ -296,6 +302,7 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--cni-conf-name",
     "--cni-network-name",
     "--cni-data-dir",
+    "--cni-exclude-host-local",
     "--nft",
     "--resync",
     "--config",
@@ -328,6 +335,7 @@ pub const FLAG_NAMES: &[&str] = &[
     "--cni-conf-name",
     "--cni-network-name",
     "--cni-data-dir",
+    "--cni-exclude-host-local",
     "--cni-portmap",
     "--ip-masq",
     "--nft",
@@ -466,6 +474,9 @@ fn files_flag(f: &mut NodeFiles, flag: &str, v: &str) -> Result<(), String> {
         }
         "--cni-network-name" => f.cni_network_name = v.to_string(),
         "--cni-data-dir" => f.cni_data_dir = v.into(),
+        "--cni-exclude-host-local" => {
+            f.cni_exclude_host_local = (!v.is_empty() && v != "off").then(|| v.into())
+        }
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())

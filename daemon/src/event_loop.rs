@@ -45,7 +45,10 @@ impl NodeSide {
         let subnet_ok = self.write_subnet_file();
         self.ensure_masquerade(force_masq);
         let path = self.files.conflist_path();
-        let conf_ok = match node::write_if_changed(&path, &node::conflist(&self.files)) {
+        let exclude =
+            crate::takeover::excludes(self.files.cni_exclude_host_local.as_deref(), self.me.subnet);
+        let text = node::conflist_excluding(&self.files, &exclude);
+        let conf_ok = match node::write_if_changed(&path, &text) {
             Ok(true) => {
                 info!("installed CNI config {}", path.display());
                 true

@@ -18,3 +18,4 @@ pub mod route_plan;
 pub mod route_table;
 pub mod run;
 pub mod store;
+pub mod takeover;

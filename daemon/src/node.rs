@@ -22,6 +22,8 @@ pub struct NodeFiles {
     pub cni_network_name: String,
     pub cni_data_dir: PathBuf,
     pub cni_portmap: bool,
+    /// A `host-local` data directory (flannel's pods) whose addresses ferry must not hand out.
+    pub cni_exclude_host_local: Option<PathBuf>,
 }
 
 impl NodeFiles {
@@ -142,11 +144,20 @@ pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Networ
 
 /// The CNI network config list ferryd installs.
 pub fn conflist(a: &NodeFiles) -> String {
-    let mut plugins = vec![json!({
+    conflist_excluding(a, &[])
+}
+
+/// The conflist, with `exclude` entries (addresses ferry must not hand out) when there are any.
+pub fn conflist_excluding(a: &NodeFiles, exclude: &[String]) -> String {
+    let mut ferry = json!({
         "type": "ferry",
         "subnetFile": a.subnet_file,
         "dataDir": a.cni_data_dir,
-    })];
+    });
+    if !exclude.is_empty() {
+        ferry["exclude"] = json!(exclude);
+    }
+    let mut plugins = vec![ferry];
     if a.cni_portmap {
         plugins
             .push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
@@ -255,6 +266,13 @@ mod tests {
         assert_eq!(v["plugins"][0]["subnetFile"], "/run/n1/subnet.env");
         assert_eq!(v["plugins"][0]["dataDir"], "/run/ferry/ipam");
         assert_eq!(v["plugins"][1]["type"], "portmap");
+        assert!(v["plugins"][0].get("exclude").is_none(), "no exclude without addresses");
+        let x = conflist_excluding(&a, &["10.244.7.2-10.244.7.4".into(), "10.244.7.9".into()]);
+        let v: serde_json::Value = serde_json::from_str(&x).unwrap();
+        assert_eq!(
+            v["plugins"][0]["exclude"],
+            serde_json::json!(["10.244.7.2-10.244.7.4", "10.244.7.9"])
+        );
     }
 
     #[test]

@@ -1,0 +1,76 @@
+//! Taking a node over from flanneld in place: the addresses flannel's pods already hold.
+//!
+//! flannel's CNI plugin hands its pods' addresses out of this node's subnet with `host-local`,
+//! which records each one as a file named after the address in its data directory
+//! (`/var/lib/cni/networks/cbr0/10.244.7.2`). After a takeover those pods keep running on
+//! `cni0`, so ferry must never hand out one of their addresses: ferryd lists that directory and
+//! puts every address inside its subnet into the conflist's `exclude`, re-read at every sweep
+//! (host-local's DEL removes the file, so the list only shrinks once flannel's CNI config is
+//! gone).
+
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The addresses `host-local` has allocated in `dir` that lie inside `subnet`, sorted. A missing
+/// or unreadable directory is none; entries that are not IPv4 addresses (`lock`,
+/// `last_reserved_ip.0`, IPv6 allocations) are skipped.
+pub fn host_local_allocations(dir: &Path, subnet: Ipv4Network) -> Vec<Ipv4Addr> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut v: Vec<Ipv4Addr> = rd
+        .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<Ipv4Addr>().ok())
+        .filter(|ip| subnet.contains(*ip))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Sorted, deduplicated addresses as the plugin's `exclude` entries, runs collapsed to `A-B`.
+pub fn exclude_entries(addrs: &[Ipv4Addr]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < addrs.len() {
+        let mut j = i;
+        while j + 1 < addrs.len() && u32::from(addrs[j + 1]) == u32::from(addrs[j]) + 1 {
+            j += 1;
+        }
+        out.push(if i == j { addrs[i].to_string() } else { format!("{}-{}", addrs[i], addrs[j]) });
+        i = j + 1;
+    }
+    out
+}
+
+/// The `exclude` entries for this node's conflist (`dir` is `--cni-exclude-host-local`).
+pub fn excludes(dir: Option<&Path>, subnet: Ipv4Network) -> Vec<String> {
+    dir.map(|d| exclude_entries(&host_local_allocations(d, subnet))).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_local_files_in_the_subnet_are_excluded_in_runs() {
+        let d = std::env::temp_dir().join(format!("ferryd-hl-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in [
+            "10.244.7.2",
+            "10.244.7.3",
+            "10.244.7.4",
+            "10.244.7.9",
+            "10.244.8.2", // another node's subnet
+            "fd00::2",
+            "lock",
+            "last_reserved_ip.0",
+            "10.244.7.300",
+        ] {
+            std::fs::write(d.join(f), "c1\neth0").unwrap();
+        }
+        let s: Ipv4Network = "10.244.7.0/24".parse().unwrap();
+        assert_eq!(excludes(Some(&d), s), ["10.244.7.2-10.244.7.4", "10.244.7.9"]);
+        assert!(excludes(None, s).is_empty());
+        assert!(excludes(Some(&d.join("missing")), s).is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
