@@ -3,18 +3,23 @@
 //!
 //! [`Members::call`] runs a request on the member that answered last; a refused or reset
 //! connection, or an answer that says the member cannot serve ("no leader", ...), moves on to the
-//! next member at once, and a member that does not answer within the failover deadline is
-//! abandoned (its connection is rebuilt before it is used again). When every member failed in a
-//! round, the call waits a little (an election in progress) and tries again (after a few rounds
-//! with a longer deadline each round) until the request timeout is spent. The first member is picked at random, so the
-//! order of `--store` endpoints is no single point of failure.
+//! next member at once. An attempt that has not answered within a fifth of the failover deadline
+//! is hedged: the next member gets the request too and the first answer wins. An attempt that
+//! does not answer within the failover deadline is abandoned (its member's connection is rebuilt
+//! before it is used again). When every member was tried, the call waits a little (an election
+//! in progress) and goes round again (after a few rounds with a longer deadline each round) until
+//! the request timeout is spent. The first member is picked at random, so the order of `--store`
+//! endpoints is no single point of failure.
 
 use super::map_err;
 use crate::metrics::{self, Metrics};
 use crate::store::{Result, StoreError};
 use etcd_client::{Client, ConnectOptions};
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Pause between rounds when every member failed (doubles up to [`MAX_PAUSE`]).
@@ -24,6 +29,10 @@ const MAX_PAUSE: Duration = Duration::from_millis(200);
 /// election a request stuck on a follower (forwarded to the dead leader) is better abandoned
 /// and sent again than waited for; only a cluster that stays slow gets longer deadlines.
 const PATIENT_AFTER: u32 = 3;
+/// An attempt unanswered after failover / HEDGE_DIVISOR (100 ms at the default 500 ms) gets a
+/// second one on the next member (see [`Members::call_on`]).
+const HEDGE_DIVISOR: u32 = 5;
+const MIN_HEDGE: Duration = Duration::from_millis(10);
 
 pub(super) struct Members {
     opts: ConnectOptions,
@@ -157,58 +166,169 @@ impl Members {
     }
 
     /// [`Members::call`], also saying which member answered.
+    ///
+    /// Attempts are hedged: one that has not answered within a fifth of its deadline keeps
+    /// waiting while the next member is tried too (possibly the same member again, on a fresh
+    /// request: during an election a request a follower forwarded to the dead leader never gets
+    /// an answer, one sent after the election does), and the first answer wins (the others are
+    /// dropped). At most two attempts per member wait at once. Every request ferryd sends may run twice this way:
+    /// reads, watch creation, delete and revoke are idempotent, lease grants carry their own id
+    /// (a second grant of it is recognised), and the create/renew transactions recognise their
+    /// own committed write (see `wrote`).
     pub async fn call_on<T, F, Fut>(&self, what: &str, mut call: F) -> Result<(usize, T)>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let start = Instant::now();
-        let (mut pause, mut limit, mut round) = (FIRST_PAUSE, self.failover, 0);
+        let end = Instant::now() + self.request_timeout;
+        let mut plan = Plan { queue: self.candidates().await.into(), ..Plan::new() };
+        let mut running: Vec<Attempt<Fut>> = Vec::new();
         let mut last = String::from("no member tried");
+        let mut next_start = Instant::now();
         loop {
-            for (i, client) in self.candidates().await {
-                let left = self.request_timeout.saturating_sub(start.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                let deadline = limit.min(left);
-                match tokio::time::timeout(deadline, call(client)).await {
-                    Ok(Ok(v)) => {
-                        self.succeeded(i);
-                        return Ok((i, v));
-                    }
-                    Ok(Err(e)) => match map_err(e) {
-                        StoreError::Unavailable(m) => {
-                            self.failed(i, &format!("{what}: {m}"), false);
-                            last = m;
-                        }
-                        other => {
-                            self.succeeded(i); // it answered, just not what we hoped
-                            return Err(other);
-                        }
-                    },
-                    Err(_) => {
-                        last = format!("{what}: no answer within {deadline:?}");
-                        self.failed(i, &last, true);
-                    }
-                }
+            let now = Instant::now();
+            if now >= end {
+                return Err(self.exhausted(&last));
             }
-            let left = self.request_timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                let n = self.len();
-                return Err(StoreError::Unavailable(format!(
-                    "no etcd member of {n} answered within {:?} (last: {last})",
-                    self.request_timeout
-                )));
+            if now >= next_start {
+                next_start = self.start_next(&mut plan, &mut running, &mut call, end).await;
+                continue;
             }
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-            round += 1;
-            if round >= PATIENT_AFTER {
-                limit *= 2; // a slow (not dead) cluster still gets served in a later round
+            let wake = running.iter().map(|a| a.deadline).fold(next_start.min(end), Instant::min);
+            match first_done(&mut running, wake).await {
+                Some((i, Ok(v))) => {
+                    self.succeeded(i);
+                    return Ok((i, v));
+                }
+                Some((i, Err(e))) => match map_err(e) {
+                    StoreError::Unavailable(m) => {
+                        self.failed(i, &format!("{what}: {m}"), false);
+                        (last, next_start) = (m, Instant::now());
+                    }
+                    other => {
+                        self.succeeded(i); // it answered, just not what we hoped
+                        return Err(other);
+                    }
+                },
+                None => {
+                    if self.expire(what, &mut running, &mut last) {
+                        next_start = Instant::now();
+                    }
+                }
             }
         }
     }
+
+    /// Start an attempt on the next member of the plan (refilling it after a pause when every
+    /// member was tried); returns when the next attempt may start.
+    async fn start_next<T, F, Fut>(
+        &self,
+        plan: &mut Plan,
+        running: &mut Vec<Attempt<Fut>>,
+        call: &mut F,
+        end: Instant,
+    ) -> Instant
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let now = Instant::now();
+        if running.len() >= 2 * self.len() {
+            return end; // enough waiting already: the next one starts when one of them ends
+        }
+        if plan.queue.is_empty() {
+            if !plan.refill_due {
+                plan.refill_due = true;
+                let pause = plan.pause;
+                plan.pause = (plan.pause * 2).min(MAX_PAUSE);
+                return now + pause; // an election in progress: give it a moment
+            }
+            plan.refill_due = false;
+            plan.queue = self.candidates().await.into();
+        }
+        let Some((member, client)) = plan.queue.pop_front() else { return end };
+        let limit = self.limit(plan.started);
+        plan.started += 1;
+        let deadline = (now + limit).min(end);
+        let fut = Box::pin(call(client));
+        running.push(Attempt { member, allowed: deadline - now, deadline, fut });
+        now + (limit / HEDGE_DIVISOR).max(MIN_HEDGE)
+    }
+
+    /// Drop the attempts past their deadline (each member failed, its connection rebuilt);
+    /// whether any was dropped.
+    fn expire<Fut>(&self, what: &str, running: &mut Vec<Attempt<Fut>>, last: &mut String) -> bool {
+        let now = Instant::now();
+        let before = running.len();
+        running.retain(|a| {
+            if a.deadline > now {
+                return true;
+            }
+            *last = format!("{what}: no answer within {:?}", a.allowed);
+            self.failed(a.member, last, true);
+            false
+        });
+        running.len() != before
+    }
+
+    /// The deadline of the `started`-th attempt of a call: the failover deadline for the first
+    /// [`PATIENT_AFTER`] rounds over the members, doubling each round after that (a slow, not
+    /// dead, cluster still gets served).
+    fn limit(&self, started: usize) -> Duration {
+        let rounds = (started / self.len().max(1)) as u32;
+        self.failover * 2u32.pow(rounds.saturating_sub(PATIENT_AFTER).min(10))
+    }
+
+    fn exhausted(&self, last: &str) -> StoreError {
+        let n = self.len();
+        StoreError::Unavailable(format!(
+            "no etcd member of {n} answered within {:?} (last: {last})",
+            self.request_timeout
+        ))
+    }
+}
+
+/// One attempt of a call, on one member.
+struct Attempt<Fut> {
+    member: usize,
+    /// How long it may wait for its answer.
+    allowed: Duration,
+    deadline: Instant,
+    fut: Pin<Box<Fut>>,
+}
+
+/// The members still to try in a call.
+struct Plan {
+    queue: VecDeque<(usize, Client)>,
+    /// Every member was tried: the queue is refilled after `pause`.
+    refill_due: bool,
+    pause: Duration,
+    /// Attempts started so far.
+    started: usize,
+}
+
+impl Plan {
+    fn new() -> Plan {
+        Plan { queue: VecDeque::new(), refill_due: false, pause: FIRST_PAUSE, started: 0 }
+    }
+}
+
+/// The first attempt to finish (removed from `running`, with its member), or `None` at `wake`.
+async fn first_done<R, Fut: Future<Output = R>>(
+    running: &mut Vec<Attempt<Fut>>,
+    wake: Instant,
+) -> Option<(usize, R)> {
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
+    tokio::pin!(sleep);
+    std::future::poll_fn(|cx| {
+        for k in 0..running.len() {
+            if let Poll::Ready(r) = running[k].fut.as_mut().poll(cx) {
+                return Poll::Ready(Some((running.swap_remove(k).member, r)));
+            }
+        }
+        sleep.as_mut().poll(cx).map(|_| None)
+    })
+    .await
 }
 
 /// A client for one endpoint (lazy: no I/O happens here).
