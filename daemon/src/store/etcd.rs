@@ -24,7 +24,8 @@ use super::{
 use crate::metrics::{self, Metrics};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchResponse,
+    KeyValue, LeaseGrantOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    WatchResponse,
 };
 use ipnetwork::Ipv4Network;
 use members::Members;
@@ -79,7 +80,14 @@ pub struct EtcdStore {
     /// etcd lease id → expiry. Leases are never kept alive (fresh lease per write), so an expiry
     /// once learned stays valid; pruned by `list` and on deletes.
     expiry: HashMap<i64, SystemTime>,
+    /// etcd leases a failed call may have granted, to revoke when etcd answers again.
+    orphans: Vec<i64>,
 }
+
+/// How many possibly granted, unused etcd leases a store remembers to revoke.
+const MAX_ORPHANS: usize = 64;
+/// etcd's answer to a grant of an id that exists.
+const LEASE_EXISTS: &str = "lease already exists";
 
 /// Map an etcd-client error: transport trouble → `Unavailable`, the rest → `Other`.
 fn map_err(e: etcd_client::Error) -> StoreError {
@@ -179,7 +187,8 @@ impl EtcdStore {
         let (failover, timeout) = (cfg.failover_timeout, cfg.request_timeout);
         let members = Members::new(&cfg.endpoints, opts, failover, timeout, m).await?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
-        Ok(EtcdStore { members: Arc::new(members), prefix, watch: None, expiry: HashMap::new() })
+        let members = Arc::new(members);
+        Ok(EtcdStore { members, prefix, watch: None, expiry: HashMap::new(), orphans: Vec::new() })
     }
 
     /// Another store object on the same member connections (its own watch state).
@@ -189,6 +198,7 @@ impl EtcdStore {
             prefix: self.prefix.clone(),
             watch: None,
             expiry: HashMap::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -225,25 +235,64 @@ impl EtcdStore {
     }
 
     /// Grant an etcd lease for `ttl` (none for a zero TTL: a reservation). Returns (put options, id).
+    ///
+    /// The id is chosen here (random, 63 bits), so an attempt sent again after a lost answer
+    /// cannot grant a second lease: etcd answers "lease already exists" and that is our lease. A
+    /// grant that fails for want of an answer may still have been granted: its id is revoked
+    /// once etcd answers again.
     async fn grant(&mut self, ttl: Duration) -> Result<(Option<PutOptions>, i64)> {
         if ttl.is_zero() {
             return Ok((None, 0));
         }
-        let secs = ttl_secs(ttl);
-        let g = self
-            .members
-            .call("lease grant", |mut c| async move { c.lease_grant(secs, None).await })
-            .await?;
-        self.expiry.insert(g.id(), SystemTime::now() + Duration::from_secs(g.ttl().max(0) as u64));
-        Ok((Some(PutOptions::new().with_lease(g.id())), g.id()))
+        self.revoke_orphans().await;
+        let (secs, id) = (ttl_secs(ttl), (crate::lease::random_u64() >> 1).max(1) as i64);
+        let grant = |mut c: Client| async move {
+            let opts = LeaseGrantOptions::new().with_id(id);
+            match c.lease_grant(secs, Some(opts)).await {
+                Ok(g) => Ok(g.ttl()),
+                Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains(LEASE_EXISTS) => {
+                    Ok(secs) // an earlier attempt of this call granted it
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match self.members.call("lease grant", grant).await {
+            Ok(granted) => {
+                let left = Duration::from_secs(granted.max(0) as u64);
+                self.expiry.insert(id, SystemTime::now() + left);
+                Ok((Some(PutOptions::new().with_lease(id)), id))
+            }
+            Err(e) => {
+                self.orphan(id);
+                Err(e)
+            }
+        }
     }
 
-    /// Give back a lease we granted but did not use (best effort: it expires anyway).
+    /// Give back a lease we granted but did not use (kept for later if etcd does not answer).
     async fn revoke(&mut self, id: i64) {
-        if id != 0 {
-            self.expiry.remove(&id);
-            let call = |mut c: Client| async move { c.lease_revoke(id).await };
-            let _ = self.members.call("lease revoke", call).await;
+        if id == 0 {
+            return;
+        }
+        self.expiry.remove(&id);
+        let call = |mut c: Client| async move { c.lease_revoke(id).await };
+        // "lease not found" is fine: never granted, or already revoked.
+        if let Err(StoreError::Unavailable(_)) = self.members.call("lease revoke", call).await {
+            self.orphan(id);
+        }
+    }
+
+    /// Remember a lease that may exist unused, to revoke it later (a bounded list: past that
+    /// the lease just expires with its TTL).
+    fn orphan(&mut self, id: i64) {
+        if self.orphans.len() < MAX_ORPHANS && !self.orphans.contains(&id) {
+            self.orphans.push(id);
+        }
+    }
+
+    async fn revoke_orphans(&mut self) {
+        for id in std::mem::take(&mut self.orphans) {
+            self.revoke(id).await;
         }
     }
 
