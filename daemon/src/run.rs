@@ -92,19 +92,24 @@ fn refuse(msg: &str) -> i32 {
     EXIT_REFUSED
 }
 
-/// Exponential backoff 100 ms → 5 s for store trouble; warns once per outage.
+/// Exponential backoff 100 ms → 5 s (or a lower cap) for store trouble; warns once per outage.
 pub struct Backoff {
     next: Duration,
+    max: Duration,
     failing: bool,
 }
 
 impl Backoff {
     pub fn new() -> Backoff {
-        Backoff { next: Duration::from_millis(100), failing: false }
+        Backoff::capped(Duration::from_secs(5))
+    }
+    /// Backing off at most `max` between tries.
+    pub fn capped(max: Duration) -> Backoff {
+        Backoff { next: Duration::from_millis(100), max, failing: false }
     }
     pub fn delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        self.next = (self.next * 2).min(self.max);
         d
     }
     pub async fn fail(&mut self, what: &str, e: &dyn std::fmt::Display, m: &Metrics) {
@@ -122,7 +127,7 @@ impl Backoff {
         if self.failing {
             info!("{what}: store reachable again");
         }
-        *self = Backoff::new();
+        *self = Backoff::capped(self.max);
     }
 }
 
@@ -425,7 +430,9 @@ impl LeaseKeeper {
 /// Lists, then follows the store; any failure re-lists after a backoff (the router keeps every
 /// route meanwhile, since it only ever acts on a successful listing).
 async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>>, m: &Metrics) {
-    let mut b = Backoff::new();
+    // At most 1 s between tries: a failed try already waited out the store's request timeout
+    // (etcd: every member), so this costs little and sees the store back within about 1 s.
+    let mut b = Backoff::capped(Duration::from_secs(1));
     loop {
         let (all, mut rev) = match store.list().await {
             Ok(x) => x,
