@@ -136,7 +136,7 @@ def steady(ctx, nodes, secs):
 def propagate(ctx, store, nodes):
     """Seconds from one lease put until every daemon has its route (per daemon)."""
     have = store.leases()
-    j = ctx.fresh_js(have, 1)[0]
+    j = ctx.fresh_js(store, have, 1)[0]
     lst = Listener([n.ns for n in nodes])
     t0 = time.monotonic()
     store.put(j, pub_ip(j))
