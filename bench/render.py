@@ -41,7 +41,7 @@ class Report:
         elif ok:
             verdict = "✅ met"
         elif lower_is_better:
-            verdict = "❌ missed by %.3g %s (%.0f%% over)" % (value - limit, unit, 100 * (value / limit - 1) if limit else 0)
+            verdict = "❌ missed by %.3g %s" % (value - limit, unit) + (" (%.0f%% over)" % (100 * (value / limit - 1)) if limit else "")
         else:
             verdict = "❌ missed by %.3g %s (%.0f%% under)" % (limit - value, unit, 100 * (1 - value / limit))
         self.targets.append("| %s | %s | %s%g %s | %s |" % (what, shown, "≤ " if lower_is_better else "≥ ", limit, unit, verdict))
@@ -171,7 +171,9 @@ def scale(rp):
             r = [x for x in rows if x["store"] == kind and abs(x["leases"] - n) <= n // 50]
             if r:
                 rp.target("%d nodes, %s: cold start to all routes" % (r[0]["leases"], kind), r[0]["startup_s"], limit_s, "s")
-                rp.target("%d nodes, %s: RSS" % (r[0]["leases"], kind), r[0]["rss_kib"] / 1024, limit_kib / 1024, "MiB")
+                conv = r[0]["startup_s"] is not None
+                rp.target("%d nodes, %s: RSS" % (r[0]["leases"], kind), r[0]["rss_kib"] / 1024 if conv else None,
+                          limit_kib / 1024, "MiB")
                 if "idle_ticks" in r[0]:
                     rp.target("%d nodes, %s: idle CPU (%d s incl. one sweep)" % (r[0]["leases"], kind, r[0]["idle_window_s"]),
                               r[0]["idle_ticks"], 0, "ticks")

@@ -105,6 +105,9 @@ def _series(s, color, X, Y, k):
     return o
 
 
-def cdf(values):
+def cdf(values, most=400):
+    """Empirical CDF points, thinned to at most `most` (always keeping the last, the maximum)."""
     v = sorted(x for x in values if x is not None)
-    return [(x, 100.0 * (i + 1) / len(v)) for i, x in enumerate(v)]
+    step = max(1, len(v) // most)
+    keep = [i for i in range(len(v)) if i % step == 0 or i == len(v) - 1]
+    return [(v[i], 100.0 * (i + 1) / len(v)) for i in keep]
