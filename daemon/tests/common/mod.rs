@@ -262,7 +262,9 @@ impl Lab {
 
     /// Wait until every running node has a subnet file; returns the subnets.
     pub fn wait_subnets(&self, idx: &[usize]) -> Vec<String> {
-        let ok = wait_for(Duration::from_secs(10), || {
+        // Generous: the subnet file and conflist are fsynced, and fsync on a disk busy with a
+        // build can take seconds (seen once in a loaded run).
+        let ok = wait_for(Duration::from_secs(30), || {
             idx.iter().all(|&i| self.subnet(i).is_some() && self.conflist(i).exists())
         });
         assert!(
