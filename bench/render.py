@@ -319,6 +319,8 @@ def main():
             "Taken %s, commit %s; command `%s`; wall time %s s. Other engineers' builds share the 2 cores, so the "
             "reference tools run in the same invocation, interleaved where possible, and ratios are given." % (
                 args.get("--date", "?"), args.get("--commit", "?"), args.get("--command", "bench/report.sh"), args.get("--wall", "?")),
+            "", "Binaries (a private copy taken at the start; sha256 prefix, build time): %s." % "; ".join(
+                l.strip() for l in open(os.path.join(d, "binaries.txt"))) if os.path.exists(os.path.join(d, "binaries.txt")) else "",
             "", "## Targets", "", "| target | measured | goal | verdict |", "|---|---|---|---|"] + rp.targets + [""]
     with open(os.path.join(d, "REPORT.md"), "w") as f:
         f.write("\n".join(head + rp.md) + "\n")

@@ -41,6 +41,15 @@ if [ "${FERRY_BENCH_SKIP_BUILD:-}" != 1 ]; then
             cargo build --release -p ferryd --bin ferryd --target-dir "$PROF"
     fi
 fi
+# Run a private copy: the shared target/ may be rebuilt by someone else while the bench runs.
+SNAP=$(mktemp -d /tmp/ferry-bench-bin.XXXXXX)
+trap 'rm -rf "$SNAP"' EXIT
+for b in ferry ferry-ipam ferryd cni-scale; do cp -p "$BIN/$b" "$SNAP/"; done
+(cd "$SNAP" && for b in ferry ferry-ipam ferryd cni-scale; do
+    printf '%s %s built %s\n' "$b" "$(sha256sum "$b" | cut -c1-16)" "$(date -u -r "$b" +%Y-%m-%dT%H:%M:%SZ)"
+done) >"$OUT/binaries.txt"
+BIN=$SNAP
+export FERRY_BIN_DIR=$SNAP
 PROF_BIN=${FERRY_BENCH_PROF_BIN:-$(find "$PROF" -path '*/release/ferryd' -type f 2>/dev/null | head -1 || true)}
 if [ -n "$QUICK" ]; then
     CNI_ARGS=(--density 30 --storm 50 --storm-rounds 1); SCALE_ARGS=(--quick); LIMIT=${FERRY_BENCH_TIMEOUT:-300}
