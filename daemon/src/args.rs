@@ -310,49 +310,14 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--metrics-address",
 ];
 
+/// Flags of `install` / `uninstall` and the informational ones.
+const OTHER_FLAGS: &[&str] =
+    &["--root", "--cni-bin-dir", "--bin-dir", "--cni-only", "--help", "--version"];
+
 /// Every flag name ferryd knows (for generated-input tests and the docs check).
-pub const FLAG_NAMES: &[&str] = &[
-    "--network",
-    "--subnet-len",
-    "--subnet-min",
-    "--subnet-max",
-    "--strict-network",
-    "--store",
-    "--etcd-prefix",
-    "--etcd-ca",
-    "--etcd-cert",
-    "--etcd-key",
-    "--etcd-dial-timeout",
-    "--etcd-request-timeout",
-    "--etcd-failover-timeout",
-    "--lease-ttl",
-    "--renew-margin",
-    "--public-ip",
-    "--iface",
-    "--mtu",
-    "--subnet-file",
-    "--cni-conf-dir",
-    "--cni-conf-name",
-    "--cni-network-name",
-    "--cni-data-dir",
-    "--cni-exclude-host-local",
-    "--cni-portmap",
-    "--ip-masq",
-    "--nft",
-    "--resync",
-    "--config",
-    "--log-level",
-    "--metrics-address",
-    "--uninstall",
-    "--root",
-    "--cni-bin-dir",
-    "--bin-dir",
-    "--cni-only",
-    "--verbose",
-    "--quiet",
-    "--help",
-    "--version",
-];
+pub fn flag_names() -> Vec<&'static str> {
+    [VALUE_FLAGS, BOOL_FLAGS, OTHER_FLAGS].concat()
+}
 
 /// A flag's value did not parse: the message names the flag, the value and what was expected.
 fn bad(flag: &str, v: &str, what: &str) -> String {
@@ -735,7 +700,7 @@ mod tests {
 
     #[test]
     fn every_flag_name_is_in_the_usage() {
-        for f in FLAG_NAMES {
+        for f in flag_names() {
             assert!(USAGE.contains(f), "{f} missing from USAGE");
         }
     }

@@ -132,7 +132,7 @@ proptest! {
 
     #[test]
     fn flags_never_panic(argv in prop::collection::vec(prop_oneof![
-        (prop::sample::select(args::FLAG_NAMES), prop_oneof![
+        (prop::sample::select(args::flag_names()), prop_oneof![
             "-?[0-9]{0,25}(\\.[0-9]{0,3})?(e[0-9]{1,3})?(ms|s|m|h|d|x)?",
             "[0-9./a-z:,]{0,20}",
             ".{0,12}",
