@@ -15,6 +15,7 @@ pub mod requested;
 pub mod result;
 pub mod skel;
 pub mod subnet_env;
+pub mod timefmt;
 pub mod version;
 
 pub use config::NetConf;
