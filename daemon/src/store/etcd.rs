@@ -46,8 +46,10 @@ pub struct EtcdConfig {
     pub dial_timeout: Duration,
     /// Upper bound of every request over all members (watch: of establishing the stream).
     pub request_timeout: Duration,
-    /// A member that does not answer within this long is abandoned for the next one; a watch
-    /// stream silent this long (after a progress request) is resumed on another member.
+    /// A member that does not answer within this long is abandoned for the next one (and one
+    /// that has not answered within a fifth of it gets a second attempt on the next member); a
+    /// watch stream silent this long gets a progress request, and is resumed on another member
+    /// if that goes unanswered for half as long again.
     pub failover_timeout: Duration,
     /// CA bundle (PEM) to verify the servers; needed for `https://` endpoints.
     pub ca_file: Option<PathBuf>,
@@ -84,6 +86,8 @@ pub struct EtcdStore {
     orphans: Vec<i64>,
 }
 
+/// HTTP/2 keepalive ping interval on a connection with an open stream (see `connect_options`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How many possibly granted, unused etcd leases a store remembers to revoke.
 const MAX_ORPHANS: usize = 64;
 /// etcd's answer to a grant of an id that exists.
@@ -128,9 +132,12 @@ fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.dial_timeout)
         .with_timeout(cfg.request_timeout)
-        // HTTP/2 pings while a stream (the watch) is open: detects a dead peer / partition.
-        // etcd's default --grpc-keepalive-min-time is 5 s, stay above it.
-        .with_keep_alive(Duration::from_secs(10), cfg.request_timeout)
+        // HTTP/2 pings, only while a stream (the watch) is open: a last resort against a dead
+        // peer (the watch's progress probes find it much sooner). etcd closes the connection
+        // of a client that pings more often than its --grpc-keepalive-min-time (5 s), or at all
+        // without an open stream ("too_many_pings"), so: 10 s, and none on idle connections.
+        .with_keep_alive(KEEPALIVE_INTERVAL, cfg.request_timeout)
+        .with_keep_alive_while_idle(false)
         // A member without a leader refuses at once ("no leader"): the call moves on.
         .with_require_leader(true);
     if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
