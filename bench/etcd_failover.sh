@@ -14,4 +14,4 @@ cargo build --release -p ferryd
 cargo test -p ferryd --test etcd_cluster --no-run
 export FERRY_BENCH_TRIALS="${1:-5}"
 tests/sandbox.sh cargo test -p ferryd --offline --test etcd_cluster -- --ignored --nocapture \
-    --test-threads 1 bench_ 2>&1 | tee target/etcd-failover-bench.log | grep -E '^BENCH|^test |panicked'
+    --test-threads 1 ${FERRY_BENCH_ONLY:-bench_} 2>&1 | tee target/etcd-failover-bench.log | grep -E '^BENCH|^test |panicked'
