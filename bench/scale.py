@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,7 @@ class Ctx:
         self.stores = {"etcd": EtcdStore(self.port), "file": FileStore(self.tmp + "/filestore")}
         for s in self.stores.values():
             s.put_config()
+        self.all_nodes = []
         self.next_j, self.node_seq = {}, 0  # per store: the next synthetic subnet number
 
     def start_etcd(self):
@@ -108,7 +110,9 @@ class Ctx:
         name = "%s%d" % (prefix, k)
         addr = "172.16.%d.%d" % (1 + k // 250, 1 + k % 250)
         self.under.add_nodes([(name, addr)])
-        return Node(self, name, addr, store, binary)
+        node = Node(self, name, addr, store, binary)
+        self.all_nodes.append(node)
+        return node
 
     def drop(self, node):
         node.stop()
@@ -135,6 +139,8 @@ class Ctx:
         return out
 
     def close(self):
+        for node in self.all_nodes:  # only what this run started, by PID
+            node.stop()
         self.etcd.terminate()
         self.etcd.wait()
         self.under.close()
@@ -283,6 +289,7 @@ def main():
     ap.add_argument("--daemons", type=int)
     args = ap.parse_args()
     lab.require_sandbox()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("scale: terminated"))  # so cleanup runs
     os.nice(-5)
     ctx = Ctx(args)
     try:
