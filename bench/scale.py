@@ -102,6 +102,8 @@ class Ctx:
                               capture_output=True).returncode == 0:
                 return proc
             time.sleep(0.05)
+        proc.kill()
+        proc.wait()
         raise RuntimeError("etcd did not start: " + open(self.tmp + "/etcd.log").read()[-2000:])
 
     def node(self, store, prefix="n", binary=None):
