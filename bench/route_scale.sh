@@ -17,6 +17,7 @@ P=
 cleanup() { set +e; [ -n "$P" ] && kill "$P" 2>/dev/null && wait "$P"; ip netns del s1; ip netns del s2; rm -rf "$L"; }
 trap cleanup EXIT
 ip netns add s1; ip netns add s2
+ip -n s1 link set lo up   # ferryd serves its metrics on 127.0.0.1
 ip -n s1 link add eth0 type veth peer name eth0 netns s2
 ip -n s1 addr add 172.16.0.1/16 dev eth0; ip -n s1 link set eth0 up; ip -n s2 link set eth0 up
 echo '{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}' >"$L/store/config"
