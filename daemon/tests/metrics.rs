@@ -10,18 +10,8 @@ use testlab::wait_for;
 
 const T: Duration = Duration::from_secs(10);
 
-/// (HTTP status, body) of `GET path` on node `i`'s 127.0.0.1:9473.
 fn get(lab: &Lab, i: usize, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:9473{path}");
-    let o = lab.nodes[i]
-        .ns
-        .cmd("curl")
-        .args(["-s", "-m", "2", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    common::http_get(lab, i, path)
 }
 
 fn gauge(body: &str, name: &str) -> Option<f64> {

@@ -43,16 +43,7 @@ fn config_text(lab: &Lab, i: usize) -> String {
 }
 
 fn http_get(lab: &Lab, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:9473{path}");
-    let o = lab.nodes[0]
-        .ns
-        .cmd("curl")
-        .args(["-s", "-m", "2", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    common::http_get(lab, 0, path)
 }
 
 #[test]
