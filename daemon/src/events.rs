@@ -2,7 +2,7 @@
 //! loop; `classify` decides which events mean drift. Ferry's own route changes echo back as events
 //! too; those that match the wanted state are ignored, so repairs never loop.
 
-use crate::route_plan::Want;
+use crate::route_plan::{nh_id, nh_peer, Want};
 use ferry_netlink::{Event, EventSocket, RTPROT_FERRY, RT_TABLE_MAIN};
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
@@ -29,12 +29,8 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
         },
         Event::RouteAdded(r) => match (r.dst, r.table) {
             (IpNetwork::V4(d), RT_TABLE_MAIN) => {
-                let gw = match r.gateway {
-                    Some(IpAddr::V4(g)) => Some(g),
-                    _ => None,
-                };
                 if r.protocol == RTPROT_FERRY {
-                    if want.get(&d).copied() == gw && gw.is_some() && r.metric.unwrap_or(0) == 0 {
+                    if is_own_echo(r, d, want) {
                         Trigger::None // our own change echoing back
                     } else {
                         Trigger::Drift
@@ -47,12 +43,38 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
             }
             _ => Trigger::None,
         },
-        // Ferry does not use nexthop objects yet.
-        Event::NexthopChanged(_) | Event::NexthopDeleted(_) => Trigger::None,
+        // Deleting a peer's nexthop takes its route along without a route event.
+        Event::NexthopDeleted(n) => match nh_peer(n.id, want) {
+            Some(_) if n.protocol == RTPROT_FERRY => Trigger::Drift,
+            _ => Trigger::None,
+        },
+        Event::NexthopChanged(n) => match nh_peer(n.id, want) {
+            Some(d) if n.protocol == RTPROT_FERRY && n.gateway == want_gw(want, d) => Trigger::None,
+            Some(_) => Trigger::Drift,
+            None if n.protocol == RTPROT_FERRY => Trigger::Drift, // a stale one of ours
+            None => Trigger::None,
+        },
         Event::LinkChanged { .. }
         | Event::LinkDeleted { .. }
         | Event::AddressChanged
         | Event::Overrun => Trigger::Link,
+    }
+}
+
+fn want_gw(want: &Want, d: ipnetwork::Ipv4Network) -> Option<IpAddr> {
+    want.get(&d).map(|g| IpAddr::V4(*g))
+}
+
+/// A proto-113 route for `d` as Ferry makes it: the wanted gateway (shown on a route on a
+/// nexthop object too, unless `net.ipv4.nexthop_compat_mode` is off), or the peer's nexthop.
+fn is_own_echo(r: &ferry_netlink::Route, d: ipnetwork::Ipv4Network, want: &Want) -> bool {
+    if r.metric.unwrap_or(0) != 0 || !want.contains_key(&d) {
+        return false;
+    }
+    match (r.gateway, r.nh_id) {
+        (Some(g), _) => want_gw(want, d) == Some(g),
+        (None, Some(id)) => nh_id(d) == Some(id),
+        (None, None) => false,
     }
 }
 
@@ -126,5 +148,35 @@ mod tests {
         let mut other_table = ours;
         other_table.table = 100;
         assert_eq!(classify(&Event::RouteDeleted(other_table), &w), Trigger::None);
+    }
+
+    #[test]
+    fn nexthop_routes_and_nexthop_events() {
+        use crate::route_plan::{nexthop_route, peer_nexthop};
+        let w = want();
+        let d = "10.244.2.0/24".parse().unwrap();
+        let id = nh_id(d).unwrap();
+        let gw = "198.18.0.12".parse().unwrap();
+        // A route on the peer's nexthop, with or without the gateway shown: our echo.
+        let on_nh = nexthop_route(d, id);
+        assert_eq!(classify(&Event::RouteAdded(on_nh.clone()), &w), Trigger::None);
+        let shown = Route { gateway: Some(IpAddr::V4(gw)), ..on_nh.clone() };
+        assert_eq!(classify(&Event::RouteAdded(shown), &w), Trigger::None);
+        let other_nh = Route { nh_id: Some(id + 1), ..on_nh };
+        assert_eq!(classify(&Event::RouteAdded(other_nh), &w), Trigger::Drift);
+        // Deleting the peer's nexthop (its route goes silently) is drift; a stale one's is not.
+        let nh = peer_nexthop(id, gw, 2);
+        assert_eq!(classify(&Event::NexthopDeleted(nh.clone()), &w), Trigger::Drift);
+        let stale = peer_nexthop(nh_id("10.244.9.0/24".parse().unwrap()).unwrap(), gw, 2);
+        assert_eq!(classify(&Event::NexthopDeleted(stale.clone()), &w), Trigger::None);
+        // Our own nexthop echoing back is nothing; a wrong gateway or a stray one is drift.
+        assert_eq!(classify(&Event::NexthopChanged(nh.clone()), &w), Trigger::None);
+        let moved = peer_nexthop(id, "198.18.0.99".parse().unwrap(), 2);
+        assert_eq!(classify(&Event::NexthopChanged(moved), &w), Trigger::Drift);
+        assert_eq!(classify(&Event::NexthopChanged(stale), &w), Trigger::Drift);
+        let mut theirs = peer_nexthop(77, gw, 2);
+        theirs.protocol = 4;
+        assert_eq!(classify(&Event::NexthopChanged(theirs.clone()), &w), Trigger::None);
+        assert_eq!(classify(&Event::NexthopDeleted(theirs), &w), Trigger::None);
     }
 }

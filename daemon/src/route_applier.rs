@@ -1,15 +1,24 @@
 //! Carries route plans out on a [`RouteTable`] and remembers which peers could not be routed,
 //! so each is reported once and retried only on a sweep (or when links/addresses change).
+//!
+//! A full reconcile is one [`RouteTable::snapshot`] (Ferry's routes, the connected networks,
+//! the nexthop objects) and then batches of changes: each peer's nexthop object and its route
+//! (see [`crate::route_plan`]). Whether a gateway is on-link is read from the connected
+//! networks of the snapshot, not asked per peer; the kernel refuses a gateway that is not
+//! (ENETUNREACH), and that answer counts as unreachable too.
 
 use crate::metrics::{self, Metrics};
-use crate::route_plan::{diff, peer_route, plan, Want};
-use crate::route_table::{NetlinkRouteTable, RouteTable};
-use ferry_netlink::Route;
+use crate::route_plan::{diff, nexthop_route, nh_id, peer_route, steps, PeerStep, Step, Want};
+use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
+use ferry_netlink::{Route, RTPROT_FERRY};
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+/// Peers installed per batch of changes: bounds the memory of a start-up with 100,000 peers.
+const INSTALL_CHUNK: usize = 1024;
 
 /// Why a wanted route is not in the kernel. Peers without one are routed (or being routed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +48,22 @@ enum Source {
     Delta,
 }
 
+/// How an install decides that a gateway is on-link.
+enum Reach<'a> {
+    /// From the connected networks of a snapshot.
+    Connected(&'a [Connected]),
+    /// By asking the kernel (RTM_GETROUTE): for the few peers of a delta.
+    Ask,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Installed {
     Done,
     Skipped,
     /// EEXIST: some route already holds the destination.
     Exists,
+    /// The gateway is not directly reachable (seen before sending, or the kernel said so).
+    Unreachable,
 }
 
 /// Changes made by one reconcile or delta.
@@ -53,11 +72,13 @@ struct Tally {
     added: usize,
     replaced: usize,
     deleted: usize,
+    /// Nexthop objects removed (stale ones, and those of peers that left or became unreachable).
+    nexthops_deleted: usize,
 }
 
 impl Tally {
     fn total(&self) -> usize {
-        self.added + self.replaced + self.deleted
+        self.added + self.replaced + self.deleted + self.nexthops_deleted
     }
 }
 
@@ -67,11 +88,25 @@ pub struct RouteApplier<T: RouteTable = NetlinkRouteTable> {
     metrics: Arc<Metrics>,
     /// Peer subnet → why its route is not installed.
     blocked: HashMap<Ipv4Network, Blocked>,
+    /// Nexthop objects: `None` until the first snapshot shows whether the kernel has them;
+    /// `Some(false)` (for good, once seen): plain gateway routes.
+    nexthops: Option<bool>,
+    /// Ids held by nexthops that are not Ferry's, as of the last snapshot: those peers get
+    /// plain gateway routes.
+    taken: HashSet<u32>,
 }
+
+mod install;
 
 impl<T: RouteTable> RouteApplier<T> {
     pub fn new(table: T, metrics: Arc<Metrics>) -> RouteApplier<T> {
-        RouteApplier { table, metrics, blocked: HashMap::new() }
+        RouteApplier {
+            table,
+            metrics,
+            blocked: HashMap::new(),
+            nexthops: None,
+            taken: HashSet::new(),
+        }
     }
 
     /// Some wanted peer is unreachable or blocked by a foreign route.
@@ -79,25 +114,30 @@ impl<T: RouteTable> RouteApplier<T> {
         !self.blocked.is_empty()
     }
 
-    /// Bring the kernel in line with `want` (a full dump of Ferry's routes, then the plan). With
-    /// `retry` false, peers already known to be unreachable (same gateway) or blocked by a foreign
-    /// route are skipped. Returns how many routes were changed.
+    /// Bring the kernel in line with `want` (one snapshot, then the plan). With `retry` false,
+    /// peers already known to be unreachable (same gateway) or blocked by a foreign route are
+    /// skipped. Returns how many routes (and stale nexthops) were changed.
     pub fn reconcile(&mut self, want: &Want, retry: bool) -> io::Result<usize> {
         metrics::inc(&self.metrics.reconciles_total);
-        let have = self.table.ferry_routes()?;
-        let p = plan(want, &have);
+        let snap = self.table.snapshot()?;
+        self.learn(&snap);
+        let before = self.nexthops;
+        let nexthops = snap.nexthops.as_deref().filter(|_| self.nexthops == Some(true));
+        let plan = steps(want, &snap.routes, nexthops);
         let mut tally = Tally::default();
         let src = Source::Plan { retry };
-        for r in &p.del {
-            self.delete(r, &mut tally);
+        self.remove(plan.del_routes.into_iter().map(Change::DelRoute).collect(), &mut tally);
+        let how = Reach::Connected(&snap.connected);
+        for chunk in plan.peers.chunks(INSTALL_CHUNK) {
+            self.install(chunk, src, &how, &mut tally);
         }
-        for &(dst, gw) in &p.replace {
-            let old =
-                have.iter().find(|r| r.dst == IpNetwork::V4(dst) && r.metric.unwrap_or(0) == 0);
-            self.install(dst, gw, old, src, &mut tally);
-        }
-        self.add_all(&p.add, src, &mut tally);
+        let stale = plan.del_nexthops.into_iter().map(Change::DelNexthop).collect();
+        self.remove(stale, &mut tally);
         self.finish(want, &tally);
+        if self.nexthops != before {
+            // The kernel refused nexthop objects after all: once more, with plain routes.
+            return Ok(tally.total() + self.reconcile(want, retry)?);
+        }
         Ok(tally.total())
     }
 
@@ -105,169 +145,129 @@ impl<T: RouteTable> RouteApplier<T> {
     /// path for store events. `Ok(false)` means the kernel did not look as expected (a route
     /// already held a new peer's subnet) and a full [`RouteApplier::reconcile`] is needed.
     pub fn apply_delta(&mut self, old: &Want, new: &Want) -> io::Result<bool> {
-        let changes = diff(old, new);
         let mut tally = Tally::default();
-        let mut in_sync = true;
-        for (dst, was, now) in changes {
+        let (mut gone, mut peers) = (Vec::new(), Vec::new());
+        for (dst, was, now) in diff(old, new) {
             match (was, now) {
-                (Some(g), None) => {
-                    let mut r = peer_route(dst, g, 0);
-                    r.oif = None;
-                    self.delete(&r, &mut tally);
-                }
-                (was, Some(g)) => {
-                    // Only a route this daemon installed may be replaced in place.
-                    let ours = was.filter(|w| self.blocked_gateway(dst) != Some(*w));
-                    let old = ours.map(|w| peer_route(dst, w, 0));
-                    let res = self.install(dst, g, old.as_ref(), Source::Delta, &mut tally);
-                    in_sync &= res != Installed::Exists;
-                }
+                (Some(g), None) => gone.extend(self.forget(dst, g)),
+                (was, Some(g)) => peers.push(self.delta_step(dst, was, g)),
                 (None, None) => {}
             }
+        }
+        self.remove(gone, &mut tally);
+        let mut in_sync = true;
+        for chunk in peers.chunks(INSTALL_CHUNK) {
+            let outcomes = self.install(chunk, Source::Delta, &Reach::Ask, &mut tally);
+            in_sync &= !outcomes.contains(&Installed::Exists);
         }
         self.finish(new, &tally);
         Ok(in_sync)
     }
 
-    /// Remove every route Ferry owns (for `--uninstall`).
+    /// Remove every route and nexthop object Ferry owns (for `--uninstall`). Returns how many
+    /// routes went; the first failure is the error.
     pub fn remove_all(&mut self) -> io::Result<usize> {
-        let mut n = 0;
-        for r in &self.table.ferry_routes()? {
-            if self.table.delete(r)? {
-                n += 1;
+        let snap = self.table.snapshot()?;
+        let ours = snap.nexthops.iter().flatten().filter(|n| n.protocol == RTPROT_FERRY);
+        let nexthops: Vec<Change> = ours.map(|n| Change::DelNexthop(n.id)).collect();
+        let routes: Vec<Change> = snap.routes.into_iter().map(Change::DelRoute).collect();
+        let mut removed = [0, 0];
+        for (i, changes) in [routes, nexthops].iter().enumerate() {
+            for res in self.table.apply(changes) {
+                match res {
+                    Ok(()) => removed[i] += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-        Ok(n)
+        if removed[1] > 0 {
+            info!("removed {} Ferry nexthop objects (proto 113)", removed[1]);
+        }
+        Ok(removed[0])
+    }
+
+    /// Whether the kernel has nexthop objects (decided once) and whose ids are taken.
+    fn learn(&mut self, snap: &Snapshot) {
+        match (&snap.nexthops, self.nexthops) {
+            (Some(_), None) => {
+                self.nexthops = Some(true);
+                info!("peer routes use nexthop objects (ip nexthop, proto 113): one per peer");
+            }
+            (None, None | Some(true)) => self.no_nexthops("the kernel has none, before Linux 5.3"),
+            _ => {}
+        }
+        let theirs = snap.nexthops.iter().flatten().filter(|n| n.protocol != RTPROT_FERRY);
+        self.taken = theirs.map(|n| n.id).collect();
+    }
+
+    fn no_nexthops(&mut self, why: &str) {
+        self.nexthops = Some(false);
+        warn!("no nexthop objects ({why}): plain gateway routes, which the kernel is slow to add by the thousand");
+    }
+
+    /// The nexthop id peer `dst` uses now; `None`: a plain gateway route.
+    fn nexthop_for(&self, dst: Ipv4Network) -> Option<u32> {
+        nh_id(dst).filter(|id| self.nexthops == Some(true) && !self.taken.contains(id))
+    }
+
+    /// What a delta does for peer `dst`, now via `gw`, before via `was`.
+    fn delta_step(&self, dst: Ipv4Network, was: Option<Ipv4Addr>, gw: Ipv4Addr) -> PeerStep {
+        // Only a route this daemon installed may be replaced in place.
+        let ours = was.filter(|w| self.blocked_gateway(dst) != Some(*w));
+        let id = self.nexthop_for(dst);
+        let old = ours.map(|w| match id {
+            Some(id) => nexthop_route(dst, id),
+            None => peer_route(dst, w, 0),
+        });
+        // The nexthop is the peer's own (its id is not taken): replacing creates it if need be.
+        let nexthop = id.map(|id| (id, Step::Replace));
+        let route = match (ours, id) {
+            (Some(_), Some(_)) => Step::Keep, // the route is on the nexthop already
+            (Some(_), None) => Step::Replace,
+            (None, _) => Step::Add,
+        };
+        PeerStep { dst, gw, nexthop, route, old }
+    }
+
+    /// The changes that remove peer `dst` (last via `gw`): its route, then its nexthop.
+    fn forget(&self, dst: Ipv4Network, gw: Ipv4Addr) -> Vec<Change> {
+        match self.nexthop_for(dst) {
+            Some(id) => vec![Change::DelRoute(nexthop_route(dst, id)), Change::DelNexthop(id)],
+            None => {
+                let mut r = peer_route(dst, gw, 0);
+                r.oif = None;
+                vec![Change::DelRoute(r)]
+            }
+        }
     }
 
     fn blocked_gateway(&self, dst: Ipv4Network) -> Option<Ipv4Addr> {
         self.blocked.get(&dst).map(|b| b.gateway())
     }
 
-    /// Add (or, when `old` is our route for `dst`, atomically replace) the route to a peer.
-    fn install(
-        &mut self,
-        dst: Ipv4Network,
-        gw: Ipv4Addr,
-        old: Option<&Route>,
-        src: Source,
-        tally: &mut Tally,
-    ) -> Installed {
-        let Some(r) = self.prepare(dst, gw, old, src, tally) else { return Installed::Skipped };
-        let res = if old.is_some() { self.table.replace(&r) } else { self.table.add(&r) };
-        self.settle(dst, gw, old.is_some(), res, src, tally)
-    }
-
-    /// Planned adds, sent together (in batches on netlink).
-    fn add_all(&mut self, adds: &[(Ipv4Network, Ipv4Addr)], src: Source, tally: &mut Tally) {
-        let (mut peers, mut routes) = (Vec::new(), Vec::new());
-        for &(dst, gw) in adds {
-            if let Some(r) = self.prepare(dst, gw, None, src, tally) {
-                peers.push((dst, gw));
-                routes.push(r);
-            }
-        }
-        if routes.is_empty() {
+    /// Delete routes and nexthops in one batch; what was already gone is not counted.
+    fn remove(&mut self, changes: Vec<Change>, tally: &mut Tally) {
+        if changes.is_empty() {
             return;
         }
-        let results = self.table.add_all(&routes);
-        for ((dst, gw), res) in peers.into_iter().zip(results) {
-            self.settle(dst, gw, false, res, src, tally);
-        }
-    }
-
-    /// The route to send for (`dst`, `gw`), or `None` when the peer is skipped: blocked and not
-    /// retried, or its gateway is not directly reachable (reported once; `old`, our route with
-    /// a gateway the lease no longer names, is then deleted).
-    fn prepare(
-        &mut self,
-        dst: Ipv4Network,
-        gw: Ipv4Addr,
-        old: Option<&Route>,
-        src: Source,
-        tally: &mut Tally,
-    ) -> Option<Route> {
-        if src == (Source::Plan { retry: false }) && self.blocked_gateway(dst) == Some(gw) {
-            return None;
-        }
-        match self.reach(gw) {
-            Ok(oif) => {
-                if matches!(self.blocked.get(&dst), Some(Blocked::Unreachable(_))) {
-                    self.blocked.remove(&dst);
-                    info!("peer {gw} ({dst}) is reachable again");
+        let results = self.table.apply(&changes);
+        for (c, res) in changes.iter().zip(results) {
+            match (c, res) {
+                (Change::DelRoute(r), Ok(())) => {
+                    tally.deleted += 1;
+                    metrics::inc(&self.metrics.routes_deleted_total);
+                    info!("route delete: peer {} {} (no such peer lease)", r.dst, via(r));
                 }
-                Some(peer_route(dst, gw, oif))
-            }
-            Err(why) => {
-                let now = Blocked::Unreachable(gw);
-                if self.blocked.insert(dst, now) != Some(now) {
-                    metrics::inc(&self.metrics.unreachable_peers_total);
-                    warn!("peer {dst} via {gw} not routed: {why}; host-gw needs peers on a shared L2 segment (retrying on the next sweep)");
+                (Change::DelNexthop(id), Ok(())) => {
+                    tally.nexthops_deleted += 1;
+                    debug!("nexthop delete: id {id}");
                 }
-                if let Some(old) = old {
-                    let mut o = old.clone();
-                    o.oif = None;
-                    self.delete(&o, tally);
-                }
-                None
+                (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                (Change::DelNexthop(id), Err(e)) => self.op_failed("delete nexthop", &id, &e),
+                (c, Err(e)) => self.op_failed("delete route", &target(c), &e),
+                _ => {}
             }
-        }
-    }
-
-    /// Record the kernel's answer to adding (or replacing) the route for `dst`.
-    fn settle(
-        &mut self,
-        dst: Ipv4Network,
-        gw: Ipv4Addr,
-        replaced: bool,
-        res: io::Result<()>,
-        src: Source,
-        tally: &mut Tally,
-    ) -> Installed {
-        match res {
-            Ok(()) => {
-                self.blocked.remove(&dst);
-                self.count_installed(dst, gw, replaced, tally);
-                Installed::Done
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let now = Blocked::Foreign(gw);
-                if src != Source::Delta && self.blocked.insert(dst, now) != Some(now) {
-                    metrics::inc(&self.metrics.route_conflicts_total);
-                    warn!("peer {dst} via {gw} not routed: a route for {dst} that Ferry does not own exists; leaving it alone");
-                }
-                Installed::Exists
-            }
-            Err(e) => {
-                let op = if replaced { "replace" } else { "add" };
-                self.op_failed(op, IpNetwork::V4(dst), e);
-                Installed::Skipped
-            }
-        }
-    }
-
-    fn count_installed(&self, dst: Ipv4Network, gw: Ipv4Addr, replaced: bool, tally: &mut Tally) {
-        if replaced {
-            tally.replaced += 1;
-            metrics::inc(&self.metrics.routes_replaced_total);
-            info!("route replace: peer {dst} via gateway {gw} (was another gateway)");
-        } else {
-            tally.added += 1;
-            metrics::inc(&self.metrics.routes_added_total);
-            info!("route add: peer {dst} via gateway {gw}");
-        }
-    }
-
-    fn delete(&mut self, r: &Route, tally: &mut Tally) {
-        match self.table.delete(r) {
-            Ok(true) => {
-                tally.deleted += 1;
-                metrics::inc(&self.metrics.routes_deleted_total);
-                let gw = r.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
-                info!("route delete: peer {} via gateway {gw} (no such peer lease)", r.dst);
-            }
-            Ok(false) => {}
-            Err(e) => self.op_failed("delete", r.dst, e),
         }
     }
 
@@ -281,31 +281,43 @@ impl<T: RouteTable> RouteApplier<T> {
         metrics::set(&self.metrics.routes_programmed, programmed as u64);
         if tally.total() > 0 {
             info!(
-                "routes: {} added, {} replaced, {} removed ({} peers)",
+                "routes: {} added, {} replaced, {} removed; {} nexthops removed ({} peers)",
                 tally.added,
                 tally.replaced,
                 tally.deleted,
+                tally.nexthops_deleted,
                 want.len()
             );
         }
     }
 
-    /// The interface that reaches `gw` directly, or why it is not directly reachable.
-    fn reach(&mut self, gw: Ipv4Addr) -> Result<u32, String> {
-        match self.table.route_to(gw) {
-            Ok(Some((oif, None))) => Ok(oif),
-            Ok(Some((_, Some(via)))) => {
-                Err(format!("{gw} is reached via the gateway {via}, not directly"))
-            }
-            Ok(None) => Err(format!("no route to {gw}")),
-            Err(e) => Err(format!("no route to {gw}: {e}")),
-        }
-    }
-
-    fn op_failed(&self, op: &str, dst: IpNetwork, e: io::Error) {
+    fn op_failed(&self, op: &str, what: &dyn std::fmt::Display, e: &io::Error) {
         metrics::inc(&self.metrics.route_errors_total);
-        warn!("{op} route {dst}: {e}");
+        warn!("{op} {what}: {e}");
     }
+}
+
+/// `via gateway G` / `on nexthop N` for a log line.
+fn via(r: &Route) -> String {
+    match (r.gateway, r.nh_id) {
+        (Some(g), _) => format!("via gateway {g}"),
+        (None, Some(id)) => format!("on nexthop {id}"),
+        (None, None) => "via gateway -".into(),
+    }
+}
+
+/// What a change is about, for an error message.
+fn target(c: &Change) -> String {
+    match c {
+        Change::AddRoute(r) | Change::ReplaceRoute(r) | Change::DelRoute(r) => r.dst.to_string(),
+        Change::AddNexthop(n) | Change::ReplaceNexthop(n) => format!("nexthop {}", n.id),
+        Change::DelNexthop(id) => format!("nexthop {id}"),
+    }
+}
+
+/// A route destination as the log shows it.
+fn dst_of(d: Ipv4Network) -> IpNetwork {
+    IpNetwork::V4(d)
 }
 
 #[cfg(test)]

@@ -1,13 +1,56 @@
 //! host-gw routes as data: what this node wants, what Ferry has in the kernel, and the plan
 //! between the two. Pure; [`crate::route_applier`] carries plans out.
 //!
-//! Ferry owns exactly the main-table IPv4 routes tagged `proto 113` ([`RTPROT_FERRY`]); it adds,
-//! replaces (atomically, NLM_F_REPLACE) and deletes only those, and never touches anything else.
+//! Ferry owns exactly the main-table IPv4 routes tagged `proto 113` ([`RTPROT_FERRY`]) and the
+//! nexthop objects tagged `proto 113`; it adds, replaces (atomically, NLM_F_REPLACE) and deletes
+//! only those, and never touches anything else.
+//!
+//! Each peer's route points at a nexthop object of its own ([`nh_id`]: derived from the peer's
+//! subnet) holding the gateway: the kernel inserts such routes in O(1), where N plain gateway
+//! routes out of one device cost it O(N²) (their `fib_info`s all hash to one bucket). A kernel
+//! without nexthop objects, or a peer whose id another program's nexthop holds, gets a plain
+//! gateway route.
 
-use ferry_netlink::{Route, Scope, RTPROT_FERRY, RT_TABLE_MAIN};
+use ferry_netlink::{Nexthop, Route, Scope, RTPROT_FERRY, RT_TABLE_MAIN};
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+
+/// Nexthop ids Ferry gives peers all have these top four bits: `0xF0000000..=0xFFFFFFFF`.
+pub const NH_ID_TAG: u32 = 0xF000_0000;
+const NH_ID_BITS: u32 = 0x0FFF_FFFF;
+
+/// The nexthop id of the peer subnet `dst`: [`NH_ID_TAG`] over the low 28 bits of the subnet
+/// address with its host part written as `01…1` (which encodes the prefix length), so distinct
+/// subnets of any one /4 get distinct ids and [`nh_peer`] can read the subnet back.
+/// `10.244.2.0/24` → `0xFAF4027F`. `None` for prefixes shorter than /4 or a /32.
+pub fn nh_id(dst: Ipv4Network) -> Option<u32> {
+    let host = 32 - u32::from(dst.prefix());
+    if !(1..=28).contains(&host) {
+        return None;
+    }
+    let code = u32::from(dst.network()) | ((1 << (host - 1)) - 1);
+    Some(NH_ID_TAG | (code & NH_ID_BITS))
+}
+
+/// The wanted peer subnet whose nexthop id is `id`, if any (the inverse of [`nh_id`] within
+/// `want`; at most 16 lookups, for the address bits the id leaves out).
+pub fn nh_peer(id: u32, want: &Want) -> Option<Ipv4Network> {
+    if id & !NH_ID_BITS != NH_ID_TAG {
+        return None;
+    }
+    let low = id & NH_ID_BITS;
+    let host = low.trailing_ones() + 1;
+    if host > 28 {
+        return None;
+    }
+    let base = low & !((1 << host) - 1);
+    (0..16u32).find_map(|top| {
+        let net = Ipv4Network::new(Ipv4Addr::from((top << 28) | base), (32 - host) as u8).ok()?;
+        want.contains_key(&net).then_some(net)
+    })
+}
 
 /// Peer subnet → gateway (the peer's public IP).
 pub type Want = BTreeMap<Ipv4Network, Ipv4Addr>;
@@ -54,6 +97,123 @@ pub fn plan(want: &Want, have: &[Route]) -> Plan {
     }
     p.add = want.iter().filter(|(d, _)| !seen.contains(*d)).map(|(d, g)| (*d, *g)).collect();
     p
+}
+
+/// What one kernel object (a peer's route or its nexthop) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Keep,
+    Add,
+    /// It exists and is Ferry's, but wrong: replace it atomically.
+    Replace,
+}
+
+/// A wanted peer whose route or nexthop needs a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStep {
+    pub dst: Ipv4Network,
+    pub gw: Ipv4Addr,
+    /// The nexthop object the route is to use and what it needs; `None`: a plain gateway route.
+    pub nexthop: Option<(u32, Step)>,
+    pub route: Step,
+    /// Ferry's route for `dst` as it is now (deleted if the peer cannot be routed).
+    pub old: Option<Route>,
+}
+
+impl PeerStep {
+    /// Ferry's nexthop for this peer exists (to delete if the peer cannot be routed).
+    pub fn old_nexthop(&self) -> Option<u32> {
+        self.nexthop.filter(|(_, s)| *s != Step::Add).map(|(id, _)| id)
+    }
+}
+
+/// Everything a full reconcile changes, in the order to do it: stale routes out, peers in,
+/// then stale nexthops out (deleting a nexthop takes any route still on it along).
+#[derive(Debug, Default, PartialEq)]
+pub struct Steps {
+    pub del_routes: Vec<Route>,
+    pub peers: Vec<PeerStep>,
+    pub del_nexthops: Vec<u32>,
+}
+
+/// Peer route and nexthop changes from `have` (Ferry's routes: protocol 113, main table) and
+/// `nexthops` (every nexthop object in the kernel, anyone's; `None`: plain gateway routes
+/// only). A peer's nexthop is its own ([`nh_id`]) unless another program's nexthop holds that
+/// id. Routes are judged as by [`plan`]; Ferry's nexthops no wanted peer uses are stale. O(n).
+pub fn steps(want: &Want, have: &[Route], nexthops: Option<&[Nexthop]>) -> Steps {
+    let mut out = Steps::default();
+    let mut ours: HashMap<Ipv4Network, &Route> = HashMap::with_capacity(have.len());
+    for r in have {
+        match r.dst {
+            IpNetwork::V4(d) if want.contains_key(&d) && r.metric.unwrap_or(0) == 0 => {
+                match ours.entry(d) {
+                    Entry::Vacant(v) => {
+                        v.insert(r);
+                    }
+                    Entry::Occupied(_) => out.del_routes.push(r.clone()), // a duplicate
+                }
+            }
+            _ => out.del_routes.push(r.clone()),
+        }
+    }
+    let use_nh = nexthops.is_some();
+    let nexthops = nexthops.unwrap_or_default();
+    let mine: HashMap<u32, &Nexthop> =
+        nexthops.iter().filter(|n| n.protocol == RTPROT_FERRY).map(|n| (n.id, n)).collect();
+    let taken: HashSet<u32> =
+        nexthops.iter().filter(|n| n.protocol != RTPROT_FERRY).map(|n| n.id).collect();
+    let mut used = HashSet::with_capacity(want.len());
+    for (&dst, &gw) in want {
+        let id = nh_id(dst).filter(|id| use_nh && !taken.contains(id) && used.insert(*id));
+        let step = peer_step(dst, gw, id, ours.get(&dst).copied(), &mine);
+        out.peers.extend(step);
+    }
+    out.del_nexthops = mine.keys().filter(|id| !used.contains(id)).copied().collect();
+    out.del_nexthops.sort_unstable();
+    out
+}
+
+/// What peer `dst` via `gw` needs, given its nexthop id (`None`: plain route), Ferry's route for
+/// it and Ferry's nexthops; `None` when both are right.
+fn peer_step(
+    dst: Ipv4Network,
+    gw: Ipv4Addr,
+    id: Option<u32>,
+    old: Option<&Route>,
+    mine: &HashMap<u32, &Nexthop>,
+) -> Option<PeerStep> {
+    let nexthop = id.map(|id| {
+        let step = match mine.get(&id) {
+            Some(n) if is_hop_via(n, gw) => Step::Keep,
+            Some(_) => Step::Replace,
+            None => Step::Add,
+        };
+        (id, step)
+    });
+    let route = match old {
+        None => Step::Add,
+        Some(r) if r.nh_id == id && (id.is_some() || r.gateway == Some(IpAddr::V4(gw))) => {
+            Step::Keep
+        }
+        Some(_) => Step::Replace,
+    };
+    let nh_ok = nexthop.is_none_or(|(_, s)| s == Step::Keep);
+    (!nh_ok || route != Step::Keep).then(|| PeerStep { dst, gw, nexthop, route, old: old.cloned() })
+}
+
+/// `n` is a plain IPv4 hop via `gw`.
+fn is_hop_via(n: &Nexthop, gw: Ipv4Addr) -> bool {
+    n.gateway == Some(IpAddr::V4(gw)) && !n.v6 && !n.group && !n.blackhole
+}
+
+/// The route Ferry installs for a peer on its nexthop object `id`.
+pub fn nexthop_route(dst: Ipv4Network, id: u32) -> Route {
+    Route { gateway: None, oif: None, nh_id: Some(id), ..peer_route(dst, Ipv4Addr::UNSPECIFIED, 0) }
+}
+
+/// The nexthop object Ferry makes for a peer: `id` via `gw` out of `oif`.
+pub fn peer_nexthop(id: u32, gw: Ipv4Addr, oif: u32) -> Nexthop {
+    Nexthop::via(id, IpAddr::V4(gw), oif, RTPROT_FERRY)
 }
 
 /// The route Ferry installs for a peer.

@@ -1,4 +1,5 @@
 use super::*;
+use ferry_netlink::Nexthop;
 
 fn n(s: &str) -> Ipv4Network {
     s.parse().unwrap()
@@ -202,4 +203,108 @@ fn diff_finds_added_removed_and_moved_peers() {
     );
     assert!(diff(&new, &new).is_empty());
     assert_eq!(diff(&Want::new(), &new).len(), 3);
+}
+
+#[test]
+fn nexthop_ids_are_distinct_tagged_and_read_back() {
+    assert_eq!(nh_id(n("10.244.2.0/24")), Some(0xFAF4_027F));
+    assert_eq!(nh_id(n("10.244.2.0/25")), Some(0xFAF4_023F));
+    assert_eq!(nh_id(n("10.244.2.128/25")), Some(0xFAF4_02BF));
+    assert_eq!(nh_id(n("10.0.0.0/8")), Some(0xFA7F_FFFF));
+    assert_eq!(nh_id(n("10.244.2.4/31")), Some(0xFAF4_0204));
+    assert_eq!((nh_id(n("10.244.2.4/32")), nh_id(n("0.0.0.0/3"))), (None, None));
+    // Every /24, /26 and /30 of a /16 (and one /31) gets its own id, and reads back.
+    let mut w = Want::new();
+    for len in [24u8, 26, 30, 31] {
+        for i in 0..(1u32 << (len - 16)).min(4096) {
+            let net = Ipv4Network::new(Ipv4Addr::from(0xc0a8_0000 + (i << (32 - len))), len);
+            w.insert(net.unwrap(), ip("198.18.0.1"));
+        }
+    }
+    let ids: HashSet<u32> = w.keys().map(|d| nh_id(*d).unwrap()).collect();
+    assert_eq!(ids.len(), w.len());
+    for d in w.keys() {
+        let id = nh_id(*d).unwrap();
+        assert_eq!(id & 0xF000_0000, NH_ID_TAG);
+        assert_eq!(nh_peer(id, &w), Some(*d), "{d}");
+    }
+    assert_eq!(nh_peer(nh_id(n("10.9.9.0/24")).unwrap(), &w), None, "not wanted");
+    assert_eq!(nh_peer(77, &w), None, "not Ferry's range");
+    assert_eq!(nh_peer(0xFFFF_FFFF, &w), None, "no prefix encoded");
+}
+
+fn nexthop(dst: &str, gw: &str, protocol: u8) -> Nexthop {
+    let mut h = peer_nexthop(nh_id(n(dst)).unwrap(), ip(gw), 2);
+    h.protocol = protocol;
+    h
+}
+
+fn on_nh(dst: &str) -> Route {
+    nexthop_route(n(dst), nh_id(n(dst)).unwrap())
+}
+
+/// `dst: nexthop-step/route-step` for each peer step (`-`: plain route).
+fn show(s: &Steps) -> Vec<String> {
+    s.peers
+        .iter()
+        .map(|p| {
+            let nh = p.nexthop.map_or("-".to_string(), |(_, st)| format!("{st:?}"));
+            format!("{}: {nh}/{:?}", p.dst, p.route)
+        })
+        .collect()
+}
+
+#[test]
+fn steps_cover_nexthops_and_routes() {
+    let w = want(&[
+        ("10.244.1.0/24", "198.18.0.11"), // in sync
+        ("10.244.2.0/24", "198.18.0.12"), // nexthop has another gateway
+        ("10.244.3.0/24", "198.18.0.13"), // plain route from before
+        ("10.244.4.0/24", "198.18.0.14"), // nexthop deleted, route with it
+        ("10.244.5.0/24", "198.18.0.15"), // its id is another program's
+        ("10.244.6.0/24", "198.18.0.16"), // route on a wrong nexthop
+    ]);
+    let kernel = vec![
+        on_nh("10.244.1.0/24"),
+        on_nh("10.244.2.0/24"),
+        have("10.244.3.0/24", Some("198.18.0.13"), None),
+        Route { nh_id: nh_id(n("10.244.9.0/24")), ..on_nh("10.244.6.0/24") },
+        on_nh("10.244.8.0/24"), // stale
+    ];
+    let nhs = vec![
+        nexthop("10.244.1.0/24", "198.18.0.11", 113),
+        nexthop("10.244.2.0/24", "198.18.0.99", 113),
+        nexthop("10.244.5.0/24", "198.18.0.50", 42),
+        nexthop("10.244.6.0/24", "198.18.0.16", 113),
+        nexthop("10.244.8.0/24", "198.18.0.18", 113),
+        nexthop("10.244.9.0/24", "198.18.0.19", 113),
+    ];
+    let s = steps(&w, &kernel, Some(&nhs));
+    assert_eq!(
+        show(&s),
+        [
+            "10.244.2.0/24: Replace/Keep",
+            "10.244.3.0/24: Add/Replace",
+            "10.244.4.0/24: Add/Add",
+            "10.244.5.0/24: -/Add",
+            "10.244.6.0/24: Keep/Replace",
+        ]
+    );
+    let del: Vec<String> = s.del_routes.iter().map(|r| r.dst.to_string()).collect();
+    assert_eq!(del, ["10.244.8.0/24"]);
+    let stale = [nh_id(n("10.244.8.0/24")).unwrap(), nh_id(n("10.244.9.0/24")).unwrap()];
+    assert_eq!(s.del_nexthops, stale);
+    assert_eq!(s.peers[1].old, Some(kernel[2].clone()));
+    assert_eq!(s.peers[1].old_nexthop(), None);
+    assert_eq!(s.peers[0].old_nexthop(), nh_id(n("10.244.2.0/24")));
+    // The same kernel without nexthop objects: plain routes, nothing of nexthops.
+    let s = steps(&w, &kernel, None);
+    assert!(s.peers.iter().all(|p| p.nexthop.is_none()));
+    assert!(s.del_nexthops.is_empty());
+    let names: Vec<String> = s.peers.iter().map(|p| p.dst.to_string()).collect();
+    assert!(!names.contains(&"10.244.3.0/24".to_string()), "the plain route is in sync");
+    assert_eq!(s.peers.len(), 5, "the others are plain routes now: {names:?}");
+    // A plain route in sync stays a plain route without nexthops.
+    let plain = vec![have("10.244.3.0/24", Some("198.18.0.13"), None)];
+    assert!(steps(&want(&[("10.244.3.0/24", "198.18.0.13")]), &plain, None).peers.is_empty());
 }

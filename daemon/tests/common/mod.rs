@@ -275,18 +275,32 @@ impl Lab {
         idx.iter().map(|&i| self.subnet(i).unwrap()).collect()
     }
 
-    /// Ferry's routes on node `i`: dst → gateway.
+    /// Ferry's routes on node `i`: dst → gateway. A route on a nexthop object (`nhid N`) shows
+    /// the nexthop's gateway (the kernel adds it unless `net.ipv4.nexthop_compat_mode` is off;
+    /// then it is looked up in `ip nexthop`).
     pub fn routes(&self, i: usize) -> BTreeMap<String, String> {
-        let v = self.nodes[i].ns.ip_json(&["route", "show", "proto", "113"]);
+        let ns = &self.nodes[i].ns;
+        let v = ns.ip_json(&["route", "show", "proto", "113"]);
+        let mut nexthops: Option<BTreeMap<u64, String>> = None;
+        let mut gateway = |r: &serde_json::Value| match (r["gateway"].as_str(), r["nhid"].as_u64())
+        {
+            (Some(g), _) => g.to_string(),
+            (None, Some(id)) => {
+                let all = nexthops.get_or_insert_with(|| {
+                    let nh = ns.ip_json(&["nexthop", "show"]);
+                    let list = nh.as_array().cloned().unwrap_or_default();
+                    let gw =
+                        |n: &serde_json::Value| n["gateway"].as_str().unwrap_or("").to_string();
+                    list.iter().filter_map(|n| Some((n["id"].as_u64()?, gw(n)))).collect()
+                });
+                all.get(&id).cloned().unwrap_or_default()
+            }
+            (None, None) => String::new(),
+        };
         v.as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                (
-                    r["dst"].as_str().unwrap_or("").to_string(),
-                    r["gateway"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|r| (r["dst"].as_str().unwrap_or("").to_string(), gateway(r)))
             .collect()
     }
 
