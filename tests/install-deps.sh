@@ -8,7 +8,7 @@ PKGS=(
     etcd-server etcd-client       # etcd 3.4 for the etcd lease store
     golang-go golang-github-appc-cni-dev   # the reference libcni, for the conformance driver
     protobuf-compiler libprotobuf-dev  # protoc + its well-known .proto files (descriptor.proto), for the etcd-client crate's build script
-    iperf3 jq time
+    iperf3 jq time curl           # curl: the metrics-endpoint tests scrape /metrics
     podman buildah runc conmon    # build and run Ferry's image (conf-examples/Containerfile) in the lab
     systemd                       # systemd-analyze verify of conf-examples/ferryd.service
     openssl                       # TLS certificates for the etcd-cluster tests
