@@ -6,6 +6,7 @@ use crate::lease::LeaseTiming;
 use crate::masq::Masquerade;
 use crate::node::NodeFiles;
 use crate::store::any::{EtcdOpts, StoreSettings, StoreUrl};
+use crate::store::Backend;
 use ferry_fs::paths;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
@@ -24,6 +25,9 @@ Network (stored in the lease store on first start; the stored config wins):
   --subnet-len N            per-node subnet prefix length [24 for a /22 or larger network]
   --subnet-min IP           first subnet to hand out [the network's second subnet]
   --subnet-max IP           last subnet to hand out [the network's last subnet]
+  --backend host-gw|vxlan   backend stored with the config [host-gw]; vxlan stores flannel's
+                            vxlan with DirectRouting: direct routes to peers on this node's
+                            segment, VXLAN (VNI 1, UDP 8472, device ferry.1) to the others
   --strict-network          exit 2 if the stored config differs from --network/--subnet-*
 Store:
   --store URL               file:///DIR or etcd://HOST:PORT[,HOST:PORT] [file:///var/lib/ferry/leases]
@@ -99,6 +103,7 @@ impl Default for Args {
                 subnet_max: None,
                 explicit: false,
                 strict: false,
+                backend: Backend::host_gw(),
             },
             store: StoreSettings {
                 url: StoreUrl::File(paths::LEASE_STORE_DIR.into()),
@@ -284,6 +289,7 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--subnet-len",
     "--subnet-min",
     "--subnet-max",
+    "--backend",
     "--store",
     "--etcd-prefix",
     "--etcd-ca",
@@ -326,7 +332,7 @@ fn bad(flag: &str, v: &str, what: &str) -> String {
 
 fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
     match flag {
-        "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" => {
+        "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" | "--backend" => {
             network_flag(&mut a.network, flag, v)?
         }
         "--store" => a.store.url = parse_store(v)?,
@@ -391,6 +397,13 @@ fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), Strin
         }
         "--subnet-min" => n.subnet_min = Some(addr()?),
         "--subnet-max" => n.subnet_max = Some(addr()?),
+        "--backend" => {
+            n.backend = match v {
+                "host-gw" => Backend::host_gw(),
+                "vxlan" => Backend::vxlan_direct(),
+                _ => return Err(bad(flag, v, "host-gw or vxlan")),
+            }
+        }
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     n.explicit = true;

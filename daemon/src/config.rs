@@ -12,6 +12,50 @@ pub struct Net {
     /// First and last subnet (network addresses) to hand out, inclusive.
     pub min: Ipv4Addr,
     pub max: Ipv4Addr,
+    pub mode: Mode,
+}
+
+/// How peers are reached: the config's backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A route per peer via its public IP; peers off this node's segment are unreachable.
+    HostGw,
+    /// flannel's vxlan backend: peers reached through a VXLAN device, or, with
+    /// `DirectRouting`, by a direct route when their public IP is on-link.
+    Vxlan(VxlanConf),
+}
+
+/// The vxlan backend's settings (flannel's keys and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanConf {
+    /// `VNI`, default 1.
+    pub vni: u32,
+    /// `Port`, default 8472 (the Linux VXLAN port flannel uses by default).
+    pub port: u16,
+    /// `DirectRouting`, default false (flannel's default): on-link peers get a plain route.
+    pub direct_routing: bool,
+}
+
+/// VXLAN header overhead over an IPv4 underlay: outer IPv4 20 + UDP 8 + VXLAN 8 + inner
+/// Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+impl Mode {
+    /// The lease `BackendType` this node writes.
+    pub fn backend_type(&self) -> &'static str {
+        match self {
+            Mode::HostGw => "host-gw",
+            Mode::Vxlan(_) => "vxlan",
+        }
+    }
+
+    /// What encapsulation costs the pods' MTU.
+    pub fn mtu_overhead(&self) -> u32 {
+        match self {
+            Mode::HostGw => 0,
+            Mode::Vxlan(_) => VXLAN_OVERHEAD,
+        }
+    }
 }
 
 /// The network config this node asks for (`--network`, `--subnet-*`), before the store has its
@@ -26,6 +70,8 @@ pub struct NetworkRequest {
     pub explicit: bool,
     /// Refuse to start when the stored config differs (`--strict-network`).
     pub strict: bool,
+    /// The backend written when this node stores the config (`--backend`).
+    pub backend: Backend,
 }
 
 /// The config this node would store: what it asks for, with `"Backend":{"Type":"host-gw"}`
@@ -36,15 +82,30 @@ pub fn desired(r: &NetworkRequest) -> NetworkConfig {
         subnet_len: r.subnet_len.unwrap_or_else(|| default_subnet_len(r.network)),
         subnet_min: r.subnet_min,
         subnet_max: r.subnet_max,
-        backend: Backend::host_gw(),
+        backend: r.backend.clone(),
     }
 }
 
-/// Whether a config's `Backend.Type` is host-gw. Case-insensitive: flannel lower-cases the
-/// config's type before it looks the backend up (leases are compared exactly, see
-/// [`crate::peers`]).
-pub fn is_host_gw(backend: &Backend) -> bool {
-    backend.kind.eq_ignore_ascii_case("host-gw")
+/// The mode a config's `Backend` asks for, if Ferry speaks it. The type is compared
+/// case-insensitively: flannel lower-cases the config's type before it looks the backend up
+/// (leases are compared exactly, see [`crate::peers`]).
+pub fn mode(backend: &Backend) -> Result<Mode, String> {
+    if backend.kind.eq_ignore_ascii_case("host-gw") {
+        return Ok(Mode::HostGw);
+    }
+    if !backend.kind.eq_ignore_ascii_case("vxlan") {
+        return Err(backend_error(backend));
+    }
+    let vni = backend.vni.unwrap_or(1);
+    if !(1..(1 << 24)).contains(&vni) {
+        return Err(format!("Backend.VNI {vni} is not a VXLAN network identifier (1 to 16777215)"));
+    }
+    let port = match backend.port {
+        None | Some(0) => 8472,
+        Some(p) => p,
+    };
+    let direct_routing = backend.direct_routing.unwrap_or(false);
+    Ok(Mode::Vxlan(VxlanConf { vni, port, direct_routing }))
 }
 
 /// Why a config's backend cannot be honoured, with how to fix it.
@@ -55,8 +116,9 @@ fn backend_error(backend: &Backend) -> String {
         k => format!("backend type {k:?}"),
     };
     format!(
-        "{what} is not supported: ferryd implements host-gw only; set \"Backend\":{{\"Type\":\"host-gw\"}} \
-         in the stored network config (flannel's nodes must use host-gw too)"
+        "{what} is not supported: ferryd implements host-gw and vxlan; set \"Backend\":{{\"Type\":\"host-gw\"}} \
+         (or {{\"Type\":\"vxlan\",\"DirectRouting\":true}} for peers beyond this node's segment) in the \
+         stored network config (flannel's nodes must use the same backend)"
     )
 }
 
@@ -75,9 +137,7 @@ pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
     if network.ip() != network.network() {
         return Err(format!("network {network} has host bits set"));
     }
-    if !is_host_gw(&cfg.backend) {
-        return Err(backend_error(&cfg.backend));
-    }
+    let mode = mode(&cfg.backend)?;
     let len = if cfg.subnet_len == 0 { default_subnet_len(network) } else { cfg.subnet_len };
     if len <= network.prefix() {
         return Err(format!(
@@ -114,7 +174,7 @@ pub fn validate(cfg: &NetworkConfig) -> Result<Net, String> {
             Ipv4Addr::from(max)
         ));
     }
-    Ok(Net { network, subnet_len: len, min: min.into(), max: max.into() })
+    Ok(Net { network, subnet_len: len, min: min.into(), max: max.into(), mode })
 }
 
 /// Node-specific checks: the node's own address must not be inside the pod network.
@@ -219,7 +279,9 @@ mod tests {
                 r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
                 "above",
             ),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, "not supported"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#, "not supported"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, "VNI 0"),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, "VNI"),
         ] {
             let e = validate(&cfg(json)).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
@@ -239,7 +301,7 @@ mod tests {
             (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#, "\"udp\""),
             (r#"{"Network":"10.244.0.0/16","Backend":null}"#, "empty backend type"),
             (r#"{"Network":"10.244.0.0/16","Backend":{}}"#, "empty backend type"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, "\"vxlan\""),
+            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#, "\"wireguard\""),
         ] {
             let e = validate(&parse(json)).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
@@ -248,8 +310,28 @@ mod tests {
         // flannel lower-cases the config's type: HOST-GW is host-gw.
         for t in ["host-gw", "HOST-GW", "Host-Gw"] {
             let j = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{t}"}}}}"#);
-            assert!(validate(&parse(&j)).is_ok(), "{t}");
+            assert_eq!(validate(&parse(&j)).unwrap().mode, Mode::HostGw, "{t}");
         }
+    }
+
+    #[test]
+    fn vxlan_takes_flannels_keys_and_defaults() {
+        let parse = |j: &str| validate(&serde_json::from_str::<NetworkConfig>(j).unwrap());
+        let n = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}"#).unwrap();
+        let defaults = VxlanConf { vni: 1, port: 8472, direct_routing: false };
+        assert_eq!(n.mode, Mode::Vxlan(defaults));
+        assert_eq!(n.mode.mtu_overhead(), 50);
+        assert_eq!(n.mode.backend_type(), "vxlan");
+        let j = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"DirectRouting":true,"GBP":false}}"#;
+        let want = VxlanConf { vni: 4096, port: 4789, direct_routing: true };
+        assert_eq!(parse(j).unwrap().mode, Mode::Vxlan(want));
+        // What `--backend vxlan` stores reads back as vxlan with direct routes.
+        let mut c =
+            serde_json::from_str::<NetworkConfig>(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        c.backend = Backend::vxlan_direct();
+        let back: NetworkConfig =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert!(matches!(validate(&back).unwrap().mode, Mode::Vxlan(v) if v.direct_routing));
     }
 
     #[test]
@@ -261,11 +343,18 @@ mod tests {
             subnet_max: None,
             explicit: false,
             strict: false,
+            backend: Backend::host_gw(),
         };
         let json = serde_json::to_string(&desired(&r)).unwrap();
         assert_eq!(
             json,
             r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#
+        );
+        let r = NetworkRequest { backend: Backend::vxlan_direct(), ..r };
+        let json = serde_json::to_string(&desired(&r)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","DirectRouting":true}}"#
         );
     }
 

@@ -8,7 +8,8 @@
 //! public IP; (2) a random pick among up to 100 free subnets in [SubnetMin, SubnetMax], created
 //! only if absent (a lost race retries with a fresh listing).
 
-use crate::config::{span, Net};
+use crate::config::{span, Mode, Net};
+use crate::overlay;
 use crate::peers::taken;
 use crate::store::{subnet_key, Lease, LeaseAttrs, LeaseEntry, LeaseStore, StoreError};
 use ipnetwork::Ipv4Network;
@@ -58,8 +59,14 @@ impl From<StoreError> for ClaimError {
     }
 }
 
-pub fn my_attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
-    LeaseAttrs { public_ip, backend_type: "host-gw".into(), backend_data: serde_json::Value::Null }
+/// What this node's lease says about it: its public IP and, for the vxlan backend, flannel's
+/// `BackendData` (`{"VNI":1,"VtepMAC":"0e:66:.."}`) that peers need to reach it encapsulated.
+pub fn my_attrs(public_ip: Ipv4Addr, mode: Mode) -> LeaseAttrs {
+    let backend_data = match mode {
+        Mode::HostGw => serde_json::Value::Null,
+        Mode::Vxlan(v) => overlay::backend_data(v.vni, overlay::vtep_mac(public_ip)),
+    };
+    LeaseAttrs { public_ip, backend_type: mode.backend_type().into(), backend_data }
 }
 
 /// A lease in the store that already belongs to this node and fits the config.
@@ -133,7 +140,7 @@ pub async fn claim<S: LeaseStore>(
     remembered: Option<Ipv4Network>,
     ttl: Duration,
 ) -> Result<Lease, ClaimError> {
-    let attrs = my_attrs(public_ip);
+    let attrs = my_attrs(public_ip, net.mode);
     let remembered = remembered.filter(|s| net.in_range(*s));
     for _ in 0..ATTEMPTS {
         let (entries, _) = store.list().await?;

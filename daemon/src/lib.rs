@@ -12,6 +12,7 @@ pub mod lease;
 pub mod masq;
 pub mod metrics;
 pub mod node;
+pub mod overlay;
 pub mod peers;
 pub mod route_applier;
 pub mod route_plan;

@@ -5,7 +5,8 @@
 //! routed by either) inside the cluster network, of the network's subnet length, is not this node's own, does not overlap this node's subnet or another
 //! lease, and points at a public IP that is not this node's. Everything else is reported as bad and never routed.
 
-use crate::config::overlaps;
+use crate::config::{overlaps, Mode};
+use crate::overlay;
 use crate::store::{claimed_subnet, Lease, LeaseEntry, WatchEvent};
 use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub struct Me {
     pub subnet_len: u8,
     pub subnet: Ipv4Network,
     pub public_ip: Ipv4Addr,
+    pub mode: Mode,
 }
 
 /// The store's current entries, keyed by their key exactly as stored (`10.244.1.0-24`): two keys
@@ -29,10 +31,15 @@ pub type Leases = BTreeMap<String, LeaseEntry>;
 pub struct Verdict {
     /// Peer subnet → gateway (the peer's public IP).
     pub want: BTreeMap<Ipv4Network, Ipv4Addr>,
+    /// vxlan backend: peer subnet → VTEP MAC, for the peers that can be sent VXLAN (their
+    /// lease is a vxlan lease with valid `BackendData`). Other peers get direct routes only.
+    pub vteps: BTreeMap<Ipv4Network, [u8; 6]>,
     /// Key → why it is ignored.
     pub bad: BTreeMap<String, String>,
     /// The store holds this node's lease (own subnet with own public IP).
     pub own_present: bool,
+    /// vxlan leases routed only directly (never encapsulated): key → why.
+    pub unencapsulated: BTreeMap<String, String>,
 }
 
 /// Fold watch events into the lease map.
@@ -91,6 +98,18 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             None => {
                 first.insert(s, key);
                 v.want.insert(s, ip);
+                if let (Mode::Vxlan(x), Some(Ok(l))) = (me.mode, leases.get(key)) {
+                    if l.attrs.backend_type == "vxlan" {
+                        match overlay::peer_vtep(&l.attrs.backend_data, x.vni) {
+                            Ok(mac) => {
+                                v.vteps.insert(s, mac);
+                            }
+                            Err(why) => {
+                                v.unencapsulated.insert(key.to_string(), why);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -107,23 +126,38 @@ enum Judged {
     Peer,
 }
 
-/// The lease `BackendType` Ferry speaks, compared byte for byte as flanneld's host-gw backend
-/// does (`pkg/backend/route_network.go`: `evt.Lease.Attrs.BackendType != n.BackendType`).
+/// The lease `BackendType` Ferry's host-gw mode speaks, compared byte for byte as flanneld's
+/// host-gw backend does (`pkg/backend/route_network.go`: `evt.Lease.Attrs.BackendType !=
+/// n.BackendType`).
 pub const BACKEND_TYPE: &str = "host-gw";
 
-fn backend_reason(t: &str) -> String {
+/// Whether a lease of `BackendType` `t` is routed in `mode`: host-gw routes only host-gw leases
+/// (as flannel); vxlan routes vxlan leases (direct or encapsulated) and host-gw leases (direct
+/// only: such a node cannot decapsulate), so a cluster can move between the two node by node.
+fn speaks(mode: Mode, t: &str) -> bool {
+    match mode {
+        Mode::HostGw => t == BACKEND_TYPE,
+        Mode::Vxlan(_) => t == BACKEND_TYPE || t == "vxlan",
+    }
+}
+
+fn backend_reason(mode: Mode, t: &str) -> String {
+    let wanted = match mode {
+        Mode::HostGw => "\"host-gw\"",
+        Mode::Vxlan(_) => "\"vxlan\" or \"host-gw\"",
+    };
     if t.is_empty() {
-        "no BackendType (flannel routes only \"host-gw\" leases)".into()
+        format!("no BackendType (this cluster routes only {wanted} leases)")
     } else {
-        format!("backend type {t:?} is not \"host-gw\" (compared exactly, as flannel does)")
+        format!("backend type {t:?} is not {wanted} (compared exactly, as flannel does)")
     }
 }
 
 fn judge(l: &Lease, me: &Me) -> Judged {
     let (s, ip) = (l.subnet, l.attrs.public_ip);
     let bad = |r: String| Judged::Bad(r);
-    if l.attrs.backend_type != BACKEND_TYPE {
-        bad(backend_reason(&l.attrs.backend_type))
+    if !speaks(me.mode, &l.attrs.backend_type) {
+        bad(backend_reason(me.mode, &l.attrs.backend_type))
     } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
         bad(format!("subnet {s} is outside the cluster network {}", me.network))
     } else if s.prefix() != me.subnet_len {

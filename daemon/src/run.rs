@@ -178,6 +178,7 @@ async fn daemon(a: Args) -> i32 {
         subnet_len: net.subnet_len,
         subnet: lease.subnet,
         public_ip: up.public_ip,
+        mode: net.mode,
     };
     let mut node = NodeSide::new(me, mtu, a.files, a.masq);
     metrics::set(&m.node_files_written, u64::from(node.ensure(false)));

@@ -86,6 +86,7 @@ pub fn me(
         // No subnet file: a subnet no lease can equal or overlap inside the network.
         subnet: subnet.unwrap_or(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).expect("/32")),
         public_ip: public_ip.or(own).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        mode: net.map_or(config::Mode::HostGw, |n| n.mode),
     })
 }
 

@@ -170,7 +170,7 @@ fn permanent_reservation_stays_permanent() {
         Lease {
             key: "10.244.5.0-24".into(),
             subnet: n("10.244.5.0/24"),
-            attrs: my_attrs(ip("198.18.0.11")),
+            attrs: my_attrs(ip("198.18.0.11"), crate::config::Mode::HostGw),
             expires: None,
         },
     );

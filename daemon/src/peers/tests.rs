@@ -8,6 +8,7 @@ fn me() -> Me {
         subnet_len: 24,
         subnet: "10.244.1.0/24".parse().unwrap(),
         public_ip: "198.18.0.11".parse().unwrap(),
+        mode: Mode::HostGw,
     }
 }
 
@@ -156,6 +157,7 @@ fn scales_to_5000_peers() {
         subnet_len: 24,
         subnet: "10.0.1.0/24".parse().unwrap(),
         public_ip: "172.16.0.1".parse().unwrap(),
+        mode: Mode::HostGw,
     };
     let m = map(entries);
     let t = std::time::Instant::now();
@@ -246,4 +248,45 @@ fn only_exactly_host_gw_leases_are_routed_as_flannel_does() {
     }
     // Never routed, but never free either: a node picking a subnet avoids all six.
     assert_eq!(taken(&entries, SystemTime::now()).len(), 6);
+}
+
+#[test]
+fn vxlan_mode_routes_vxlan_and_host_gw_leases_and_encapsulates_only_valid_vteps() {
+    let with = |key: &str, ip: &str, bt: &str, data: &str| {
+        let j = format!(r#"{{"PublicIP":"{ip}","BackendType":"{bt}","BackendData":{data}}}"#);
+        parse_lease(key, j.as_bytes(), None)
+    };
+    let entries = vec![
+        with("10.244.2.0-24", "198.18.0.12", "vxlan", r#"{"VNI":1,"VtepMAC":"0e:66:c6:12:00:0c"}"#),
+        with("10.244.3.0-24", "198.18.0.13", "host-gw", "null"),
+        with("10.244.4.0-24", "198.18.0.14", "vxlan", r#"{"VNI":2,"VtepMAC":"0e:66:c6:12:00:0e"}"#),
+        with("10.244.5.0-24", "198.18.0.15", "vxlan", r#"{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#),
+        with("10.244.6.0-24", "198.18.0.16", "vxlan", r#"{"VNI":1}"#),
+        with("10.244.7.0-24", "198.18.0.17", "udp", "null"),
+        with("10.244.8.0-24", "198.18.0.18", "VXLAN", r#"{"VNI":1,"VtepMAC":"0e:66:c6:12:00:12"}"#),
+    ];
+    let conf = crate::config::VxlanConf { vni: 1, port: 8472, direct_routing: true };
+    let vx = Me { mode: Mode::Vxlan(conf), ..me() };
+    let v = evaluate(&map(entries.clone()), &vx, SystemTime::now());
+    assert_eq!(
+        want(&v),
+        [
+            "10.244.2.0/24 via 198.18.0.12",
+            "10.244.3.0/24 via 198.18.0.13",
+            "10.244.4.0/24 via 198.18.0.14",
+            "10.244.5.0/24 via 198.18.0.15",
+            "10.244.6.0/24 via 198.18.0.16",
+        ]
+    );
+    let vtep: Vec<String> = v.vteps.iter().map(|(s, m)| format!("{s} {m:02x?}")).collect();
+    assert_eq!(vtep, ["10.244.2.0/24 [0e, 66, c6, 12, 00, 0c]"]);
+    assert!(v.unencapsulated["10.244.4.0-24"].contains("VNI 2"), "{v:?}");
+    assert!(v.unencapsulated["10.244.5.0-24"].contains("unicast"), "{v:?}");
+    assert!(v.unencapsulated["10.244.6.0-24"].contains("no VtepMAC"), "{v:?}");
+    assert!(v.bad["10.244.7.0-24"].contains(r#""vxlan" or "host-gw""#), "{v:?}");
+    assert!(v.bad["10.244.8.0-24"].contains("compared exactly"), "{v:?}");
+    // host-gw mode routes none of the vxlan leases, as flannel's host-gw backend.
+    let v = evaluate(&map(entries), &me(), SystemTime::now());
+    assert_eq!(want(&v), ["10.244.3.0/24 via 198.18.0.13"]);
+    assert!(v.vteps.is_empty());
 }

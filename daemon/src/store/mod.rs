@@ -38,21 +38,35 @@ pub struct NetworkConfig {
     pub backend: Backend,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The network config's `Backend`: flannel's keys for the two backends Ferry speaks (host-gw;
+/// vxlan with `VNI`, `Port`, `DirectRouting`). Other keys are ignored, as flannel does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
     #[serde(rename = "Type", default)]
     pub kind: String,
+    #[serde(rename = "VNI", default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(rename = "DirectRouting", default, skip_serializing_if = "Option::is_none")]
+    pub direct_routing: Option<bool>,
 }
 
 impl Backend {
-    /// The one backend Ferry speaks, as ferryd writes it into a config it stores.
+    /// Ferry's default backend, as ferryd writes it into a config it stores.
     pub fn host_gw() -> Backend {
-        Backend { kind: "host-gw".into() }
+        Backend { kind: "host-gw".into(), ..Backend::default() }
+    }
+
+    /// flannel's vxlan backend with direct routes to the peers on this node's own segment:
+    /// what `--backend vxlan` stores.
+    pub fn vxlan_direct() -> Backend {
+        Backend { kind: "vxlan".into(), direct_routing: Some(true), ..Backend::default() }
     }
 
     /// What flannel takes a config without `Backend` to mean: `udp`.
     pub fn absent() -> Backend {
-        Backend { kind: "udp".into() }
+        Backend { kind: "udp".into(), ..Backend::default() }
     }
 }
 
@@ -60,7 +74,7 @@ impl Backend {
 fn backend_or_null<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Backend, D::Error> {
-    Ok(Option::<Backend>::deserialize(d)?.unwrap_or(Backend { kind: String::new() }))
+    Ok(Option::<Backend>::deserialize(d)?.unwrap_or_default())
 }
 
 /// What a lease says about its node, flannel's `LeaseAttrs`.

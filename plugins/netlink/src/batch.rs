@@ -4,6 +4,7 @@
 //! `socket.rs`). Used on the plugin's ADD hot path and by the daemon's route programming.
 
 use crate::frame::Msg;
+use crate::neigh::{self, Neigh};
 use crate::nexthop;
 use crate::{addr::addr_msg, link::up_msg, route::route_del_msg, route::route_msg};
 use crate::{Netlink, Nexthop, Route};
@@ -31,6 +32,10 @@ pub enum Op<'a> {
     ReplaceNexthop(&'a Nexthop),
     /// Delete the nexthop object with this id, and its routes (ENOENT if none).
     DelNexthop(u32),
+    /// Add or replace a permanent neighbour (ARP or fdb) entry.
+    ReplaceNeigh(&'a Neigh),
+    /// Delete a neighbour entry (ENOENT if none).
+    DelNeigh(&'a Neigh),
 }
 
 impl Op<'_> {
@@ -47,6 +52,8 @@ impl Op<'_> {
             Op::AddNexthop(n) => nexthop::new_msg(n, false),
             Op::ReplaceNexthop(n) => nexthop::new_msg(n, true),
             Op::DelNexthop(id) => nexthop::del_msg(*id),
+            Op::ReplaceNeigh(n) => neigh::replace_msg(n),
+            Op::DelNeigh(n) => neigh::del_msg(n),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod events;
 mod frame;
 pub mod link;
+pub mod neigh;
 pub mod netns;
 pub mod nexthop;
 pub mod route;

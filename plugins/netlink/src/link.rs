@@ -4,11 +4,12 @@ use crate::frame::invalid;
 use crate::{Link, Netlink};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::fs::File;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// The RTM_NEWLINK body for a veth pair: `host` here (UP), `peer` created in the namespace `peer_ns_fd`.
@@ -30,6 +31,63 @@ pub fn veth_msg(host: &str, peer: &str, peer_ns_fd: RawFd, mtu: Option<u32>) -> 
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
     ]));
     m
+}
+
+/// The settings of a VXLAN device that carries IPv4 over an IPv4 underlay with static
+/// forwarding entries (no multicast group, no learning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Underlay source address of the encapsulated packets.
+    pub local: Ipv4Addr,
+    /// The underlay device.
+    pub uplink: u32,
+    pub learning: bool,
+}
+
+/// The RTM_NEWLINK body creating VXLAN device `name` (left down).
+pub fn vxlan_msg(name: &str, v: &Vxlan, mtu: u32, mac: [u8; 6]) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    m.attributes.push(LinkAttribute::Mtu(mtu));
+    m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(vec![
+            InfoVxlan::Id(v.vni),
+            InfoVxlan::Local(v.local),
+            InfoVxlan::Link(v.uplink),
+            InfoVxlan::Port(v.port),
+            InfoVxlan::Learning(v.learning),
+        ])),
+    ]));
+    m
+}
+
+/// The VXLAN settings of a link message, if it is a VXLAN device.
+pub fn parse_vxlan(m: &LinkMessage) -> Option<Vxlan> {
+    let infos = m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(i) => Some(i),
+        _ => None,
+    })?;
+    let data = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+        _ => None,
+    })?;
+    let mut v = Vxlan { vni: 0, port: 0, local: Ipv4Addr::UNSPECIFIED, uplink: 0, learning: true };
+    for d in data {
+        match d {
+            InfoVxlan::Id(x) => v.vni = *x,
+            InfoVxlan::Port(x) => v.port = *x,
+            InfoVxlan::Local(x) => v.local = *x,
+            InfoVxlan::Link(x) => v.uplink = *x,
+            InfoVxlan::Learning(x) => v.learning = *x,
+            _ => {}
+        }
+    }
+    Some(v)
 }
 
 /// RTM_SETLINK body changing only IFLA_IFALIAS of `index`.
@@ -137,6 +195,34 @@ impl Netlink {
             l.alias = Some(alias.to_string());
         }
         Ok(link)
+    }
+
+    /// Create VXLAN device `name` (EEXIST → `AlreadyExists`), left down.
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        v: &Vxlan,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> io::Result<()> {
+        self.request(Rt::NewLink(vxlan_msg(name, v, mtu, mac)), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    }
+
+    /// Link `name` and, if it is a VXLAN device, its settings.
+    pub fn vxlan_by_name(&mut self, name: &str) -> io::Result<Option<(Link, Option<Vxlan>)>> {
+        let reply = self.get_one(Rt::GetLink(select_msg(0, Some(name))), &[libc::ENODEV])?;
+        match reply {
+            None => Ok(None),
+            Some(Rt::NewLink(m)) => Ok(Some((parse_link(&m)?, parse_vxlan(&m)))),
+            Some(other) => Err(invalid(format!("unexpected reply to RTM_GETLINK: {other:?}"))),
+        }
+    }
+
+    /// Set the MTU of link `index`.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut m = select_msg(index, None);
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(Rt::SetLink(m), 0).map(drop)
     }
 
     pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
