@@ -5,8 +5,9 @@ use crate::events::{classify, Trigger};
 use crate::masq::{self, Masquerade};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, NodeFiles};
+use crate::overlay::Overlay;
 use crate::peers::{apply_event, evaluate, Leases, Me};
-use crate::route_applier::RouteApplier;
+use crate::route_applier::{Encap, RouteApplier};
 use crate::route_plan::Want;
 use crate::store::WatchEvent;
 use ferry_netlink::Event;
@@ -113,6 +114,12 @@ pub struct EventLoop {
     own_missing: bool,
     /// The first full reconcile (the start-up bulk programming) has run.
     started: bool,
+    /// vxlan backend: the device, kept as wanted before every full reconcile.
+    overlay: Option<Overlay>,
+    /// vxlan backend: the peers that can be sent VXLAN (subnet → VTEP MAC).
+    vteps: BTreeMap<Ipv4Network, [u8; 6]>,
+    /// vxlan leases routed only directly, as last reported (key → why).
+    reported_unencapsulated: BTreeMap<String, String>,
 }
 
 pub struct Inputs {
@@ -148,6 +155,31 @@ impl EventLoop {
             reported_bad: BTreeMap::new(),
             own_missing: false,
             started: false,
+            overlay: None,
+            vteps: BTreeMap::new(),
+            reported_unencapsulated: BTreeMap::new(),
+        }
+    }
+
+    /// Run the vxlan backend's device too.
+    pub fn with_overlay(mut self, o: Overlay) -> EventLoop {
+        self.overlay = Some(o);
+        self
+    }
+
+    /// Keep the VXLAN device as wanted and tell the route applier where it is.
+    fn ensure_overlay(&mut self) {
+        let Some(o) = &mut self.overlay else { return };
+        match o.ensure() {
+            Ok((ifindex, _)) => self.routes.set_encap(Some(Encap {
+                ifindex,
+                direct_routing: o.direct_routing,
+                vteps: self.vteps.clone(),
+            })),
+            Err(e) => {
+                metrics::inc(&self.metrics.route_errors_total);
+                warn!("VXLAN device {}: {e}", o.device.name);
+            }
         }
     }
 
@@ -238,6 +270,16 @@ impl EventLoop {
             metrics::set(g, n);
         }
         self.reported_bad = v.bad;
+        for (k, why) in &v.unencapsulated {
+            if self.reported_unencapsulated.get(k) != Some(why) {
+                warn!("lease {k}: never sent VXLAN ({why}); routed directly when on-link");
+            }
+        }
+        self.reported_unencapsulated = v.unencapsulated;
+        if let Some(e) = self.routes.encap_mut() {
+            e.vteps.clone_from(&v.vteps);
+        }
+        self.vteps = v.vteps;
         self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {
             let subnet = self.node.me.subnet;
@@ -251,6 +293,7 @@ impl EventLoop {
         if !self.listed {
             return;
         }
+        self.ensure_overlay();
         let t0 = std::time::Instant::now();
         let res = if self.started {
             self.routes.reconcile(&self.want, pass.retry)

@@ -218,13 +218,27 @@ fn remove_routes() -> bool {
             return false;
         }
     };
-    match RouteApplier::new(table, Arc::new(Metrics::default())).remove_all() {
+    let routes_ok = match RouteApplier::new(table, Arc::new(Metrics::default())).remove_all() {
         Ok(n) => {
             info!("removed {n} Ferry routes (proto 113)");
             true
         }
         Err(e) => {
             error!("remove routes: {e}");
+            false
+        }
+    };
+    // The vxlan backend's device, and with it its neighbour and fdb entries.
+    let devices = Netlink::new().and_then(|mut nl| crate::overlay::remove_devices(&mut nl));
+    match devices {
+        Ok(names) => {
+            for n in names {
+                info!("removed device {n}");
+            }
+            routes_ok
+        }
+        Err(e) => {
+            error!("remove Ferry's VXLAN device: {e}");
             false
         }
     }

@@ -69,6 +69,8 @@ metrics! {
     gauge bad_leases;
     /// Peers currently unreachable.
     gauge unreachable_peers;
+    /// Peers reached through the VXLAN device (vxlan backend; the others get direct routes).
+    gauge peers_encapsulated;
     /// etcd: the member in use, as its 1-based position in --store (0: none answered yet).
     gauge etcd_member;
     /// Peer routes in the kernel as wanted (wanted minus unreachable or blocked peers).

@@ -185,6 +185,24 @@ impl Device {
     }
 }
 
+/// The device at run time: kept as wanted before every full reconcile.
+pub struct Overlay {
+    pub device: Device,
+    pub direct_routing: bool,
+    netlink: Netlink,
+}
+
+impl Overlay {
+    pub fn new(device: Device, direct_routing: bool) -> io::Result<Overlay> {
+        Ok(Overlay { device, direct_routing, netlink: Netlink::new()? })
+    }
+
+    /// [`Device::ensure`] on this daemon's netlink socket.
+    pub fn ensure(&mut self) -> io::Result<(u32, bool)> {
+        self.device.ensure(&mut self.netlink)
+    }
+}
+
 /// Remove every VXLAN device Ferry made (uninstall, or the cluster left the vxlan backend):
 /// its routes, nexthops and neighbour entries go with it. Returns the names removed.
 pub fn remove_devices(nl: &mut Netlink) -> io::Result<Vec<String>> {

@@ -8,11 +8,13 @@
 //! (ENETUNREACH), and that answer counts as unreachable too.
 
 use crate::metrics::{self, Metrics};
+use crate::overlay;
 use crate::route_plan::{diff, nexthop_route, nh_id, peer_route, steps, PeerStep, Step, Want};
 use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
+use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Route, RTPROT_FERRY};
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -74,12 +76,34 @@ struct Tally {
     deleted: usize,
     /// Nexthop objects removed (stale ones, and those of peers that left or became unreachable).
     nexthops_deleted: usize,
+    /// VXLAN ARP / fdb entries added, replaced or removed.
+    neighbours: usize,
 }
 
 impl Tally {
     fn total(&self) -> usize {
-        self.added + self.replaced + self.deleted + self.nexthops_deleted
+        self.added + self.replaced + self.deleted + self.nexthops_deleted + self.neighbours
     }
+}
+
+/// The vxlan backend, as the applier needs it: the device and which peers it can reach
+/// encapsulated. Set by the event loop; `None` in host-gw mode.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Encap {
+    /// The VXLAN device (`ferry.<VNI>`).
+    pub ifindex: u32,
+    /// On-link peers get direct routes (flannel's `DirectRouting`).
+    pub direct_routing: bool,
+    /// Peer subnet → VTEP MAC, for the peers whose lease says they decapsulate.
+    pub vteps: BTreeMap<Ipv4Network, [u8; 6]>,
+}
+
+/// Where each peer's traffic goes this reconcile (vxlan backend).
+struct Paths {
+    /// The wanted routes with encapsulated peers' gateways replaced by their VTEP addresses.
+    want: Want,
+    /// Peer subnet → public IP, of the peers sent VXLAN.
+    encapsulated: HashMap<Ipv4Network, Ipv4Addr>,
 }
 
 /// Applies plans to the kernel's route table (netlink by default).
@@ -94,6 +118,10 @@ pub struct RouteApplier<T: RouteTable = NetlinkRouteTable> {
     /// Ids held by nexthops that are not Ferry's, as of the last snapshot: those peers get
     /// plain gateway routes.
     taken: HashSet<u32>,
+    /// The vxlan backend's device and VTEPs; `None`: host-gw.
+    encap: Option<Encap>,
+    /// Peers sent VXLAN as of the last reconcile (subnet → public IP).
+    encapsulated: HashMap<Ipv4Network, Ipv4Addr>,
 }
 
 mod install;
@@ -106,7 +134,23 @@ impl<T: RouteTable> RouteApplier<T> {
             blocked: HashMap::new(),
             nexthops: None,
             taken: HashSet::new(),
+            encap: None,
+            encapsulated: HashMap::new(),
         }
+    }
+
+    /// The vxlan backend's state, to update (`None` in host-gw mode until [`Self::set_encap`]).
+    pub fn encap_mut(&mut self) -> Option<&mut Encap> {
+        self.encap.as_mut()
+    }
+
+    pub fn set_encap(&mut self, e: Option<Encap>) {
+        self.encap = e;
+    }
+
+    /// How many peers are sent VXLAN (as of the last reconcile).
+    pub fn encapsulated(&self) -> usize {
+        self.encapsulated.len()
     }
 
     /// Some wanted peer is unreachable or blocked by a foreign route.
@@ -118,13 +162,27 @@ impl<T: RouteTable> RouteApplier<T> {
     /// peers already known to be unreachable (same gateway) or blocked by a foreign route are
     /// skipped. Returns how many routes (and stale nexthops) were changed.
     pub fn reconcile(&mut self, want: &Want, retry: bool) -> io::Result<usize> {
+        let orig = want;
         metrics::inc(&self.metrics.reconciles_total);
         let snap = self.table.snapshot()?;
         self.learn(&snap);
         let before = self.nexthops;
+        let mut tally = Tally::default();
+        let paths = match self.encap.take() {
+            Some(e) => {
+                let p = self.choose_paths(want, &snap, &e);
+                let synced = self.sync_neighbours(&e, &p, &mut tally);
+                self.encap = Some(e);
+                synced?;
+                self.encapsulated = p.encapsulated;
+                metrics::set(&self.metrics.peers_encapsulated, self.encapsulated.len() as u64);
+                Some(p.want)
+            }
+            None => None,
+        };
+        let want = paths.as_ref().unwrap_or(want);
         let nexthops = snap.nexthops.as_deref().filter(|_| self.nexthops == Some(true));
         let plan = steps(want, &snap.routes, nexthops);
-        let mut tally = Tally::default();
         let src = Source::Plan { retry };
         self.remove(plan.del_routes.into_iter().map(Change::DelRoute).collect(), &mut tally);
         let how = Reach::Connected(&snap.connected);
@@ -136,15 +194,95 @@ impl<T: RouteTable> RouteApplier<T> {
         self.finish(want, &tally);
         if self.nexthops != before {
             // The kernel refused nexthop objects after all: once more, with plain routes.
-            return Ok(tally.total() + self.reconcile(want, retry)?);
+            return Ok(tally.total() + self.reconcile(orig, retry)?);
         }
         Ok(tally.total())
+    }
+
+    /// Each peer's path (vxlan backend): a direct route when its public IP is on a directly
+    /// connected network (and `DirectRouting` is on), else VXLAN when its lease names a VTEP,
+    /// else the direct route it cannot have (reported unreachable). Logs each peer whose path
+    /// changed, with why.
+    fn choose_paths(&self, want: &Want, snap: &Snapshot, e: &Encap) -> Paths {
+        let mut out = Paths { want: Want::new(), encapsulated: HashMap::new() };
+        for (&dst, &gw) in want {
+            let on_link = crate::route_table::on_link(&snap.connected, gw).is_some();
+            let hop = match e.vteps.get(&dst) {
+                Some(_) if !(e.direct_routing && on_link) => {
+                    out.encapsulated.insert(dst, gw);
+                    if self.encapsulated.get(&dst) != Some(&gw) {
+                        let why = if on_link {
+                            "DirectRouting is off"
+                        } else {
+                            "not on a directly connected network"
+                        };
+                        info!("peer {dst}: VXLAN to {gw} ({why})");
+                    }
+                    overlay::vtep_ip(dst)
+                }
+                _ => {
+                    if self.encapsulated.contains_key(&dst) && on_link {
+                        info!(
+                            "peer {dst}: direct route via {gw} (on a directly connected network)"
+                        );
+                    }
+                    gw
+                }
+            };
+            out.want.insert(dst, hop);
+        }
+        out
+    }
+
+    /// Make the VXLAN device's permanent ARP and fdb entries exactly those of the encapsulated
+    /// peers: `vtep address → VtepMAC` and `VtepMAC → public IP`, replaced in place when they
+    /// change, extra ones removed. Sent before the routes that need them.
+    fn sync_neighbours(&mut self, e: &Encap, p: &Paths, tally: &mut Tally) -> io::Result<()> {
+        let have = self.table.neighbours(e.ifindex)?;
+        let mut want: HashMap<(NeighKind, Ipv4Addr, [u8; 6]), Neigh> = HashMap::new();
+        for (dst, gw) in &p.encapsulated {
+            let Some(&mac) = e.vteps.get(dst) else { continue };
+            let mk =
+                |kind, addr| Neigh { kind, ifindex: e.ifindex, addr, mac, protocol: RTPROT_FERRY };
+            for n in [mk(NeighKind::Arp, overlay::vtep_ip(*dst)), mk(NeighKind::Fdb, *gw)] {
+                want.insert((n.kind, n.addr, n.mac), n);
+            }
+        }
+        let key = |n: &Neigh| (n.kind, n.addr, n.mac);
+        let present: HashSet<_> = have.iter().map(key).collect();
+        // An ARP entry is one per address, an fdb entry one per MAC: what a replace overwrites.
+        let slot = |n: &Neigh| match n.kind {
+            NeighKind::Arp => (n.kind, n.addr, [0; 6]),
+            NeighKind::Fdb => (n.kind, Ipv4Addr::UNSPECIFIED, n.mac),
+        };
+        let wanted_slots: HashSet<_> = want.values().map(slot).collect();
+        let mut changes: Vec<Change> = have
+            .iter()
+            .filter(|h| !want.contains_key(&key(h)) && !wanted_slots.contains(&slot(h)))
+            .map(|h| Change::DelNeigh(h.clone()))
+            .collect();
+        changes.extend(
+            want.into_values().filter(|w| !present.contains(&key(w))).map(Change::ReplaceNeigh),
+        );
+        changes.sort_by_key(|c| matches!(c, Change::ReplaceNeigh(_)));
+        for (c, res) in changes.iter().zip(self.table.apply(&changes)) {
+            match (c, res) {
+                (_, Ok(())) => tally.neighbours += 1,
+                (_, Err(err)) if err.kind() == io::ErrorKind::NotFound => {}
+                (c, Err(err)) => self.op_failed("neighbour", &target(c), &err),
+            }
+        }
+        Ok(())
     }
 
     /// Apply the difference between two wanted sets without dumping the routing table: the fast
     /// path for store events. `Ok(false)` means the kernel did not look as expected (a route
     /// already held a new peer's subnet) and a full [`RouteApplier::reconcile`] is needed.
     pub fn apply_delta(&mut self, old: &Want, new: &Want) -> io::Result<bool> {
+        if self.encap.is_some() {
+            // A peer's path depends on the whole snapshot (connected networks, neighbours).
+            return Ok(false);
+        }
         let mut tally = Tally::default();
         let (mut gone, mut peers) = (Vec::new(), Vec::new());
         for (dst, was, now) in diff(old, new) {
@@ -312,6 +450,9 @@ fn target(c: &Change) -> String {
         Change::AddRoute(r) | Change::ReplaceRoute(r) | Change::DelRoute(r) => r.dst.to_string(),
         Change::AddNexthop(n) | Change::ReplaceNexthop(n) => format!("nexthop {}", n.id),
         Change::DelNexthop(id) => format!("nexthop {id}"),
+        Change::ReplaceNeigh(n) | Change::DelNeigh(n) => {
+            format!("{:?} {} {}", n.kind, n.addr, ferry_netlink::mac_to_string(n.mac))
+        }
     }
 }
 

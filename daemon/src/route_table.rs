@@ -2,6 +2,7 @@
 //! decisions are testable without root, and its netlink implementation.
 
 use ferry_netlink::batch::Op;
+use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{nexthop, Netlink, Nexthop, Route, Scope, RTPROT_FERRY, RT_TABLE_MAIN};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub enum Change {
     AddNexthop(Nexthop),
     ReplaceNexthop(Nexthop),
     DelNexthop(u32),
+    /// Add or replace a permanent neighbour (ARP) or fdb entry on the VXLAN device.
+    ReplaceNeigh(Neigh),
+    DelNeigh(Neigh),
 }
 
 /// What [`crate::route_applier::RouteApplier`] needs from the kernel.
@@ -60,6 +64,9 @@ pub trait RouteTable {
     /// How the kernel reaches `gw`: the output interface and, when not directly, the next hop.
     /// `Ok(None)`: no route at all.
     fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>>;
+
+    /// The permanent ARP and fdb entries of device `ifindex` (the VXLAN device).
+    fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>>;
 
     /// Make the changes, in order; one result per change. A failing change does not stop the
     /// others. Adds fail with `AlreadyExists` when the slot is taken; deletes of what is not
@@ -120,12 +127,14 @@ fn op(c: &Change) -> Op<'_> {
         Change::AddNexthop(n) => Op::AddNexthop(n),
         Change::ReplaceNexthop(n) => Op::ReplaceNexthop(n),
         Change::DelNexthop(id) => Op::DelNexthop(*id),
+        Change::ReplaceNeigh(n) => Op::ReplaceNeigh(n),
+        Change::DelNeigh(n) => Op::DelNeigh(n),
     }
 }
 
 /// A delete's ESRCH / ENOENT as `NotFound`.
 fn absent_as_not_found(c: &Change, res: io::Result<()>) -> io::Result<()> {
-    let delete = matches!(c, Change::DelRoute(_) | Change::DelNexthop(_));
+    let delete = matches!(c, Change::DelRoute(_) | Change::DelNexthop(_) | Change::DelNeigh(_));
     match res {
         Err(e) if delete && matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
             Err(io::Error::new(io::ErrorKind::NotFound, e))
@@ -153,6 +162,12 @@ impl RouteTable for NetlinkRouteTable {
 
     fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
         self.netlink.route_get(IpAddr::V4(gw))
+    }
+
+    fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>> {
+        let mut out = self.netlink.neighbours(NeighKind::Arp, ifindex)?;
+        out.extend(self.netlink.neighbours(NeighKind::Fdb, ifindex)?);
+        Ok(out)
     }
 
     /// [`APPLY_CHUNK`] changes per batch. If the socket itself fails mid-way, every change of

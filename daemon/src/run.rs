@@ -2,12 +2,13 @@
 //! loops: the store watcher, the lease keeper, the event loop. All on one current_thread runtime.
 
 use crate::args::{self, Args, Parsed, UplinkFlags};
-use crate::config::{self, Net, NetworkRequest};
+use crate::config::{self, Mode, Net, NetworkRequest, VxlanConf, VXLAN_OVERHEAD};
 use crate::event_loop::{EventLoop, Inputs, NodeSide};
 use crate::install::Layout;
 use crate::lease::{self, ClaimError, LeaseTiming};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, Uplink};
+use crate::overlay::{Device, Overlay};
 use crate::peers::Me;
 use crate::route_applier::RouteApplier;
 use crate::route_table::NetlinkRouteTable;
@@ -173,6 +174,17 @@ async fn daemon(a: Args) -> i32 {
     if let Err(e) = node::enable_forwarding() {
         warn!("net.ipv4.ip_forward=1: {e}");
     }
+    let mtu = match net.mode {
+        Mode::Vxlan(_) if a.uplink.mtu.is_none() => {
+            let pods = up.mtu.saturating_sub(net.mode.mtu_overhead());
+            info!(
+                "MTU for pods: {pods} (the uplink's {} minus VXLAN's {})",
+                up.mtu, VXLAN_OVERHEAD
+            );
+            pods
+        }
+        _ => mtu,
+    };
     let me = Me {
         network: net.network,
         subnet_len: net.subnet_len,
@@ -184,9 +196,42 @@ async fn daemon(a: Args) -> i32 {
     metrics::set(&m.node_files_written, u64::from(node.ensure(false)));
 
     // 5. The loops.
+    let overlay = match net.mode {
+        Mode::Vxlan(conf) => match vxlan_overlay(conf, &up, lease.subnet) {
+            Ok(o) => Some(o),
+            Err(code) => return code,
+        },
+        Mode::HostGw => None,
+    };
     let routes = RouteApplier::new(NetlinkRouteTable::new(nl), m.clone());
-    let event_loop = EventLoop::new(node, a.reconcile, routes, m);
+    let mut event_loop = EventLoop::new(node, a.reconcile, routes, m);
+    if let Some(o) = overlay {
+        event_loop = event_loop.with_overlay(o);
+    }
     run_loops(event_loop, keeper, lease, watch_store, a.reconcile.resync).await
+}
+
+/// The vxlan backend's device for this node: on the uplink, from its public IP, the uplink's
+/// MTU minus the VXLAN header.
+fn vxlan_overlay(conf: VxlanConf, up: &Uplink, subnet: Ipv4Network) -> Result<Overlay, i32> {
+    let mut nl = Netlink::new().map_err(|e| {
+        error!("netlink socket: {e}");
+        1
+    })?;
+    let uplink = match nl.link_by_name(&up.iface) {
+        Ok(Some(l)) => l.index,
+        _ => 0, // no uplink device known (--public-ip on another host's NAT): unbound
+    };
+    let mtu = up.mtu.saturating_sub(VXLAN_OVERHEAD);
+    let device = Device::new(conf, up.public_ip, uplink, mtu, subnet);
+    info!(
+        "backend vxlan: device {} VNI {} port {}, DirectRouting {}",
+        device.name, conf.vni, conf.port, conf.direct_routing
+    );
+    Overlay::new(device, conf.direct_routing).map_err(|e| {
+        error!("netlink socket: {e}");
+        1
+    })
 }
 
 /// The store watcher, the lease keeper and the event loop, until one of them ends.

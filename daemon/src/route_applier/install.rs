@@ -3,8 +3,10 @@
 
 use super::{dst_of, target, Blocked, Installed, Reach, RouteApplier, Source, Tally};
 use crate::metrics;
+use crate::overlay;
 use crate::route_plan::{nexthop_route, peer_nexthop, peer_route, PeerStep, Step};
 use crate::route_table::{on_link, Change, RouteTable};
+use ferry_netlink::Route;
 use std::io;
 use std::net::Ipv4Addr;
 
@@ -14,8 +16,9 @@ enum Prepared {
     Skip,
     /// Its gateway is not on-link: nothing to send, its old route and nexthop go.
     Unreachable,
-    /// Send its changes; the gateway is on-link through this interface.
-    Go(u32),
+    /// Send its changes; the gateway is on-link through this interface (`true`: declared
+    /// on-link, the VXLAN device's VTEP gateways).
+    Go(u32, bool),
 }
 
 /// The kernel refused the gateway itself: not on-link (ENETUNREACH, EHOSTUNREACH), or for a
@@ -33,11 +36,12 @@ fn refused_gateway(c: &Change, e: &io::Error) -> bool {
 }
 
 /// The changes that install peer `p` through `oif`: its nexthop (if it needs one), its route.
-fn changes_for(p: &PeerStep, oif: u32) -> Vec<Change> {
+fn changes_for(p: &PeerStep, oif: u32, onlink: bool) -> Vec<Change> {
     let mut out = Vec::with_capacity(2);
     let route = match p.nexthop {
         Some((id, step)) => {
-            let nh = peer_nexthop(id, p.gw, oif);
+            let mut nh = peer_nexthop(id, p.gw, oif);
+            nh.onlink = onlink;
             match step {
                 Step::Add => out.push(Change::AddNexthop(nh)),
                 Step::Replace => out.push(Change::ReplaceNexthop(nh)),
@@ -45,7 +49,7 @@ fn changes_for(p: &PeerStep, oif: u32) -> Vec<Change> {
             }
             nexthop_route(p.dst, id)
         }
-        None => peer_route(p.dst, p.gw, oif),
+        None => Route { onlink, ..peer_route(p.dst, p.gw, oif) },
     };
     match p.route {
         Step::Add => out.push(Change::AddRoute(route)),
@@ -85,9 +89,9 @@ impl<T: RouteTable> RouteApplier<T> {
                     gone.extend(cleanup(p));
                     outcomes.push(Installed::Unreachable);
                 }
-                Prepared::Go(oif) => {
+                Prepared::Go(oif, onlink) => {
                     let first = changes.len();
-                    changes.extend(changes_for(p, oif));
+                    changes.extend(changes_for(p, oif, onlink));
                     jobs.push((p, first..changes.len()));
                 }
             }
@@ -113,8 +117,13 @@ impl<T: RouteTable> RouteApplier<T> {
         if src == (Source::Plan { retry: false }) && self.blocked_gateway(p.dst) == Some(p.gw) {
             return Prepared::Skip;
         }
+        if let Some(e) = &self.encap {
+            if self.encapsulated.contains_key(&p.dst) && p.gw == overlay::vtep_ip(p.dst) {
+                return Prepared::Go(e.ifindex, true);
+            }
+        }
         match self.reach(p.gw, how) {
-            Ok(oif) => Prepared::Go(oif),
+            Ok(oif) => Prepared::Go(oif, false),
             Err(why) => {
                 self.unreachable(p, &why);
                 Prepared::Unreachable

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::route_plan::peer_nexthop;
+use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Nexthop, RT_TABLE_MAIN};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +27,8 @@ struct FakeTable {
     refused: Vec<Ipv4Addr>,
     /// Error kind the next add/replace fails with.
     fail_next: Option<io::ErrorKind>,
+    /// Permanent ARP / fdb entries (of any device).
+    neighbours: Vec<Neigh>,
     calls: Vec<String>,
 }
 
@@ -86,8 +89,29 @@ impl FakeTable {
         match r.nh_id {
             Some(id) if !self.nexthops.iter().any(|n| n.id == id) => Err(errno(libc::EINVAL)),
             Some(_) => Ok(()),
+            None if r.onlink => Ok(()),
             None => self.on_link(r.gateway),
         }
+    }
+
+    fn replace_neigh(&mut self, n: &Neigh) -> io::Result<()> {
+        let slot = |h: &Neigh| {
+            h.kind == n.kind
+                && h.ifindex == n.ifindex
+                && match n.kind {
+                    NeighKind::Arp => h.addr == n.addr,
+                    NeighKind::Fdb => h.mac == n.mac,
+                }
+        };
+        self.neighbours.retain(|h| !slot(h));
+        self.neighbours.push(n.clone());
+        Ok(())
+    }
+
+    fn del_neigh(&mut self, n: &Neigh) -> io::Result<()> {
+        let i = self.neighbours.iter().position(|h| h == n).ok_or(io::ErrorKind::NotFound)?;
+        self.neighbours.remove(i);
+        Ok(())
     }
 
     fn add_route(&mut self, r: &Route, replace: bool) -> io::Result<()> {
@@ -125,7 +149,9 @@ impl FakeTable {
         if at.is_some() && !replace {
             return Err(io::ErrorKind::AlreadyExists.into());
         }
-        self.on_link(n.gateway)?;
+        if !n.onlink {
+            self.on_link(n.gateway)?;
+        }
         match at {
             Some(i) => self.nexthops[i] = n.clone(),
             None => self.nexthops.push(n.clone()),
@@ -154,6 +180,10 @@ impl FakeTable {
                 (format!("{} replace", show_nh(n)), self.add_nexthop(n, true))
             }
             Change::DelNexthop(id) => (format!("{} del", nh_name(*id)), self.del_nexthop(*id)),
+            Change::ReplaceNeigh(n) => {
+                (format!("neigh {} replace", target(c)), self.replace_neigh(n))
+            }
+            Change::DelNeigh(n) => (format!("neigh {} del", target(c)), self.del_neigh(n)),
         };
         self.calls.push(call);
         res
@@ -184,6 +214,11 @@ impl RouteTable for FakeTable {
     fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
         self.calls.push(format!("get {gw}"));
         Ok(self.reach.get(&gw).copied())
+    }
+
+    fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>> {
+        self.calls.push(format!("neighbours of {ifindex}"));
+        Ok(self.neighbours.iter().filter(|n| n.ifindex == ifindex).cloned().collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> Vec<io::Result<()>> {
@@ -654,4 +689,95 @@ fn thousands_of_peers_go_in_bounded_batches() {
         ["batch of 2048", "batch of 2048", "batch of 2048", "batch of 2048", "batch of 1808"]
     );
     assert_eq!((a.table.routes.len(), a.table.nexthops.len()), (5000, 5000));
+}
+
+const VX: u32 = 9;
+
+fn mac(last: u8) -> [u8; 6] {
+    [0x0e, 0x66, 0, 0, 0, last]
+}
+
+fn neighbours(a: &RouteApplier<FakeTable>) -> Vec<String> {
+    let mut v: Vec<String> = a
+        .table
+        .neighbours
+        .iter()
+        .map(|n| format!("{:?} {} {:02x}", n.kind, n.addr, n.mac[5]))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn vxlan_sends_off_link_peers_through_the_device_and_on_link_peers_direct() {
+    // .12 is on-link; .13 (another segment) and .14 (no VTEP: cannot decapsulate) are not.
+    let mut a = applier(&["198.18.0.12"]);
+    let vteps = [(n("10.244.2.0/24"), mac(0x12)), (n("10.244.3.0/24"), mac(0x13))];
+    a.set_encap(Some(Encap {
+        ifindex: VX,
+        direct_routing: true,
+        vteps: vteps.into_iter().collect(),
+    }));
+    let w = want(&[
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("10.244.3.0/24", "198.19.0.13"),
+        ("10.244.4.0/24", "198.19.0.14"),
+    ]);
+    a.reconcile(&w, false).unwrap();
+    let hop = |a: &RouteApplier<FakeTable>, dst: &str| {
+        a.table.nexthops.iter().find(|h| h.id == id(dst)).cloned()
+    };
+    let direct = hop(&a, "10.244.2.0/24").unwrap();
+    assert_eq!(
+        (direct.gateway, direct.oif, direct.onlink),
+        (Some("198.18.0.12".parse().unwrap()), Some(ETH0), false)
+    );
+    let vx = hop(&a, "10.244.3.0/24").unwrap();
+    assert_eq!(
+        (vx.gateway, vx.oif, vx.onlink),
+        (Some("10.244.3.0".parse().unwrap()), Some(VX), true)
+    );
+    assert!(hop(&a, "10.244.4.0/24").is_none(), "no VTEP: never encapsulated");
+    assert_eq!(a.table.routes.len(), 2);
+    assert_eq!(neighbours(&a), ["Arp 10.244.3.0 13", "Fdb 198.19.0.13 13"]);
+    assert_eq!(a.encapsulated(), 1);
+    assert_eq!(a.metrics.peers_encapsulated.load(Relaxed), 1);
+    assert!(a.has_blocked(), ".14 is unreachable");
+
+    // Steady state: nothing changes.
+    a.calls();
+    assert_eq!(a.reconcile(&w, false).unwrap(), 0);
+
+    // .13 moves onto this segment: direct route, its neighbour entries go; .12 leaves it.
+    a.table.reach.insert(ip("198.19.0.13"), (ETH0, None));
+    a.table.reach.remove(&ip("198.18.0.12"));
+    a.reconcile(&w, true).unwrap();
+    let now = hop(&a, "10.244.3.0/24").unwrap();
+    assert_eq!(
+        (now.gateway, now.oif, now.onlink),
+        (Some("198.19.0.13".parse().unwrap()), Some(ETH0), false)
+    );
+    let moved = hop(&a, "10.244.2.0/24").unwrap();
+    assert_eq!((moved.gateway, moved.oif), (Some("10.244.2.0".parse().unwrap()), Some(VX)));
+    assert_eq!(neighbours(&a), ["Arp 10.244.2.0 12", "Fdb 198.18.0.12 12"]);
+
+    // A VTEP MAC change is replaced in place; a stray entry on the device is removed.
+    a.table.neighbours.push(Neigh {
+        kind: NeighKind::Arp,
+        ifindex: VX,
+        addr: ip("10.244.9.0"),
+        mac: mac(9),
+        protocol: 0,
+    });
+    a.encap_mut().unwrap().vteps.insert(n("10.244.2.0/24"), mac(0x22));
+    a.reconcile(&w, false).unwrap();
+    assert_eq!(neighbours(&a), ["Arp 10.244.2.0 22", "Fdb 198.18.0.12 22"]);
+
+    // Without DirectRouting every peer with a VTEP is encapsulated, on-link or not.
+    a.encap_mut().unwrap().direct_routing = false;
+    a.reconcile(&w, false).unwrap();
+    assert_eq!(hop(&a, "10.244.3.0/24").unwrap().oif, Some(VX));
+    assert_eq!(a.encapsulated(), 2);
+    // Store events take the full reconcile path in vxlan mode.
+    assert!(!a.apply_delta(&w, &Want::new()).unwrap());
 }

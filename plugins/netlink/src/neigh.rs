@@ -111,7 +111,8 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 ARP entries and the fdb entries with a remote IPv4 address of device `ifindex`.
+    /// The permanent IPv4 ARP entries, or fdb entries with a remote IPv4 address, of device
+    /// `ifindex`.
     pub fn neighbours(&mut self, kind: NeighKind, ifindex: u32) -> io::Result<Vec<Neigh>> {
         let mut q = NeighbourMessage::default();
         q.header.family = family(kind);
@@ -124,7 +125,9 @@ impl Netlink {
         Ok(replies
             .iter()
             .filter_map(|r| match r {
-                Rt::NewNeighbour(m) => parse_neigh(m),
+                Rt::NewNeighbour(m) if m.header.state == NeighbourState::Permanent => {
+                    parse_neigh(m)
+                }
                 _ => None,
             })
             .filter(|n| n.ifindex == ifindex && n.kind == kind)
