@@ -82,15 +82,36 @@ impl Lab {
 
     /// Add a node namespace wired to the underlay (not started). Returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_on(0)
+    }
+
+    /// Add a node on underlay segment `seg`: 0 is `br0` (198.18.0.0/24, the only one unless
+    /// asked), 1 is `br1` (198.19.0.0/24), with the underlay namespace routing between them (a
+    /// node on a second segment reaches the first, and etcd, through it).
+    pub fn add_node_on(&mut self, seg: u8) -> usize {
         let i = self.nodes.len();
         let ns = Netns::new("fnd");
-        let ip = format!("198.18.0.{}", 11 + i);
+        let ip = format!("198.{}.0.{}", 18 + seg, 11 + i);
         let port = format!("v{i}");
+        let bridge = format!("br{seg}");
+        if seg > 0 && !self.underlay.ip(&["link", "show"]).contains(&format!(" {bridge}:")) {
+            self.underlay.ip(&["link", "add", &bridge, "type", "bridge"]);
+            self.underlay.ip(&["addr", "add", &format!("198.{}.0.1/24", 18 + seg), "dev", &bridge]);
+            self.underlay.ip(&["link", "set", &bridge, "up"]);
+            ok(
+                "ip",
+                ["netns", "exec", &self.underlay.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            );
+        }
         self.underlay
             .ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
-        self.underlay.ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.underlay.ip(&["link", "set", &port, "master", &bridge, "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
+        if seg > 0 {
+            // The other segment (and etcd on 198.18.0.1) through the underlay's router.
+            ns.ip(&["route", "add", "198.18.0.0/16", "via", &format!("198.{}.0.1", 18 + seg)]);
+        }
         let dir = self.dir.join(&format!("n{i}"));
         fs::create_dir_all(&dir).unwrap();
         self.nodes.push(Node { ns, ip, dir, proc: None });

@@ -114,13 +114,10 @@ impl Netlink {
     /// The permanent IPv4 ARP entries, or fdb entries with a remote IPv4 address, of device
     /// `ifindex`.
     pub fn neighbours(&mut self, kind: NeighKind, ifindex: u32) -> io::Result<Vec<Neigh>> {
+        // No filter in the request: the kernel's fdb dump reads its attributes as those of a
+        // link message (EINVAL for NDA_IFINDEX after an ndmsg), so filter here.
         let mut q = NeighbourMessage::default();
         q.header.family = family(kind);
-        q.header.ifindex = ifindex;
-        if kind == NeighKind::Fdb {
-            // The bridge dump filters on the device given as the master or by IFLA/NDA_IFINDEX.
-            q.attributes.push(NeighbourAttribute::IfIndex(ifindex));
-        }
         let replies = self.request(Rt::GetNeighbour(q), NLM_F_DUMP)?;
         Ok(replies
             .iter()

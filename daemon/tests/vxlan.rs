@@ -1,0 +1,193 @@
+//! Peers beyond the L2 segment (the vxlan backend with DirectRouting), for both stores: two
+//! underlay segments joined by a router namespace, nodes on each, pods pinging every other pod;
+//! traffic inside a segment goes direct (the VXLAN device's counters do not move), across
+//! segments through `ferry.1`; DF-set pings at the pods' MTU cross; a peer that becomes
+//! on-link switches to a direct route and back without a restart; the device, a route and a
+//! neighbour entry deleted by hand come back; uninstall leaves nothing.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use testlab::{wait_for, Netns};
+
+const T: Duration = Duration::from_secs(15);
+const DEV: &str = "ferry.1";
+
+/// Nodes 0 and 1 on segment A (198.18.0.0/24), 2 and 3 on segment B (198.19.0.0/24).
+fn two_segments(kind: Store) -> (Lab, Vec<String>) {
+    let mut lab = Lab::new(kind, 0);
+    for seg in [0, 0, 1, 1] {
+        lab.add_node_on(seg);
+    }
+    for i in 0..2 {
+        lab.nodes[i].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
+    }
+    lab.store_up();
+    for i in 0..4 {
+        lab.start(i, &["--backend", "vxlan"]);
+    }
+    let subnets = lab.wait_subnets(&[0, 1, 2, 3]);
+    (lab, subnets)
+}
+
+fn segment(i: usize) -> usize {
+    i / 2
+}
+
+/// What node `i` routes: same-segment peers via their address, the others via their VTEP
+/// address (the subnet's network address) on the VXLAN device.
+fn expected(lab: &Lab, i: usize) -> BTreeMap<String, String> {
+    (0..lab.nodes.len())
+        .filter(|&j| j != i)
+        .map(|j| {
+            let s = lab.subnet(j).unwrap();
+            let gw = if segment(j) == segment(i) {
+                lab.nodes[j].ip.clone()
+            } else {
+                s.split('/').next().unwrap().to_string()
+            };
+            (s, gw)
+        })
+        .collect()
+}
+
+/// Packets node `i`'s VXLAN device has sent.
+fn vxlan_tx(lab: &Lab, i: usize) -> u64 {
+    let v = lab.nodes[i].ns.ip_json(&["-s", "link", "show", DEV]);
+    v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or_else(|| panic!("no {DEV} on node {i}: {v}"))
+}
+
+fn ping_df(pod: &Netns, dst: &str, size: u32) -> bool {
+    let s = size.to_string();
+    pod.cmd("ping")
+        .args(["-c", "1", "-W", "2", "-q", "-M", "do", "-s", &s, dst])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn across_segments(kind: Store) {
+    let (mut lab, subnets) = two_segments(kind);
+    for i in 0..4 {
+        lab.wait_routes(i, &expected(&lab, i), T);
+    }
+    // The lease carries flannel's vxlan BackendData.
+    let l0: serde_json::Value =
+        serde_json::from_str(&lab.get_lease(&key(&subnets[0])).unwrap()).unwrap();
+    assert_eq!(l0["BackendType"], "vxlan", "{l0}");
+    assert_eq!(l0["BackendData"]["VNI"], 1, "{l0}");
+    assert_eq!(l0["BackendData"]["VtepMAC"], "0e:66:c6:12:00:0b", "{l0}");
+    // The subnet file gives pods the uplink MTU minus VXLAN's 50 bytes.
+    let env = std::fs::read_to_string(lab.nodes[0].dir.join("subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1450"), "{env}");
+
+    let pods: Vec<(Netns, String)> = (0..4).map(|i| add_pod(&lab, i, &format!("pod{i}"))).collect();
+    let all_ping = |lab: &Lab, when: &str| {
+        for (a, (pa, _)) in pods.iter().enumerate() {
+            for (b, (_, ipb)) in pods.iter().enumerate() {
+                if a != b {
+                    assert!(pa.ping(ipb), "{when}: pod{a} -> pod{b} ({ipb})\n{}", lab.log(a));
+                }
+            }
+        }
+    };
+    all_ping(&lab, "two segments");
+
+    // Same segment: direct (the device sends nothing); across: encapsulated.
+    let before = vxlan_tx(&lab, 0);
+    for _ in 0..5 {
+        assert!(pods[0].0.ping(&pods[1].1));
+    }
+    assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod1 (same segment) went through {DEV}");
+    for _ in 0..5 {
+        assert!(pods[0].0.ping(&pods[2].1));
+    }
+    assert!(vxlan_tx(&lab, 0) >= before + 5, "pod0 -> pod2 (other segment) did not use {DEV}");
+
+    // DF set at the advertised MTU (1450: 1422 bytes of ICMP payload) crosses; one byte more
+    // does not leave the pod.
+    assert!(ping_df(&pods[0].0, &pods[3].1, 1422), "DF ping at MTU 1450 across segments");
+    assert!(ping_df(&pods[3].0, &pods[1].1, 1422), "DF ping at MTU 1450 back");
+    assert!(!ping_df(&pods[0].0, &pods[3].1, 1423), "DF ping above the pods' MTU");
+
+    // Node 0 gets a leg on segment B (a second interface): its segment-B peers are now
+    // on-link, so they get direct routes, without a restart; taken away, VXLAN again.
+    let n0 = &lab.nodes[0].ns;
+    lab.underlay
+        .ip(&["link", "add", "v0b", "type", "veth", "peer", "name", "eth1", "netns", &n0.name]);
+    lab.underlay.ip(&["link", "set", "v0b", "master", "br1", "up"]);
+    n0.ip(&["addr", "add", "198.19.0.50/24", "dev", "eth1"]);
+    n0.ip(&["link", "set", "eth1", "up"]);
+    let mut direct = expected(&lab, 0);
+    for j in [2, 3] {
+        direct.insert(lab.subnet(j).unwrap(), lab.nodes[j].ip.clone());
+    }
+    lab.wait_routes(0, &direct, T);
+    let before = vxlan_tx(&lab, 0);
+    assert!(pods[0].0.ping(&pods[2].1), "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod2 still encapsulated while on-link");
+    n0.ip(&["link", "del", "eth1"]);
+    lab.wait_routes(0, &expected(&lab, 0), T);
+    assert!(pods[0].0.ping(&pods[2].1), "pod0 -> pod2 encapsulated again\n{}", lab.log(0));
+    let log = lab.log(0);
+    assert!(
+        log.contains("VXLAN to 198.19.0.13") && log.contains("direct route via 198.19.0.13"),
+        "{log}"
+    );
+
+    // Drift: a neighbour entry, a route, and the device itself, each removed by hand.
+    let vtep2 = subnets[2].split('/').next().unwrap().to_string();
+    n0.ip(&["neigh", "del", &vtep2, "dev", DEV]);
+    let back = wait_for(T, || n0.ip(&["neigh", "show", "dev", DEV]).contains(&vtep2));
+    assert!(back, "ARP entry for {vtep2} not restored\n{}", lab.log(0));
+    n0.ip(&["route", "del", &subnets[3]]);
+    lab.wait_routes(0, &expected(&lab, 0), T);
+    n0.ip(&["link", "del", DEV]);
+    lab.wait_routes(0, &expected(&lab, 0), T);
+    let ok = wait_for(T, || pods[0].0.ping(&pods[3].1));
+    assert!(ok, "pod0 -> pod3 after {DEV} was re-created\n{}", lab.log(0));
+    all_ping(&lab, "after drift repairs");
+
+    // Uninstall: no route, nexthop or device of Ferry's left.
+    lab.stop(0);
+    let (st, out) = lab.run_once(0, &["--uninstall"], T);
+    assert!(st.is_some_and(|s| s.success()), "uninstall: {st:?} {out}");
+    assert!(lab.routes(0).is_empty(), "{:?}", lab.routes(0));
+    let n0 = &lab.nodes[0].ns;
+    assert!(!n0.ip(&["link", "show"]).contains(DEV), "{}", n0.ip(&["link", "show"]));
+    assert_eq!(n0.ip(&["nexthop", "show", "proto", "113"]).trim(), "");
+}
+
+#[test]
+fn file_vxlan_across_segments() {
+    across_segments(Store::File);
+}
+
+#[test]
+fn etcd_vxlan_across_segments() {
+    across_segments(Store::Etcd);
+}
+
+/// A host-gw node (an older ferryd, or flanneld host-gw) on the other segment is never sent
+/// VXLAN: it cannot decapsulate. It is routed directly when on-link, else reported unreachable.
+#[test]
+fn host_gw_peer_is_never_encapsulated() {
+    let mut lab = Lab::new(Store::File, 0);
+    for seg in [0, 0, 1] {
+        lab.add_node_on(seg);
+    }
+    lab.nodes[0].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
+    lab.store_up();
+    lab.start(0, &["--backend", "vxlan"]);
+    let s0 = lab.wait_subnets(&[0]);
+    // Leases as a host-gw node writes them, one per segment.
+    lab.put_lease("10.244.77.0-24", r#"{"PublicIP":"198.18.0.12","BackendType":"host-gw"}"#);
+    lab.put_lease("10.244.78.0-24", r#"{"PublicIP":"198.19.0.13","BackendType":"host-gw"}"#);
+    let want: BTreeMap<String, String> =
+        [("10.244.77.0/24".to_string(), "198.18.0.12".to_string())].into_iter().collect();
+    lab.wait_routes(0, &want, T);
+    let ok = wait_for(T, || lab.log(0).contains("10.244.78.0/24 via 198.19.0.13 not routed"));
+    assert!(ok, "{}", lab.log(0));
+    assert_eq!(lab.routes(0), want, "subnet {s0:?}");
+}
