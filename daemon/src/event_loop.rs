@@ -120,6 +120,17 @@ pub struct EventLoop {
     vteps: BTreeMap<Ipv4Network, [u8; 6]>,
     /// vxlan leases routed only directly, as last reported (key → why).
     reported_unencapsulated: BTreeMap<String, String>,
+    /// The public IP follows the uplink's address (no `--public-ip`).
+    uplink: Option<UplinkWatch>,
+}
+
+/// Following the uplink's address: a node re-addressed (moved to another segment) re-publishes
+/// its lease with the new address, without a restart.
+pub struct UplinkWatch {
+    pub iface: Option<String>,
+    pub netlink: ferry_netlink::Netlink,
+    /// Tells the lease keeper the new address.
+    pub moved: mpsc::UnboundedSender<std::net::Ipv4Addr>,
 }
 
 pub struct Inputs {
@@ -158,7 +169,40 @@ impl EventLoop {
             overlay: None,
             vteps: BTreeMap::new(),
             reported_unencapsulated: BTreeMap::new(),
+            uplink: None,
         }
+    }
+
+    /// Follow the uplink's address.
+    pub fn with_uplink_watch(mut self, w: UplinkWatch) -> EventLoop {
+        self.uplink = Some(w);
+        self
+    }
+
+    /// After an address or link change: if the uplink's address is no longer this node's public
+    /// IP, take the new one (the lease keeper re-publishes the lease, the VXLAN device follows).
+    fn check_uplink(&mut self) {
+        let Some(w) = &mut self.uplink else { return };
+        let up = match node::find_uplink(&mut w.netlink, None, w.iface.as_deref()) {
+            Ok(u) => u,
+            Err(e) => {
+                debug!("uplink: {e}");
+                return;
+            }
+        };
+        let old = self.node.me.public_ip;
+        if up.public_ip == old {
+            return;
+        }
+        warn!(
+            "this node's address changed: {old} -> {} on {}; re-publishing lease {}",
+            up.public_ip, up.iface, self.node.me.subnet
+        );
+        self.node.me.public_ip = up.public_ip;
+        if let Some(o) = &mut self.overlay {
+            o.readdress(up.public_ip);
+        }
+        let _ = w.moved.send(up.public_ip);
     }
 
     /// Run the vxlan backend's device too.
@@ -242,6 +286,9 @@ impl EventLoop {
         take(evs);
         while let Ok(evs) = more.try_recv() {
             take(evs);
+        }
+        if t == Trigger::Link {
+            self.check_uplink();
         }
         match t {
             Trigger::None => None,

@@ -197,6 +197,13 @@ impl Overlay {
         Ok(Overlay { device, direct_routing, netlink: Netlink::new()? })
     }
 
+    /// The node's public IP changed: the device's local address and VTEP MAC follow (the next
+    /// [`Overlay::ensure`] re-creates it).
+    pub fn readdress(&mut self, public_ip: Ipv4Addr) {
+        self.device.vxlan.local = public_ip;
+        self.device.mac = vtep_mac(public_ip);
+    }
+
     /// [`Device::ensure`] on this daemon's netlink socket.
     pub fn ensure(&mut self) -> io::Result<(u32, bool)> {
         self.device.ensure(&mut self.netlink)

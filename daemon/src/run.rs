@@ -3,7 +3,7 @@
 
 use crate::args::{self, Args, Parsed, UplinkFlags};
 use crate::config::{self, Mode, Net, NetworkRequest, VxlanConf, VXLAN_OVERHEAD};
-use crate::event_loop::{EventLoop, Inputs, NodeSide};
+use crate::event_loop::{EventLoop, Inputs, NodeSide, UplinkWatch};
 use crate::install::Layout;
 use crate::lease::{self, ClaimError, LeaseTiming};
 use crate::metrics::{self, Metrics};
@@ -208,7 +208,18 @@ async fn daemon(a: Args) -> i32 {
     if let Some(o) = overlay {
         event_loop = event_loop.with_overlay(o);
     }
-    run_loops(event_loop, keeper, lease, watch_store, a.reconcile.resync).await
+    let (moved_tx, moved_rx) = mpsc::unbounded_channel();
+    if a.uplink.public_ip.is_none() {
+        match Netlink::new() {
+            Ok(netlink) => {
+                let iface = a.uplink.iface.clone();
+                event_loop =
+                    event_loop.with_uplink_watch(UplinkWatch { iface, netlink, moved: moved_tx });
+            }
+            Err(e) => warn!("netlink socket: {e}; a change of this node's address needs a restart"),
+        }
+    }
+    run_loops(event_loop, keeper, (lease, moved_rx), watch_store, a.reconcile.resync).await
 }
 
 /// The vxlan backend's device for this node: on the uplink, from its public IP, the uplink's
@@ -238,7 +249,7 @@ fn vxlan_overlay(conf: VxlanConf, up: &Uplink, subnet: Ipv4Network) -> Result<Ov
 async fn run_loops(
     event_loop: EventLoop,
     keeper: LeaseKeeper,
-    lease: Lease,
+    (lease, moved): (Lease, mpsc::UnboundedReceiver<Ipv4Addr>),
     mut watch_store: AnyStore,
     resync: Duration,
 ) -> i32 {
@@ -252,7 +263,7 @@ async fn run_loops(
     let inputs = Inputs { store: store_rx, kernel: kernel_rx, lost: lost_tx };
     tokio::select! {
         _ = watcher(&mut watch_store, store_tx, &m) => 1,
-        code = keeper.run(lease, lost_rx) => code,
+        code = keeper.run(lease, lost_rx, moved) => code,
         code = event_loop.run(inputs) => code,
     }
 }
@@ -407,12 +418,28 @@ impl LeaseKeeper {
     /// asks for the same subnet (the pods use it): it gets that subnet or fails
     /// ([`ClaimError::Taken`]), so the node's subnet never changes while it runs. Returns the
     /// exit code when the node's subnet cannot be kept.
-    async fn run(mut self, mut lease: Lease, mut lost: mpsc::UnboundedReceiver<()>) -> i32 {
+    async fn run(
+        mut self,
+        mut lease: Lease,
+        mut lost: mpsc::UnboundedReceiver<()>,
+        mut moved: mpsc::UnboundedReceiver<Ipv4Addr>,
+    ) -> i32 {
         let every = lease::renew_after(self.timing.ttl, self.timing.renew_margin);
         let mut at = Instant::now() + every;
         let mut b = Backoff::new();
         loop {
             let reclaim = tokio::select! {
+                biased;
+                Some(ip) = moved.recv() => {
+                    match self.readdress(&mut lease, ip, &mut b).await {
+                        Ok(()) => {
+                            while lost.try_recv().is_ok() {}
+                            at = Instant::now() + every;
+                            continue;
+                        }
+                        Err(code) => return code,
+                    }
+                }
                 _ = tokio::time::sleep_until(at), if lease.expires.is_some() => {
                     match self.renew(&mut lease, &mut b).await {
                         Some(next) => {
@@ -435,6 +462,27 @@ impl LeaseKeeper {
                 at = Instant::now() + every;
             }
         }
+    }
+
+    /// This node's address changed: its lease (same subnet) is re-written with the new public
+    /// IP (and VTEP MAC): the old entry is deleted, then the subnet claimed again.
+    async fn readdress(
+        &mut self,
+        lease: &mut Lease,
+        ip: Ipv4Addr,
+        b: &mut Backoff,
+    ) -> Result<(), i32> {
+        if lease.attrs.public_ip == ip {
+            return Ok(());
+        }
+        metrics::set(&self.metrics.lease_held, 0);
+        while let Err(e) = self.store.delete(lease.subnet).await {
+            b.fail("re-publish lease (delete the old entry)", &e, &self.metrics).await;
+        }
+        self.public_ip = ip;
+        *lease = self.claim(ip, Some(lease.subnet)).await?;
+        info!("lease {} re-published for {ip}", lease.subnet);
+        Ok(())
     }
 
     /// Publish the lease held (and its expiry) for /metrics and /readyz.

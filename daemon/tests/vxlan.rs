@@ -31,8 +31,9 @@ fn two_segments(kind: Store) -> (Lab, Vec<String>) {
     (lab, subnets)
 }
 
-fn segment(i: usize) -> usize {
-    i / 2
+/// A node's segment, by its address (198.18.0.x: A, 198.19.0.x: B).
+fn segment(lab: &Lab, i: usize) -> &str {
+    &lab.nodes[i].ip[..7]
 }
 
 /// What node `i` routes: same-segment peers via their address, the others via their VTEP
@@ -42,7 +43,7 @@ fn expected(lab: &Lab, i: usize) -> BTreeMap<String, String> {
         .filter(|&j| j != i)
         .map(|j| {
             let s = lab.subnet(j).unwrap();
-            let gw = if segment(j) == segment(i) {
+            let gw = if segment(lab, j) == segment(lab, i) {
                 lab.nodes[j].ip.clone()
             } else {
                 s.split('/').next().unwrap().to_string()
@@ -136,6 +137,25 @@ fn across_segments(kind: Store) {
         "{log}"
     );
 
+    // Node 3 moves from segment B to A (re-cabled and re-addressed), ferryd still running: it
+    // re-publishes its lease with the new address; its peers on A now route it directly.
+    lab.underlay.ip(&["link", "set", "v3", "master", "br0"]);
+    let n3 = &lab.nodes[3].ns;
+    n3.ip(&["addr", "add", "198.18.0.24/24", "dev", "eth0"]);
+    n3.ip(&["addr", "del", "198.19.0.14/24", "dev", "eth0"]);
+    n3.ip(&["route", "replace", "198.19.0.0/24", "via", "198.18.0.1"]);
+    lab.nodes[3].ip = "198.18.0.24".into();
+    for i in 0..4 {
+        lab.wait_routes(i, &expected(&lab, i), T);
+    }
+    let l3 = lab.get_lease(&key(&subnets[3])).unwrap();
+    assert!(l3.contains("198.18.0.24") && l3.contains("0e:66:c6:12:00:18"), "{l3}");
+    all_ping(&lab, "after node 3 moved to segment A");
+    let before = vxlan_tx(&lab, 0);
+    assert!(pods[0].0.ping(&pods[3].1));
+    assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod3 (now same segment) went through {DEV}");
+    let n0 = &lab.nodes[0].ns;
+
     // Drift: a neighbour entry, a route, and the device itself, each removed by hand.
     let vtep2 = subnets[2].split('/').next().unwrap().to_string();
     n0.ip(&["neigh", "del", &vtep2, "dev", DEV]);
@@ -145,8 +165,8 @@ fn across_segments(kind: Store) {
     lab.wait_routes(0, &expected(&lab, 0), T);
     n0.ip(&["link", "del", DEV]);
     lab.wait_routes(0, &expected(&lab, 0), T);
-    let ok = wait_for(T, || pods[0].0.ping(&pods[3].1));
-    assert!(ok, "pod0 -> pod3 after {DEV} was re-created\n{}", lab.log(0));
+    let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
+    assert!(ok, "pod0 -> pod2 after {DEV} was re-created\n{}", lab.log(0));
     all_ping(&lab, "after drift repairs");
 
     // Uninstall: no route, nexthop or device of Ferry's left.
