@@ -3,6 +3,8 @@
 //! directory, or a real etcd in the underlay namespace). Everything is torn down on drop.
 #![allow(dead_code)]
 
+pub mod events;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
