@@ -47,12 +47,15 @@ fn main() {
     }
 
     // Throughput, rounds in rotating order; the server is on node 0 / pod 0.
+    let s0 = lab.subnet(0).unwrap();
+    let vtep0 = s0.split('/').next().unwrap().to_string();
     let n = |i: usize| &lab.nodes[i].ns;
     let paths: Vec<(&str, &Netns, &Netns, String)> = vec![
         ("underlay, same segment (node1 -> node0)", n(1), n(0), lab.nodes[0].ip.clone()),
         ("pod, same segment: direct (pod1 -> pod0)", &pods[1].0, &pods[0].0, pods[0].1.clone()),
         ("underlay, across segments (node2 -> node0)", n(2), n(0), lab.nodes[0].ip.clone()),
         ("pod, across segments: VXLAN (pod2 -> pod0)", &pods[2].0, &pods[0].0, pods[0].1.clone()),
+        ("node over VXLAN, no pod hop (node2 -> node0 VTEP)", n(2), n(0), vtep0),
     ];
     let rounds = 3;
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
@@ -74,7 +77,7 @@ fn main() {
         "\niperf3 TCP, {rounds} rounds x {secs} s, median Gbit/s (MTU: underlay 1500, pods 1450)"
     );
     for (k, (name, ..)) in paths.iter().enumerate() {
-        println!("  {name:<46} {:>7.2}   {:?}", med(&gbps[k]), gbps[k]);
+        println!("  {name:<50} {:>7.2}   {:.2?}", med(&gbps[k]), gbps[k]);
     }
     println!(
         "  ratio direct / underlay (same segment)        {:>7.3}",
