@@ -150,6 +150,8 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
         public_ip: PEER_IP.parse().unwrap(),
         backend_type: "host-gw".into(),
         backend_data: serde_json::Value::Null,
+        public_ipv6: None,
+        backend_v6_data: None,
     };
     let mut put = |on: bool| -> Instant {
         match etcd.as_mut() {

@@ -10,7 +10,6 @@ use crate::route_applier::RouteApplier;
 use crate::route_plan::Want;
 use crate::store::WatchEvent;
 use ferry_netlink::Event;
-use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,8 +28,8 @@ pub struct NodeSide {
     pub mtu: u32,
     files: NodeFiles,
     masq: Masquerade,
-    /// Subnet the masquerade table was last written for.
-    masq_for: Option<Ipv4Network>,
+    /// What the masquerade tables were last written for.
+    masq_for: Option<masq::Scope>,
 }
 
 impl NodeSide {
@@ -45,8 +44,12 @@ impl NodeSide {
         let subnet_ok = self.write_subnet_file();
         self.ensure_masquerade(force_masq);
         let path = self.files.conflist_path();
-        let exclude =
-            crate::takeover::excludes(self.files.cni_exclude_host_local.as_deref(), self.me.subnet);
+        let exclude = match self.me.v4 {
+            Some(m) => {
+                crate::takeover::excludes(self.files.cni_exclude_host_local.as_deref(), m.subnet)
+            }
+            None => Vec::new(),
+        };
         let text = node::conflist_excluding(&self.files, &exclude);
         let conf_ok = match node::write_if_changed(&path, &text) {
             Ok(true) => {
@@ -64,9 +67,9 @@ impl NodeSide {
 
     fn write_subnet_file(&self) -> bool {
         let me = &self.me;
-        let env = node::subnet_env(me.network, me.subnet, self.mtu, self.masq.enabled);
+        let env = node::subnet_env(me, self.mtu, self.masq.enabled);
         match node::write_if_changed(&self.files.subnet_file, &env) {
-            Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnet),
+            Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnets()),
             Ok(false) => {}
             Err(e) => {
                 warn!("subnet file: {e}");
@@ -77,25 +80,37 @@ impl NodeSide {
     }
 
     fn ensure_masquerade(&mut self, force: bool) {
-        let (network, subnet) = (self.me.network, self.me.subnet);
-        if self.masq.enabled && (force || self.masq_for != Some(subnet)) {
-            match masq::apply(&self.masq.nft, network, subnet) {
+        let me = &self.me;
+        let scope = masq::Scope {
+            v4: me.v4.map(|m| (m.network, m.subnet)),
+            v6: me.v6.map(|m| (m.network, m.subnet)),
+        };
+        if self.masq.enabled && (force || self.masq_for != Some(scope)) {
+            match masq::apply(&self.masq.nft, &scope) {
                 Ok(()) => {
-                    if self.masq_for != Some(subnet) {
-                        info!(
-                            "masquerade: table ip {} for {subnet} leaving {network}",
-                            masq::TABLE
-                        );
+                    if self.masq_for != Some(scope) {
+                        if let Some((network, subnet)) = scope.v4 {
+                            info!(
+                                "masquerade: table ip {} for {subnet} leaving {network}",
+                                masq::TABLE
+                            );
+                        }
+                        if let Some((network, subnet)) = scope.v6 {
+                            info!(
+                                "masquerade: table ip6 {} for {subnet} leaving {network}",
+                                masq::TABLE
+                            );
+                        }
                     }
-                    self.masq_for = Some(subnet);
+                    self.masq_for = Some(scope);
                 }
                 Err(e) => warn!("masquerade: {e}"),
             }
         } else if !self.masq.enabled && self.masq_for.is_none() {
             if let Err(e) = masq::remove(&self.masq.nft) {
-                warn!("masquerade off, but removing table ip {}: {e}", masq::TABLE);
+                warn!("masquerade off, but removing tables ip/ip6 {}: {e}", masq::TABLE);
             }
-            self.masq_for = Some(subnet);
+            self.masq_for = Some(scope);
         }
     }
 }
@@ -240,7 +255,7 @@ impl EventLoop {
         self.reported_bad = v.bad;
         self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {
-            let subnet = self.node.me.subnet;
+            let subnet = self.node.me.subnets();
             warn!("this node's lease {subnet} is gone from the store; re-claiming it");
             let _ = lost.send(());
         }

@@ -8,13 +8,13 @@
 //! (ENETUNREACH), and that answer counts as unreachable too.
 
 use crate::metrics::{self, Metrics};
-use crate::route_plan::{diff, nexthop_route, nh_id, peer_route, steps, PeerStep, Step, Want};
+use crate::route_plan::{diff, nexthop_route, nh_id_in, peer_route, steps, PeerStep, Step, Want};
 use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
 use ferry_netlink::{Route, RTPROT_FERRY};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Peers installed per batch of changes: bounds the memory of a start-up with 100,000 peers.
@@ -24,13 +24,13 @@ const INSTALL_CHUNK: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Blocked {
     /// The gateway is not directly reachable (host-gw needs peers on a shared L2 segment).
-    Unreachable(Ipv4Addr),
+    Unreachable(IpAddr),
     /// A route Ferry does not own holds the destination; it is left alone.
-    Foreign(Ipv4Addr),
+    Foreign(IpAddr),
 }
 
 impl Blocked {
-    fn gateway(self) -> Ipv4Addr {
+    fn gateway(self) -> IpAddr {
         match self {
             Blocked::Unreachable(g) | Blocked::Foreign(g) => g,
         }
@@ -87,7 +87,7 @@ pub struct RouteApplier<T: RouteTable = NetlinkRouteTable> {
     table: T,
     metrics: Arc<Metrics>,
     /// Peer subnet → why its route is not installed.
-    blocked: HashMap<Ipv4Network, Blocked>,
+    blocked: HashMap<IpNetwork, Blocked>,
     /// Nexthop objects: `None` until the first snapshot shows whether the kernel has them;
     /// `Some(false)` (for good, once seen): plain gateway routes.
     nexthops: Option<bool>,
@@ -149,8 +149,8 @@ impl<T: RouteTable> RouteApplier<T> {
         let (mut gone, mut peers) = (Vec::new(), Vec::new());
         for (dst, was, now) in diff(old, new) {
             match (was, now) {
-                (Some(g), None) => gone.extend(self.forget(dst, g)),
-                (was, Some(g)) => peers.push(self.delta_step(dst, was, g)),
+                (Some(g), None) => gone.extend(self.forget(dst, g, old)),
+                (was, Some(g)) => peers.push(self.delta_step(dst, was, g, new)),
                 (None, None) => {}
             }
         }
@@ -207,15 +207,15 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The nexthop id peer `dst` uses now; `None`: a plain gateway route.
-    fn nexthop_for(&self, dst: Ipv4Network) -> Option<u32> {
-        nh_id(dst).filter(|id| self.nexthops == Some(true) && !self.taken.contains(id))
+    fn nexthop_for(&self, dst: IpNetwork, want: &Want) -> Option<u32> {
+        nh_id_in(dst, want).filter(|id| self.nexthops == Some(true) && !self.taken.contains(id))
     }
 
     /// What a delta does for peer `dst`, now via `gw`, before via `was`.
-    fn delta_step(&self, dst: Ipv4Network, was: Option<Ipv4Addr>, gw: Ipv4Addr) -> PeerStep {
+    fn delta_step(&self, dst: IpNetwork, was: Option<IpAddr>, gw: IpAddr, want: &Want) -> PeerStep {
         // Only a route this daemon installed may be replaced in place.
         let ours = was.filter(|w| self.blocked_gateway(dst) != Some(*w));
-        let id = self.nexthop_for(dst);
+        let id = self.nexthop_for(dst, want);
         let old = ours.map(|w| match id {
             Some(id) => nexthop_route(dst, id),
             None => peer_route(dst, w, 0),
@@ -231,8 +231,8 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The changes that remove peer `dst` (last via `gw`): its route, then its nexthop.
-    fn forget(&self, dst: Ipv4Network, gw: Ipv4Addr) -> Vec<Change> {
-        match self.nexthop_for(dst) {
+    fn forget(&self, dst: IpNetwork, gw: IpAddr, old: &Want) -> Vec<Change> {
+        match self.nexthop_for(dst, old) {
             Some(id) => vec![Change::DelRoute(nexthop_route(dst, id)), Change::DelNexthop(id)],
             None => {
                 let mut r = peer_route(dst, gw, 0);
@@ -242,7 +242,7 @@ impl<T: RouteTable> RouteApplier<T> {
         }
     }
 
-    fn blocked_gateway(&self, dst: Ipv4Network) -> Option<Ipv4Addr> {
+    fn blocked_gateway(&self, dst: IpNetwork) -> Option<IpAddr> {
         self.blocked.get(&dst).map(|b| b.gateway())
     }
 
@@ -316,8 +316,8 @@ fn target(c: &Change) -> String {
 }
 
 /// A route destination as the log shows it.
-fn dst_of(d: Ipv4Network) -> IpNetwork {
-    IpNetwork::V4(d)
+fn dst_of(d: IpNetwork) -> IpNetwork {
+    d
 }
 
 #[cfg(test)]
