@@ -523,6 +523,15 @@ fn ipv6_drift_stale_route_and_lease_removal(kind: Store, family: Family) {
     lab.wait_all_routes(0, &[0, 1], T);
     assert_eq!(lab.lease_key(0).as_ref(), Some(&keys[0]), "node 0 kept both subnets");
     assert!(lab.get_lease(&keys[0]).is_some(), "{:?}", lab.lease_keys());
+    // Uninstall removes Ferry's routes and nexthops of both families and both nft tables.
+    assert!(lab.nft_table6(0).is_some());
+    assert!(lab.stop(0).unwrap().success());
+    let root = lab.dir.path_str("root");
+    let (st, out) = lab.run_once(0, &["--uninstall", "--root", &root], T);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(lab.routes(0).is_empty() && lab.routes6(0).is_empty(), "{out}");
+    assert!(lab.nodes[0].ns.ip(&["nexthop", "show", "proto", "113"]).trim().is_empty());
+    assert!(lab.nft_table(0).is_none() && lab.nft_table6(0).is_none());
 }
 
 macro_rules! per_store_and_family {

@@ -388,3 +388,19 @@ fn hostile_ipv6_leases_are_never_routed() {
         ["fd00:10:244:31::/64".parse::<Ipv6Network>().unwrap()]
     );
 }
+
+#[test]
+fn ipv6_only_leases_block_no_ipv4_subnet_and_a_plain_slash_0_blocks_all() {
+    let now = SystemTime::now();
+    let only6 = stored6("0.0.0.0-0&fd00:10:244:7::-64", "0.0.0.0", Some("fd00:198:18::17"));
+    assert_eq!(taken(std::slice::from_ref(&only6), now), Vec::<Ipv4Network>::new());
+    assert_eq!(taken6(&[only6], now), ["fd00:10:244:7::/64".parse::<Ipv6Network>().unwrap()]);
+    // A plain 0.0.0.0-0 names no subnet of either family: a bad entry blocking all of IPv4.
+    let all = stored6("0.0.0.0-0", "198.18.0.9", None);
+    assert!(all.is_err(), "{all:?}");
+    assert_eq!(
+        taken(std::slice::from_ref(&all), now),
+        ["0.0.0.0/0".parse::<Ipv4Network>().unwrap()]
+    );
+    assert!(taken6(&[all], now).is_empty());
+}
