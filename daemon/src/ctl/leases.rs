@@ -182,6 +182,8 @@ struct Row {
     key: String,
     subnet: Option<Ipv4Network>,
     public_ip: Option<Ipv4Addr>,
+    subnet6: Option<Ipv6Network>,
+    public_ipv6: Option<Ipv6Addr>,
     backend: Option<String>,
     expires: Option<SystemTime>,
     /// `this node`, `peer`, `expired` or `ignored`.
@@ -195,7 +197,18 @@ impl Row {
             Err(b) => {
                 let (key, reason) = (b.key.clone(), Some(b.reason.clone()));
                 let (subnet, public_ip, backend, expires) = (None, None, None, None);
-                return Row { key, subnet, public_ip, backend, expires, status: "ignored", reason };
+                let (subnet6, public_ipv6) = (None, None);
+                return Row {
+                    key,
+                    subnet,
+                    public_ip,
+                    subnet6,
+                    public_ipv6,
+                    backend,
+                    expires,
+                    status: "ignored",
+                    reason,
+                };
             }
             Ok(l) => l,
         };
@@ -214,6 +227,8 @@ impl Row {
             key: l.key.clone(),
             subnet: Some(l.subnet),
             public_ip: Some(l.attrs.public_ip),
+            subnet6: l.subnet6,
+            public_ipv6: l.attrs.public_ipv6,
             backend: Some(l.attrs.backend_type.clone()),
             expires: l.expires,
             status,
@@ -234,7 +249,11 @@ impl Row {
             } else {
                 self.key.clone()
             },
-            self.public_ip.map_or_else(dash, |ip| ip.to_string()),
+            match (self.public_ip, self.public_ipv6) {
+                (Some(ip), Some(v6)) if ip.is_unspecified() => v6.to_string(),
+                (Some(ip), Some(v6)) => format!("{ip} {v6}"),
+                (ip, _) => ip.map_or_else(dash, |ip| ip.to_string()),
+            },
             self.backend.clone().filter(|b| !b.is_empty()).unwrap_or_else(dash),
             if self.subnet.is_some() { expiry(self.expires, now) } else { dash() },
             status,
@@ -246,6 +265,8 @@ impl Row {
             "key": self.key,
             "subnet": self.subnet.map(|s| s.to_string()),
             "public_ip": self.public_ip.map(|i| i.to_string()),
+            "subnet6": self.subnet6.map(|s| s.to_string()),
+            "public_ipv6": self.public_ipv6.map(|i| i.to_string()),
             "backend": self.backend,
             "status": self.status,
             "reason": self.reason,
@@ -346,20 +367,35 @@ impl LeaseView {
             opt(local.mtu.map(|m| m.to_string())),
             opt(local.ipmasq.map(|m| m.to_string()))
         );
-        let text = pairs(&[
-            ("subnet", local.subnet.to_string()),
+        let v4 = (local.subnet.prefix() > 0).then_some(local.subnet);
+        let mut rows = vec![
+            ("subnet", opt(v4.map(|s| s.to_string()))),
             ("network", opt(local.network.map(|n| n.to_string()))),
             ("public IP", opt(l.map(|l| l.attrs.public_ip.to_string()))),
+        ];
+        if local.subnet6.is_some() {
+            rows.extend([
+                ("IPv6 subnet", opt(local.subnet6.map(|s| s.to_string()))),
+                ("IPv6 network", opt(local.network6.map(|n| n.to_string()))),
+                ("public IPv6", opt(l.and_then(|l| l.attrs.public_ipv6).map(|i| i.to_string()))),
+            ]);
+        }
+        rows.extend([
             ("backend", opt(l.map(|l| l.attrs.backend_type.clone()))),
             ("expires", opt(l.map(|l| expiry(l.expires, self.now)))),
             ("state", self.state.clone()),
             ("subnet file", file),
             ("store", store.to_string()),
         ]);
+        let text = pairs(&rows);
         let mut json = json!({
-            "subnet": local.subnet.to_string(),
+            "subnet": v4.map(|s| s.to_string()),
             "network": local.network.map(|n| n.to_string()),
             "public_ip": l.map(|l| l.attrs.public_ip.to_string()),
+            "subnet6": local.subnet6.map(|s| s.to_string()),
+            "ipv6_network": local.network6.map(|n| n.to_string()),
+            "public_ipv6": l.and_then(|l| l.attrs.public_ipv6).map(|i| i.to_string()),
+            "key": local.subnets().key(),
             "backend": l.map(|l| l.attrs.backend_type.clone()),
             "held": self.code == EXIT_OK,
             "state": self.state,
