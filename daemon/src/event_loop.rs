@@ -44,12 +44,8 @@ impl NodeSide {
         let subnet_ok = self.write_subnet_file();
         self.ensure_masquerade(force_masq);
         let path = self.files.conflist_path();
-        let exclude = match self.me.v4 {
-            Some(m) => {
-                crate::takeover::excludes(self.files.cni_exclude_host_local.as_deref(), m.subnet)
-            }
-            None => Vec::new(),
-        };
+        let dir = self.files.cni_exclude_host_local.as_deref();
+        let exclude = crate::takeover::excludes(dir, self.me.subnets());
         let text = node::conflist_excluding(&self.files, &exclude);
         let conf_ok = match node::write_if_changed(&path, &text) {
             Ok(true) => {
