@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Ferry end to end, in a throw-away sandbox (nothing touches this machine's real network):
-#   sudo ./demo.sh [--store file|etcd] [--keep-going]
+#   sudo ./demo.sh [--store file|etcd] [--dual-stack]
 # Builds Ferry, then inside `tests/sandbox.sh` brings up an underlay bridge namespace
 # (198.18.0.1/24), three node namespaces (eth0 198.18.0.11-13) each running ferryd (file store
 # or a real etcd in the underlay namespace), waits for each node's CNI conflist, adds two pods per
 # node with the real `ferry` plugin from that conflist, prints leases and proto-113 routes, pings
 # every pod from every other pod, tears everything down and exits non-zero if any ping failed.
-# FERRY_DEMO_NO_BUILD=1 skips the build.
+# --dual-stack: an IPv4 + IPv6 pod network (IPv6 fd00:10:244::/56 over a ULA underlay
+# fd00:198:18::/64), one ping matrix per family. FERRY_DEMO_NO_BUILD=1 skips the build.
 set -euo pipefail
 
 STORE=file
+DUAL=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --dual-stack) DUAL=1; shift ;;
         --store) STORE=${2:-}; shift 2 ;;
         --store=*) STORE=${1#*=}; shift ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -28,7 +31,8 @@ if [ "${FERRY_DEMO_INNER:-}" != 1 ]; then
         echo "== building Ferry (cargo build --release --workspace)"
         (cd "$ROOT" && cargo build --release --workspace)
     fi
-    exec env FERRY_DEMO_INNER=1 "$ROOT/tests/sandbox.sh" "$ROOT/demo.sh" --store "$STORE"
+    DUAL_FLAG=(); [ "$DUAL" = 1 ] && DUAL_FLAG=(--dual-stack)
+    exec env FERRY_DEMO_INNER=1 "$ROOT/tests/sandbox.sh" "$ROOT/demo.sh" --store "$STORE" "${DUAL_FLAG[@]}"
 fi
 
 # ---------------------------------------------------------------- inside the sandbox from here on
@@ -40,7 +44,7 @@ done
 L=$(mktemp -d /tmp/ferry-demo.XXXXXX)
 NODES="1 2 3"
 PODS="a b"
-declare -A FERRYD_PID POD_IP
+declare -A FERRYD_PID POD_IP POD_IP6 POD_IF6
 ETCD_PID=
 
 log() { printf '\n== %s\n' "$*"; }
@@ -79,6 +83,16 @@ cni() { # cni <node> <ADD|DEL> <pod>
         CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$BIN" "$BIN/ferry" <<<"$conf"
 }
 
+# The same for an IPv6-only attachment eth1 reading the IPv6 half of the node's subnet file.
+cni6() { # cni6 <node> <ADD|DEL> <pod>
+    local n=$1 cmd=$2 pod=$3 conf
+    grep -v -e '^FLANNEL_NETWORK=' -e '^FLANNEL_SUBNET=' "$L/n$n/subnet.env" >"$L/n$n/subnet6.env"
+    conf=$(jq -c --arg f "$L/n$n/subnet6.env" --arg d "$L/n$n/ipam6" \
+        '.plugins[0] + {name: .name, cniVersion: .cniVersion, subnetFile: $f, dataDir: $d}' "$L/n$n/net.d/10-ferry.conflist")
+    ip netns exec "node$n" env -i PATH="$PATH" CNI_COMMAND="$cmd" CNI_CONTAINERID="demo6-$pod" \
+        CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth1 CNI_PATH="$BIN" "$BIN/ferry" <<<"$conf"
+}
+
 teardown() {
     local rc=$?
     set +e
@@ -87,6 +101,7 @@ teardown() {
         local pod="pod$n$p"
         if [ -e "/run/netns/$pod" ]; then
             [ -f "$L/n$n/net.d/10-ferry.conflist" ] && cni "$n" DEL "$pod" >/dev/null
+            [ -n "${POD_IF6[$pod]:-}" ] && cni6 "$n" DEL "$pod" >/dev/null
             ip netns del "$pod"
         fi
     done; done
@@ -104,6 +119,7 @@ ip netns add underlay
 ip -n underlay link set lo up
 ip -n underlay link add br0 type bridge
 ip -n underlay addr add 198.18.0.1/24 dev br0
+[ "$DUAL" = 1 ] && ip -n underlay addr add fd00:198:18::1/64 dev br0 nodad
 ip -n underlay link set br0 up
 for n in $NODES; do
     ip netns add "node$n"
@@ -111,6 +127,7 @@ for n in $NODES; do
     ip -n underlay link add "port$n" type veth peer name eth0 netns "node$n"
     ip -n underlay link set "port$n" master br0 up
     ip -n "node$n" addr add "198.18.0.1$n/24" dev eth0
+    [ "$DUAL" = 1 ] && ip -n "node$n" addr add "fd00:198:18::1$n/64" dev eth0 nodad
     ip -n "node$n" link set eth0 up
     mkdir -p "$L/n$n"
 done
@@ -134,9 +151,14 @@ else
     STORE_URL=file://$L/store
 fi
 
+NET_FLAGS=()
+if [ "$DUAL" = 1 ]; then
+    NET_FLAGS=(--ipv6-network fd00:10:244::/56)
+    log "dual-stack: IPv4 10.244.0.0/16 and IPv6 fd00:10:244::/56; node IPv6 fd00:198:18::11-13"
+fi
 log "starting ferryd on each node"
 for n in $NODES; do
-    ip netns exec "node$n" "$BIN/ferryd" --store "$STORE_URL" --iface eth0 \
+    ip netns exec "node$n" "$BIN/ferryd" --store "$STORE_URL" --iface eth0 "${NET_FLAGS[@]}" \
         --subnet-file "$L/n$n/subnet.env" --cni-conf-dir "$L/n$n/net.d" --cni-data-dir "$L/n$n/ipam" \
         >"$L/n$n/ferryd.log" 2>&1 &
     FERRYD_PID[$n]=$!
@@ -151,6 +173,7 @@ done
 log "leases"
 for n in $NODES; do
     subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$L/n$n/subnet.env")
+    [ "$DUAL" = 1 ] && subnet="$subnet FLANNEL_IPV6_SUBNET=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$L/n$n/subnet.env")"
     if [ "$STORE" = etcd ]; then
         key=$(ip netns exec underlay env ETCDCTL_API=3 etcdctl --endpoints=http://198.18.0.1:2379 get --prefix --keys-only /coreos.com/network/subnets/ | grep . | while read -r k; do
             v=$(ip netns exec underlay env ETCDCTL_API=3 etcdctl --endpoints=http://198.18.0.1:2379 get --print-value-only "$k")
@@ -168,6 +191,7 @@ routes_ready() { [ "$(ip -n "node$1" route show proto 113 | wc -l)" -ge 2 ]; }
 for n in $NODES; do
     wait_until 5 routes_ready "$n" || true
     echo "   node$n:"; ip -n "node$n" route show proto 113 | sed 's/^/      /'
+    [ "$DUAL" = 1 ] && ip -n "node$n" -6 route show proto 113 | sed 's/^/      /'
 done
 
 log "pods: two per node, added with the ferry plugin and the conflist ferryd installed"
@@ -175,26 +199,48 @@ for n in $NODES; do for p in $PODS; do
     pod="pod$n$p"
     ip netns add "$pod"
     out=$(cni "$n" ADD "$pod") || { echo "ADD $pod failed: $out"; exit 1; }
-    POD_IP[$pod]=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
-    echo "   $pod on node$n: ${POD_IP[$pod]}"
+    POD_IP[$pod]=$(jq -r '[.ips[].address | select(contains(":") | not)][0] // empty' <<<"$out" | cut -d/ -f1)
+    POD_IP6[$pod]=$(jq -r '[.ips[].address | select(contains(":"))][0] // empty' <<<"$out" | cut -d/ -f1)
+    if [ "$DUAL" = 1 ] && [ -z "${POD_IP6[$pod]}" ]; then
+        # Interim (the plugin's dual-stack part of issue 9 is another branch): the plugin gave
+        # one address; the IPv6 one comes from a second attachment (eth1) reading the IPv6
+        # half of ferryd's subnet file.
+        out=$(cni6 "$n" ADD "$pod") || { echo "ADD $pod eth1 failed: $out"; exit 1; }
+        POD_IF6[$pod]=eth1
+        POD_IP6[$pod]=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
+    fi
+    echo "   $pod on node$n: ${POD_IP[$pod]} ${POD_IP6[$pod]}${POD_IF6[$pod]:+ (IPv6 on ${POD_IF6[$pod]})}"
 done; done
+if [ "$DUAL" = 1 ]; then
+    # Wait for the pods' IPv6 addresses to leave DAD (the plugin's no-DAD part is pending too).
+    settled() { ! ip -n "$1" -6 addr | grep -q tentative; }
+    for n in $NODES; do for p in $PODS; do wait_until 5 settled "pod$n$p" || true; done; wait_until 5 settled "node$n" || true; done
+fi
 
-log "ping matrix (row = from, column = to; . = same pod)"
 fails=0; total=0
-printf '%-8s' ""; for n in $NODES; do for p in $PODS; do printf '%-8s' "pod$n$p"; done; done; echo
-for sn in $NODES; do for sp in $PODS; do
-    src="pod$sn$sp"; printf '%-8s' "$src"
-    for dn in $NODES; do for dp in $PODS; do
-        dst="pod$dn$dp"
-        if [ "$src" = "$dst" ]; then printf '%-8s' "."; continue; fi
-        total=$((total + 1))
-        if ip netns exec "$src" ping -c1 -W1 -q "${POD_IP[$dst]}" >/dev/null 2>&1; then
-            printf '%-8s' ok
-        else
-            printf '%-8s' FAIL; fails=$((fails + 1))
-        fi
-    done; done; echo
-done; done
+matrix() { # matrix <IPv4|IPv6> <name of the address array>
+    local -n addr=$2
+    log "$1 ping matrix (row = from, column = to; . = same pod)"
+    local f=0 t=0
+    printf '%-8s' ""; for n in $NODES; do for p in $PODS; do printf '%-8s' "pod$n$p"; done; done; echo
+    for sn in $NODES; do for sp in $PODS; do
+        src="pod$sn$sp"; printf '%-8s' "$src"
+        for dn in $NODES; do for dp in $PODS; do
+            dst="pod$dn$dp"
+            if [ "$src" = "$dst" ]; then printf '%-8s' "."; continue; fi
+            t=$((t + 1))
+            if [ -n "${addr[$dst]:-}" ] && ip netns exec "$src" ping -c1 -W1 -q "${addr[$dst]}" >/dev/null 2>&1; then
+                printf '%-8s' ok
+            else
+                printf '%-8s' FAIL; f=$((f + 1))
+            fi
+        done; done; echo
+    done; done
+    echo "   $1: $((t - f))/$t pings answered"
+    fails=$((fails + f)); total=$((total + t))
+}
+matrix IPv4 POD_IP
+[ "$DUAL" = 1 ] && matrix IPv6 POD_IP6
 echo "   $((total - fails))/$total pings answered"
 
 if [ "$fails" -ne 0 ]; then

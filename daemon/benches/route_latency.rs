@@ -1,6 +1,10 @@
 //! Route convergence and footprint of ferryd in the 3-node lab, for the file store and etcd.
 //! Run inside the sandbox (bench/route_latency.sh does this):
-//!   tests/sandbox.sh cargo bench -p ferryd --offline --bench route_latency [-- TRIALS [file|etcd]]
+//!   tests/sandbox.sh cargo bench -p ferryd --offline --bench route_latency [-- TRIALS [file|etcd|both] [ipv6]]
+//!
+//! `ipv6`: the same in a dual-stack lab, timing the IPv6 route of a dual-stack lease
+//! (`10.244.200.0-24&fd00:10:244:c8::-64`, `PublicIPv6` fd00:198:18::50) and the repair of an
+//! IPv6 peer route.
 //!
 //! * lease written → route added on a peer, lease deleted → route removed on a peer: t0 is the
 //!   instant the write becomes visible (file store: the rename; etcd: just before the put/delete
@@ -13,17 +17,19 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{Lab, Store};
+use common::{Family, Lab, Store};
 use ferry_netlink::{netns, Event, EventSocket, Netlink, RTPROT_FERRY};
 use ferryd::store::etcd::{EtcdConfig, EtcdStore};
-use ferryd::store::{LeaseAttrs, LeaseStore};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ferryd::store::{LeaseAttrs, LeaseStore, Subnets};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::fs::File;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const PEER_SUBNET: &str = "10.244.200.0/24";
 const PEER_IP: &str = "198.18.0.50";
+const PEER_SUBNET6: &str = "fd00:10:244:c8::/64";
+const PEER_IP6: &str = "fd00:198:18::50";
 
 fn main() {
     testlab::require_sandbox();
@@ -34,11 +40,13 @@ fn main() {
         Some("etcd") => vec![Store::Etcd],
         _ => vec![Store::File, Store::Etcd],
     };
+    let v6 = args.get(2).is_some_and(|a| a == "ipv6");
     let mut rows = Vec::new();
     for kind in kinds {
-        rows.extend(bench(kind, trials));
+        rows.extend(bench(kind, trials, v6));
     }
-    println!("\nferryd route convergence, 3-node lab, {trials} trials each (ms; flannel anchors from anchors.md)");
+    let what = if v6 { "IPv6 routes, dual-stack 3-node lab" } else { "3-node lab" };
+    println!("\nferryd route convergence, {what}, {trials} trials each (ms; flannel anchors from anchors.md)");
     println!("{:<44} {:>9} {:>9} {:>9}   flannel", "measurement", "p50", "p99", "max");
     for (name, s, anchor) in rows {
         println!("{name:<44} {s}   {anchor}");
@@ -113,27 +121,46 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
-    let name = match kind {
-        Store::File => "file",
-        Store::Etcd => "etcd",
+fn bench(kind: Store, trials: usize, v6: bool) -> Vec<(String, Stats, &'static str)> {
+    let name = match (kind, v6) {
+        (Store::File, false) => "file",
+        (Store::Etcd, false) => "etcd",
+        (Store::File, true) => "file, IPv6",
+        (Store::Etcd, true) => "etcd, IPv6",
     };
     eprintln!("== {name} store: building the lab");
-    let mut lab = Lab::new(kind, 3);
-    lab.common.clear(); // default --resync (10 s): the idle numbers are for the shipped defaults
+    let family = if v6 { Family::Dual } else { Family::V4 };
+    let mut lab = Lab::with_family(kind, family, 3, true);
+    // Default --resync (10 s): the idle numbers are for the shipped defaults.
+    lab.common.retain(|a| a != "--resync" && a != "300ms");
     for i in 0..3 {
         lab.start(i, &[]);
     }
-    lab.wait_subnets(&[0, 1, 2]);
+    lab.wait_leases(&[0, 1, 2]);
     for i in 0..3 {
-        lab.wait_routes(i, &lab.expected(i, &[0, 1, 2]), Duration::from_secs(5));
+        lab.wait_all_routes(i, &[0, 1, 2], Duration::from_secs(5));
     }
     let peer = &lab.nodes[1];
     let rx = watch_routes(&peer.ns.path());
-    let dst: IpNetwork = PEER_SUBNET.parse().unwrap();
     let subnet: Ipv4Network = PEER_SUBNET.parse().unwrap();
-    let key = common::key(PEER_SUBNET);
-    let value = format!(r#"{{"PublicIP":"{PEER_IP}","BackendType":"host-gw","BackendData":null}}"#);
+    let subnet6: Ipv6Network = PEER_SUBNET6.parse().unwrap();
+    let (dst, lease_subnets, key, value): (IpNetwork, Subnets, String, String) = if v6 {
+        (
+            IpNetwork::V6(subnet6),
+            Subnets { v4: Some(subnet), v6: Some(subnet6) },
+            format!("{}&{}", common::key(PEER_SUBNET), common::key(PEER_SUBNET6)),
+            format!(
+                r#"{{"PublicIP":"{PEER_IP}","PublicIPv6":"{PEER_IP6}","BackendType":"host-gw","BackendData":null}}"#
+            ),
+        )
+    } else {
+        (
+            IpNetwork::V4(subnet),
+            subnet.into(),
+            common::key(PEER_SUBNET),
+            format!(r#"{{"PublicIP":"{PEER_IP}","BackendType":"host-gw","BackendData":null}}"#),
+        )
+    };
     let (mut join, mut leave, mut repair) = (Vec::new(), Vec::new(), Vec::new());
     let drain = || while rx.try_recv().is_ok() {};
 
@@ -150,6 +177,8 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
         public_ip: PEER_IP.parse().unwrap(),
         backend_type: "host-gw".into(),
         backend_data: serde_json::Value::Null,
+        public_ipv6: v6.then(|| PEER_IP6.parse().unwrap()),
+        backend_v6_data: None,
     };
     let mut put = |on: bool| -> Instant {
         match etcd.as_mut() {
@@ -171,10 +200,10 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
                 let t0 = Instant::now();
                 if on {
                     assert!(rt
-                        .block_on(s.create(subnet, &attrs, Duration::from_secs(600)))
+                        .block_on(s.create(lease_subnets, &attrs, Duration::from_secs(600)))
                         .unwrap());
                 } else {
-                    rt.block_on(s.delete(subnet)).unwrap();
+                    rt.block_on(s.delete(lease_subnets)).unwrap();
                 }
                 t0
             }
@@ -197,12 +226,8 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
     }
     // Repair: delete a real peer route by hand on node 1.
     let mut nl = Netlink::in_netns(&File::open(peer.ns.path()).unwrap()).unwrap();
-    let victim = nl
-        .routes(false, 254, Some(RTPROT_FERRY))
-        .unwrap()
-        .into_iter()
-        .next()
-        .expect("a peer route");
+    let victim =
+        nl.routes(v6, 254, Some(RTPROT_FERRY)).unwrap().into_iter().next().expect("a peer route");
     for _ in 0..trials {
         drain();
         let t0 = Instant::now();
@@ -215,6 +240,14 @@ fn bench(kind: Store, trials: usize) -> Vec<(String, Stats, &'static str)> {
     }
     if missed > 0 {
         eprintln!("!! {missed} trials saw no route event within 3 s");
+    }
+    if v6 {
+        drop(_in_underlay);
+        return vec![
+            (format!("[{name}] lease written -> route on peer"), Stats(join), "-"),
+            (format!("[{name}] lease deleted -> route gone on peer"), Stats(leave), "-"),
+            (format!("[{name}] route deleted by hand -> restored"), Stats(repair), "-"),
+        ];
     }
 
     // Idle footprint: 10 s with nothing happening.

@@ -8,8 +8,8 @@ use crate::node::NodeFiles;
 use crate::store::any::{EtcdOpts, StoreSettings, StoreUrl};
 use crate::store::Backend;
 use ferry_fs::paths;
-use ipnetwork::Ipv4Network;
-use std::net::Ipv4Addr;
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 pub const USAGE: &str = "\
@@ -25,10 +25,15 @@ Network (stored in the lease store on first start; the stored config wins):
   --subnet-len N            per-node subnet prefix length [24 for a /22 or larger network]
   --subnet-min IP           first subnet to hand out [the network's second subnet]
   --subnet-max IP           last subnet to hand out [the network's last subnet]
+  --enable-ipv4[=BOOL]      IPv4 pod network (flannel's EnableIPv4) [true]
+  --ipv6-network CIDR       IPv6 cluster network; turns IPv6 on (flannel's IPv6Network)
+  --enable-ipv6[=BOOL]      IPv6 pod network (EnableIPv6) [true with --ipv6-network]
+  --ipv6-subnet-len N       per-node IPv6 subnet prefix length [64 for a /62 or larger]
+  --ipv6-subnet-min IP  --ipv6-subnet-max IP   IPv6 subnets to hand out [2nd to last]
   --backend host-gw|vxlan   backend stored with the config [host-gw]; vxlan stores flannel's
                             vxlan with DirectRouting: direct routes to peers on this node's
                             segment, VXLAN (VNI 1, UDP 8472, device ferry.1) to the others
-  --strict-network          exit 2 if the stored config differs from --network/--subnet-*
+  --strict-network          exit 2 if the stored config differs from the flags above
 Store:
   --store URL               file:///DIR or etcd://HOST:PORT[,HOST:PORT] [file:///var/lib/ferry/leases]
   --etcd-prefix P           [/coreos.com/network]
@@ -38,6 +43,7 @@ Store:
   --lease-ttl D             [24h] (1s-365d)   --renew-margin D  [1h] (0-365d; renew at ttl/2 at the latest)
 Node:
   --public-ip IP            this node's address peers route to [address of --iface]
+  --public-ipv6 IP          its IPv6 one (IPv6 on) [first global IPv6 address of --iface]
   --iface NAME              uplink interface [the one holding the default route]
   --mtu N                   [MTU of the uplink]
   --subnet-file PATH        [/run/ferry/subnet.env]
@@ -85,10 +91,12 @@ pub struct Args {
     pub metrics_address: Option<std::net::SocketAddr>,
 }
 
-/// `--public-ip`, `--iface`, `--mtu`: how this node finds its uplink.
+/// `--public-ip`, `--public-ipv6`, `--iface`, `--mtu`: how this node finds its uplink.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UplinkFlags {
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: this node's IPv6 address peers route to (IPv6 clusters).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub iface: Option<String>,
     pub mtu: Option<u32>,
 }
@@ -96,15 +104,7 @@ pub struct UplinkFlags {
 impl Default for Args {
     fn default() -> Self {
         Args {
-            network: NetworkRequest {
-                network: "10.244.0.0/16".parse().unwrap(),
-                subnet_len: None,
-                subnet_min: None,
-                subnet_max: None,
-                explicit: false,
-                strict: false,
-                backend: Backend::host_gw(),
-            },
+            network: NetworkRequest::default(),
             store: StoreSettings {
                 url: StoreUrl::File(paths::LEASE_STORE_DIR.into()),
                 etcd: EtcdOpts {
@@ -219,6 +219,14 @@ fn bare_flag(a: &mut Args, flag: &str, inline: &Option<String>) -> Result<Option
         "-v" | "--verbose" => a.log_level = crate::log::DEBUG,
         "-q" | "--quiet" => a.log_level = crate::log::WARN,
         "--strict-network" => a.network.strict = boolean()?,
+        "--enable-ipv4" => {
+            a.network.enable_ipv4 = boolean()?;
+            a.network.explicit = true;
+        }
+        "--enable-ipv6" => {
+            a.network.enable_ipv6 = Some(boolean()?);
+            a.network.explicit = true;
+        }
         "--cni-portmap" => a.files.cni_portmap = boolean()?,
         "--ip-masq" => a.masq.enabled = boolean()?,
         "--uninstall" => a.uninstall = boolean()?,
@@ -228,8 +236,16 @@ fn bare_flag(a: &mut Args, flag: &str, inline: &Option<String>) -> Result<Option
 }
 
 /// Flags that take true/false (bare means true).
-const BOOL_FLAGS: &[&str] =
-    &["--strict-network", "--cni-portmap", "--ip-masq", "--uninstall", "--verbose", "--quiet"];
+const BOOL_FLAGS: &[&str] = &[
+    "--strict-network",
+    "--enable-ipv4",
+    "--enable-ipv6",
+    "--cni-portmap",
+    "--ip-masq",
+    "--uninstall",
+    "--verbose",
+    "--quiet",
+];
 
 /// The `--config FILE` named on the command line, if any.
 fn config_path(argv: &[String]) -> Result<Option<String>, String> {
@@ -290,6 +306,10 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--subnet-min",
     "--subnet-max",
     "--backend",
+    "--ipv6-network",
+    "--ipv6-subnet-len",
+    "--ipv6-subnet-min",
+    "--ipv6-subnet-max",
     "--store",
     "--etcd-prefix",
     "--etcd-ca",
@@ -301,6 +321,7 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--lease-ttl",
     "--renew-margin",
     "--public-ip",
+    "--public-ipv6",
     "--iface",
     "--mtu",
     "--subnet-file",
@@ -332,14 +353,17 @@ fn bad(flag: &str, v: &str, what: &str) -> String {
 
 fn value_flag(a: &mut Args, flag: &str, v: &str) -> Result<(), String> {
     match flag {
-        "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" | "--backend" => {
+        "--network" | "--subnet-len" | "--subnet-min" | "--subnet-max" | "--ipv6-network"
+        | "--ipv6-subnet-len" | "--ipv6-subnet-min" | "--ipv6-subnet-max" | "--backend" => {
             network_flag(&mut a.network, flag, v)?
         }
         "--store" => a.store.url = parse_store(v)?,
         f if f.starts_with("--etcd-") => etcd_flag(&mut a.store.etcd, flag, v)?,
         "--lease-ttl" => a.lease.ttl = duration_flag(flag, v)?,
         "--renew-margin" => a.lease.renew_margin = duration_flag(flag, v)?,
-        "--public-ip" | "--iface" | "--mtu" => uplink_flag(&mut a.uplink, flag, v)?,
+        "--public-ip" | "--public-ipv6" | "--iface" | "--mtu" => {
+            uplink_flag(&mut a.uplink, flag, v)?
+        }
         f if f.starts_with("--cni-") || f == "--subnet-file" => files_flag(&mut a.files, flag, v)?,
         "--nft" => a.masq.nft = v.to_string(),
         "--resync" => a.reconcile.resync = duration_flag(flag, v)?,
@@ -380,6 +404,7 @@ pub fn duration_flag(flag: &str, v: &str) -> Result<Duration, String> {
 
 fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), String> {
     let addr = || v.parse::<Ipv4Addr>().map_err(|_| bad(flag, v, "an IPv4 address"));
+    let addr6 = || v.parse::<Ipv6Addr>().map_err(|_| bad(flag, v, "an IPv6 address"));
     match flag {
         "--network" => {
             let net: Ipv4Network = v.parse().map_err(|_| bad(flag, v, "an IPv4 CIDR"))?;
@@ -404,6 +429,22 @@ fn network_flag(n: &mut NetworkRequest, flag: &str, v: &str) -> Result<(), Strin
                 _ => return Err(bad(flag, v, "host-gw or vxlan")),
             }
         }
+        "--ipv6-network" => {
+            let net: Ipv6Network = v.parse().map_err(|_| bad(flag, v, "an IPv6 CIDR"))?;
+            if net.network() != net.ip() {
+                return Err(format!(
+                    "{flag}: {v} has host bits set (did you mean {}/{}?)",
+                    net.network(),
+                    net.prefix()
+                ));
+            }
+            n.ipv6_network = Some(net);
+        }
+        "--ipv6-subnet-len" => {
+            n.ipv6_subnet_len = Some(v.parse().map_err(|_| bad(flag, v, "a prefix length"))?)
+        }
+        "--ipv6-subnet-min" => n.ipv6_subnet_min = Some(addr6()?),
+        "--ipv6-subnet-max" => n.ipv6_subnet_max = Some(addr6()?),
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     n.explicit = true;
@@ -429,6 +470,13 @@ fn uplink_flag(u: &mut UplinkFlags, flag: &str, v: &str) -> Result<(), String> {
     match flag {
         "--public-ip" => {
             u.public_ip = Some(v.parse().map_err(|_| bad(flag, v, "an IPv4 address"))?)
+        }
+        "--public-ipv6" => {
+            let ip: Ipv6Addr = v.parse().map_err(|_| bad(flag, v, "an IPv6 address"))?;
+            if !crate::config::is_global6(ip) {
+                return Err(bad(flag, v, "a global unicast IPv6 address"));
+            }
+            u.public_ipv6 = Some(ip)
         }
         "--iface" => u.iface = Some(v.to_string()),
         "--mtu" => {

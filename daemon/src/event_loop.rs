@@ -30,8 +30,8 @@ pub struct NodeSide {
     pub mtu: u32,
     files: NodeFiles,
     masq: Masquerade,
-    /// Subnet the masquerade table was last written for.
-    masq_for: Option<Ipv4Network>,
+    /// What the masquerade tables were last written for.
+    masq_for: Option<masq::Scope>,
 }
 
 impl NodeSide {
@@ -46,8 +46,8 @@ impl NodeSide {
         let subnet_ok = self.write_subnet_file();
         self.ensure_masquerade(force_masq);
         let path = self.files.conflist_path();
-        let exclude =
-            crate::takeover::excludes(self.files.cni_exclude_host_local.as_deref(), self.me.subnet);
+        let dir = self.files.cni_exclude_host_local.as_deref();
+        let exclude = crate::takeover::excludes(dir, self.me.subnets());
         let text = node::conflist_excluding(&self.files, &exclude);
         let conf_ok = match node::write_if_changed(&path, &text) {
             Ok(true) => {
@@ -65,9 +65,9 @@ impl NodeSide {
 
     fn write_subnet_file(&self) -> bool {
         let me = &self.me;
-        let env = node::subnet_env(me.network, me.subnet, self.mtu, self.masq.enabled);
+        let env = node::subnet_env(me, self.mtu, self.masq.enabled);
         match node::write_if_changed(&self.files.subnet_file, &env) {
-            Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnet),
+            Ok(true) => info!("wrote {} ({})", self.files.subnet_file.display(), me.subnets()),
             Ok(false) => {}
             Err(e) => {
                 warn!("subnet file: {e}");
@@ -78,25 +78,37 @@ impl NodeSide {
     }
 
     fn ensure_masquerade(&mut self, force: bool) {
-        let (network, subnet) = (self.me.network, self.me.subnet);
-        if self.masq.enabled && (force || self.masq_for != Some(subnet)) {
-            match masq::apply(&self.masq.nft, network, subnet) {
+        let me = &self.me;
+        let scope = masq::Scope {
+            v4: me.v4.map(|m| (m.network, m.subnet)),
+            v6: me.v6.map(|m| (m.network, m.subnet)),
+        };
+        if self.masq.enabled && (force || self.masq_for != Some(scope)) {
+            match masq::apply(&self.masq.nft, &scope) {
                 Ok(()) => {
-                    if self.masq_for != Some(subnet) {
-                        info!(
-                            "masquerade: table ip {} for {subnet} leaving {network}",
-                            masq::TABLE
-                        );
+                    if self.masq_for != Some(scope) {
+                        if let Some((network, subnet)) = scope.v4 {
+                            info!(
+                                "masquerade: table ip {} for {subnet} leaving {network}",
+                                masq::TABLE
+                            );
+                        }
+                        if let Some((network, subnet)) = scope.v6 {
+                            info!(
+                                "masquerade: table ip6 {} for {subnet} leaving {network}",
+                                masq::TABLE
+                            );
+                        }
                     }
-                    self.masq_for = Some(subnet);
+                    self.masq_for = Some(scope);
                 }
                 Err(e) => warn!("masquerade: {e}"),
             }
         } else if !self.masq.enabled && self.masq_for.is_none() {
             if let Err(e) = masq::remove(&self.masq.nft) {
-                warn!("masquerade off, but removing table ip {}: {e}", masq::TABLE);
+                warn!("masquerade off, but removing tables ip/ip6 {}: {e}", masq::TABLE);
             }
-            self.masq_for = Some(subnet);
+            self.masq_for = Some(scope);
         }
     }
 }
@@ -183,26 +195,28 @@ impl EventLoop {
     /// IP, take the new one (the lease keeper re-publishes the lease, the VXLAN device follows).
     fn check_uplink(&mut self) {
         let Some(w) = &mut self.uplink else { return };
-        let up = match node::find_uplink(&mut w.netlink, None, w.iface.as_deref()) {
+        let Some(me4) = self.node.me.v4.as_mut() else { return };
+        let up = match node::find_uplink(&mut w.netlink, None, None, w.iface.as_deref()) {
             Ok(u) => u,
             Err(e) => {
                 debug!("uplink: {e}");
                 return;
             }
         };
-        let old = self.node.me.public_ip;
-        if up.public_ip == old {
+        let Some(new) = up.public_ip else { return };
+        let old = me4.public_ip;
+        if new == old {
             return;
         }
         warn!(
-            "this node's address changed: {old} -> {} on {}; re-publishing lease {}",
-            up.public_ip, up.iface, self.node.me.subnet
+            "this node's address changed: {old} -> {new} on {}; re-publishing lease {}",
+            up.iface, me4.subnet
         );
-        self.node.me.public_ip = up.public_ip;
+        me4.public_ip = new;
         if let Some(o) = &mut self.overlay {
-            o.readdress(up.public_ip);
+            o.readdress(new);
         }
-        let _ = w.moved.send(up.public_ip);
+        let _ = w.moved.send(new);
     }
 
     /// Run the vxlan backend's device too.
@@ -329,7 +343,7 @@ impl EventLoop {
         self.vteps = v.vteps;
         self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {
-            let subnet = self.node.me.subnet;
+            let subnet = self.node.me.subnets();
             warn!("this node's lease {subnet} is gone from the store; re-claiming it");
             let _ = lost.send(());
         }

@@ -2,7 +2,7 @@
 //! loop; `classify` decides which events mean drift. Ferry's own route changes echo back as events
 //! too; those that match the wanted state are ignored, so repairs never loop.
 
-use crate::route_plan::{nh_id, nh_peer, Want};
+use crate::route_plan::{nh_id_in, nh_peer, Want};
 use ferry_netlink::{Event, EventSocket, RTPROT_FERRY, RT_TABLE_MAIN};
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
@@ -24,11 +24,11 @@ pub enum Trigger {
 pub fn classify(ev: &Event, want: &Want) -> Trigger {
     match ev {
         Event::RouteDeleted(r) => match (r.dst, r.table) {
-            (IpNetwork::V4(d), RT_TABLE_MAIN) if want.contains_key(&d) => Trigger::Drift,
+            (d, RT_TABLE_MAIN) if want.contains_key(&d) => Trigger::Drift,
             _ => Trigger::None,
         },
         Event::RouteAdded(r) => match (r.dst, r.table) {
-            (IpNetwork::V4(d), RT_TABLE_MAIN) => {
+            (d, RT_TABLE_MAIN) if is_unicast_dst(d) => {
                 if r.protocol == RTPROT_FERRY {
                     if is_own_echo(r, d, want) {
                         Trigger::None // our own change echoing back
@@ -61,19 +61,28 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
     }
 }
 
-fn want_gw(want: &Want, d: ipnetwork::Ipv4Network) -> Option<IpAddr> {
-    want.get(&d).map(|g| IpAddr::V4(*g))
+fn want_gw(want: &Want, d: IpNetwork) -> Option<IpAddr> {
+    want.get(&d).copied()
+}
+
+/// Routes that can bear on a peer's reachability: IPv4 ones, and IPv6 ones other than the
+/// link-local and multicast routes every link gets.
+fn is_unicast_dst(d: IpNetwork) -> bool {
+    match d {
+        IpNetwork::V4(_) => true,
+        IpNetwork::V6(n) => (n.ip().segments()[0] & 0xffc0) != 0xfe80 && !n.ip().is_multicast(),
+    }
 }
 
 /// A proto-113 route for `d` as Ferry makes it: the wanted gateway (shown on a route on a
 /// nexthop object too, unless `net.ipv4.nexthop_compat_mode` is off), or the peer's nexthop.
-fn is_own_echo(r: &ferry_netlink::Route, d: ipnetwork::Ipv4Network, want: &Want) -> bool {
+fn is_own_echo(r: &ferry_netlink::Route, d: IpNetwork, want: &Want) -> bool {
     if r.metric.unwrap_or(0) != 0 || !want.contains_key(&d) {
         return false;
     }
     match (r.gateway, r.nh_id) {
         (Some(g), _) => want_gw(want, d) == Some(g),
-        (None, Some(id)) => nh_id(d) == Some(id),
+        (None, Some(id)) => nh_id_in(d, want) == Some(id),
         (None, None) => false,
     }
 }
@@ -115,7 +124,7 @@ pub fn spawn(tx: UnboundedSender<Vec<Event>>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route_plan::peer_route;
+    use crate::route_plan::{nh_id, peer_route};
     use ferry_netlink::Route;
 
     fn want() -> Want {
@@ -154,13 +163,13 @@ mod tests {
     fn nexthop_routes_and_nexthop_events() {
         use crate::route_plan::{nexthop_route, peer_nexthop};
         let w = want();
-        let d = "10.244.2.0/24".parse().unwrap();
+        let d: IpNetwork = "10.244.2.0/24".parse().unwrap();
         let id = nh_id(d).unwrap();
-        let gw = "198.18.0.12".parse().unwrap();
+        let gw: IpAddr = "198.18.0.12".parse().unwrap();
         // A route on the peer's nexthop, with or without the gateway shown: our echo.
         let on_nh = nexthop_route(d, id);
         assert_eq!(classify(&Event::RouteAdded(on_nh.clone()), &w), Trigger::None);
-        let shown = Route { gateway: Some(IpAddr::V4(gw)), ..on_nh.clone() };
+        let shown = Route { gateway: Some(gw), ..on_nh.clone() };
         assert_eq!(classify(&Event::RouteAdded(shown), &w), Trigger::None);
         let other_nh = Route { nh_id: Some(id + 1), ..on_nh };
         assert_eq!(classify(&Event::RouteAdded(other_nh), &w), Trigger::Drift);

@@ -190,7 +190,7 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
 pub fn uninstall(layout: &Layout, files: &NodeFiles, masq_flags: &Masquerade) -> i32 {
     let mut ok = remove_routes();
     match masq::remove(&masq_flags.nft) {
-        Ok(()) => info!("removed nft table ip {}", masq::TABLE),
+        Ok(()) => info!("removed nft tables ip and ip6 {}", masq::TABLE),
         Err(e) => {
             error!("remove nft table: {e}");
             ok = false;

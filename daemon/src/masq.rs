@@ -1,8 +1,9 @@
-//! Masquerade in Ferry's own nftables table `ip ferry`, applied declaratively with `nft -f -`:
-//! each apply deletes and re-creates the table in one transaction, so nothing else is touched and
-//! no stale rule survives.
+//! Masquerade in Ferry's own nftables tables, one per family: `ip ferry` (IPv4) and `ip6 ferry`
+//! (IPv6), applied declaratively with `nft -f -`: each apply deletes and re-creates both tables
+//! in one transaction (a family that is off gets none), so nothing else is touched and no stale
+//! rule survives.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -11,32 +12,57 @@ pub const TABLE: &str = "ferry";
 /// `--ip-masq` and `--nft`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Masquerade {
-    /// Masquerade pod traffic leaving the cluster network.
+    /// Masquerade pod traffic leaving the cluster network (each enabled family).
     pub enabled: bool,
     /// The nft binary.
     pub nft: String,
 }
 
-/// Pods (this node's subnet) talking to anything outside the cluster network are masqueraded;
-/// pod-to-pod traffic across nodes and multicast keep their source address.
-pub fn ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {
-    format!(
-        "table ip {TABLE} {{}}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet} ip daddr {network} return\n\
-         \t\tip saddr {subnet} ip daddr 224.0.0.0/4 return\n\
-         \t\tip saddr {subnet} masquerade\n\
-         \t}}\n\
-         }}\n"
-    )
+/// What to masquerade: per enabled family, the cluster network and this node's subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub v4: Option<(Ipv4Network, Ipv4Network)>,
+    pub v6: Option<(Ipv6Network, Ipv6Network)>,
 }
 
-/// Removes the table if it exists (creating it first makes the delete never fail).
+/// Pods (this node's subnet) talking to anything outside the cluster network of their family
+/// are masqueraded; pod-to-pod traffic across nodes (of either family), multicast and IPv6
+/// link-local keep their source address.
+pub fn ruleset(scope: &Scope) -> String {
+    let mut out = removal();
+    if let Some((network, subnet)) = scope.v4 {
+        out += &format!(
+            "table ip {TABLE} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {subnet} ip daddr {network} return\n\
+             \t\tip saddr {subnet} ip daddr 224.0.0.0/4 return\n\
+             \t\tip saddr {subnet} masquerade\n\
+             \t}}\n\
+             }}\n"
+        );
+    }
+    if let Some((network, subnet)) = scope.v6 {
+        out += &format!(
+            "table ip6 {TABLE} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip6 saddr {subnet} ip6 daddr {network} return\n\
+             \t\tip6 saddr {subnet} ip6 daddr ff00::/8 return\n\
+             \t\tip6 saddr {subnet} ip6 daddr fe80::/10 return\n\
+             \t\tip6 saddr {subnet} masquerade\n\
+             \t}}\n\
+             }}\n"
+        );
+    }
+    out
+}
+
+/// Removes both tables if they exist (creating them first makes the deletes never fail).
 pub fn removal() -> String {
-    format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")
+    format!(
+        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip6 {TABLE} {{}}\ndelete table ip6 {TABLE}\n"
+    )
 }
 
 /// Run `nft -f -` with `script` on stdin.
@@ -66,8 +92,8 @@ pub fn nft(bin: &str, script: &str) -> Result<(), String> {
     }
 }
 
-pub fn apply(bin: &str, network: Ipv4Network, subnet: Ipv4Network) -> Result<(), String> {
-    nft(bin, &ruleset(network, subnet))
+pub fn apply(bin: &str, scope: &Scope) -> Result<(), String> {
+    nft(bin, &ruleset(scope))
 }
 
 pub fn remove(bin: &str) -> Result<(), String> {
@@ -78,12 +104,39 @@ pub fn remove(bin: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn v4() -> Option<(Ipv4Network, Ipv4Network)> {
+        Some(("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap()))
+    }
+
+    fn v6() -> Option<(Ipv6Network, Ipv6Network)> {
+        Some(("fd00:10:244::/56".parse().unwrap(), "fd00:10:244:3::/64".parse().unwrap()))
+    }
+
     #[test]
     fn ruleset_exempts_the_cluster_network() {
-        let r = ruleset("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+        let r = ruleset(&Scope { v4: v4(), v6: None });
         assert!(r.starts_with("table ip ferry {}\ndelete table ip ferry\n"), "{r}");
+        assert!(r.contains("table ip6 ferry {}\ndelete table ip6 ferry\n"), "{r}");
         assert!(r.contains("ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return\n"), "{r}");
         assert!(r.contains("ip saddr 10.244.3.0/24 masquerade\n"), "{r}");
         assert!(r.contains("type nat hook postrouting priority srcnat;"), "{r}");
+        assert!(!r.contains("ip6 saddr"), "no IPv6 rules without IPv6: {r}");
+    }
+
+    #[test]
+    fn ruleset_per_family() {
+        let both = ruleset(&Scope { v4: v4(), v6: v6() });
+        assert!(both.contains("ip saddr 10.244.3.0/24 masquerade\n"), "{both}");
+        assert!(
+            both.contains("ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return\n"),
+            "{both}"
+        );
+        assert!(both.contains("ip6 saddr fd00:10:244:3::/64 masquerade\n"), "{both}");
+        let only6 = ruleset(&Scope { v4: None, v6: v6() });
+        assert!(!only6.contains("ip saddr"), "{only6}");
+        assert!(only6.contains("table ip6 ferry {\n"), "{only6}");
+        // IPv4 pods never SNAT towards the IPv6 pod network and the reverse: each table
+        // matches its own family only, and each exempts its own cluster network.
+        assert!(only6.contains("delete table ip ferry\n"), "a stale IPv4 table goes: {only6}");
     }
 }

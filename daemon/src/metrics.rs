@@ -106,7 +106,9 @@ pub fn reason_index(why: &str) -> usize {
         "noncanonical_key"
     } else if why.contains("lease JSON") || why.contains("unreadable") || why.contains("Expires") {
         "invalid_json"
-    } else if why.contains("outside the cluster network") {
+    } else if why.contains("outside the cluster network")
+        || why.contains("outside the IPv6 cluster network")
+    {
         "outside_network"
     } else if why.contains("is not a /") {
         "wrong_length"
@@ -199,6 +201,24 @@ pub fn set(c: &AtomicU64, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_reasons_are_labelled_like_ipv4_ones() {
+        let label = |why: &str| REASONS[reason_index(why)];
+        assert_eq!(label("IPv6: IPv6 subnet fd00:99::/64 is outside the IPv6 cluster network fd00:10:244::/56"), "outside_network");
+        assert_eq!(
+            label("IPv6 subnet fd00:10:244::/60 is not a /64 (the network's IPv6 subnet length)"),
+            "wrong_length"
+        );
+        assert_eq!(
+            label("IPv6: claims this node's IPv6 subnet fd00:10:244:1::/64 for fd00::9"),
+            "overlapping"
+        );
+        assert_eq!(
+            label("IPv4: subnet 10.99.0.0/24 is outside the cluster network 10.244.0.0/16"),
+            "outside_network"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text() {

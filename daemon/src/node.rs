@@ -1,13 +1,16 @@
 //! Node-side state: the uplink (public IP + MTU), the subnet file, the CNI conflist, sysctls.
 //! Every file is written atomically (temp + rename) and only when its content changes.
 
+use crate::config::{is_global6, Net, Net4};
+use crate::peers::Me;
+use crate::store::Subnets;
 use ferry_cni::subnet_env::SubnetEnv;
 use ferry_netlink::{Netlink, RT_TABLE_MAIN};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::json;
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// Largest subnet file or conflist read back (both are a few hundred bytes).
@@ -34,39 +37,46 @@ impl NodeFiles {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
-    pub public_ip: Ipv4Addr,
+    /// This node's IPv4 address (`None`: the uplink has none; fine in an IPv6-only cluster).
+    pub public_ip: Option<Ipv4Addr>,
+    /// This node's global IPv6 address (`None`: the uplink has none; fine without IPv6).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub iface: String,
     pub mtu: u32,
 }
 
-/// Find the node's public IP and uplink: `--public-ip`, else the first IPv4 address of `--iface`,
-/// else of the interface holding the default route, else of the only interface with an address.
+/// Find the node's public addresses and uplink: `--public-ip` / `--public-ipv6`, else the first
+/// IPv4 / global IPv6 address of `--iface`, else of the interface holding the default route,
+/// else of the only interface with an address. Which families the cluster needs is checked
+/// later ([`crate::config::check_node`]): the stored config decides.
 pub fn find_uplink(
     nl: &mut Netlink,
     public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
     iface: Option<&str>,
 ) -> Result<Uplink, String> {
     let addrs = nl.addresses(None).map_err(|e| format!("list addresses: {e}"))?;
-    let index = uplink_index(nl, &addrs, public_ip, iface)?;
+    let index = uplink_index(nl, &addrs, public_ip, public_ipv6, iface)?;
     let l = index.and_then(|i| nl.link_by_index(i).ok().flatten());
-    let ip = match public_ip {
-        Some(ip) => ip,
-        None => {
-            let i = index.ok_or("cannot find the uplink interface: pass --iface or --public-ip")?;
-            let v4 = addrs.iter().find_map(|(idx, a)| match a {
-                IpNetwork::V4(n) if *idx == i && !n.ip().is_loopback() => Some(n.ip()),
-                _ => None,
-            });
-            v4.ok_or_else(|| {
-                format!(
-                    "interface {} has no IPv4 address: pass --public-ip",
-                    l.as_ref().map(|l| l.name.as_str()).unwrap_or("?")
-                )
-            })?
-        }
+    let on_uplink = |want: fn(&IpNetwork) -> bool| {
+        addrs.iter().find(|(idx, a)| Some(*idx) == index && want(a)).map(|(_, a)| a.ip())
     };
+    let v4 = public_ip.or_else(|| match on_uplink(|a| a.is_ipv4() && !a.ip().is_loopback()) {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        _ => None,
+    });
+    let v6 = public_ipv6.or_else(|| {
+        match on_uplink(|a| matches!(a, IpNetwork::V6(n) if is_global6(n.ip()))) {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        }
+    });
+    if index.is_none() && v4.is_none() && v6.is_none() {
+        return Err("cannot find the uplink interface: pass --iface or --public-ip".into());
+    }
     Ok(Uplink {
-        public_ip: ip,
+        public_ip: v4,
+        public_ipv6: v6,
         iface: l.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
         mtu: l.map(|l| l.mtu).filter(|m| *m > 0).unwrap_or(1500),
     })
@@ -78,16 +88,18 @@ fn uplink_index(
     nl: &mut Netlink,
     addrs: &[(u32, IpNetwork)],
     public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
     iface: Option<&str>,
 ) -> Result<Option<u32>, String> {
     if let Some(name) = iface {
         let l = nl.link_by_name(name).map_err(|e| format!("look up --iface {name}: {e}"))?;
         return Ok(Some(l.ok_or_else(|| format!("--iface {name}: no such interface"))?.index));
     }
-    if let Some(ip) = public_ip {
-        let found = addrs.iter().find(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)).map(|(i, _)| *i);
+    let given = public_ip.map(IpAddr::V4).or(public_ipv6.map(IpAddr::V6));
+    if let Some(ip) = given {
+        let found = addrs.iter().find(|(_, a)| a.ip() == ip).map(|(i, _)| *i);
         if found.is_none() {
-            warn!("--public-ip {ip} is not assigned to any interface here (NAT?); using the default-route interface for the MTU");
+            warn!("public address {ip} is not assigned to any interface here (NAT?); using the default-route interface for the MTU");
         }
         return Ok(found.or_else(|| default_route_oif(nl)));
     }
@@ -96,50 +108,93 @@ fn uplink_index(
     }
     let mut cands: Vec<u32> = addrs
         .iter()
-        .filter(|(_, a)| matches!(a, IpNetwork::V4(n) if !n.ip().is_loopback() && !n.ip().is_link_local()))
+        .filter(|(_, a)| match a {
+            IpNetwork::V4(n) => !n.ip().is_loopback() && !n.ip().is_link_local(),
+            IpNetwork::V6(n) => is_global6(n.ip()),
+        })
         .map(|(i, _)| *i)
         .collect();
+    cands.sort_unstable();
     cands.dedup();
     match cands.as_slice() {
         [one] => Ok(Some(*one)),
-        [] => Err("no default route and no interface with an IPv4 address: pass --iface or --public-ip".into()),
-        _ => Err("no default route and several interfaces with IPv4 addresses: pass --iface or --public-ip".into()),
+        [] => {
+            Err("no default route and no interface with an address: pass --iface or --public-ip"
+                .into())
+        }
+        _ => Err(
+            "no default route and several interfaces with addresses: pass --iface or --public-ip"
+                .into(),
+        ),
     }
 }
 
+/// The IPv4 default route's interface, else the IPv6 one's.
 fn default_route_oif(nl: &mut Netlink) -> Option<u32> {
-    let routes = nl.routes(false, RT_TABLE_MAIN, None).ok()?;
-    routes.iter().find(|r| r.dst.prefix() == 0).and_then(|r| r.oif)
+    [false, true].into_iter().find_map(|v6| {
+        let routes = nl.routes(v6, RT_TABLE_MAIN, None).ok()?;
+        routes.iter().find(|r| r.dst.prefix() == 0).and_then(|r| r.oif)
+    })
 }
 
-/// The subnet file's content for this node's lease.
-pub fn subnet_env(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: bool) -> String {
-    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+/// The subnet file's content for this node's lease: flannel's `FLANNEL_NETWORK` /
+/// `FLANNEL_SUBNET` for IPv4 and `FLANNEL_IPV6_NETWORK` / `FLANNEL_IPV6_SUBNET` for IPv6, each
+/// only when its family is on (the subnet written as its first address, as flannel does).
+pub fn subnet_env(me: &Me, mtu: u32, ipmasq: bool) -> String {
+    let first4 = |s: Ipv4Network| {
+        let ip = Ipv4Addr::from(u32::from(s.network()) + 1);
+        IpNetwork::V4(Ipv4Network::new(ip, s.prefix()).expect("prefix from a network"))
+    };
+    let first6 = |s: Ipv6Network| {
+        let ip = Ipv6Addr::from(u128::from(s.network()) + 1);
+        IpNetwork::V6(Ipv6Network::new(ip, s.prefix()).expect("prefix from a network"))
+    };
     SubnetEnv {
-        network: Some(IpNetwork::V4(network)),
-        subnet: Some(IpNetwork::V4(
-            Ipv4Network::new(first, subnet.prefix()).expect("prefix from a network"),
-        )),
-        ipv6_network: None,
-        ipv6_subnet: None,
+        network: me.v4.map(|m| IpNetwork::V4(m.network)),
+        subnet: me.v4.map(|m| first4(m.subnet)),
+        ipv6_network: me.v6.map(|m| IpNetwork::V6(m.network)),
+        ipv6_subnet: me.v6.map(|m| first6(m.subnet)),
         mtu: Some(mtu),
         ipmasq: Some(ipmasq),
     }
     .render()
 }
 
-/// The subnet a previous run wrote into the subnet file, if it belongs to `network`.
-pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
-    let text = ferry_fs::read_to_string_capped(path, SMALL_FILE_CAP).ok()?;
-    let env = SubnetEnv::parse(&text).ok()?;
-    let IpNetwork::V4(s) = env.subnet? else { return None };
-    if let Some(IpNetwork::V4(n)) = env.network {
-        if n != network {
-            return None;
+/// The subnets a previous run wrote into the subnet file, each only if it belongs to its
+/// family's network in `net` (a subnet file of another network is forgotten).
+pub fn remembered_subnets(path: &Path, net: &Net) -> Subnets {
+    let none = Subnets { v4: None, v6: None };
+    let Ok(text) = ferry_fs::read_to_string_capped(path, SMALL_FILE_CAP) else { return none };
+    let Ok(env) = SubnetEnv::parse(&text) else { return none };
+    let v4 = match (net.v4, env.subnet, env.network) {
+        (Some(n), Some(IpNetwork::V4(s)), net_in_file) => {
+            let same = !matches!(net_in_file, Some(IpNetwork::V4(f)) if f != n.network);
+            Ipv4Network::new(s.network(), s.prefix())
+                .ok()
+                .filter(|s| same && n.network.contains(s.network()))
         }
-    }
-    let s = Ipv4Network::new(s.network(), s.prefix()).ok()?;
-    network.contains(s.network()).then_some(s)
+        _ => None,
+    };
+    let v6 = match (net.v6, env.ipv6_subnet, env.ipv6_network) {
+        (Some(n), Some(IpNetwork::V6(s)), net_in_file) => {
+            let same = !matches!(net_in_file, Some(IpNetwork::V6(f)) if f != n.network);
+            Ipv6Network::new(s.network(), s.prefix())
+                .ok()
+                .filter(|s| same && n.network.contains(s.network()))
+        }
+        _ => None,
+    };
+    Subnets { v4, v6 }
+}
+
+/// The IPv4 subnet a previous run wrote into the subnet file, if it belongs to `network`.
+pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
+    let net = Net {
+        v4: Some(Net4 { network, subnet_len: 0, min: network.ip(), max: network.ip() }),
+        v6: None,
+        mode: crate::config::Mode::HostGw,
+    };
+    remembered_subnets(path, &net).v4
 }
 
 /// The CNI network config list ferryd installs.
@@ -198,6 +253,11 @@ pub fn enable_forwarding() -> io::Result<()> {
     ensure_sysctl("net.ipv4.ip_forward", "1")
 }
 
+/// `net.ipv6.conf.all.forwarding=1` (IPv6 on), as [`enable_forwarding`].
+pub fn enable_forwarding6() -> io::Result<()> {
+    ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
+}
+
 pub fn ensure_sysctl(key: &str, want: &str) -> io::Result<()> {
     use ferry_netlink::sysctl;
     if sysctl::get(key).is_ok_and(|v| v.trim() == want) {
@@ -214,15 +274,76 @@ pub fn ensure_sysctl(key: &str, want: &str) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn me4(network: &str, subnet: &str) -> Me {
+        Me {
+            v4: Some(crate::peers::Me4 {
+                network: network.parse().unwrap(),
+                subnet_len: 24,
+                subnet: subnet.parse().unwrap(),
+                public_ip: "198.18.0.11".parse().unwrap(),
+            }),
+            v6: None,
+            mode: crate::config::Mode::HostGw,
+        }
+    }
+
+    fn me6() -> crate::peers::Me6 {
+        crate::peers::Me6 {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+            subnet: "fd00:10:244:2e::/64".parse().unwrap(),
+            public_ip: "fd00:198:18::11".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn subnet_env_is_flannel_format() {
-        let t = subnet_env(
-            "10.244.0.0/16".parse().unwrap(),
-            "10.244.7.0/24".parse().unwrap(),
-            1500,
-            true,
-        );
+        let t = subnet_env(&me4("10.244.0.0/16", "10.244.7.0/24"), 1500, true);
         assert_eq!(t, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n");
+        let dual = Me { v6: Some(me6()), ..me4("10.244.0.0/16", "10.244.7.0/24") };
+        assert_eq!(
+            subnet_env(&dual, 1500, true),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:2e::1/64\n\
+             FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
+        );
+        let v6only = Me { v4: None, v6: Some(me6()), mode: crate::config::Mode::HostGw };
+        let t = subnet_env(&v6only, 1400, false);
+        assert_eq!(
+            t,
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:2e::1/64\n\
+             FLANNEL_MTU=1400\nFLANNEL_IPMASQ=false\n"
+        );
+        assert!(!t.contains("FLANNEL_NETWORK=") && !t.contains("FLANNEL_SUBNET="), "{t}");
+    }
+
+    #[test]
+    fn remembers_both_families_of_the_same_networks() {
+        let d = std::env::temp_dir().join(format!("ferryd-node6-{}", std::process::id()));
+        let p = d.join("subnet.env");
+        let dual = Me { v6: Some(me6()), ..me4("10.244.0.0/16", "10.244.7.0/24") };
+        assert!(write_if_changed(&p, &subnet_env(&dual, 1500, true)).unwrap());
+        let cfg = |j: &str| {
+            let mut c: crate::store::NetworkConfig = serde_json::from_str(j).unwrap();
+            c.backend = crate::store::Backend::host_gw();
+            crate::config::validate(&c).unwrap()
+        };
+        let net = cfg(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        );
+        let r = remembered_subnets(&p, &net);
+        assert_eq!(r.v4, Some("10.244.7.0/24".parse().unwrap()));
+        assert_eq!(r.v6, Some("fd00:10:244:2e::/64".parse().unwrap()));
+        // Another IPv6 network: its subnet is forgotten, the IPv4 one kept.
+        let other =
+            cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:99::/56"}"#);
+        let r = remembered_subnets(&p, &other);
+        assert_eq!((r.v4.is_some(), r.v6), (true, None));
+        // IPv6-only: no IPv4 subnet remembered.
+        let v6 = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#);
+        let r = remembered_subnets(&p, &v6);
+        assert_eq!((r.v4, r.v6.is_some()), (None, true));
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -231,12 +352,7 @@ mod tests {
         let p = d.join("subnet.env");
         assert!(write_if_changed(
             &p,
-            &subnet_env(
-                "10.244.0.0/16".parse().unwrap(),
-                "10.244.7.0/24".parse().unwrap(),
-                1500,
-                true
-            )
+            &subnet_env(&me4("10.244.0.0/16", "10.244.7.0/24"), 1500, true)
         )
         .unwrap());
         assert!(

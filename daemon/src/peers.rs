@@ -1,26 +1,53 @@
 //! From the store's lease entries to the routes this node wants: pure, O(n log n).
 //!
-//! A lease is routed only if it is a well-formed host-gw lease (its `BackendType` exactly
-//! `host-gw`, as flanneld's host-gw backend compares it: a missing type or `HOST-GW` is not
-//! routed by either) inside the cluster network, of the network's subnet length, is not this node's own, does not overlap this node's subnet or another
-//! lease, and points at a public IP that is not this node's. Everything else is reported as bad and never routed.
+//! Each enabled family of a lease is judged on its own: its IPv4 part (subnet, `PublicIP`) and
+//! its IPv6 part (subnet, `PublicIPv6`). A part is routed only if the lease is a well-formed
+//! host-gw lease (its `BackendType` exactly `host-gw`, as flanneld's host-gw backend compares
+//! it: a missing type or `HOST-GW` is not routed by either) and the part's subnet is inside the
+//! family's cluster network, of its subnet length, is not this node's own, does not overlap
+//! this node's subnet or another lease, and points at a public address that is not this
+//! node's and is a usable unicast address (IPv6: global, not link-local or multicast). A peer
+//! whose IPv4 part is good and IPv6 part is not is routed for IPv4 only, and the reverse;
+//! every part not routed is reported as bad.
 
-use crate::config::{overlaps, Mode};
+use crate::config::{is_global6, overlaps, overlaps6, Mode};
 use crate::overlay;
-use crate::store::{claimed_subnet, Lease, LeaseEntry, WatchEvent};
-use ipnetwork::Ipv4Network;
+use crate::store::{claimed_subnet, claimed_subnet6, Lease, LeaseEntry, Subnets, WatchEvent};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-/// Who this node is, for telling peers from itself.
+/// Who this node is, for telling peers from itself: one part per enabled family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Me {
+    pub v4: Option<Me4>,
+    pub v6: Option<Me6>,
+    /// How peers are reached (the config's backend): which lease types are routed.
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Me4 {
     pub network: Ipv4Network,
     pub subnet_len: u8,
     pub subnet: Ipv4Network,
     pub public_ip: Ipv4Addr,
-    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Me6 {
+    pub network: Ipv6Network,
+    pub subnet_len: u8,
+    pub subnet: Ipv6Network,
+    pub public_ip: Ipv6Addr,
+}
+
+impl Me {
+    /// This node's subnets (its lease key).
+    pub fn subnets(&self) -> Subnets {
+        Subnets { v4: self.v4.map(|m| m.subnet), v6: self.v6.map(|m| m.subnet) }
+    }
 }
 
 /// The store's current entries, keyed by their key exactly as stored (`10.244.1.0-24`): two keys
@@ -29,14 +56,14 @@ pub type Leases = BTreeMap<String, LeaseEntry>;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Verdict {
-    /// Peer subnet → gateway (the peer's public IP).
-    pub want: BTreeMap<Ipv4Network, Ipv4Addr>,
+    /// Peer subnet → gateway (the peer's public address of that family).
+    pub want: BTreeMap<IpNetwork, IpAddr>,
     /// vxlan backend: peer subnet → VTEP MAC, for the peers that can be sent VXLAN (their
     /// lease is a vxlan lease with valid `BackendData`). Other peers get direct routes only.
     pub vteps: BTreeMap<Ipv4Network, [u8; 6]>,
-    /// Key → why it is ignored.
+    /// Key → why it (or one family's part of it) is ignored.
     pub bad: BTreeMap<String, String>,
-    /// The store holds this node's lease (own subnet with own public IP).
+    /// The store holds this node's lease (own subnets with own public address).
     pub own_present: bool,
     /// vxlan leases routed only directly (never encapsulated): key → why.
     pub unencapsulated: BTreeMap<String, String>,
@@ -66,7 +93,8 @@ pub fn apply_event(leases: &mut Leases, ev: WatchEvent) {
 /// The routes this node wants from the store's current entries, and which entries are bad.
 pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     let mut v = Verdict::default();
-    let mut ok: Vec<(Ipv4Network, Ipv4Addr, &str)> = Vec::with_capacity(leases.len());
+    let mut ok: Vec<(IpNetwork, IpAddr, &str)> = Vec::with_capacity(leases.len());
+    let dual = me.v4.is_some() && me.v6.is_some();
     for (key, entry) in leases {
         let l = match entry {
             Err(b) => {
@@ -78,27 +106,47 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
         if l.expires.is_some_and(|t| t <= now) {
             continue;
         }
-        match judge(l, me) {
-            Judged::Own => v.own_present = true,
-            Judged::Bad(r) => {
-                v.bad.insert(key.clone(), r);
+        let parts = judge(l, me);
+        if parts.iter().all(|(_, j)| matches!(j, Judged::Own)) {
+            v.own_present = true;
+            continue;
+        }
+        let mut reasons = Vec::new();
+        for (family, j) in parts {
+            match j {
+                Judged::Peer(dst, gw) => ok.push((dst, gw, key.as_str())),
+                Judged::Bad(r) if dual => reasons.push(format!("{family}: {r}")),
+                Judged::Bad(r) => reasons.push(r),
+                Judged::Own => {
+                    reasons.push(format!("{family}: holds this node's subnet under another key"))
+                }
             }
-            Judged::Peer => ok.push((l.subnet, l.attrs.public_ip, key.as_str())),
+        }
+        if !reasons.is_empty() {
+            v.bad.insert(key.clone(), reasons.join("; "));
         }
     }
     // Every peer lease has the network's subnet length, so two overlap only when they are one
     // subnet (a plain and a dual-stack key): the plain key, else the first key, is routed.
-    ok.sort_by_key(|(s, _, k)| (u32::from(s.network()), k.contains('&'), *k));
-    let mut first: BTreeMap<Ipv4Network, &str> = BTreeMap::new();
+    ok.sort_by_key(|(s, _, k)| (*s, k.contains('&'), *k));
+    let mut first: BTreeMap<IpNetwork, &str> = BTreeMap::new();
     for (s, ip, key) in ok {
         match first.get(&s) {
             Some(k) => {
-                v.bad.insert(key.to_string(), format!("subnet {s} is also leased as {k}"));
+                let why = format!("subnet {s} is also leased as {k}");
+                v.bad
+                    .entry(key.to_string())
+                    .and_modify(|r| *r = format!("{r}; {why}"))
+                    .or_insert(why);
             }
             None => {
                 first.insert(s, key);
                 v.want.insert(s, ip);
-                if let (Mode::Vxlan(x), Some(Ok(l))) = (me.mode, leases.get(key)) {
+                let vx = match (me.mode, s, leases.get(key)) {
+                    (Mode::Vxlan(x), IpNetwork::V4(s4), Some(Ok(l))) => Some((x, s4, l)),
+                    _ => None,
+                };
+                if let Some((x, s, l)) = vx {
                     if l.attrs.backend_type == "vxlan" {
                         match overlay::peer_vtep(&l.attrs.backend_data, x.vni) {
                             Ok(mac) => {
@@ -116,14 +164,14 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     v
 }
 
-/// What a live, well-formed lease is to this node.
+/// What one family's part of a live, well-formed lease is to this node.
 enum Judged {
-    /// This node's own lease.
+    /// This node's own subnet with its own address.
     Own,
     /// Never routed, for this reason.
     Bad(String),
-    /// A peer to route (unless it overlaps another lease).
-    Peer,
+    /// A peer subnet to route via this gateway (unless it overlaps another lease).
+    Peer(IpNetwork, IpAddr),
 }
 
 /// The lease `BackendType` Ferry's host-gw mode speaks, compared byte for byte as flanneld's
@@ -153,12 +201,35 @@ fn backend_reason(mode: Mode, t: &str) -> String {
     }
 }
 
-fn judge(l: &Lease, me: &Me) -> Judged {
-    let (s, ip) = (l.subnet, l.attrs.public_ip);
-    let bad = |r: String| Judged::Bad(r);
+/// Each enabled family's verdict on `l`.
+fn judge(l: &Lease, me: &Me) -> Vec<(&'static str, Judged)> {
+    let mut out = Vec::with_capacity(2);
     if !speaks(me.mode, &l.attrs.backend_type) {
-        bad(backend_reason(me.mode, &l.attrs.backend_type))
-    } else if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
+        out.push(("lease", Judged::Bad(backend_reason(me.mode, &l.attrs.backend_type))));
+        return out;
+    }
+    let s = l.subnets();
+    if let Some(m) = &me.v4 {
+        let j = match s.v4 {
+            None => Judged::Bad("no IPv4 subnet (an IPv6-only lease)".into()),
+            Some(s) => judge4(s, l.attrs.public_ip, m),
+        };
+        out.push(("IPv4", j));
+    }
+    if let Some(m) = &me.v6 {
+        let j = match (s.v6, l.attrs.public_ipv6) {
+            (None, _) => Judged::Bad("no IPv6 subnet (an IPv4-only lease)".into()),
+            (Some(s), None) => Judged::Bad(format!("IPv6 subnet {s} without a PublicIPv6")),
+            (Some(s), Some(ip)) => judge6(s, ip, m),
+        };
+        out.push(("IPv6", j));
+    }
+    out
+}
+
+fn judge4(s: Ipv4Network, ip: Ipv4Addr, me: &Me4) -> Judged {
+    let bad = Judged::Bad;
+    if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
         bad(format!("subnet {s} is outside the cluster network {}", me.network))
     } else if s.prefix() != me.subnet_len {
         bad(format!("subnet {s} is not a /{} (the network's subnet length)", me.subnet_len))
@@ -180,20 +251,60 @@ fn judge(l: &Lease, me: &Me) -> Judged {
     {
         bad(format!("public IP {ip} is not a usable node address"))
     } else {
-        Judged::Peer
+        Judged::Peer(IpNetwork::V4(s), IpAddr::V4(ip))
     }
 }
 
-/// All subnets any entry occupies: what a claim must avoid. A bad entry blocks whatever subnet
-/// its key might claim, read leniently (`10.244.5.0-024` blocks 10.244.5.0/24): an entry that
-/// cannot be parsed is never taken as free.
+fn judge6(s: Ipv6Network, ip: Ipv6Addr, me: &Me6) -> Judged {
+    let bad = Judged::Bad;
+    if s.prefix() < me.network.prefix() || !me.network.contains(s.network()) {
+        bad(format!("IPv6 subnet {s} is outside the IPv6 cluster network {}", me.network))
+    } else if s.prefix() != me.subnet_len {
+        bad(format!(
+            "IPv6 subnet {s} is not a /{} (the network's IPv6 subnet length)",
+            me.subnet_len
+        ))
+    } else if s.network() != s.ip() {
+        bad(format!("IPv6 subnet {s} has host bits set"))
+    } else if s == me.subnet {
+        if ip == me.public_ip {
+            Judged::Own
+        } else {
+            bad(format!("claims this node's IPv6 subnet {s} for {ip}"))
+        }
+    } else if overlaps6(s, me.subnet) {
+        bad(format!("IPv6 subnet {s} overlaps this node's IPv6 subnet {}", me.subnet))
+    } else if ip == me.public_ip {
+        bad(format!("points at this node's own public IPv6 {ip}"))
+    } else if !is_global6(ip) || me.network.contains(ip) {
+        bad(format!("public IPv6 {ip} is not a usable node address"))
+    } else {
+        Judged::Peer(IpNetwork::V6(s), IpAddr::V6(ip))
+    }
+}
+
+/// All IPv4 subnets any entry occupies: what a claim must avoid. A bad entry blocks whatever
+/// subnet its key might claim, read leniently (`10.244.5.0-024` blocks 10.244.5.0/24): an entry
+/// that cannot be parsed is never taken as free. IPv6-only leases occupy no IPv4 subnet.
 pub fn taken(entries: &[LeaseEntry], now: SystemTime) -> Vec<Ipv4Network> {
     entries
         .iter()
         .filter_map(|e| match e {
-            Ok(l) if l.expires.is_none_or(|t| t > now) => Some(l.subnet),
+            Ok(l) if l.expires.is_none_or(|t| t > now) => l.subnets().v4,
             Ok(_) => None,
-            Err(b) => claimed_subnet(&b.key),
+            Err(b) => claimed_subnet(&b.key).filter(|n| n.prefix() > 0 || !b.key.contains('&')),
+        })
+        .collect()
+}
+
+/// All IPv6 subnets any entry occupies, bad entries read leniently as by [`taken`].
+pub fn taken6(entries: &[LeaseEntry], now: SystemTime) -> Vec<Ipv6Network> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Ok(l) if l.expires.is_none_or(|t| t > now) => l.subnet6,
+            Ok(_) => None,
+            Err(b) => claimed_subnet6(&b.key),
         })
         .collect()
 }

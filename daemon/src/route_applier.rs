@@ -9,14 +9,14 @@
 
 use crate::metrics::{self, Metrics};
 use crate::overlay;
-use crate::route_plan::{diff, nexthop_route, nh_id, peer_route, steps, PeerStep, Step, Want};
+use crate::route_plan::{diff, nexthop_route, nh_id_in, peer_route, steps, PeerStep, Step, Want};
 use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
 use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Route, RTPROT_FERRY};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 /// Peers installed per batch of changes: bounds the memory of a start-up with 100,000 peers.
@@ -26,13 +26,13 @@ const INSTALL_CHUNK: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Blocked {
     /// The gateway is not directly reachable (host-gw needs peers on a shared L2 segment).
-    Unreachable(Ipv4Addr),
+    Unreachable(IpAddr),
     /// A route Ferry does not own holds the destination; it is left alone.
-    Foreign(Ipv4Addr),
+    Foreign(IpAddr),
 }
 
 impl Blocked {
-    fn gateway(self) -> Ipv4Addr {
+    fn gateway(self) -> IpAddr {
         match self {
             Blocked::Unreachable(g) | Blocked::Foreign(g) => g,
         }
@@ -111,7 +111,7 @@ pub struct RouteApplier<T: RouteTable = NetlinkRouteTable> {
     table: T,
     metrics: Arc<Metrics>,
     /// Peer subnet → why its route is not installed.
-    blocked: HashMap<Ipv4Network, Blocked>,
+    blocked: HashMap<IpNetwork, Blocked>,
     /// Nexthop objects: `None` until the first snapshot shows whether the kernel has them;
     /// `Some(false)` (for good, once seen): plain gateway routes.
     nexthops: Option<bool>,
@@ -207,10 +207,15 @@ impl<T: RouteTable> RouteApplier<T> {
         let mut out = Paths { want: Want::new(), encapsulated: HashMap::new() };
         for (&dst, &gw) in want {
             let on_link = crate::route_table::on_link(&snap.connected, gw).is_some();
-            let hop = match e.vteps.get(&dst) {
-                Some(_) if !(e.direct_routing && on_link) => {
-                    out.encapsulated.insert(dst, gw);
-                    if self.encapsulated.get(&dst) != Some(&gw) {
+            // VXLAN carries the IPv4 pod network (the vxlan backend is IPv4-only).
+            let v4 = match (dst, gw) {
+                (IpNetwork::V4(d), IpAddr::V4(g)) => Some((d, g)),
+                _ => None,
+            };
+            let hop = match v4.filter(|(d, _)| e.vteps.contains_key(d)) {
+                Some((d, g)) if !(e.direct_routing && on_link) => {
+                    out.encapsulated.insert(d, g);
+                    if self.encapsulated.get(&d) != Some(&g) {
                         let why = if on_link {
                             "DirectRouting is off"
                         } else {
@@ -218,10 +223,11 @@ impl<T: RouteTable> RouteApplier<T> {
                         };
                         info!("peer {dst}: VXLAN to {gw} ({why})");
                     }
-                    overlay::vtep_ip(dst)
+                    IpAddr::V4(overlay::vtep_ip(d))
                 }
                 _ => {
-                    if self.encapsulated.contains_key(&dst) && on_link {
+                    let was = v4.is_some_and(|(d, _)| self.encapsulated.contains_key(&d));
+                    if was && on_link {
                         info!(
                             "peer {dst}: direct route via {gw} (on a directly connected network)"
                         );
@@ -287,8 +293,8 @@ impl<T: RouteTable> RouteApplier<T> {
         let (mut gone, mut peers) = (Vec::new(), Vec::new());
         for (dst, was, now) in diff(old, new) {
             match (was, now) {
-                (Some(g), None) => gone.extend(self.forget(dst, g)),
-                (was, Some(g)) => peers.push(self.delta_step(dst, was, g)),
+                (Some(g), None) => gone.extend(self.forget(dst, g, old)),
+                (was, Some(g)) => peers.push(self.delta_step(dst, was, g, new)),
                 (None, None) => {}
             }
         }
@@ -345,15 +351,15 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The nexthop id peer `dst` uses now; `None`: a plain gateway route.
-    fn nexthop_for(&self, dst: Ipv4Network) -> Option<u32> {
-        nh_id(dst).filter(|id| self.nexthops == Some(true) && !self.taken.contains(id))
+    fn nexthop_for(&self, dst: IpNetwork, want: &Want) -> Option<u32> {
+        nh_id_in(dst, want).filter(|id| self.nexthops == Some(true) && !self.taken.contains(id))
     }
 
     /// What a delta does for peer `dst`, now via `gw`, before via `was`.
-    fn delta_step(&self, dst: Ipv4Network, was: Option<Ipv4Addr>, gw: Ipv4Addr) -> PeerStep {
+    fn delta_step(&self, dst: IpNetwork, was: Option<IpAddr>, gw: IpAddr, want: &Want) -> PeerStep {
         // Only a route this daemon installed may be replaced in place.
         let ours = was.filter(|w| self.blocked_gateway(dst) != Some(*w));
-        let id = self.nexthop_for(dst);
+        let id = self.nexthop_for(dst, want);
         let old = ours.map(|w| match id {
             Some(id) => nexthop_route(dst, id),
             None => peer_route(dst, w, 0),
@@ -369,8 +375,8 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The changes that remove peer `dst` (last via `gw`): its route, then its nexthop.
-    fn forget(&self, dst: Ipv4Network, gw: Ipv4Addr) -> Vec<Change> {
-        match self.nexthop_for(dst) {
+    fn forget(&self, dst: IpNetwork, gw: IpAddr, old: &Want) -> Vec<Change> {
+        match self.nexthop_for(dst, old) {
             Some(id) => vec![Change::DelRoute(nexthop_route(dst, id)), Change::DelNexthop(id)],
             None => {
                 let mut r = peer_route(dst, gw, 0);
@@ -380,7 +386,7 @@ impl<T: RouteTable> RouteApplier<T> {
         }
     }
 
-    fn blocked_gateway(&self, dst: Ipv4Network) -> Option<Ipv4Addr> {
+    fn blocked_gateway(&self, dst: IpNetwork) -> Option<IpAddr> {
         self.blocked.get(&dst).map(|b| b.gateway())
     }
 
@@ -457,8 +463,8 @@ fn target(c: &Change) -> String {
 }
 
 /// A route destination as the log shows it.
-fn dst_of(d: Ipv4Network) -> IpNetwork {
-    IpNetwork::V4(d)
+fn dst_of(d: IpNetwork) -> IpNetwork {
+    d
 }
 
 #[cfg(test)]

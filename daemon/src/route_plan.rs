@@ -1,7 +1,7 @@
 //! host-gw routes as data: what this node wants, what Ferry has in the kernel, and the plan
 //! between the two. Pure; [`crate::route_applier`] carries plans out.
 //!
-//! Ferry owns exactly the main-table IPv4 routes tagged `proto 113` ([`RTPROT_FERRY`]) and the
+//! Ferry owns exactly the main-table IPv4 and IPv6 routes tagged `proto 113` ([`RTPROT_FERRY`]) and the
 //! nexthop objects tagged `proto 113`; it adds, replaces (atomically, NLM_F_REPLACE) and deletes
 //! only those, and never touches anything else.
 //!
@@ -12,20 +12,57 @@
 //! gateway route.
 
 use ferry_netlink::{Nexthop, Route, Scope, RTPROT_FERRY, RT_TABLE_MAIN};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Nexthop ids Ferry gives peers all have these top four bits: `0xF0000000..=0xFFFFFFFF`.
+/// Nexthop ids Ferry gives IPv4 peers all have these top four bits: `0xF0000000..=0xFFFFFFFF`.
 pub const NH_ID_TAG: u32 = 0xF000_0000;
+/// Nexthop ids Ferry gives IPv6 peers: `0xE0000000..=0xEFFFFFFF`.
+pub const NH_ID_TAG6: u32 = 0xE000_0000;
 const NH_ID_BITS: u32 = 0x0FFF_FFFF;
+
+/// The nexthop id of peer subnet `dst`, either family ([`nh_id4`], [`nh_id6`]).
+pub fn nh_id(dst: IpNetwork) -> Option<u32> {
+    match dst {
+        IpNetwork::V4(d) => nh_id4(d),
+        IpNetwork::V6(d) => nh_id6(d),
+    }
+}
+
+/// The nexthop id of the IPv6 peer subnet `dst`: [`NH_ID_TAG6`] over the low 28 bits of the
+/// subnet's number (its address shifted right by its host bits). Two wanted subnets can share
+/// one only when the network holds more than 2^28 subnets; the later one (in order) then gets a
+/// plain gateway route ([`nh_id_in`]). `None` for a /0 or a /128.
+pub fn nh_id6(dst: Ipv6Network) -> Option<u32> {
+    let host = 128 - u32::from(dst.prefix());
+    if !(1..=127).contains(&host) {
+        return None;
+    }
+    let number = u128::from(dst.network()) >> host;
+    Some(NH_ID_TAG6 | (number as u32 & NH_ID_BITS))
+}
+
+/// `dst`'s nexthop id unless an earlier wanted subnet has the same one (IPv6 only: IPv4 ids are
+/// distinct by construction).
+pub fn nh_id_in(dst: IpNetwork, want: &Want) -> Option<u32> {
+    let id = nh_id(dst)?;
+    match dst {
+        IpNetwork::V4(_) => Some(id),
+        IpNetwork::V6(_) => {
+            let lo = IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0"));
+            let clash = want.range(lo..dst).any(|(d, _)| d.is_ipv6() && nh_id(*d) == Some(id));
+            (!clash).then_some(id)
+        }
+    }
+}
 
 /// The nexthop id of the peer subnet `dst`: [`NH_ID_TAG`] over the low 28 bits of the subnet
 /// address with its host part written as `01…1` (which encodes the prefix length), so distinct
 /// subnets of any one /4 get distinct ids and [`nh_peer`] can read the subnet back.
 /// `10.244.2.0/24` → `0xFAF4027F`. `None` for prefixes shorter than /4 or a /32.
-pub fn nh_id(dst: Ipv4Network) -> Option<u32> {
+pub fn nh_id4(dst: Ipv4Network) -> Option<u32> {
     let host = 32 - u32::from(dst.prefix());
     if !(1..=28).contains(&host) {
         return None;
@@ -35,8 +72,12 @@ pub fn nh_id(dst: Ipv4Network) -> Option<u32> {
 }
 
 /// The wanted peer subnet whose nexthop id is `id`, if any (the inverse of [`nh_id`] within
-/// `want`; at most 16 lookups, for the address bits the id leaves out).
-pub fn nh_peer(id: u32, want: &Want) -> Option<Ipv4Network> {
+/// `want`; IPv4: at most 16 lookups, for the address bits the id leaves out; IPv6: a walk over
+/// the wanted IPv6 subnets).
+pub fn nh_peer(id: u32, want: &Want) -> Option<IpNetwork> {
+    if id & !NH_ID_BITS == NH_ID_TAG6 {
+        return want.keys().find(|d| d.is_ipv6() && nh_id_in(**d, want) == Some(id)).copied();
+    }
     if id & !NH_ID_BITS != NH_ID_TAG {
         return None;
     }
@@ -48,18 +89,19 @@ pub fn nh_peer(id: u32, want: &Want) -> Option<Ipv4Network> {
     let base = low & !((1 << host) - 1);
     (0..16u32).find_map(|top| {
         let net = Ipv4Network::new(Ipv4Addr::from((top << 28) | base), (32 - host) as u8).ok()?;
+        let net = IpNetwork::V4(net);
         want.contains_key(&net).then_some(net)
     })
 }
 
-/// Peer subnet → gateway (the peer's public IP).
-pub type Want = BTreeMap<Ipv4Network, Ipv4Addr>;
+/// Peer subnet → gateway (the peer's public address of the subnet's family).
+pub type Want = BTreeMap<IpNetwork, IpAddr>;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    pub add: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub add: Vec<(IpNetwork, IpAddr)>,
     /// Our route for the subnet exists with a wrong gateway.
-    pub replace: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub replace: Vec<(IpNetwork, IpAddr)>,
     /// Our routes that are not wanted (peer gone, duplicates, a metric we never set).
     pub del: Vec<Route>,
 }
@@ -79,13 +121,10 @@ impl Plan {
 /// routes (protocol 113, main table). O(n log n).
 pub fn plan(want: &Want, have: &[Route]) -> Plan {
     let mut p = Plan::default();
-    let mut seen: HashSet<Ipv4Network> = HashSet::with_capacity(have.len());
+    let mut seen: HashSet<IpNetwork> = HashSet::with_capacity(have.len());
     for r in have {
-        let IpNetwork::V4(dst) = r.dst else { continue };
-        let gw = match r.gateway {
-            Some(IpAddr::V4(g)) => Some(g),
-            _ => None,
-        };
+        let dst = r.dst;
+        let gw = r.gateway;
         match want.get(&dst) {
             Some(&w) if r.metric.unwrap_or(0) == 0 && seen.insert(dst) => {
                 if gw != Some(w) {
@@ -111,8 +150,8 @@ pub enum Step {
 /// A wanted peer whose route or nexthop needs a change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerStep {
-    pub dst: Ipv4Network,
-    pub gw: Ipv4Addr,
+    pub dst: IpNetwork,
+    pub gw: IpAddr,
     /// The nexthop object the route is to use and what it needs; `None`: a plain gateway route.
     pub nexthop: Option<(u32, Step)>,
     pub route: Step,
@@ -142,10 +181,10 @@ pub struct Steps {
 /// id. Routes are judged as by [`plan`]; Ferry's nexthops no wanted peer uses are stale. O(n).
 pub fn steps(want: &Want, have: &[Route], nexthops: Option<&[Nexthop]>) -> Steps {
     let mut out = Steps::default();
-    let mut ours: HashMap<Ipv4Network, &Route> = HashMap::with_capacity(have.len());
+    let mut ours: HashMap<IpNetwork, &Route> = HashMap::with_capacity(have.len());
     for r in have {
         match r.dst {
-            IpNetwork::V4(d) if want.contains_key(&d) && r.metric.unwrap_or(0) == 0 => {
+            d if want.contains_key(&d) && r.metric.unwrap_or(0) == 0 => {
                 match ours.entry(d) {
                     Entry::Vacant(v) => {
                         v.insert(r);
@@ -164,7 +203,7 @@ pub fn steps(want: &Want, have: &[Route], nexthops: Option<&[Nexthop]>) -> Steps
         nexthops.iter().filter(|n| n.protocol != RTPROT_FERRY).map(|n| n.id).collect();
     let mut used = HashSet::with_capacity(want.len());
     for (&dst, &gw) in want {
-        let id = nh_id(dst).filter(|id| use_nh && !taken.contains(id) && used.insert(*id));
+        let id = nh_id_in(dst, want).filter(|id| use_nh && !taken.contains(id) && used.insert(*id));
         let step = peer_step(dst, gw, id, ours.get(&dst).copied(), &mine);
         out.peers.extend(step);
     }
@@ -176,8 +215,8 @@ pub fn steps(want: &Want, have: &[Route], nexthops: Option<&[Nexthop]>) -> Steps
 /// What peer `dst` via `gw` needs, given its nexthop id (`None`: plain route), Ferry's route for
 /// it and Ferry's nexthops; `None` when both are right.
 fn peer_step(
-    dst: Ipv4Network,
-    gw: Ipv4Addr,
+    dst: IpNetwork,
+    gw: IpAddr,
     id: Option<u32>,
     old: Option<&Route>,
     mine: &HashMap<u32, &Nexthop>,
@@ -192,35 +231,38 @@ fn peer_step(
     });
     let route = match old {
         None => Step::Add,
-        Some(r) if r.nh_id == id && (id.is_some() || r.gateway == Some(IpAddr::V4(gw))) => {
-            Step::Keep
-        }
+        Some(r) if r.nh_id == id && (id.is_some() || r.gateway == Some(gw)) => Step::Keep,
         Some(_) => Step::Replace,
     };
     let nh_ok = nexthop.is_none_or(|(_, s)| s == Step::Keep);
     (!nh_ok || route != Step::Keep).then(|| PeerStep { dst, gw, nexthop, route, old: old.cloned() })
 }
 
-/// `n` is a plain IPv4 hop via `gw`.
-fn is_hop_via(n: &Nexthop, gw: Ipv4Addr) -> bool {
-    n.gateway == Some(IpAddr::V4(gw)) && !n.v6 && !n.group && !n.blackhole
+/// `n` is a plain hop via `gw` (of `gw`'s family).
+fn is_hop_via(n: &Nexthop, gw: IpAddr) -> bool {
+    n.gateway == Some(gw) && n.v6 == gw.is_ipv6() && !n.group && !n.blackhole
 }
 
 /// The route Ferry installs for a peer on its nexthop object `id`.
-pub fn nexthop_route(dst: Ipv4Network, id: u32) -> Route {
-    Route { gateway: None, oif: None, nh_id: Some(id), ..peer_route(dst, Ipv4Addr::UNSPECIFIED, 0) }
+pub fn nexthop_route(dst: IpNetwork, id: u32) -> Route {
+    let any = if dst.is_ipv6() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    Route { gateway: None, oif: None, nh_id: Some(id), ..peer_route(dst, any, 0) }
 }
 
 /// The nexthop object Ferry makes for a peer: `id` via `gw` out of `oif`.
-pub fn peer_nexthop(id: u32, gw: Ipv4Addr, oif: u32) -> Nexthop {
-    Nexthop::via(id, IpAddr::V4(gw), oif, RTPROT_FERRY)
+pub fn peer_nexthop(id: u32, gw: IpAddr, oif: u32) -> Nexthop {
+    Nexthop::via(id, gw, oif, RTPROT_FERRY)
 }
 
 /// The route Ferry installs for a peer.
-pub fn peer_route(dst: Ipv4Network, gw: Ipv4Addr, oif: u32) -> Route {
+pub fn peer_route(dst: IpNetwork, gw: IpAddr, oif: u32) -> Route {
     Route {
-        dst: IpNetwork::V4(dst),
-        gateway: Some(IpAddr::V4(gw)),
+        dst,
+        gateway: Some(gw),
         oif: Some(oif),
         scope: Scope::Universe,
         protocol: RTPROT_FERRY,
@@ -233,7 +275,7 @@ pub fn peer_route(dst: Ipv4Network, gw: Ipv4Addr, oif: u32) -> Route {
 }
 
 /// Destinations whose gateway differs between two wanted sets: (dst, old gw, new gw). O(n).
-pub fn diff(old: &Want, new: &Want) -> Vec<(Ipv4Network, Option<Ipv4Addr>, Option<Ipv4Addr>)> {
+pub fn diff(old: &Want, new: &Want) -> Vec<(IpNetwork, Option<IpAddr>, Option<IpAddr>)> {
     let mut out = Vec::new();
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {

@@ -4,23 +4,23 @@
 use ferry_netlink::batch::Op;
 use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{nexthop, Netlink, Nexthop, Route, Scope, RTPROT_FERRY, RT_TABLE_MAIN};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// A directly connected IPv4 network: a main-table link-scope route without a gateway (the
 /// kernel's own subnet routes, `ip route add NET dev X`). A gateway inside one is on-link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connected {
-    pub net: Ipv4Network,
+    pub net: IpNetwork,
     pub oif: u32,
     pub metric: u32,
 }
 
 /// The interface that reaches `gw` directly: the longest connected network holding it (the
 /// lowest metric among equals), as the kernel looks a gateway up when a route is added.
-pub fn on_link(connected: &[Connected], gw: Ipv4Addr) -> Option<u32> {
+pub fn on_link(connected: &[Connected], gw: IpAddr) -> Option<u32> {
     connected
         .iter()
         .filter(|c| c.net.contains(gw))
@@ -63,7 +63,7 @@ pub trait RouteTable {
 
     /// How the kernel reaches `gw`: the output interface and, when not directly, the next hop.
     /// `Ok(None)`: no route at all.
-    fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>>;
+    fn route_to(&mut self, gw: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>>;
 
     /// The permanent ARP and fdb entries of device `ifindex` (the VXLAN device).
     fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>>;
@@ -111,9 +111,19 @@ fn resolve(routes: &mut [Route], nexthops: &[Nexthop]) {
 }
 
 fn connected(r: &Route) -> Option<Connected> {
+    let metric = r.metric.unwrap_or(0);
     match (r.dst, r.scope, r.gateway, r.nh_id, r.oif) {
-        (IpNetwork::V4(net), Scope::Link, None, None, Some(oif)) => {
-            Some(Connected { net, oif, metric: r.metric.unwrap_or(0) })
+        (IpNetwork::V4(_), Scope::Link, None, None, Some(oif)) => {
+            Some(Connected { net: r.dst, oif, metric })
+        }
+        // IPv6 on-link prefixes have universe scope; link-local fe80::/64 (on every link) is
+        // no network a peer's global address is on.
+        (IpNetwork::V6(n), _, None, None, Some(oif))
+            if n.prefix() > 0
+                && (n.ip().segments()[0] & 0xffc0) != 0xfe80
+                && !n.ip().is_multicast() =>
+        {
+            Some(Connected { net: r.dst, oif, metric })
         }
         _ => None,
     }
@@ -146,6 +156,7 @@ fn absent_as_not_found(c: &Change, res: io::Result<()>) -> io::Result<()> {
 impl RouteTable for NetlinkRouteTable {
     fn ferry_routes(&mut self) -> io::Result<Vec<Route>> {
         let mut routes = self.netlink.routes(false, RT_TABLE_MAIN, Some(RTPROT_FERRY))?;
+        routes.extend(self.netlink.routes(true, RT_TABLE_MAIN, Some(RTPROT_FERRY))?);
         if routes.iter().any(|r| r.nh_id.is_some() && r.gateway.is_none()) {
             resolve(&mut routes, &self.nexthops()?.unwrap_or_default());
         }
@@ -154,14 +165,15 @@ impl RouteTable for NetlinkRouteTable {
 
     fn snapshot(&mut self) -> io::Result<Snapshot> {
         let nexthops = self.nexthops()?;
-        let all = self.netlink.routes(false, RT_TABLE_MAIN, None)?;
+        let mut all = self.netlink.routes(false, RT_TABLE_MAIN, None)?;
+        all.extend(self.netlink.routes(true, RT_TABLE_MAIN, None)?);
         let connected = all.iter().filter_map(connected).collect();
         let routes = all.into_iter().filter(|r| r.protocol == RTPROT_FERRY).collect();
         Ok(Snapshot { routes, connected, nexthops })
     }
 
-    fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
-        self.netlink.route_get(IpAddr::V4(gw))
+    fn route_to(&mut self, gw: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
+        self.netlink.route_get(gw)
     }
 
     fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>> {
@@ -215,10 +227,16 @@ mod tests {
         let via = Route { gateway: Some("198.18.0.1".parse().unwrap()), ..r.clone() };
         let on_nh = Route { nh_id: Some(5), ..r.clone() };
         let universe = Route { scope: Scope::Universe, ..r.clone() };
-        let v6 = Route { dst: "fd00::/64".parse().unwrap(), ..r };
-        for x in [via, on_nh, universe, v6] {
+        let link_local = Route { dst: "fe80::/64".parse().unwrap(), ..r.clone() };
+        for x in [via, on_nh, universe, link_local] {
             assert_eq!(connected(&x), None, "{x:?}");
         }
+        // IPv6 on-link prefixes come with universe scope: connected all the same.
+        let v6 = Route { dst: "fd00::/64".parse().unwrap(), scope: Scope::Universe, ..r };
+        assert_eq!(connected(&v6).map(|c| c.net.to_string()), Some("fd00::/64".into()));
+        let table = [Connected { net: "fd00::/64".parse().unwrap(), oif: 5, metric: 256 }];
+        assert_eq!(on_link(&table, "fd00::12".parse().unwrap()), Some(5));
+        assert_eq!(on_link(&table, "fd01::12".parse().unwrap()), None);
     }
 
     #[test]

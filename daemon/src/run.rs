@@ -9,14 +9,14 @@ use crate::lease::{self, ClaimError, LeaseTiming};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, Uplink};
 use crate::overlay::{Device, Overlay};
-use crate::peers::Me;
+use crate::peers::{Me, Me4, Me6};
 use crate::route_applier::RouteApplier;
 use crate::route_table::NetlinkRouteTable;
 use crate::store::any::{AnyStore, StoreSettings};
-use crate::store::{Lease, LeaseStore, NetworkConfig, StoreError, WatchEvent};
+use crate::store::{Lease, LeaseAttrs, LeaseStore, NetworkConfig, StoreError, Subnets, WatchEvent};
 use ferry_netlink::Netlink;
 use ipnetwork::Ipv4Network;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
@@ -153,8 +153,17 @@ async fn daemon(a: Args) -> i32 {
 
     // 2. The store and the network config everyone agrees on.
     let (store, watch_store) = open_store(&a.store, &m).await;
-    let mut keeper =
-        LeaseKeeper { store, net, public_ip: up.public_ip, timing: a.lease, metrics: m.clone() };
+    let attrs = lease::my_attrs(None, None, net.mode);
+    let (public_ip, public_ipv6) = (up.public_ip, up.public_ipv6);
+    let mut keeper = LeaseKeeper {
+        store,
+        net,
+        public_ip,
+        public_ipv6,
+        attrs,
+        timing: a.lease,
+        metrics: m.clone(),
+    };
     let net = match keeper.agree_network(&desired, &a.network).await {
         Ok(n) => n,
         Err(code) => return code,
@@ -162,18 +171,15 @@ async fn daemon(a: Args) -> i32 {
     info!("network: {}", net.describe());
     metrics::set(&m.store_reachable, 1);
 
-    // 3. This node's lease.
-    let remembered = node::remembered_subnet(&a.files.subnet_file, net.network);
-    let lease = match keeper.claim(up.public_ip, remembered).await {
+    // 3. This node's lease: one key for every enabled family.
+    let remembered = node::remembered_subnets(&a.files.subnet_file, &net);
+    let lease = match keeper.claim(remembered).await {
         Ok(l) => l,
         Err(code) => return code,
     };
 
-    info!("subnet: {} (this node's pods)", lease.subnet);
+    info!("subnet: {} (this node's pods)", lease.subnets());
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
-    if let Err(e) = node::enable_forwarding() {
-        warn!("net.ipv4.ip_forward=1: {e}");
-    }
     let mtu = match net.mode {
         Mode::Vxlan(_) if a.uplink.mtu.is_none() => {
             let pods = up.mtu.saturating_sub(net.mode.mtu_overhead());
@@ -185,24 +191,31 @@ async fn daemon(a: Args) -> i32 {
         }
         _ => mtu,
     };
-    let me = Me {
-        network: net.network,
-        subnet_len: net.subnet_len,
-        subnet: lease.subnet,
-        public_ip: up.public_ip,
-        mode: net.mode,
+    let Some(me) = me_of(&net, &lease) else {
+        return refuse(&format!("the lease {} does not cover every enabled family", lease.key));
+    };
+    if me.v4.is_some() {
+        if let Err(e) = node::enable_forwarding() {
+            warn!("net.ipv4.ip_forward=1: {e}");
+        }
+    }
+    if me.v6.is_some() {
+        if let Err(e) = node::enable_forwarding6() {
+            warn!("net.ipv6.conf.all.forwarding=1: {e}");
+        }
+    }
+    let overlay = match (net.mode, me.v4) {
+        (Mode::Vxlan(conf), Some(me4)) => match vxlan_overlay(conf, &up, me4.public_ip, me4.subnet)
+        {
+            Ok(o) => Some(o),
+            Err(code) => return code,
+        },
+        _ => None,
     };
     let mut node = NodeSide::new(me, mtu, a.files, a.masq);
     metrics::set(&m.node_files_written, u64::from(node.ensure(false)));
 
     // 5. The loops.
-    let overlay = match net.mode {
-        Mode::Vxlan(conf) => match vxlan_overlay(conf, &up, lease.subnet) {
-            Ok(o) => Some(o),
-            Err(code) => return code,
-        },
-        Mode::HostGw => None,
-    };
     let routes = RouteApplier::new(NetlinkRouteTable::new(nl), m.clone());
     let mut event_loop = EventLoop::new(node, a.reconcile, routes, m);
     if let Some(o) = overlay {
@@ -224,7 +237,12 @@ async fn daemon(a: Args) -> i32 {
 
 /// The vxlan backend's device for this node: on the uplink, from its public IP, the uplink's
 /// MTU minus the VXLAN header.
-fn vxlan_overlay(conf: VxlanConf, up: &Uplink, subnet: Ipv4Network) -> Result<Overlay, i32> {
+fn vxlan_overlay(
+    conf: VxlanConf,
+    up: &Uplink,
+    public_ip: Ipv4Addr,
+    subnet: Ipv4Network,
+) -> Result<Overlay, i32> {
     let mut nl = Netlink::new().map_err(|e| {
         error!("netlink socket: {e}");
         1
@@ -234,7 +252,7 @@ fn vxlan_overlay(conf: VxlanConf, up: &Uplink, subnet: Ipv4Network) -> Result<Ov
         _ => 0, // no uplink device known (--public-ip on another host's NAT): unbound
     };
     let mtu = up.mtu.saturating_sub(VXLAN_OVERHEAD);
-    let device = Device::new(conf, up.public_ip, uplink, mtu, subnet);
+    let device = Device::new(conf, public_ip, uplink, mtu, subnet);
     info!(
         "backend vxlan: device {} VNI {} port {}, DirectRouting {}",
         device.name, conf.vni, conf.port, conf.direct_routing
@@ -243,6 +261,31 @@ fn vxlan_overlay(conf: VxlanConf, up: &Uplink, subnet: Ipv4Network) -> Result<Ov
         error!("netlink socket: {e}");
         1
     })
+}
+
+/// This node as the peers code sees it: each enabled family's network with this node's subnet
+/// and address; `None` if the lease lacks an enabled family's subnet (never claimed so).
+pub fn me_of(net: &Net, lease: &Lease) -> Option<Me> {
+    let s = lease.subnets();
+    let v4 = match &net.v4 {
+        Some(n) => Some(Me4 {
+            network: n.network,
+            subnet_len: n.subnet_len,
+            subnet: s.v4?,
+            public_ip: lease.attrs.public_ip,
+        }),
+        None => None,
+    };
+    let v6 = match &net.v6 {
+        Some(n) => Some(Me6 {
+            network: n.network,
+            subnet_len: n.subnet_len,
+            subnet: s.v6?,
+            public_ip: lease.attrs.public_ipv6?,
+        }),
+        None => None,
+    };
+    Some(Me { v4, v6, mode: net.mode })
 }
 
 /// The store watcher, the lease keeper and the event loop, until one of them ends.
@@ -272,7 +315,11 @@ async fn run_loops(
 fn startup_lines(a: &Args, up: &Uplink, mtu: u32) {
     info!("ferryd {}", env!("CARGO_PKG_VERSION"));
     info!("store: {}", AnyStore::describe(&a.store));
-    info!("public IP: {}", up.public_ip);
+    let opt = |ip: Option<std::net::IpAddr>| ip.map_or("none".to_string(), |i| i.to_string());
+    info!("public IP: {}", opt(up.public_ip.map(Into::into)));
+    if up.public_ipv6.is_some() || a.network.ipv6_enabled() {
+        info!("public IPv6: {}", opt(up.public_ipv6.map(Into::into)));
+    }
     info!("iface: {}", if up.iface.is_empty() { "? (none found)" } else { &up.iface });
     info!("MTU: {mtu}");
     match a.metrics_address {
@@ -315,9 +362,9 @@ fn check_local(req: &NetworkRequest, flags: &UplinkFlags) -> Result<Local, i32> 
         error!("netlink socket: {e}");
         1
     })?;
-    let up = node::find_uplink(&mut nl, flags.public_ip, flags.iface.as_deref())
+    let up = node::find_uplink(&mut nl, flags.public_ip, flags.public_ipv6, flags.iface.as_deref())
         .map_err(|e| refuse(&e))?;
-    config::check_node(&net, up.public_ip).map_err(|e| refuse(&e))?;
+    config::check_node(&net, up.public_ip, up.public_ipv6).map_err(|e| refuse(&e))?;
     Ok(Local { desired, net, nl, up })
 }
 
@@ -337,7 +384,10 @@ struct LeaseKeeper {
     store: AnyStore,
     /// The network config as validated from the flags (until `agree_network` replaces it).
     net: Net,
-    public_ip: Ipv4Addr,
+    public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
+    /// This node's lease attrs for the agreed network (set by `agree_network`).
+    attrs: LeaseAttrs,
     timing: LeaseTiming,
     metrics: Arc<Metrics>,
 }
@@ -364,6 +414,11 @@ impl LeaseKeeper {
         let flags = self.net;
         let s = config::validate(&stored)
             .map_err(|e| refuse(&format!("the stored network config cannot be honoured: {e}")))?;
+        self.attrs = lease::my_attrs(
+            self.public_ip.filter(|_| s.v4.is_some()),
+            self.public_ipv6.filter(|_| s.v6.is_some()),
+            s.mode,
+        );
         if s == flags {
             return Ok(flags);
         }
@@ -381,17 +436,19 @@ impl LeaseKeeper {
                 flags.describe()
             );
         }
-        config::check_node(&s, self.public_ip).map_err(|e| refuse(&e))?;
+        config::check_node(&s, self.public_ip, self.public_ipv6).map_err(|e| refuse(&e))?;
         self.net = s;
         Ok(s)
     }
 
-    /// A lease for `ip`, retrying until one is claimed; `Err` (the exit code) when the subnet
+    /// This node's lease, retrying until one is claimed; `Err` (the exit code) when a subnet
     /// this node's pods use belongs to another node.
-    async fn claim(&mut self, ip: Ipv4Addr, remembered: Option<Ipv4Network>) -> Result<Lease, i32> {
+    async fn claim(&mut self, remembered: Subnets) -> Result<Lease, i32> {
         let mut b = Backoff::new();
+        let ip = self.attrs.node_ip();
         loop {
-            match lease::claim(&mut self.store, &self.net, ip, remembered, self.timing.ttl).await {
+            let ttl = self.timing.ttl;
+            match lease::claim(&mut self.store, &self.net, &self.attrs, remembered, ttl).await {
                 Ok(l) => {
                     b.ok("claim lease");
                     metrics::inc(&self.metrics.lease_claims_total);
@@ -399,7 +456,7 @@ impl LeaseKeeper {
                         .expires
                         .map(crate::log::timestamp)
                         .unwrap_or_else(|| "never (reservation)".into());
-                    info!("lease {} for {} (expires {exp})", l.subnet, ip);
+                    info!("lease {} for {} (expires {exp})", l.subnets(), ip);
                     self.held(&l);
                     return Ok(l);
                 }
@@ -453,7 +510,7 @@ impl LeaseKeeper {
             };
             if reclaim {
                 metrics::set(&self.metrics.lease_held, 0);
-                let l = match self.claim(lease.attrs.public_ip, Some(lease.subnet)).await {
+                let l = match self.claim(lease.subnets()).await {
                     Ok(l) => l,
                     Err(code) => return code,
                 };
@@ -476,12 +533,13 @@ impl LeaseKeeper {
             return Ok(());
         }
         metrics::set(&self.metrics.lease_held, 0);
-        while let Err(e) = self.store.delete(lease.subnet).await {
+        while let Err(e) = self.store.delete(lease.subnets()).await {
             b.fail("re-publish lease (delete the old entry)", &e, &self.metrics).await;
         }
-        self.public_ip = ip;
-        *lease = self.claim(ip, Some(lease.subnet)).await?;
-        info!("lease {} re-published for {ip}", lease.subnet);
+        self.public_ip = Some(ip);
+        self.attrs = lease::my_attrs(Some(ip), self.attrs.public_ipv6, self.net.mode);
+        *lease = self.claim(lease.subnets()).await?;
+        info!("lease {} re-published for {ip}", lease.subnets());
         Ok(())
     }
 
@@ -497,13 +555,13 @@ impl LeaseKeeper {
     /// One renewal attempt: when to try next, or `None` if the lease is gone (re-claim it).
     async fn renew(&mut self, lease: &mut Lease, b: &mut Backoff) -> Option<Instant> {
         let ttl = self.timing.ttl;
-        match self.store.renew(lease.subnet, &lease.attrs, ttl).await {
+        match self.store.renew(lease.subnets(), &lease.attrs, ttl).await {
             Ok(true) => {
                 b.ok("renew lease");
                 metrics::inc(&self.metrics.lease_renewals_total);
                 lease.expires = Some(SystemTime::now() + ttl);
                 self.held(lease);
-                debug!("renewed lease {}", lease.subnet);
+                debug!("renewed lease {}", lease.subnets());
                 Some(Instant::now() + lease::renew_after(ttl, self.timing.renew_margin))
             }
             Ok(false) => None,
@@ -511,7 +569,7 @@ impl LeaseKeeper {
                 if lease.expires.is_some_and(|t| t <= SystemTime::now()) {
                     debug!(
                         "lease {} expired during the store outage; will re-claim it",
-                        lease.subnet
+                        lease.subnets()
                     );
                 }
                 b.fail("renew lease", &e, &self.metrics).await;

@@ -185,6 +185,8 @@ fn attrs(ip: &str) -> LeaseAttrs {
         public_ip: ip.parse().unwrap(),
         backend_type: "host-gw".into(),
         backend_data: serde_json::Value::Null,
+        public_ipv6: None,
+        backend_v6_data: None,
     }
 }
 
@@ -231,7 +233,7 @@ async fn config_put_if_absent_and_get() {
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
         ],
     );
-    assert_eq!(s.get_config().await.unwrap().unwrap().network, net("10.5.0.0/16"));
+    assert_eq!(s.get_config().await.unwrap().unwrap().network, Some(net("10.5.0.0/16")));
     etcdctl_ok(&e, &["put", &format!("{PREFIX}/config"), "not json"]);
     assert!(matches!(s.get_config().await, Err(StoreError::Invalid(_))));
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{add_pod, Lab, Store};
+use common::{add_pod, Family, Lab, Store};
 use serde_json::Value;
 use std::time::Duration;
 use testlab::{bin, output_bounded};
@@ -205,4 +205,70 @@ fn file_ferryctl() {
 #[test]
 fn etcd_ferryctl() {
     all(Store::Etcd)
+}
+
+/// `ferryctl` on a dual-stack lab: `lease` names both subnets and addresses, `leases` shows
+/// flannel's dual-stack keys with both addresses, `routes` compares both families (a missing
+/// IPv6 route and a stale one exit 1, named).
+fn dual_stack(kind: Store) {
+    let mut lab = Lab::with_family(kind, Family::Dual, 3, true);
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let keys = lab.wait_leases(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.wait_all_routes(i, &[0, 1, 2], T);
+    }
+    let s6: Vec<String> = (0..3).map(|i| lab.subnet6(i).unwrap()).collect();
+    let o = ctl(&lab, 0, &["lease"]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    println!("ferryctl lease (dual-stack):\n{}", o.stdout);
+    for want in [&lab.subnet(0).unwrap(), &s6[0], "fd00:198:18::11", "198.18.0.11", "held"] {
+        assert!(o.stdout.contains(want), "{want} missing:\n{}", o.stdout);
+    }
+    let j = ctl(&lab, 0, &["lease", "--json"]).json();
+    assert_eq!(
+        (j["key"].as_str(), j["subnet6"].as_str()),
+        (Some(keys[0].as_str()), Some(s6[0].as_str()))
+    );
+    assert_eq!(j["public_ipv6"], "fd00:198:18::11");
+    let o = ctl(&lab, 1, &["leases"]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    println!("ferryctl leases (dual-stack):\n{}", o.stdout);
+    for (i, k) in keys.iter().enumerate() {
+        let row = o.stdout.lines().find(|l| l.starts_with(&format!("{k} "))).expect(k);
+        let ips = format!("{} {}", lab.nodes[i].ip, lab.nodes[i].ip6);
+        assert!(row.contains(&ips), "{row}");
+        assert!(row.ends_with(if i == 1 { "this node" } else { "peer" }), "{row}");
+    }
+    let o = ctl(&lab, 0, &["routes"]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("in sync: 4 wanted, 4 ok"), "{}", o.stdout);
+    assert!(lab.stop(0).unwrap().success());
+    let ns = &lab.nodes[0].ns;
+    ns.ip(&["-6", "route", "del", &s6[1]]);
+    ns.ip(&["-6", "route", "add", "fd00:10:244:fe::/64", "via", "fd00:198:18::13", "proto", "113"]);
+    let o = ctl(&lab, 0, &["routes"]);
+    assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+    println!("ferryctl routes (dual-stack, differences):\n{}", o.stdout);
+    let row = |dst: &str| {
+        o.stdout.lines().find(|l| l.starts_with(&format!("{dst} "))).map(str::to_string)
+    };
+    assert!(row(&s6[1]).is_some_and(|r| r.ends_with("missing")), "{}", o.stdout);
+    assert!(row("fd00:10:244:fe::/64").is_some_and(|r| r.ends_with("stale")), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("DIFFERENT: 4 wanted, 3 ok, 1 missing, 0 wrong gateway, 1 stale"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn file_ferryctl_dual_stack() {
+    dual_stack(Store::File)
+}
+
+#[test]
+fn etcd_ferryctl_dual_stack() {
+    dual_stack(Store::Etcd)
 }

@@ -9,11 +9,15 @@ use ferry_cni::subnet_env::SubnetEnv;
 use ferryd::args;
 use ferryd::config::validate;
 use ferryd::node::subnet_env;
+use ferryd::peers::{Me, Me4};
 use ferryd::store::file::{lease_json, parse_file};
-use ferryd::store::{claimed_subnet, parse_subnet_key, subnet_key, LeaseAttrs, NetworkConfig};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ferryd::store::{
+    claimed_subnet, claimed_subnet6, parse_lease_key, parse_subnet_key, subnet_key, LeaseAttrs,
+    NetworkConfig, Subnets,
+};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use proptest::prelude::*;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
 fn cases() -> u32 {
@@ -70,7 +74,10 @@ proptest! {
     fn canonical_keys_round_trip(ip in any::<u32>(), len in 0..=32u8) {
         let n = Ipv4Network::new(Ipv4Addr::from(ip), len).unwrap();
         let n = Ipv4Network::new(n.network(), len).unwrap();
-        prop_assert_eq!(parse_subnet_key(&subnet_key(n)), Some(n));
+        // A plain /0 key names no subnet of either family (a bad entry, blocking everything);
+        // with an IPv6 part it is flannel's IPv6-only key.
+        let plain = (len > 0).then_some(n);
+        prop_assert_eq!(parse_subnet_key(&subnet_key(n)), plain);
         let ds = format!("{}&fd00:10:244:2e::-64", subnet_key(n));
         prop_assert_eq!(parse_subnet_key(&ds), Some(n));
     }
@@ -97,6 +104,8 @@ proptest! {
             public_ip: Ipv4Addr::from(ip),
             backend_type: bt,
             backend_data: serde_json::Value::Null,
+            public_ipv6: None,
+            backend_v6_data: None,
         };
         let at = UNIX_EPOCH + Duration::from_millis(ms);
         let bytes = lease_json(&attrs, at).unwrap();
@@ -121,6 +130,7 @@ proptest! {
     ) {
         if let Ok(c) = serde_json::from_str::<NetworkConfig>(&v) {
             if let Ok(net) = validate(&c) {
+                let net = net.v4.expect("an IPv4 config");
                 prop_assert!(net.subnet_len > net.network.prefix() && net.subnet_len <= 30);
                 prop_assert!(u32::from(net.min) <= u32::from(net.max));
                 let min = Ipv4Network::new(net.min, net.subnet_len).unwrap();
@@ -128,6 +138,30 @@ proptest! {
                 prop_assert!(net.in_range(min) && net.in_range(max), "{:?}", net);
             }
         }
+    }
+
+    #[test]
+    fn dual_stack_keys_round_trip_and_look_alikes_block(
+        v4 in any::<u32>(), p4 in 1..=30u8, v6 in any::<u128>(), p6 in 1..=126u8, junk in ".{0,12}",
+    ) {
+        let a = Ipv4Network::new(Ipv4Addr::from(v4), p4).unwrap();
+        let a = Ipv4Network::new(a.network(), p4).unwrap();
+        let b = Ipv6Network::new(Ipv6Addr::from(v6), p6).unwrap();
+        let b = Ipv6Network::new(b.network(), p6).unwrap();
+        for s in [Subnets { v4: Some(a), v6: Some(b) }, Subnets { v4: None, v6: Some(b) }] {
+            let key = s.key();
+            let (got4, got6) = parse_lease_key(&key).unwrap();
+            prop_assert_eq!((got4.prefix() > 0).then_some(got4), s.v4);
+            prop_assert_eq!(got6, s.v6);
+            // Spelled in upper case (not canonical): parsed as nothing, still blocks its IPv6 subnet.
+            let upper = key.to_ascii_uppercase();
+            if upper != key {
+                prop_assert_eq!(parse_lease_key(&upper), None);
+                prop_assert_eq!(claimed_subnet6(&upper), Some(b));
+            }
+        }
+        let _ = parse_lease_key(&format!("{}&{junk}", subnet_key(a)));
+        let _ = claimed_subnet6(&format!("{}&{junk}", subnet_key(a)));
     }
 
     #[test]
@@ -154,7 +188,12 @@ proptest! {
         let count = 1u32 << extra;
         let start = u32::from(network.network()) + (idx % count) * (1u32 << (32 - slen));
         let subnet = Ipv4Network::new(Ipv4Addr::from(start), slen).unwrap();
-        let text = subnet_env(network, subnet, mtu, masq);
+        let me = Me {
+            v4: Some(Me4 { network, subnet_len: slen, subnet, public_ip: Ipv4Addr::new(192, 0, 2, 1) }),
+            v6: None,
+            mode: ferryd::config::Mode::HostGw,
+        };
+        let text = subnet_env(&me, mtu, masq);
         let env = SubnetEnv::parse(&text).unwrap();
         prop_assert_eq!(env.network, Some(IpNetwork::V4(network)));
         let Some(IpNetwork::V4(s)) = env.subnet else { panic!("{text}") };

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{key, Lab, Store};
+use common::{key, Family, Lab, Store};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use testlab::wait_for;
@@ -333,6 +333,29 @@ fn nothing_changes_on_refusal(kind: Store) {
     }
 }
 
+/// IPv6 on without a global IPv6 address on the uplink, or no family at all: exit 2 before
+/// anything is touched.
+fn ipv6_config_the_node_cannot_honour_exits_2(kind: Store) {
+    let lab = Lab::new(kind, 1); // IPv4 underlay only: eth0 has no global IPv6 address
+    for (flags, needle) in [
+        (&["--ipv6-network", "fd00:10:244::/56"][..], "no global IPv6 address"),
+        (&["--enable-ipv4=false"], "neither IPv4 nor IPv6"),
+        (&["--enable-ipv6"], "no \"IPv6Network\""),
+        (&["--ipv6-network", "fd00:10:244::/56", "--ipv6-subnet-len", "56"], "longer than"),
+        (&["--ipv6-network", "fd00:10:244::1/56"], "host bits"),
+        (&["--public-ipv6", "fe80::1"], "global unicast"),
+    ] {
+        let (st, out) = lab.run_once(0, flags, T);
+        assert_eq!(st.and_then(|s| s.code()), Some(2), "{flags:?}: {out}");
+        assert!(out.contains(needle), "{flags:?}: {out}");
+    }
+    assert!(!lab.conflist(0).exists());
+    assert!(lab.subnet(0).is_none() && lab.subnet6(0).is_none());
+    assert!(lab.nft_table(0).is_none() && lab.nft_table6(0).is_none());
+    assert_eq!(lab.nodes[0].ns.sysctl("net.ipv6.conf.all.forwarding"), "0");
+    assert!(lab.lease_keys().is_empty());
+}
+
 macro_rules! per_store {
     ($($name:ident),* $(,)?) => {
         mod file {
@@ -356,4 +379,180 @@ per_store!(
     masquerade_table,
     unusable_config_exits_2_and_changes_nothing,
     nothing_changes_on_refusal,
+    ipv6_config_the_node_cannot_honour_exits_2,
 );
+
+// ---- IPv6-only and dual-stack pod networks (both stores) ----
+
+/// Three nodes of a `family` pod network, each with its lease and every peer route of every
+/// family in place. Returns the lab and the nodes' lease keys.
+fn lab3f(kind: Store, family: Family) -> (Lab, Vec<String>) {
+    let mut lab = Lab::with_family(kind, family, 3, true);
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    let keys = lab.wait_leases(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.wait_all_routes(i, &[0, 1, 2], T);
+    }
+    (lab, keys)
+}
+
+fn ipv6_pods_ping_across_nodes(kind: Store, family: Family) {
+    let (lab, keys) = lab3f(kind, family);
+    let mut uniq = keys.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 3, "{keys:?}");
+    for (i, k) in keys.iter().enumerate() {
+        let node = &lab.nodes[i];
+        // flannel's layout: one key for both families, PublicIPv6 beside PublicIP.
+        let v = lab.get_lease(k).unwrap_or_else(|| panic!("no lease {k}: {:?}", lab.lease_keys()));
+        assert!(v.contains(&format!(r#""PublicIPv6":"{}""#, node.ip6)), "{v}");
+        let ip4 = if family == Family::V6 { "0.0.0.0" } else { node.ip.as_str() };
+        assert!(v.contains(&format!(r#""PublicIP":"{ip4}""#)), "{v}");
+        let s6 = lab.subnet6(i).unwrap();
+        assert!(s6.starts_with("fd00:10:244:") && s6.ends_with("/64"), "{s6}");
+        let env = std::fs::read_to_string(node.dir.join("subnet.env")).unwrap();
+        assert!(env.contains(&format!("FLANNEL_IPV6_NETWORK={}\n", common::NET6)), "{env}");
+        assert_eq!(env.contains("FLANNEL_SUBNET="), family == Family::Dual, "{env}");
+        assert_eq!(node.ns.sysctl("net.ipv6.conf.all.forwarding"), "1");
+        let t6 = lab.nft_table6(i).expect("table ip6 ferry");
+        assert!(t6.contains(&format!("ip6 saddr {s6} ip6 daddr {} return", common::NET6)), "{t6}");
+        assert_eq!(lab.nft_table(i).is_some(), family == Family::Dual);
+        // The peer's IPv6 subnet goes via its IPv6 address out of eth0.
+        let peer = (i + 1) % 3;
+        let dst = lab.subnet6(peer).unwrap().replace("::/64", "::5");
+        let r = node.ns.ip(&["-6", "route", "get", &dst]);
+        assert!(
+            r.contains(&format!("via {}", lab.nodes[peer].ip6)) && r.contains("dev eth0"),
+            "{r}"
+        );
+    }
+    // One pod per node; every pod pings every other pod on every family, across nodes.
+    let mut pods: Vec<_> =
+        (0..3).map(|i| common::add_pod_ips(&lab, i, &format!("v6pod{i}"))).collect();
+    if family == Family::Dual && pods.iter().any(|(_, ips)| ips.len() < 2) {
+        // Interim, until the plugin's dual-stack part of issue 9 (another branch) lands: the
+        // plugin gave the pods their IPv4 address only. The IPv6 datapath of this dual-stack
+        // cluster is then exercised with a second pod per node from the same plugin, reading
+        // the IPv6 half of ferryd's subnet file.
+        eprintln!("NOTE: the ferry plugin returned one address per pod: IPv6 pods added through the IPv6 half of the subnet file");
+        for i in 0..3 {
+            let dir = lab.nodes[i].dir.clone();
+            let env = std::fs::read_to_string(dir.join("subnet.env")).unwrap();
+            let half: String = env
+                .lines()
+                .filter(|l| !l.starts_with("FLANNEL_NETWORK=") && !l.starts_with("FLANNEL_SUBNET="))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(dir.join("subnet6.env"), half).unwrap();
+            let pod = common::add_pod_with(&lab, i, &format!("v6half{i}"), |c| {
+                c["subnetFile"] = dir.join("subnet6.env").display().to_string().into();
+                c["dataDir"] = dir.join("cni-data6").display().to_string().into();
+            });
+            pods.push(pod);
+        }
+    } else {
+        let per_pod = if family == Family::Dual { 2 } else { 1 };
+        for (i, (_, ips)) in pods.iter().enumerate() {
+            assert_eq!(ips.len(), per_pod, "pod {i}: {ips:?}");
+        }
+    }
+    let v6 = |ip: &str| ip.contains(':');
+    for (i, (_, ips)) in pods.iter().enumerate() {
+        assert!(ips.iter().all(|ip| !v6(ip) || ip.starts_with("fd00:10:244:")), "pod {i}: {ips:?}");
+    }
+    let on_node = |p: usize| p % 3;
+    // The plugin's side of "no DAD wait" is issue 9's plugin part (another branch): until it
+    // lands, wait here for the pods' and their host veths' IPv6 addresses to leave DAD.
+    let settled = |ns: &testlab::Netns| !ns.ip(&["-6", "addr"]).contains("tentative");
+    let ready = testlab::wait_for(Duration::from_secs(5), || {
+        pods.iter().all(|(p, _)| settled(p)) && lab.nodes.iter().all(|n| settled(&n.ns))
+    });
+    assert!(ready, "IPv6 addresses still tentative after 5 s");
+    let mut pings = 0;
+    for (a, (pa, mine)) in pods.iter().enumerate() {
+        for (b, (_, ips)) in pods.iter().enumerate().filter(|(b, _)| on_node(*b) != on_node(a)) {
+            for ip in ips.iter().filter(|ip| mine.iter().any(|m| v6(m) == v6(ip))) {
+                assert!(pa.ping(ip), "pod{a} -> pod{b} ({ip})\n{}", lab.log(on_node(a)));
+                pings += 1;
+            }
+        }
+    }
+    let families = if family == Family::Dual { 2 } else { 1 };
+    assert_eq!(pings, 6 * families, "every pod to every pod of every family, across nodes");
+}
+
+fn ipv6_drift_stale_route_and_lease_removal(kind: Store, family: Family) {
+    let (mut lab, keys) = lab3f(kind, family);
+    let want6 = lab.expected6(0, &[0, 1, 2]);
+    let s6: Vec<String> = (0..3).map(|i| lab.subnet6(i).unwrap()).collect();
+    {
+        let ns = &lab.nodes[0].ns;
+        // A route deleted by hand comes back.
+        ns.ip(&["-6", "route", "del", &s6[1]]);
+        lab.wait_routes6(0, &want6, Duration::from_secs(1));
+        // A wrong gateway is replaced.
+        ns.ip(&["-6", "route", "replace", &s6[2], "via", "fd00:198:18::99", "proto", "113"]);
+        lab.wait_routes6(0, &want6, Duration::from_secs(1));
+        // A stray proto-113 route is removed; a foreign route is never touched.
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:10:244:fa::/64",
+            "via",
+            "fd00:198:18::13",
+            "proto",
+            "113",
+        ]);
+        ns.ip(&["-6", "route", "add", "fd00:77::/64", "via", "fd00:198:18::13"]);
+        lab.wait_routes6(0, &want6, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(700)); // a couple of sweeps
+        assert!(ns.ip(&["-6", "route"]).contains("fd00:77::/64 via fd00:198:18::13"));
+    }
+    // A peer's lease vanishes while node 0's daemon is down: the stale routes (every family)
+    // go when it starts; node 1, running, drops them at once.
+    assert!(lab.stop(0).unwrap().success());
+    assert!(lab.stop(2).unwrap().success());
+    lab.del_lease(&keys[2]);
+    lab.wait_all_routes(1, &[0, 1], T);
+    assert_eq!(lab.routes6(0).len(), 2, "node 0 is down: nothing changed yet");
+    lab.start(0, &[]);
+    lab.wait_all_routes(0, &[0, 1], T);
+    assert_eq!(lab.lease_key(0).as_ref(), Some(&keys[0]), "node 0 kept both subnets");
+    assert!(lab.get_lease(&keys[0]).is_some(), "{:?}", lab.lease_keys());
+    // Uninstall removes Ferry's routes and nexthops of both families and both nft tables.
+    assert!(lab.nft_table6(0).is_some());
+    assert!(lab.stop(0).unwrap().success());
+    let root = lab.dir.path_str("root");
+    let (st, out) = lab.run_once(0, &["--uninstall", "--root", &root], T);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(lab.routes(0).is_empty() && lab.routes6(0).is_empty(), "{out}");
+    assert!(lab.nodes[0].ns.ip(&["nexthop", "show", "proto", "113"]).trim().is_empty());
+    assert!(lab.nft_table(0).is_none() && lab.nft_table6(0).is_none());
+}
+
+macro_rules! per_store_and_family {
+    ($($name:ident),* $(,)?) => {
+        mod ipv6_only {
+            mod file {
+                $(#[test] fn $name() { super::super::$name(super::super::Store::File, super::super::Family::V6) })*
+            }
+            mod etcd {
+                $(#[test] fn $name() { super::super::$name(super::super::Store::Etcd, super::super::Family::V6) })*
+            }
+        }
+        mod dual_stack {
+            mod file {
+                $(#[test] fn $name() { super::super::$name(super::super::Store::File, super::super::Family::Dual) })*
+            }
+            mod etcd {
+                $(#[test] fn $name() { super::super::$name(super::super::Store::Etcd, super::super::Family::Dual) })*
+            }
+        }
+    };
+}
+
+per_store_and_family!(ipv6_pods_ping_across_nodes, ipv6_drift_stale_route_and_lease_removal);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{key, Lab, Store};
+use common::{key, Family, Lab, Store};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,69 @@ fn look_alikes_never_touch_a_real_peer(kind: Store) {
     for k in alike.iter().map(String::as_str).chain(["10.244.128.0-17"]) {
         assert!(log.contains(&format!("ignoring lease {k}")), "no warning for {k}:\n{log}");
     }
+}
+
+/// Hostile IPv6 parts of dual-stack leases (outside the IPv6 network, overlapping a peer's
+/// subnet, a link-local, multicast or this node's own `PublicIPv6`) are never routed; their
+/// valid IPv4 parts are, as IPv4-only peers. (A lease naming this node's IPv6 subnet is
+/// covered by the unit tests in peers/: the other nodes would see it as a second claim of
+/// a peer's subnet, the case issue 8 settled for IPv4 by key order.) A lease pointing at node
+/// 0's own address is bad for node 0 only: to the others it is a second lease of node 0.
+fn hostile_ipv6_leases_are_never_routed(kind: Store) {
+    let mut lab = Lab::with_family(kind, Family::Dual, 3, true);
+    for i in 0..3 {
+        lab.start(i, &[]);
+    }
+    lab.wait_leases(&[0, 1, 2]);
+    for i in 0..3 {
+        lab.wait_all_routes(i, &[0, 1, 2], T);
+    }
+    let own6: ipnetwork::Ipv6Network = lab.subnet6(0).unwrap().parse().unwrap();
+    let n1: ipnetwork::Ipv6Network = lab.subnet6(1).unwrap().parse().unwrap();
+    let n1_wide = ipnetwork::Ipv6Network::new(n1.network(), 60).unwrap();
+    let lease6 = |ip: &str, ip6: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"host-gw","BackendData":null,"BackendV6Data":null}}"#
+        )
+    };
+    let hostile = [
+        ("10.244.151.0-24&fd00:99::-64".to_string(), lease6("198.18.0.41", "fd00:198:18::41")),
+        (
+            format!("10.244.152.0-24&{}-60", n1_wide.network()),
+            lease6("198.18.0.42", "fd00:198:18::42"),
+        ),
+        ("10.244.154.0-24&fd00:10:244:f4::-64".into(), lease6("198.18.0.44", "fe80::44")),
+        ("10.244.155.0-24&fd00:10:244:f5::-64".into(), lease6("198.18.0.45", "ff02::1")),
+        ("10.244.156.0-24&fd00:10:244:f6::-64".into(), lease6("198.18.0.46", &lab.nodes[0].ip6)),
+    ];
+    for (k, v) in &hostile {
+        lab.put_lease(k, v);
+    }
+    // Valid IPv4 parts: routed; not one IPv6 part.
+    let mut want4 = lab.expected(0, &[0, 1, 2]);
+    for o in [41, 42, 44, 45, 46] {
+        want4.insert(format!("10.244.{}.0/24", 110 + o), format!("198.18.0.{o}"));
+    }
+    lab.wait_routes(0, &want4, T);
+    std::thread::sleep(Duration::from_millis(700)); // a couple of sweeps
+    assert_eq!(lab.routes6(0), lab.expected6(0, &[0, 1, 2]), "{}", lab.log(0));
+    for i in 1..3 {
+        let r = lab.routes6(i);
+        let mut want = lab.expected6(i, &[0, 1, 2]);
+        want.insert("fd00:10:244:f6::/64".into(), lab.nodes[0].ip6.clone());
+        assert_eq!(r, want, "node {i}");
+        assert!(
+            !r.values().any(|g| g.starts_with("fe80") || g.starts_with("ff02")),
+            "node {i}: {r:?}"
+        );
+    }
+    assert!(lab.running(0) && lab.running(1) && lab.running(2));
+    let log = lab.log(0);
+    for (k, _) in &hostile {
+        assert!(log.contains(&format!("ignoring lease {k}")), "no warning for {k}:\n{log}");
+    }
+    // Node 0 kept its subnets.
+    assert_eq!(lab.subnet6(0).unwrap(), own6.to_string());
 }
 
 /// The node's own lease overwritten with garbage: it re-writes its lease on the same subnet.
@@ -234,4 +297,8 @@ macro_rules! per_store {
     };
 }
 
-per_store!(look_alikes_never_touch_a_real_peer, own_lease_garbage_keeps_the_subnet);
+per_store!(
+    look_alikes_never_touch_a_real_peer,
+    own_lease_garbage_keeps_the_subnet,
+    hostile_ipv6_leases_are_never_routed,
+);

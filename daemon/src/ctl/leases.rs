@@ -6,13 +6,13 @@ use super::{Report, EXIT_DIFFERENT, EXIT_FAILED, EXIT_OK};
 use crate::args::Args;
 use crate::config;
 use crate::node::NodeFiles;
-use crate::peers::{apply_event, evaluate, Leases, Me, Verdict};
+use crate::peers::{apply_event, evaluate, Leases, Me, Me4, Me6, Verdict};
 use crate::store::any::AnyStore;
-use crate::store::{subnet_key, LeaseEntry, LeaseStore, NetworkConfig, WatchEvent};
+use crate::store::{subnet_key, LeaseEntry, LeaseStore, NetworkConfig, Subnets, WatchEvent};
 use ferry_cni::subnet_env::SubnetEnv;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::json;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -21,10 +21,27 @@ use std::time::SystemTime;
 pub struct Local {
     pub path: PathBuf,
     pub network: Option<Ipv4Network>,
-    /// The node's subnet (network address form: `10.244.7.0/24`).
+    /// The node's subnet (network address form: `10.244.7.0/24`); flannel's empty `0.0.0.0/0`
+    /// on an IPv6-only node.
     pub subnet: Ipv4Network,
+    pub network6: Option<Ipv6Network>,
+    /// The node's IPv6 subnet (network address form), with IPv6 on.
+    pub subnet6: Option<Ipv6Network>,
     pub mtu: Option<u32>,
     pub ipmasq: Option<bool>,
+}
+
+impl Local {
+    /// The subnets the subnet file names (its lease key).
+    pub fn subnets(&self) -> Subnets {
+        Subnets { v4: (self.subnet.prefix() > 0).then_some(self.subnet), v6: self.subnet6 }
+    }
+}
+
+/// This node's lease attrs match `m`'s addresses (each enabled family's).
+fn same_ips(a: &crate::store::LeaseAttrs, m: &Me) -> bool {
+    m.v4.is_none_or(|m| a.public_ip == m.public_ip)
+        && m.v6.is_none_or(|m| a.public_ipv6 == Some(m.public_ip))
 }
 
 /// Read the subnet file; `Ok(None)` when there is none.
@@ -39,15 +56,30 @@ pub fn local(files: &NodeFiles) -> Result<Option<Local>, String> {
     };
     let env =
         SubnetEnv::parse(&text).map_err(|e| format!("subnet file {}: {e}", path.display()))?;
-    let Some(IpNetwork::V4(s)) = env.subnet else {
-        return Err(format!("subnet file {}: no IPv4 FLANNEL_SUBNET", path.display()));
+    let subnet6 = match env.ipv6_subnet {
+        Some(IpNetwork::V6(s)) => Some(Ipv6Network::new(s.network(), s.prefix()).expect("prefix")),
+        _ => None,
     };
-    let subnet = Ipv4Network::new(s.network(), s.prefix()).expect("prefix from a network");
+    let subnet = match (env.subnet, subnet6) {
+        (Some(IpNetwork::V4(s)), _) => Ipv4Network::new(s.network(), s.prefix()).expect("prefix"),
+        (_, Some(_)) => crate::store::no_v4(),
+        _ => {
+            return Err(format!(
+                "subnet file {}: no FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET",
+                path.display()
+            ))
+        }
+    };
     let network = match env.network {
         Some(IpNetwork::V4(n)) => Some(n),
         _ => None,
     };
-    Ok(Some(Local { path: path.clone(), network, subnet, mtu: env.mtu, ipmasq: env.ipmasq }))
+    let network6 = match env.ipv6_network {
+        Some(IpNetwork::V6(n)) => Some(n),
+        _ => None,
+    };
+    let (mtu, ipmasq) = (env.mtu, env.ipmasq);
+    Ok(Some(Local { path: path.clone(), network, subnet, network6, subnet6, mtu, ipmasq }))
 }
 
 /// The store's network config (if any) and every entry.
@@ -76,23 +108,48 @@ pub fn me(
     entries: &[LeaseEntry],
 ) -> Option<Me> {
     let net = cfg.and_then(|c| config::validate(c).ok());
-    let network = net.map(|n| n.network).or(local.and_then(|l| l.network))?;
-    let subnet = local.map(|l| l.subnet);
-    let subnet_len = net.map(|n| n.subnet_len).or(subnet.map(|s| s.prefix()))?;
-    let own = subnet.and_then(|s| own_lease(entries, s)).map(|l| l.attrs.public_ip);
-    Some(Me {
-        network,
-        subnet_len,
-        // No subnet file: a subnet no lease can equal or overlap inside the network.
-        subnet: subnet.unwrap_or(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).expect("/32")),
-        public_ip: public_ip.or(own).unwrap_or(Ipv4Addr::UNSPECIFIED),
-        mode: net.map_or(config::Mode::HostGw, |n| n.mode),
-    })
+    let own = local.and_then(|l| own_lease(entries, l.subnets())).map(|l| l.attrs.clone());
+    let v4 = (|| {
+        if net.is_some_and(|n| n.v4.is_none()) {
+            return None;
+        }
+        let n4 = net.and_then(|n| n.v4);
+        let network = n4.map(|n| n.network).or(local.and_then(|l| l.network))?;
+        let subnet = local.map(|l| l.subnet).filter(|s| s.prefix() > 0);
+        let subnet_len = n4.map(|n| n.subnet_len).or(subnet.map(|s| s.prefix()))?;
+        Some(Me4 {
+            network,
+            subnet_len,
+            // No subnet file: a subnet no lease can equal or overlap inside the network.
+            subnet: subnet.unwrap_or(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).expect("/32")),
+            public_ip: public_ip
+                .or(own.as_ref().map(|a| a.public_ip))
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        })
+    })();
+    let v6 = (|| {
+        let n6 = net.and_then(|n| n.v6);
+        let network = n6.map(|n| n.network).or(local.and_then(|l| l.network6))?;
+        let subnet = local.and_then(|l| l.subnet6);
+        let subnet_len = n6.map(|n| n.subnet_len).or(subnet.map(|s| s.prefix()))?;
+        let none = Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 128).expect("/128");
+        Some(Me6 {
+            network,
+            subnet_len,
+            subnet: subnet.unwrap_or(none),
+            public_ip: own.as_ref().and_then(|a| a.public_ipv6).unwrap_or(Ipv6Addr::UNSPECIFIED),
+        })
+    })();
+    let mode = net.map_or(config::Mode::HostGw, |n| n.mode);
+    (v4.is_some() || v6.is_some()).then_some(Me { v4, v6, mode })
 }
 
-/// The lease stored under `subnet`'s canonical key.
-pub fn own_lease(entries: &[LeaseEntry], subnet: Ipv4Network) -> Option<&crate::store::Lease> {
-    let key = subnet_key(subnet);
+/// The lease stored under the canonical key of `subnet` (one family's or both).
+pub fn own_lease(
+    entries: &[LeaseEntry],
+    subnet: impl Into<Subnets>,
+) -> Option<&crate::store::Lease> {
+    let key = subnet.into().key();
     entries.iter().filter_map(|e| e.as_ref().ok()).find(|l| l.key == key)
 }
 
@@ -112,8 +169,9 @@ pub async fn leases(a: &Args) -> Result<Report, String> {
     let text = leases_text(&rows, cfg.as_ref(), a, now);
     let json = json!({
         "store": AnyStore::describe(&a.store),
-        "network": cfg.as_ref().map(|c| c.network.to_string()),
-        "subnet_len": cfg.as_ref().and_then(|c| config::validate(c).ok()).map(|n| n.subnet_len),
+        "network": cfg.as_ref().and_then(|c| c.network).map(|n| n.to_string()),
+        "subnet_len": cfg.as_ref().and_then(|c| config::validate(c).ok()).and_then(|n| n.v4).map(|n| n.subnet_len),
+        "ipv6_network": cfg.as_ref().and_then(|c| c.ipv6_network).map(|n| n.to_string()),
         "this_node": local.as_ref().map(|l| l.subnet.to_string()),
         "leases": rows.iter().map(|r| r.json(now)).collect::<Vec<_>>(),
     });
@@ -125,6 +183,8 @@ struct Row {
     key: String,
     subnet: Option<Ipv4Network>,
     public_ip: Option<Ipv4Addr>,
+    subnet6: Option<Ipv6Network>,
+    public_ipv6: Option<Ipv6Addr>,
     backend: Option<String>,
     expires: Option<SystemTime>,
     /// `this node`, `peer`, `expired` or `ignored`.
@@ -138,13 +198,23 @@ impl Row {
             Err(b) => {
                 let (key, reason) = (b.key.clone(), Some(b.reason.clone()));
                 let (subnet, public_ip, backend, expires) = (None, None, None, None);
-                return Row { key, subnet, public_ip, backend, expires, status: "ignored", reason };
+                let (subnet6, public_ipv6) = (None, None);
+                return Row {
+                    key,
+                    subnet,
+                    public_ip,
+                    subnet6,
+                    public_ipv6,
+                    backend,
+                    expires,
+                    status: "ignored",
+                    reason,
+                };
             }
             Ok(l) => l,
         };
         let reason = v.bad.get(&l.key).cloned();
-        let mine =
-            me.is_some_and(|m| node && l.subnet == m.subnet && l.attrs.public_ip == m.public_ip);
+        let mine = me.is_some_and(|m| node && l.subnets() == m.subnets() && same_ips(&l.attrs, m));
         let status = if l.expires.is_some_and(|t| t <= now) {
             "expired"
         } else if reason.is_some() {
@@ -158,6 +228,8 @@ impl Row {
             key: l.key.clone(),
             subnet: Some(l.subnet),
             public_ip: Some(l.attrs.public_ip),
+            subnet6: l.subnet6,
+            public_ipv6: l.attrs.public_ipv6,
             backend: Some(l.attrs.backend_type.clone()),
             expires: l.expires,
             status,
@@ -178,7 +250,11 @@ impl Row {
             } else {
                 self.key.clone()
             },
-            self.public_ip.map_or_else(dash, |ip| ip.to_string()),
+            match (self.public_ip, self.public_ipv6) {
+                (Some(ip), Some(v6)) if ip.is_unspecified() => v6.to_string(),
+                (Some(ip), Some(v6)) => format!("{ip} {v6}"),
+                (ip, _) => ip.map_or_else(dash, |ip| ip.to_string()),
+            },
             self.backend.clone().filter(|b| !b.is_empty()).unwrap_or_else(dash),
             if self.subnet.is_some() { expiry(self.expires, now) } else { dash() },
             status,
@@ -190,6 +266,8 @@ impl Row {
             "key": self.key,
             "subnet": self.subnet.map(|s| s.to_string()),
             "public_ip": self.public_ip.map(|i| i.to_string()),
+            "subnet6": self.subnet6.map(|s| s.to_string()),
+            "public_ipv6": self.public_ipv6.map(|i| i.to_string()),
             "backend": self.backend,
             "status": self.status,
             "reason": self.reason,
@@ -237,7 +315,7 @@ pub async fn lease(a: &Args) -> Result<Report, String> {
     };
     let store = AnyStore::describe(&a.store);
     let found = match listing(a).await {
-        Ok((_, entries)) => Ok(own_lease(&entries, local.subnet).cloned()),
+        Ok((_, entries)) => Ok(own_lease(&entries, local.subnets()).cloned()),
         Err(e) => Err(e),
     };
     let view = LeaseView::new(&local, found, a.uplink.public_ip, SystemTime::now());
@@ -264,7 +342,7 @@ impl LeaseView {
             Err(e) => (None, format!("store unreachable: {e}"), EXIT_FAILED),
             Ok(None) => (
                 None,
-                format!("missing from the store (no key {})", subnet_key(local.subnet)),
+                format!("missing from the store (no key {})", local.subnets().key()),
                 EXIT_DIFFERENT,
             ),
             Ok(Some(l)) => {
@@ -290,20 +368,35 @@ impl LeaseView {
             opt(local.mtu.map(|m| m.to_string())),
             opt(local.ipmasq.map(|m| m.to_string()))
         );
-        let text = pairs(&[
-            ("subnet", local.subnet.to_string()),
+        let v4 = (local.subnet.prefix() > 0).then_some(local.subnet);
+        let mut rows = vec![
+            ("subnet", opt(v4.map(|s| s.to_string()))),
             ("network", opt(local.network.map(|n| n.to_string()))),
             ("public IP", opt(l.map(|l| l.attrs.public_ip.to_string()))),
+        ];
+        if local.subnet6.is_some() {
+            rows.extend([
+                ("IPv6 subnet", opt(local.subnet6.map(|s| s.to_string()))),
+                ("IPv6 network", opt(local.network6.map(|n| n.to_string()))),
+                ("public IPv6", opt(l.and_then(|l| l.attrs.public_ipv6).map(|i| i.to_string()))),
+            ]);
+        }
+        rows.extend([
             ("backend", opt(l.map(|l| l.attrs.backend_type.clone()))),
             ("expires", opt(l.map(|l| expiry(l.expires, self.now)))),
             ("state", self.state.clone()),
             ("subnet file", file),
             ("store", store.to_string()),
         ]);
+        let text = pairs(&rows);
         let mut json = json!({
-            "subnet": local.subnet.to_string(),
+            "subnet": v4.map(|s| s.to_string()),
             "network": local.network.map(|n| n.to_string()),
             "public_ip": l.map(|l| l.attrs.public_ip.to_string()),
+            "subnet6": local.subnet6.map(|s| s.to_string()),
+            "ipv6_network": local.network6.map(|n| n.to_string()),
+            "public_ipv6": l.and_then(|l| l.attrs.public_ipv6).map(|i| i.to_string()),
+            "key": local.subnets().key(),
             "backend": l.map(|l| l.attrs.backend_type.clone()),
             "held": self.code == EXIT_OK,
             "state": self.state,

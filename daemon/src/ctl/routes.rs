@@ -11,7 +11,7 @@ use crate::peers::evaluate;
 use crate::route_plan::{plan, Plan, Want};
 use crate::route_table::{NetlinkRouteTable, RouteTable};
 use ferry_netlink::{Netlink, Route, RTPROT_FERRY, RT_TABLE_MAIN};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,9 +20,9 @@ use std::time::SystemTime;
 /// One destination's comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
-    pub dst: Ipv4Network,
-    pub want: Option<Ipv4Addr>,
-    pub have: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub want: Option<IpAddr>,
+    pub have: Option<IpAddr>,
     /// `ok`, `missing`, `wrong gateway`, `stale`.
     pub state: &'static str,
     /// Why a missing route is not there, when the kernel says.
@@ -31,16 +31,13 @@ pub struct Line {
 
 /// Every wanted destination and every Ferry route, each with its state, from `plan`.
 pub fn compare(want: &Want, have: &[Route], p: &Plan) -> Vec<Line> {
-    let gw = |r: &Route| match r.gateway {
-        Some(IpAddr::V4(g)) => Some(g),
-        _ => None,
-    };
-    let mut lines: BTreeMap<(Ipv4Network, u8, Option<Ipv4Addr>), Line> = BTreeMap::new();
+    let gw = |r: &Route| r.gateway;
+    let mut lines: BTreeMap<(IpNetwork, u8, Option<IpAddr>), Line> = BTreeMap::new();
     let mut put = |dst, want, have, state, order| {
         lines.insert((dst, order, have), Line { dst, want, have, state, reason: None });
     };
     for (&dst, &w) in want {
-        let ours = have.iter().find(|r| r.dst == IpNetwork::V4(dst) && r.metric.unwrap_or(0) == 0);
+        let ours = have.iter().find(|r| r.dst == dst && r.metric.unwrap_or(0) == 0);
         let state = if p.add.iter().any(|(d, _)| *d == dst) {
             "missing"
         } else if p.replace.iter().any(|(d, _)| *d == dst) {
@@ -51,8 +48,7 @@ pub fn compare(want: &Want, have: &[Route], p: &Plan) -> Vec<Line> {
         put(dst, Some(w), ours.and_then(gw), state, 0);
     }
     for r in &p.del {
-        let IpNetwork::V4(dst) = r.dst else { continue };
-        put(dst, None, gw(r), "stale", 1);
+        put(r.dst, None, gw(r), "stale", 1);
     }
     lines.into_values().collect()
 }
@@ -64,15 +60,18 @@ pub async fn routes(a: &Args) -> Result<Report, String> {
     })?;
     let (cfg, entries) = listing(a).await?;
     let mut nl = Netlink::new().map_err(|e| format!("netlink socket: {e}"))?;
-    let uplink = find_uplink(&mut nl, a.uplink.public_ip, a.uplink.iface.as_deref()).ok();
-    let me = me(cfg.as_ref(), Some(&local), uplink.map(|u| u.public_ip), &entries)
+    let uplink =
+        find_uplink(&mut nl, a.uplink.public_ip, a.uplink.public_ipv6, a.uplink.iface.as_deref())
+            .ok();
+    let me = me(cfg.as_ref(), Some(&local), uplink.and_then(|u| u.public_ip), &entries)
         .ok_or("neither the store nor the subnet file names the cluster network")?;
     let want = evaluate(&lease_map(&entries), &me, SystemTime::now()).want;
     let mut table = NetlinkRouteTable::new(nl);
     let have = table.ferry_routes().map_err(|e| format!("list routes: {e}"))?;
     let mut lines = compare(&want, &have, &plan(&want, &have));
     explain_missing(&mut lines, &mut table)?;
-    Ok(report(&lines, me.subnet, me.public_ip))
+    let ip = me.v4.map(|m| IpAddr::V4(m.public_ip)).or(me.v6.map(|m| IpAddr::V6(m.public_ip)));
+    Ok(report(&lines, &me.subnets().to_string(), ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
 }
 
 /// Say why each missing route is missing, when the kernel shows a reason: its gateway is not
@@ -82,10 +81,10 @@ fn explain_missing(lines: &mut [Line], table: &mut NetlinkRouteTable) -> Result<
         return Ok(());
     }
     let mut nl = Netlink::new().map_err(|e| format!("netlink socket: {e}"))?;
-    let all = nl.routes(false, RT_TABLE_MAIN, None).map_err(|e| format!("list routes: {e}"))?;
+    let mut all = nl.routes(false, RT_TABLE_MAIN, None).map_err(|e| format!("list routes: {e}"))?;
+    all.extend(nl.routes(true, RT_TABLE_MAIN, None).map_err(|e| format!("list routes: {e}"))?);
     for l in lines.iter_mut().filter(|l| l.state == "missing") {
-        let foreign =
-            all.iter().find(|r| r.dst == IpNetwork::V4(l.dst) && r.protocol != RTPROT_FERRY);
+        let foreign = all.iter().find(|r| r.dst == l.dst && r.protocol != RTPROT_FERRY);
         l.reason = if let Some(r) = foreign {
             Some(format!("a route Ferry does not own holds it (proto {})", r.protocol))
         } else {
@@ -102,8 +101,8 @@ fn explain_missing(lines: &mut [Line], table: &mut NetlinkRouteTable) -> Result<
     Ok(())
 }
 
-fn report(lines: &[Line], subnet: Ipv4Network, public_ip: Ipv4Addr) -> Report {
-    let dash = |g: Option<Ipv4Addr>| g.map_or_else(|| "-".to_string(), |g| g.to_string());
+fn report(lines: &[Line], subnet: &str, public_ip: IpAddr) -> Report {
+    let dash = |g: Option<IpAddr>| g.map_or_else(|| "-".to_string(), |g| g.to_string());
     let rows: Vec<Vec<String>> = lines
         .iter()
         .map(|l| {
@@ -148,8 +147,8 @@ mod tests {
 
     #[test]
     fn compare_names_each_difference() {
-        let n = |s: &str| s.parse::<Ipv4Network>().unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let n = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let want: Want = [
             (n("10.244.1.0/24"), ip("198.18.0.12")),
             (n("10.244.2.0/24"), ip("198.18.0.13")),
@@ -173,7 +172,7 @@ mod tests {
             ]
         );
         assert_eq!(lines[2].have, Some(ip("198.18.0.99")));
-        let r = report(&lines, n("10.244.7.0/24"), ip("198.18.0.11"));
+        let r = report(&lines, "10.244.7.0/24", ip("198.18.0.11"));
         assert_eq!(r.code, EXIT_DIFFERENT);
         assert!(
             r.text.contains("DIFFERENT: 3 wanted, 1 ok, 1 missing, 1 wrong gateway, 1 stale"),
@@ -183,6 +182,6 @@ mod tests {
         let good: Vec<Route> = want.iter().map(|(d, g)| peer_route(*d, *g, 2)).collect();
         let ok = compare(&want, &good, &plan(&want, &good));
         assert!(ok.iter().all(|l| l.state == "ok" && l.have == l.want), "{ok:?}");
-        assert_eq!(report(&ok, n("10.244.7.0/24"), ip("198.18.0.11")).code, EXIT_OK);
+        assert_eq!(report(&ok, "10.244.7.0/24", ip("198.18.0.11")).code, EXIT_OK);
     }
 }

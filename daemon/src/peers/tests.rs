@@ -1,25 +1,42 @@
 use super::*;
+use crate::config::Mode;
 use crate::store::{parse_lease, subnet_key, BadLease, Lease, LeaseAttrs};
+use ipnetwork::Ipv6Network;
 use std::time::Duration;
 
-fn me() -> Me {
-    Me {
+fn me4() -> Me4 {
+    Me4 {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet_len: 24,
         subnet: "10.244.1.0/24".parse().unwrap(),
         public_ip: "198.18.0.11".parse().unwrap(),
-        mode: Mode::HostGw,
     }
+}
+
+fn me6() -> Me6 {
+    Me6 {
+        network: "fd00:10:244::/56".parse().unwrap(),
+        subnet_len: 64,
+        subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        public_ip: "fd00:198:18::11".parse().unwrap(),
+    }
+}
+
+fn me() -> Me {
+    Me { v4: Some(me4()), v6: None, mode: Mode::HostGw }
 }
 
 fn lease(subnet: &str, ip: &str) -> LeaseEntry {
     Ok(Lease {
         key: subnet_key(subnet.parse().unwrap()),
         subnet: subnet.parse().unwrap(),
+        subnet6: None,
         attrs: LeaseAttrs {
             public_ip: ip.parse().unwrap(),
+            public_ipv6: None,
             backend_type: "host-gw".into(),
             backend_data: serde_json::Value::Null,
+            backend_v6_data: None,
         },
         expires: None,
     })
@@ -143,20 +160,26 @@ fn scales_to_5000_peers() {
             Ok(Lease {
                 key: subnet_key(s),
                 subnet: s,
+                subnet6: None,
                 attrs: LeaseAttrs {
                     public_ip: ip,
+                    public_ipv6: None,
                     backend_type: "host-gw".into(),
                     backend_data: serde_json::Value::Null,
+                    backend_v6_data: None,
                 },
                 expires: None,
             })
         })
         .collect();
     let me = Me {
-        network: "10.0.0.0/8".parse().unwrap(),
-        subnet_len: 24,
-        subnet: "10.0.1.0/24".parse().unwrap(),
-        public_ip: "172.16.0.1".parse().unwrap(),
+        v4: Some(Me4 {
+            network: "10.0.0.0/8".parse().unwrap(),
+            subnet_len: 24,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            public_ip: "172.16.0.1".parse().unwrap(),
+        }),
+        v6: None,
         mode: Mode::HostGw,
     };
     let m = map(entries);
@@ -248,6 +271,140 @@ fn only_exactly_host_gw_leases_are_routed_as_flannel_does() {
     }
     // Never routed, but never free either: a node picking a subnet avoids all six.
     assert_eq!(taken(&entries, SystemTime::now()).len(), 6);
+}
+
+/// A lease as stored under `key` (any family), with its `PublicIP` and `PublicIPv6`.
+fn stored6(key: &str, ip: &str, ip6: Option<&str>) -> LeaseEntry {
+    let v6 = ip6.map(|a| format!(r#","PublicIPv6":"{a}""#)).unwrap_or_default();
+    let json = format!(r#"{{"PublicIP":"{ip}"{v6},"BackendType":"host-gw","BackendData":null}}"#);
+    parse_lease(key, json.as_bytes(), None)
+}
+
+fn dual() -> Me {
+    Me { v4: Some(me4()), v6: Some(me6()), mode: Mode::HostGw }
+}
+
+#[test]
+fn dual_stack_peers_are_routed_per_family() {
+    let m = map(vec![
+        stored6("10.244.1.0-24&fd00:10:244:1::-64", "198.18.0.11", Some("fd00:198:18::11")),
+        stored6("10.244.2.0-24&fd00:10:244:2::-64", "198.18.0.12", Some("fd00:198:18::12")),
+    ]);
+    let v = evaluate(&m, &dual(), SystemTime::now());
+    assert_eq!(
+        want(&v),
+        ["10.244.2.0/24 via 198.18.0.12", "fd00:10:244:2::/64 via fd00:198:18::12"]
+    );
+    assert!(v.own_present, "{v:?}");
+    assert!(v.bad.is_empty(), "{v:?}");
+    // IPv6-only: flannel's 0.0.0.0-0 key, told apart by PublicIPv6 (PublicIP 0.0.0.0 on both).
+    let only6 = Me { v4: None, v6: Some(me6()), mode: Mode::HostGw };
+    let m = map(vec![
+        stored6("0.0.0.0-0&fd00:10:244:1::-64", "0.0.0.0", Some("fd00:198:18::11")),
+        stored6("0.0.0.0-0&fd00:10:244:2::-64", "0.0.0.0", Some("fd00:198:18::12")),
+    ]);
+    let v = evaluate(&m, &only6, SystemTime::now());
+    assert_eq!(want(&v), ["fd00:10:244:2::/64 via fd00:198:18::12"]);
+    assert!(v.own_present && v.bad.is_empty(), "{v:?}");
+    // An IPv4-only node ignores IPv6-only leases (nothing to route), and routes none of them.
+    let v = evaluate(&m, &me(), SystemTime::now());
+    assert!(v.want.is_empty(), "{v:?}");
+}
+
+#[test]
+fn a_bad_part_of_one_family_never_stops_the_other() {
+    let m = map(vec![
+        // Valid IPv4, link-local PublicIPv6: IPv4 only.
+        stored6("10.244.2.0-24&fd00:10:244:2::-64", "198.18.0.12", Some("fe80::12")),
+        // Valid IPv6, this node's own PublicIP: IPv6 only.
+        stored6("10.244.3.0-24&fd00:10:244:3::-64", "198.18.0.11", Some("fd00:198:18::13")),
+        // A plain IPv4 lease in a dual-stack cluster (a node before IPv6 came on): IPv4 only.
+        stored6("10.244.4.0-24", "198.18.0.14", None),
+        // An IPv6 subnet without PublicIPv6: IPv4 only.
+        stored6("10.244.5.0-24&fd00:10:244:5::-64", "198.18.0.15", None),
+    ]);
+    let v = evaluate(&m, &dual(), SystemTime::now());
+    assert_eq!(
+        want(&v),
+        [
+            "10.244.2.0/24 via 198.18.0.12",
+            "10.244.4.0/24 via 198.18.0.14",
+            "10.244.5.0/24 via 198.18.0.15",
+            "fd00:10:244:3::/64 via fd00:198:18::13",
+        ]
+    );
+    let bad = |k: &str| v.bad[k].clone();
+    assert!(
+        bad("10.244.2.0-24&fd00:10:244:2::-64").starts_with("IPv6: public IPv6 fe80::12 is not"),
+        "{v:?}"
+    );
+    assert!(
+        bad("10.244.3.0-24&fd00:10:244:3::-64").starts_with("IPv4: points at this node's own"),
+        "{v:?}"
+    );
+    assert!(bad("10.244.4.0-24").contains("IPv6: no IPv6 subnet"), "{v:?}");
+    assert!(bad("10.244.5.0-24&fd00:10:244:5::-64").contains("without a PublicIPv6"), "{v:?}");
+}
+
+#[test]
+fn hostile_ipv6_leases_are_never_routed() {
+    let cases = [
+        // Outside the IPv6 network.
+        ("0.0.0.0-0&fd00:99::-64", "fd00:198:18::21", "outside the IPv6 cluster network"),
+        // The wrong length (and so overlapping peers of the right one).
+        ("0.0.0.0-0&fd00:10:244:20::-60", "fd00:198:18::22", "is not a /64"),
+        // This node's own IPv6 subnet, claimed for another address.
+        ("0.0.0.0-0&fd00:10:244:1::-64", "fd00:198:18::23", "claims this node's IPv6 subnet"),
+        // This node's own address as gateway.
+        ("0.0.0.0-0&fd00:10:244:24::-64", "fd00:198:18::11", "this node's own public IPv6"),
+        // Link-local, multicast, loopback, unspecified, IPv4-mapped gateways.
+        ("0.0.0.0-0&fd00:10:244:25::-64", "fe80::25", "not a usable node address"),
+        ("0.0.0.0-0&fd00:10:244:26::-64", "ff02::1", "not a usable node address"),
+        ("0.0.0.0-0&fd00:10:244:27::-64", "::1", "not a usable node address"),
+        ("0.0.0.0-0&fd00:10:244:28::-64", "::", "not a usable node address"),
+        ("0.0.0.0-0&fd00:10:244:29::-64", "::ffff:198.18.0.29", "not a usable node address"),
+        // A gateway inside the pod network.
+        ("0.0.0.0-0&fd00:10:244:2a::-64", "fd00:10:244:2b::1", "not a usable node address"),
+    ];
+    let only6 = Me { v4: None, v6: Some(me6()), mode: Mode::HostGw };
+    let entries: Vec<LeaseEntry> =
+        cases.iter().map(|(k, ip, _)| stored6(k, "0.0.0.0", Some(ip))).collect();
+    let v = evaluate(&map(entries), &only6, SystemTime::now());
+    assert!(v.want.is_empty(), "{v:?}");
+    for (k, _, why) in cases {
+        assert!(v.bad[k].contains(why), "{k}: {:?}", v.bad.get(k));
+    }
+    // Two leases of one IPv6 subnet: one is routed, the other reported.
+    let m = map(vec![
+        stored6("0.0.0.0-0&fd00:10:244:30::-64", "0.0.0.0", Some("fd00:198:18::30")),
+        stored6("10.244.30.0-24&fd00:10:244:30::-64", "198.18.0.31", Some("fd00:198:18::31")),
+    ]);
+    let v = evaluate(&m, &only6, SystemTime::now());
+    assert_eq!(v.want.len(), 1, "{v:?}");
+    assert!(v.bad.values().any(|r| r.contains("also leased as")), "{v:?}");
+    // Non-canonical IPv6 spellings are bad entries and block their IPv6 subnet.
+    let e = stored6("0.0.0.0-0&FD00:10:244:31::-64", "0.0.0.0", Some("fd00:198:18::31"));
+    assert!(e.is_err());
+    assert_eq!(
+        taken6(&[e], SystemTime::now()),
+        ["fd00:10:244:31::/64".parse::<Ipv6Network>().unwrap()]
+    );
+}
+
+#[test]
+fn ipv6_only_leases_block_no_ipv4_subnet_and_a_plain_slash_0_blocks_all() {
+    let now = SystemTime::now();
+    let only6 = stored6("0.0.0.0-0&fd00:10:244:7::-64", "0.0.0.0", Some("fd00:198:18::17"));
+    assert_eq!(taken(std::slice::from_ref(&only6), now), Vec::<Ipv4Network>::new());
+    assert_eq!(taken6(&[only6], now), ["fd00:10:244:7::/64".parse::<Ipv6Network>().unwrap()]);
+    // A plain 0.0.0.0-0 names no subnet of either family: a bad entry blocking all of IPv4.
+    let all = stored6("0.0.0.0-0", "198.18.0.9", None);
+    assert!(all.is_err(), "{all:?}");
+    assert_eq!(
+        taken(std::slice::from_ref(&all), now),
+        ["0.0.0.0/0".parse::<Ipv4Network>().unwrap()]
+    );
+    assert!(taken6(&[all], now).is_empty());
 }
 
 #[test]

@@ -7,8 +7,9 @@ use crate::overlay;
 use crate::route_plan::{nexthop_route, peer_nexthop, peer_route, PeerStep, Step};
 use crate::route_table::{on_link, Change, RouteTable};
 use ferry_netlink::Route;
+use ipnetwork::IpNetwork;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// What to do with one peer before anything is sent.
 enum Prepared {
@@ -118,8 +119,10 @@ impl<T: RouteTable> RouteApplier<T> {
             return Prepared::Skip;
         }
         if let Some(e) = &self.encap {
-            if self.encapsulated.contains_key(&p.dst) && p.gw == overlay::vtep_ip(p.dst) {
-                return Prepared::Go(e.ifindex, true);
+            if let IpNetwork::V4(d) = p.dst {
+                if self.encapsulated.contains_key(&d) && p.gw == IpAddr::V4(overlay::vtep_ip(d)) {
+                    return Prepared::Go(e.ifindex, true);
+                }
             }
         }
         match self.reach(p.gw, how) {
@@ -200,7 +203,7 @@ impl<T: RouteTable> RouteApplier<T> {
         tally.replaced += 1;
         metrics::inc(&self.metrics.routes_replaced_total);
         let old_gw = p.old.as_ref().and_then(|r| r.gateway);
-        if p.nexthop.is_some() && p.route == Step::Replace && old_gw == Some(gw.into()) {
+        if p.nexthop.is_some() && p.route == Step::Replace && old_gw == Some(gw) {
             info!("route replace: peer {dst} via gateway {gw} (now on its nexthop object)");
         } else {
             info!("route replace: peer {dst} via gateway {gw} (was another gateway)");
@@ -208,7 +211,7 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The interface that reaches `gw` directly, or why it is not directly reachable.
-    fn reach(&mut self, gw: Ipv4Addr, how: &Reach) -> Result<u32, String> {
+    fn reach(&mut self, gw: IpAddr, how: &Reach) -> Result<u32, String> {
         let connected = match how {
             Reach::Connected(c) => c,
             Reach::Ask => return self.ask(gw),
@@ -216,7 +219,7 @@ impl<T: RouteTable> RouteApplier<T> {
         on_link(connected, gw).ok_or_else(|| format!("{gw} is not on a directly connected network"))
     }
 
-    fn ask(&mut self, gw: Ipv4Addr) -> Result<u32, String> {
+    fn ask(&mut self, gw: IpAddr) -> Result<u32, String> {
         match self.table.route_to(gw) {
             Ok(Some((oif, None))) => Ok(oif),
             Ok(Some((_, Some(via)))) => {

@@ -1,10 +1,11 @@
 //! The applier against a recording fake route table: no root, no netlink.
 
 use super::*;
-use crate::route_plan::peer_nexthop;
+use crate::route_plan::{nh_id, peer_nexthop};
 use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Nexthop, RT_TABLE_MAIN};
-use std::net::IpAddr;
+use ipnetwork::Ipv4Network;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// A kernel route table in memory that records every call and answers as the kernel does for
@@ -18,13 +19,13 @@ struct FakeTable {
     nexthops: Vec<Nexthop>,
     /// Gateway → (oif, next hop) for `route_to`; those without a next hop are on-link (each
     /// shows as a connected /32 in snapshots). Absent: no route.
-    reach: HashMap<Ipv4Addr, (u32, Option<IpAddr>)>,
+    reach: HashMap<IpAddr, (u32, Option<IpAddr>)>,
     /// The kernel has no nexthop objects: the dump fails.
     no_nexthops: bool,
     /// Nexthop adds fail with EOPNOTSUPP (the dump works).
     refuse_nexthops: bool,
     /// Gateways the kernel refuses (ENETUNREACH) though `reach` lists them as on-link.
-    refused: Vec<Ipv4Addr>,
+    refused: Vec<IpAddr>,
     /// Error kind the next add/replace fails with.
     fail_next: Option<io::ErrorKind>,
     /// Permanent ARP / fdb entries (of any device).
@@ -72,9 +73,7 @@ impl FakeTable {
 
     fn on_link(&self, gw: Option<IpAddr>) -> io::Result<()> {
         let ok = match gw {
-            Some(IpAddr::V4(g)) => {
-                matches!(self.reach.get(&g), Some((_, None))) && !self.refused.contains(&g)
-            }
+            Some(g) => matches!(self.reach.get(&g), Some((_, None))) && !self.refused.contains(&g),
             _ => true,
         };
         if ok {
@@ -202,7 +201,7 @@ impl RouteTable for FakeTable {
             .reach
             .iter()
             .filter(|(_, (_, via))| via.is_none())
-            .map(|(g, (oif, _))| Connected { net: Ipv4Network::from(*g), oif: *oif, metric: 0 })
+            .map(|(g, (oif, _))| Connected { net: IpNetwork::from(*g), oif: *oif, metric: 0 })
             .collect();
         Ok(Snapshot {
             routes: self.routes.iter().filter(|r| r.protocol == RTPROT_FERRY).cloned().collect(),
@@ -211,7 +210,7 @@ impl RouteTable for FakeTable {
         })
     }
 
-    fn route_to(&mut self, gw: Ipv4Addr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
+    fn route_to(&mut self, gw: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
         self.calls.push(format!("get {gw}"));
         Ok(self.reach.get(&gw).copied())
     }
@@ -227,11 +226,15 @@ impl RouteTable for FakeTable {
     }
 }
 
-fn n(s: &str) -> Ipv4Network {
+fn n(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn n4(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -422,7 +425,7 @@ fn stale_routes_and_nexthops_are_deleted_and_foreign_ones_untouched() {
 fn unreachable_peer_is_reported_once_and_retried_only_on_request() {
     let mut a = applier(&["198.18.0.12"]);
     // 203.0.113.5 has no route at all; 192.0.2.9 is reached through a router.
-    a.table.reach.insert(ip("192.0.2.9"), (ETH0, Some(IpAddr::V4(ip("198.18.0.1")))));
+    a.table.reach.insert(ip("192.0.2.9"), (ETH0, Some(ip("198.18.0.1"))));
     let w = want(&[
         ("10.244.2.0/24", "198.18.0.12"),
         ("10.244.3.0/24", "203.0.113.5"),
@@ -482,7 +485,7 @@ fn a_gateway_the_kernel_refuses_counts_as_unreachable_once() {
 
 impl FakeTable {
     /// Snapshots list `gw` as on-link, but adding it fails: the kernel looked again.
-    fn refuse_gateway(&mut self, gw: Ipv4Addr) {
+    fn refuse_gateway(&mut self, gw: IpAddr) {
         self.reach.insert(gw, (ETH0, None));
         self.refused.push(gw);
     }
@@ -675,12 +678,13 @@ fn a_peer_whose_nexthop_id_another_program_holds_gets_a_plain_route() {
 
 #[test]
 fn thousands_of_peers_go_in_bounded_batches() {
-    let gw = |i: u32| Ipv4Addr::from(0xc612_0000 + i + 2);
+    let gw = |i: u32| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i + 2));
     let mut a = applier(&[]);
     let mut w = Want::new();
     for i in 0..5000u32 {
         a.table.reach.insert(gw(i), (ETH0, None));
-        w.insert(Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + (i + 2) * 256), 24).unwrap(), gw(i));
+        let dst = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + (i + 2) * 256), 24).unwrap();
+        w.insert(dst.into(), gw(i));
     }
     assert_eq!(a.reconcile(&w, false).unwrap(), 5000);
     let batches: Vec<String> = a.calls().into_iter().filter(|c| c.starts_with("batch")).collect();
@@ -712,7 +716,7 @@ fn neighbours(a: &RouteApplier<FakeTable>) -> Vec<String> {
 fn vxlan_sends_off_link_peers_through_the_device_and_on_link_peers_direct() {
     // .12 is on-link; .13 (another segment) and .14 (no VTEP: cannot decapsulate) are not.
     let mut a = applier(&["198.18.0.12"]);
-    let vteps = [(n("10.244.2.0/24"), mac(0x12)), (n("10.244.3.0/24"), mac(0x13))];
+    let vteps = [(n4("10.244.2.0/24"), mac(0x12)), (n4("10.244.3.0/24"), mac(0x13))];
     a.set_encap(Some(Encap {
         ifindex: VX,
         direct_routing: true,
@@ -765,11 +769,11 @@ fn vxlan_sends_off_link_peers_through_the_device_and_on_link_peers_direct() {
     a.table.neighbours.push(Neigh {
         kind: NeighKind::Arp,
         ifindex: VX,
-        addr: ip("10.244.9.0"),
+        addr: "10.244.9.0".parse().unwrap(),
         mac: mac(9),
         protocol: 0,
     });
-    a.encap_mut().unwrap().vteps.insert(n("10.244.2.0/24"), mac(0x22));
+    a.encap_mut().unwrap().vteps.insert(n4("10.244.2.0/24"), mac(0x22));
     a.reconcile(&w, false).unwrap();
     assert_eq!(neighbours(&a), ["Arp 10.244.2.0 22", "Fdb 198.18.0.12 22"]);
 

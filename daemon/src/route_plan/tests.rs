@@ -1,17 +1,17 @@
 use super::*;
 use ferry_netlink::Nexthop;
 
-fn n(s: &str) -> Ipv4Network {
+fn n(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 fn have(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
     let mut r = peer_route(n(dst), ip(gw.unwrap_or("0.0.0.0")), 2);
-    r.gateway = gw.map(|g| IpAddr::V4(ip(g)));
+    r.gateway = gw.map(ip);
     r.metric = metric;
     r
 }
@@ -157,11 +157,12 @@ fn plan_is_fast_for_5000_peers() {
     let mut w = Want::new();
     let mut h = Vec::new();
     for i in 0..5000u32 {
-        let d = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + (i + 2) * 256), 24).unwrap();
-        let g = Ipv4Addr::from(0xac10_0000 + i + 2);
+        let d = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + (i + 2) * 256), 24).unwrap().into();
+        let g = IpAddr::V4(Ipv4Addr::from(0xac10_0000 + i + 2));
         w.insert(d, g);
         if i % 2 == 0 {
-            h.push(peer_route(d, if i % 4 == 0 { g } else { Ipv4Addr::new(1, 1, 1, 1) }, 2));
+            let other = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
+            h.push(peer_route(d, if i % 4 == 0 { g } else { other }, 2));
         }
     }
     let t = std::time::Instant::now();
@@ -176,7 +177,7 @@ fn peer_routes_are_tagged() {
     assert_eq!(r.protocol, 113);
     assert_eq!(r.table, 254);
     assert_eq!(r.oif, Some(3));
-    assert_eq!(r.gateway, Some(IpAddr::V4(ip("198.18.0.12"))));
+    assert_eq!(r.gateway, Some(ip("198.18.0.12")));
 }
 
 #[test]
@@ -218,7 +219,7 @@ fn nexthop_ids_are_distinct_tagged_and_read_back() {
     for len in [24u8, 26, 30, 31] {
         for i in 0..(1u32 << (len - 16)).min(4096) {
             let net = Ipv4Network::new(Ipv4Addr::from(0xc0a8_0000 + (i << (32 - len))), len);
-            w.insert(net.unwrap(), ip("198.18.0.1"));
+            w.insert(net.unwrap().into(), ip("198.18.0.1"));
         }
     }
     let ids: HashSet<u32> = w.keys().map(|d| nh_id(*d).unwrap()).collect();
@@ -307,4 +308,56 @@ fn steps_cover_nexthops_and_routes() {
     // A plain route in sync stays a plain route without nexthops.
     let plain = vec![have("10.244.3.0/24", Some("198.18.0.13"), None)];
     assert!(steps(&want(&[("10.244.3.0/24", "198.18.0.13")]), &plain, None).peers.is_empty());
+}
+
+#[test]
+fn ipv6_peers_get_their_own_nexthop_range_and_plain_routes_on_a_clash() {
+    let d = n("fd00:10:244:2e::/64");
+    let id = nh_id(d).unwrap();
+    assert_eq!(id & 0xF000_0000, NH_ID_TAG6);
+    assert_eq!(id, NH_ID_TAG6 | 0x0244_002e);
+    let w = want(&[
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("fd00:10:244:2e::/64", "fd00:198:18::12"),
+        ("fd00:10:244:2f::/64", "fd00:198:18::13"),
+    ]);
+    assert_eq!(nh_peer(id, &w), Some(d));
+    assert_eq!(nh_peer(nh_id(n("fd00:10:244:30::/64")).unwrap(), &w), None, "not wanted");
+    // Two subnets 2^28 apart share an id: the first (in order) keeps the nexthop, the other
+    // gets a plain gateway route, in steps and in deltas alike.
+    let a = n("fd00:0:0:1::/64");
+    let b = n("fd00:0:1000:1::/64");
+    assert_eq!(nh_id(a), nh_id(b));
+    let w =
+        want(&[("fd00:0:0:1::/64", "fd00:198:18::12"), ("fd00:0:1000:1::/64", "fd00:198:18::13")]);
+    assert_eq!(nh_id_in(a, &w), nh_id(a));
+    assert_eq!(nh_id_in(b, &w), None);
+    let s = steps(&w, &[], Some(&[]));
+    let by_dst: Vec<(String, bool)> =
+        s.peers.iter().map(|p| (p.dst.to_string(), p.nexthop.is_some())).collect();
+    assert_eq!(by_dst, [("fd00:0:0:1::/64".into(), true), ("fd00:0:1000:1::/64".into(), false)]);
+    // An IPv6 nexthop is a hop via an IPv6 gateway.
+    let h = peer_nexthop(id, ip("fd00:198:18::12"), 2);
+    assert!(h.v6);
+    assert!(is_hop_via(&h, ip("fd00:198:18::12")));
+    assert!(!is_hop_via(&h, ip("198.18.0.12")));
+}
+
+#[test]
+fn ipv6_routes_are_planned_like_ipv4_ones() {
+    let w = want(&[
+        ("fd00:10:244:2::/64", "fd00:198:18::12"),
+        ("fd00:10:244:3::/64", "fd00:198:18::13"),
+    ]);
+    let have = vec![
+        have("fd00:10:244:3::/64", Some("fd00:198:18::99"), None),
+        have("fd00:10:244:9::/64", Some("fd00:198:18::19"), None),
+    ];
+    let p = plan(&w, &have);
+    assert_eq!(p.add, [(n("fd00:10:244:2::/64"), ip("fd00:198:18::12"))]);
+    assert_eq!(p.replace, [(n("fd00:10:244:3::/64"), ip("fd00:198:18::13"))]);
+    assert_eq!(p.del.iter().map(|r| r.dst.to_string()).collect::<Vec<_>>(), ["fd00:10:244:9::/64"]);
+    let r = peer_route(n("fd00:10:244:2::/64"), ip("fd00:198:18::12"), 3);
+    assert_eq!((r.protocol, r.table), (113, 254));
+    assert_eq!(nexthop_route(n("fd00:10:244:2::/64"), 9).gateway, None);
 }

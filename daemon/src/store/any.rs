@@ -3,11 +3,10 @@
 use super::etcd::{EtcdConfig, EtcdStore};
 use super::file::FileStore;
 use super::{
-    parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result,
+    parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result, Subnets,
     WatchEvent, NON_CANONICAL,
 };
 use crate::metrics::Metrics;
-use ipnetwork::Ipv4Network;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,21 +159,24 @@ impl LeaseStore for AnyStore {
     }
     async fn create(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
+        let subnet: Subnets = subnet.into();
         each!(self, s => s.create(subnet, attrs, ttl).await)
     }
     async fn renew(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
+        let subnet: Subnets = subnet.into();
         each!(self, s => s.renew(subnet, attrs, ttl).await)
     }
-    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+    async fn delete(&mut self, subnet: impl Into<Subnets>) -> Result<()> {
+        let subnet: Subnets = subnet.into();
         each!(self, s => s.delete(subnet).await)
     }
     async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)> {

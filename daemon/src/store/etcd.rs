@@ -18,8 +18,8 @@ mod members;
 mod watch;
 
 use super::{
-    parse_lease, parse_subnet_key, subnet_key, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig,
-    Result, StoreError, WatchEvent,
+    parse_lease, parse_subnet_key, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result,
+    StoreError, Subnets, WatchEvent,
 };
 use crate::metrics::{self, Metrics};
 use etcd_client::{
@@ -27,7 +27,6 @@ use etcd_client::{
     KeyValue, LeaseGrantOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchResponse,
 };
-use ipnetwork::Ipv4Network;
 use members::Members;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -219,8 +218,8 @@ impl EtcdStore {
     }
 
     /// The full etcd key of a subnet's lease.
-    pub fn lease_key(&self, subnet: Ipv4Network) -> String {
-        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    pub fn lease_key(&self, subnet: impl Into<Subnets>) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet.into().key())
     }
 
     async fn get(&self, key: &str, opts: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
@@ -451,7 +450,7 @@ impl LeaseStore for EtcdStore {
 
     async fn create(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
@@ -475,7 +474,7 @@ impl LeaseStore for EtcdStore {
 
     async fn renew(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
@@ -485,7 +484,7 @@ impl LeaseStore for EtcdStore {
             let r = self.get(&key, None).await?;
             let Some(kv) = r.kvs().first() else { return Ok(false) };
             match serde_json::from_slice::<LeaseAttrs>(kv.value()) {
-                Ok(cur) if cur.public_ip == attrs.public_ip => {
+                Ok(cur) if cur.same_node(attrs) => {
                     // A reservation (no etcd lease) stays TTL-less, as in flannel.
                     if kv.lease() == 0 && cur == *attrs {
                         return Ok(true);
@@ -510,7 +509,7 @@ impl LeaseStore for EtcdStore {
         Err(StoreError::Other(format!("lease {key} keeps changing under renew")))
     }
 
-    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+    async fn delete(&mut self, subnet: impl Into<Subnets>) -> Result<()> {
         let key = self.lease_key(subnet);
         self.members
             .call("delete", |mut c| {

@@ -11,11 +11,10 @@
 //! Changes are watched with inotify, so they propagate in well under a millisecond.
 
 use super::{
-    parse_lease, parse_subnet_key, subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore,
-    NetworkConfig, Result, StoreError, WatchEvent,
+    parse_lease, parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig,
+    Result, StoreError, Subnets, WatchEvent,
 };
 use ferry_fs::Lock;
-use ipnetwork::Ipv4Network;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use std::collections::HashMap;
 use std::fs;
@@ -135,9 +134,9 @@ impl FileStore {
         })
     }
 
-    fn write_lease(&self, subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
+    fn write_lease(&self, subnet: Subnets, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
         let bytes = lease_json(attrs, SystemTime::now() + ttl)?;
-        write_atomic(&self.dir, &subnet_key(subnet), &bytes)
+        write_atomic(&self.dir, &subnet.key(), &bytes)
     }
 
     fn ensure_inotify(&mut self) -> Result<()> {
@@ -384,12 +383,13 @@ impl LeaseStore for FileStore {
 
     async fn create(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
+        let subnet: Subnets = subnet.into();
         let _lock = self.lock().await?;
-        let key = subnet_key(subnet);
+        let key = subnet.key();
         match self.read_entry(&key) {
             Ok(Some((_, Some(exp)))) if exp <= SystemTime::now() => {} // expired: free
             Ok(Some(_)) => return Ok(false),
@@ -406,13 +406,14 @@ impl LeaseStore for FileStore {
 
     async fn renew(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
+        let subnet: Subnets = subnet.into();
         let _lock = self.lock().await?;
-        match self.read_entry(&subnet_key(subnet)) {
-            Ok(Some((Ok(l), _))) if l.attrs.public_ip == attrs.public_ip => {
+        match self.read_entry(&subnet.key()) {
+            Ok(Some((Ok(l), _))) if l.attrs.same_node(attrs) => {
                 self.write_lease(subnet, attrs, ttl)?;
                 Ok(true)
             }
@@ -420,9 +421,10 @@ impl LeaseStore for FileStore {
         }
     }
 
-    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+    async fn delete(&mut self, subnet: impl Into<Subnets>) -> Result<()> {
+        let subnet: Subnets = subnet.into();
         let _lock = self.lock().await?;
-        let path = self.dir.join(subnet_key(subnet));
+        let path = self.dir.join(subnet.key());
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -15,27 +15,75 @@
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
 
 pub mod any;
 pub mod etcd;
 pub mod file;
 
-/// The cluster network config, flannel's field names.
+/// The cluster network config, flannel's field names. `EnableIPv4` defaults to true and is
+/// written only when false; `EnableIPv6` is written only when true (flannel's defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
-    #[serde(rename = "Network")]
-    pub network: Ipv4Network,
-    #[serde(rename = "SubnetLen", default)]
+    #[serde(rename = "EnableIPv4", default = "yes", skip_serializing_if = "is_true")]
+    pub enable_ipv4: bool,
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Ipv4Network>,
+    #[serde(rename = "SubnetLen", default, skip_serializing_if = "is_zero")]
     pub subnet_len: u8,
     #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
     pub subnet_min: Option<Ipv4Addr>,
     #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
     pub subnet_max: Option<Ipv4Addr>,
+    #[serde(rename = "EnableIPv6", default, skip_serializing_if = "is_false")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPv6Network", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<Ipv6Network>,
+    #[serde(rename = "IPv6SubnetLen", default, skip_serializing_if = "is_zero")]
+    pub ipv6_subnet_len: u8,
+    #[serde(rename = "IPv6SubnetMin", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    #[serde(rename = "IPv6SubnetMax", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
     /// As flannel reads it: absent means `udp`, `null` or `{}` an empty type.
     #[serde(rename = "Backend", default = "Backend::absent", deserialize_with = "backend_or_null")]
     pub backend: Backend,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+impl NetworkConfig {
+    /// An IPv4-only config of `network` (the other fields empty, host-gw).
+    pub fn ipv4(network: Ipv4Network) -> NetworkConfig {
+        NetworkConfig {
+            enable_ipv4: true,
+            network: Some(network),
+            subnet_len: 0,
+            subnet_min: None,
+            subnet_max: None,
+            enable_ipv6: false,
+            ipv6_network: None,
+            ipv6_subnet_len: 0,
+            ipv6_subnet_min: None,
+            ipv6_subnet_max: None,
+            backend: Backend::host_gw(),
+        }
+    }
 }
 
 /// The network config's `Backend`: flannel's keys for the two backends Ferry speaks (host-gw;
@@ -77,15 +125,89 @@ fn backend_or_null<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Backend>::deserialize(d)?.unwrap_or_default())
 }
 
-/// What a lease says about its node, flannel's `LeaseAttrs`.
+/// What a lease says about its node, flannel's `LeaseAttrs`. `PublicIP` is `0.0.0.0` in an
+/// IPv6-only lease; `PublicIPv6` and `BackendV6Data` are written only when set (flannel reads
+/// them absent as null).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType", default)]
     pub backend_type: String,
     #[serde(rename = "BackendData", default)]
     pub backend_data: serde_json::Value,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
+    pub backend_v6_data: Option<serde_json::Value>,
+}
+
+impl LeaseAttrs {
+    /// Whether a lease with these attrs belongs to the node whose own attrs are `me`: the same
+    /// `PublicIP`, or in an IPv6-only lease (`PublicIP` 0.0.0.0) the same `PublicIPv6`.
+    pub fn same_node(&self, me: &LeaseAttrs) -> bool {
+        if me.public_ip.is_unspecified() {
+            me.public_ipv6.is_some() && self.public_ipv6 == me.public_ipv6
+        } else {
+            self.public_ip == me.public_ip
+        }
+    }
+
+    /// The node's address for messages: its IPv4 one, else its IPv6 one.
+    pub fn node_ip(&self) -> IpAddr {
+        match (self.public_ip.is_unspecified(), self.public_ipv6) {
+            (true, Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+}
+
+/// The subnets one lease key claims: flannel's `10.244.1.0-24`, dual-stack
+/// `10.244.1.0-24&fd00:10:244:2e::-64`, or IPv6-only `0.0.0.0-0&fd00:10:244:2e::-64` (flannel
+/// writes its empty IPv4 subnet as `0.0.0.0-0`). One key per node covers both families, so
+/// a node never holds one family's subnet without the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subnets {
+    pub v4: Option<Ipv4Network>,
+    pub v6: Option<Ipv6Network>,
+}
+
+/// flannel's empty IPv4 subnet, the IPv4 part of an IPv6-only lease key.
+pub fn no_v4() -> Ipv4Network {
+    Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0")
+}
+
+impl Subnets {
+    /// The lease key (last path component).
+    pub fn key(&self) -> String {
+        let v4 = subnet_key(self.v4.unwrap_or_else(no_v4));
+        match self.v6 {
+            None => v4,
+            Some(n) => format!("{v4}&{}-{}", n.network(), n.prefix()),
+        }
+    }
+
+    /// [`Lease::subnet`]'s value: the IPv4 subnet, or flannel's empty 0.0.0.0/0.
+    pub fn v4_or_empty(&self) -> Ipv4Network {
+        self.v4.unwrap_or_else(no_v4)
+    }
+}
+
+impl From<Ipv4Network> for Subnets {
+    fn from(n: Ipv4Network) -> Subnets {
+        Subnets { v4: Some(n), v6: None }
+    }
+}
+
+impl std::fmt::Display for Subnets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(a), Some(b)) => write!(f, "{a} + {b}"),
+            (Some(a), None) => write!(f, "{a}"),
+            (None, Some(b)) => write!(f, "{b}"),
+            (None, None) => f.write_str("(none)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,10 +215,21 @@ pub struct Lease {
     /// The entry's key as the store gave it (the daemon sees keys relative to the subnets
     /// prefix: `10.244.1.0-24`, or a dual-stack `10.244.1.0-24&fd00::-64`).
     pub key: String,
+    /// The IPv4 subnet; flannel's empty `0.0.0.0/0` in an IPv6-only lease (never routed, never
+    /// claimed: see [`Lease::subnets`]).
     pub subnet: Ipv4Network,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
+    pub subnet6: Option<Ipv6Network>,
     pub attrs: LeaseAttrs,
     /// When the lease runs out; `None` for a permanent reservation.
     pub expires: Option<SystemTime>,
+}
+
+impl Lease {
+    /// The lease's subnets, with flannel's empty IPv4 subnet read as none.
+    pub fn subnets(&self) -> Subnets {
+        Subnets { v4: (self.subnet.prefix() > 0).then_some(self.subnet), v6: self.subnet6 }
+    }
 }
 
 /// A store entry that could not be read as a lease: kept so the daemon can warn and count it.
@@ -155,9 +288,15 @@ pub fn short_key(key: &str) -> &str {
 }
 
 /// Parse a lease key (the last path component): `10.244.1.0-24`, or flannel's dual-stack
-/// `10.244.1.0-24&fd00:10:244:2e::-64` (its IPv4 subnet). Only the canonical spelling parses,
-/// the one [`subnet_key`] writes (no leading zeros or signs, no host bits); `None` otherwise.
+/// `10.244.1.0-24&fd00:10:244:2e::-64` (its IPv4 subnet; IPv6-only keys give flannel's empty
+/// `0.0.0.0/0`). Only the canonical spelling parses, the one [`Subnets::key`] writes (no
+/// leading zeros or signs, no host bits, RFC 5952 IPv6); `None` otherwise.
 pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
+    parse_lease_key(key).map(|(v4, _)| v4)
+}
+
+/// [`parse_subnet_key`] with the key's IPv6 subnet.
+pub fn parse_lease_key(key: &str) -> Option<(Ipv4Network, Option<Ipv6Network>)> {
     let last = short_key(key);
     let (v4, v6) = match last.split_once('&') {
         Some((a, b)) => (a, Some(b)),
@@ -169,8 +308,9 @@ pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
         return None;
     }
     match v6 {
-        None => Some(net),
-        Some(v6) => parse_v6_key(v6).map(|_| net),
+        None if net.prefix() == 0 => None, // neither family
+        None => Some((net, None)),
+        Some(v6) => parse_v6_key(v6).map(|n| (net, Some(n))),
     }
 }
 
@@ -179,7 +319,19 @@ fn parse_v6_key(s: &str) -> Option<Ipv6Network> {
     let (ip, len) = s.rsplit_once('-')?;
     let net = Ipv6Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
     let canonical = format!("{}-{}", net.network(), net.prefix());
-    (canonical == s && net.network() == net.ip()).then_some(net)
+    (canonical == s && net.network() == net.ip() && net.prefix() > 0).then_some(net)
+}
+
+/// The IPv6 subnet a key might claim, read leniently (the part after `&`: upper case, leading
+/// zeros, host bits, spaces or signs around the length): what a node picking a free IPv6
+/// subnet must treat as taken when the key does not parse.
+pub fn claimed_subnet6(key: &str) -> Option<Ipv6Network> {
+    let (_, v6) = short_key(key).split_once('&')?;
+    let (ip, len) = v6.rsplit_once('-').or_else(|| v6.rsplit_once('/'))?;
+    let ip: Ipv6Addr = ip.trim().to_ascii_lowercase().parse().ok()?;
+    let len = len.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u8>().ok()?;
+    let net = Ipv6Network::new(ip, len).ok()?;
+    Ipv6Network::new(net.network(), len).ok()
 }
 
 /// The IPv4 subnet a key might claim, read leniently (leading zeros, signs, spaces or dashes
@@ -199,11 +351,12 @@ pub fn claimed_subnet(key: &str) -> Option<Ipv4Network> {
 /// Parse one stored lease value for `key`.
 pub fn parse_lease(key: &str, value: &[u8], expires: Option<SystemTime>) -> LeaseEntry {
     let bad = |reason: String| BadLease { key: key.to_string(), reason };
-    let subnet = parse_subnet_key(key)
-        .ok_or_else(|| bad(format!("{NON_CANONICAL}: not <ip>-<prefix> in canonical form")))?;
+    let (subnet, subnet6) = parse_lease_key(key).ok_or_else(|| {
+        bad(format!("{NON_CANONICAL}: not <ip>-<prefix>[&<ipv6>-<prefix>] in canonical form"))
+    })?;
     let attrs: LeaseAttrs =
         serde_json::from_slice(value).map_err(|e| bad(format!("value is not lease JSON: {e}")))?;
-    Ok(Lease { key: key.to_string(), subnet, attrs, expires })
+    Ok(Lease { key: key.to_string(), subnet, subnet6, attrs, expires })
 }
 
 /// How a bad entry's reason starts when its key is not a canonical lease key.
@@ -221,11 +374,11 @@ pub trait LeaseStore {
     /// Every lease entry (bad ones included), plus a revision to pass to `watch`.
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)>;
 
-    /// Create the lease for `subnet` only if no key exists for it (a transaction on etcd, an
+    /// Create the lease for `subnet` (one key for both families) only if no key exists for it (a transaction on etcd, an
     /// exclusive create under lock on the file store). `Ok(false)` if someone else holds it.
     async fn create(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool>;
@@ -234,13 +387,13 @@ pub trait LeaseStore {
     /// now belongs to another public IP.
     async fn renew(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: impl Into<Subnets>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool>;
 
     /// Delete the lease for `subnet` (no error if absent).
-    async fn delete(&mut self, subnet: Ipv4Network) -> Result<()>;
+    async fn delete(&mut self, subnet: impl Into<Subnets>) -> Result<()>;
 
     /// Wait for the next batch of changes after `revision` (the first call gets the revision from
     /// `list`); returns the events and the revision to pass next time. Not cancel-safe on etcd:
@@ -317,14 +470,8 @@ mod tests {
         assert_eq!(kind(r#"{"Network":"10.244.0.0/16"}"#), "udp");
         assert_eq!(kind(r#"{"Network":"10.244.0.0/16","Backend":null}"#), "");
         assert_eq!(kind(r#"{"Network":"10.244.0.0/16","Backend":{}}"#), "");
-        let written = serde_json::to_string(&NetworkConfig {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-            subnet_min: None,
-            subnet_max: None,
-            backend: Backend::host_gw(),
-        })
-        .unwrap();
+        let written =
+            serde_json::to_string(&NetworkConfig::ipv4("10.244.0.0/16".parse().unwrap())).unwrap();
         assert!(written.contains(r#""Backend":{"Type":"host-gw"}"#), "{written}");
     }
 }

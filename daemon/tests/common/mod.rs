@@ -18,18 +18,35 @@ pub enum Store {
     Etcd,
 }
 
+/// The pod network's families: IPv4 only (as before), IPv6 only, or dual-stack. In the IPv6
+/// modes the underlay gets ULA addresses too (fd00:198:18::1/64 on the bridge, ::1x on the
+/// nodes, `nodad` so they are usable at once); the IPv4 underlay stays (etcd listens there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+    Dual,
+}
+
+/// The IPv6 pod network of the IPv6 modes.
+pub const NET6: &str = "fd00:10:244::/56";
+
 pub const PREFIX: &str = "/coreos.com/network";
 pub const ETCD_URL: &str = "http://198.18.0.1:2379";
 
 pub struct Node {
     pub ns: Netns,
     pub ip: String,
+    /// The node's IPv6 underlay address (`fd00:198:18::1x`; set in every mode, configured on
+    /// eth0 only in the IPv6 modes).
+    pub ip6: String,
     pub dir: PathBuf,
     pub proc: Option<Proc>,
 }
 
 pub struct Lab {
     pub kind: Store,
+    pub family: Family,
     pub nodes: Vec<Node>,
     pub etcd: Option<Proc>,
     pub underlay: Netns,
@@ -45,20 +62,29 @@ impl Lab {
     }
 
     pub fn with_store(kind: Store, n: usize, store_up: bool) -> Lab {
+        Lab::with_family(kind, Family::V4, n, store_up)
+    }
+
+    /// Underlay + `n` nodes for a pod network of `family` (every ferryd gets the flags for it).
+    pub fn with_family(kind: Store, family: Family, n: usize, store_up: bool) -> Lab {
         require_sandbox();
         let dir = TempDir::new("lab");
         let underlay = Netns::new("ful");
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["addr", "add", "198.18.0.1/24", "dev", "br0"]);
+        if family != Family::V4 {
+            underlay.ip(&["addr", "add", "fd00:198:18::1/64", "dev", "br0", "nodad"]);
+        }
         underlay.ip(&["link", "set", "br0", "up"]);
-        let mut lab = Lab {
-            kind,
-            nodes: Vec::new(),
-            etcd: None,
-            underlay,
-            dir,
-            common: vec!["--resync".into(), "300ms".into()],
-        };
+        let mut common: Vec<String> = vec!["--resync".into(), "300ms".into()];
+        match family {
+            Family::V4 => {}
+            Family::V6 => {
+                common.extend(["--ipv6-network", NET6, "--enable-ipv4=false"].map(String::from))
+            }
+            Family::Dual => common.extend(["--ipv6-network", NET6].map(String::from)),
+        }
+        let mut lab = Lab { kind, family, nodes: Vec::new(), etcd: None, underlay, dir, common };
         for _ in 0..n {
             lab.add_node();
         }
@@ -109,6 +135,10 @@ impl Lab {
             .ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
         self.underlay.ip(&["link", "set", &port, "master", &bridge, "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        let ip6 = format!("fd00:198:18::{}", 11 + i);
+        if self.family != Family::V4 {
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        }
         ns.ip(&["link", "set", "eth0", "up"]);
         if seg > 0 {
             // The other segment (and etcd on 198.18.0.1) through the underlay's router.
@@ -116,7 +146,7 @@ impl Lab {
         }
         let dir = self.dir.join(&format!("n{i}"));
         fs::create_dir_all(&dir).unwrap();
-        self.nodes.push(Node { ns, ip, dir, proc: None });
+        self.nodes.push(Node { ns, ip, ip6, dir, proc: None });
         i
     }
 
@@ -283,6 +313,77 @@ impl Lab {
         Some(format!("{}/{}", n.network(), n.prefix()))
     }
 
+    /// Node `i`'s IPv6 subnet from its subnet file (`fd00:10:244:2e::/64`).
+    pub fn subnet6(&self, i: usize) -> Option<String> {
+        let text = fs::read_to_string(self.nodes[i].dir.join("subnet.env")).ok()?;
+        let v = text.lines().find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))?;
+        let n: ipnetwork::Ipv6Network = v.parse().ok()?;
+        Some(format!("{}/{}", n.network(), n.prefix()))
+    }
+
+    /// The lease key of node `i` as its subnet file names it, in the lab's family
+    /// (`10.244.1.0-24`, `10.244.1.0-24&fd00:10:244:2e::-64`, `0.0.0.0-0&fd00:10:244:2e::-64`).
+    pub fn lease_key(&self, i: usize) -> Option<String> {
+        let v4 = || self.subnet(i).map(|s| key(&s));
+        let v6 = || self.subnet6(i).map(|s| key(&s));
+        Some(match self.family {
+            Family::V4 => v4()?,
+            Family::V6 => format!("0.0.0.0-0&{}", v6()?),
+            Family::Dual => format!("{}&{}", v4()?, v6()?),
+        })
+    }
+
+    /// Wait until every node in `idx` has a subnet file naming its subnet of every family of
+    /// the lab, and a conflist; returns their lease keys.
+    pub fn wait_leases(&self, idx: &[usize]) -> Vec<String> {
+        let ok = wait_for(Duration::from_secs(30), || {
+            idx.iter().all(|&i| self.lease_key(i).is_some() && self.conflist(i).exists())
+        });
+        assert!(
+            ok,
+            "nodes {idx:?} got no lease: {}",
+            idx.iter().map(|&i| self.log(i)).collect::<String>()
+        );
+        idx.iter().map(|&i| self.lease_key(i).unwrap()).collect()
+    }
+
+    /// Ferry's IPv6 routes on node `i`: dst → gateway (nexthops resolved as by [`Lab::routes`]).
+    pub fn routes6(&self, i: usize) -> BTreeMap<String, String> {
+        self.routes_of(i, true)
+    }
+
+    /// What node `i` should route over IPv6: every other node in `peers`.
+    pub fn expected6(&self, i: usize, peers: &[usize]) -> BTreeMap<String, String> {
+        peers
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| (self.subnet6(j).unwrap(), self.nodes[j].ip6.clone()))
+            .collect()
+    }
+
+    /// Wait until node `i`'s Ferry IPv6 routes equal `want`.
+    pub fn wait_routes6(&self, i: usize, want: &BTreeMap<String, String>, timeout: Duration) {
+        let ok = wait_for(timeout, || &self.routes6(i) == want);
+        assert!(
+            ok,
+            "node {i}: IPv6 routes {:?}, want {want:?}\nlog:\n{}",
+            self.routes6(i),
+            self.log(i)
+        );
+    }
+
+    /// Wait until node `i` routes exactly the peers in `peers` in every family of the lab.
+    pub fn wait_all_routes(&self, i: usize, peers: &[usize], timeout: Duration) {
+        if self.family != Family::V6 {
+            self.wait_routes(i, &self.expected(i, peers), timeout);
+        } else {
+            self.wait_routes(i, &BTreeMap::new(), timeout);
+        }
+        if self.family != Family::V4 {
+            self.wait_routes6(i, &self.expected6(i, peers), timeout);
+        }
+    }
+
     /// Wait until every running node has a subnet file; returns the subnets.
     pub fn wait_subnets(&self, idx: &[usize]) -> Vec<String> {
         // Generous: the subnet file and conflist are fsynced, and fsync on a disk busy with a
@@ -302,8 +403,13 @@ impl Lab {
     /// the nexthop's gateway (the kernel adds it unless `net.ipv4.nexthop_compat_mode` is off;
     /// then it is looked up in `ip nexthop`).
     pub fn routes(&self, i: usize) -> BTreeMap<String, String> {
+        self.routes_of(i, false)
+    }
+
+    fn routes_of(&self, i: usize, v6: bool) -> BTreeMap<String, String> {
         let ns = &self.nodes[i].ns;
-        let v = ns.ip_json(&["route", "show", "proto", "113"]);
+        let family = if v6 { "-6" } else { "-4" };
+        let v = ns.ip_json(&[family, "route", "show", "proto", "113"]);
         let mut nexthops: Option<BTreeMap<u64, String>> = None;
         let mut gateway = |r: &serde_json::Value| match (r["gateway"].as_str(), r["nhid"].as_u64())
         {
@@ -432,6 +538,12 @@ impl Lab {
         let o = self.nodes[i].ns.sh("nft list table ip ferry 2>/dev/null");
         o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
+
+    /// Node `i`'s `ip6 ferry` table (IPv6 masquerade), if any.
+    pub fn nft_table6(&self, i: usize) -> Option<String> {
+        let o = self.nodes[i].ns.sh("nft list table ip6 ferry 2>/dev/null");
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
 }
 
 /// `10.244.7.0/24` → `10.244.7.0-24`.
@@ -446,11 +558,28 @@ pub fn sh(s: &str) -> String {
 /// Add a pod on node `i` the way a runtime would: the first plugin of the installed conflist,
 /// with the list's name and cniVersion, on stdin. Returns (pod netns, pod IP).
 pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
+    let (pod, ips) = add_pod_ips(lab, i, id);
+    (pod, ips.into_iter().next().expect("an address"))
+}
+
+/// [`add_pod`] returning every address of the result (one per family).
+pub fn add_pod_ips(lab: &Lab, i: usize, id: &str) -> (Netns, Vec<String>) {
+    add_pod_with(lab, i, id, |_| {})
+}
+
+/// [`add_pod_ips`] with the plugin's config changed by `edit` first.
+pub fn add_pod_with(
+    lab: &Lab,
+    i: usize,
+    id: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (Netns, Vec<String>) {
     let list: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
     let mut conf = list["plugins"][0].clone();
     conf["name"] = list["name"].clone();
     conf["cniVersion"] = list["cniVersion"].clone();
+    edit(&mut conf);
     let pod = Netns::new("fpo");
     let path = bin_dir().display().to_string();
     let netns = pod.path();
@@ -464,11 +593,16 @@ pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
     let out = cni(Some(&lab.nodes[i].ns), &bin("ferry"), &env, &conf.to_string());
     out.assert_ok();
     let r = out.json();
-    let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let ips: Vec<String> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .collect();
     // The test's wait for the kernel's linkwatch (see `Netns::links_ready`), not the plugin's.
     let ready = wait_for(Duration::from_secs(3), || pod.links_ready());
     assert!(ready, "pod links not up 3 s after ADD: {}", pod.ip(&["link"]));
-    (pod, ip)
+    (pod, ips)
 }
 
 // ---- A multi-member etcd cluster in the lab (tests/etcd_cluster.rs, bench/etcd_failover.sh) ----

@@ -20,10 +20,12 @@ fn attrs(ip: &str) -> LeaseAttrs {
         public_ip: ip.parse().unwrap(),
         backend_type: "host-gw".into(),
         backend_data: serde_json::Value::Null,
+        public_ipv6: None,
+        backend_v6_data: None,
     }
 }
 
-fn net(s: &str) -> Ipv4Network {
+fn net(s: &str) -> ipnetwork::Ipv4Network {
     s.parse().unwrap()
 }
 
