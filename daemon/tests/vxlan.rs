@@ -101,11 +101,11 @@ fn across_segments(kind: Store) {
     // Same segment: direct (the device sends nothing); across: encapsulated.
     let before = vxlan_tx(&lab, 0);
     for _ in 0..5 {
-        assert!(pods[0].0.ping(&pods[1].1));
+        assert!(wait_for(T, || pods[0].0.ping(&pods[1].1)));
     }
     assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod1 (same segment) went through {DEV}");
     for _ in 0..5 {
-        assert!(pods[0].0.ping(&pods[2].1));
+        assert!(wait_for(T, || pods[0].0.ping(&pods[2].1)));
     }
     assert!(vxlan_tx(&lab, 0) >= before + 5, "pod0 -> pod2 (other segment) did not use {DEV}");
 
@@ -131,7 +131,8 @@ fn across_segments(kind: Store) {
     let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
     assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
     let before = vxlan_tx(&lab, 0);
-    assert!(pods[0].0.ping(&pods[2].1), "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
+    assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
     assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod2 still encapsulated while on-link");
     n0.ip(&["link", "del", "eth1"]);
     lab.wait_routes(0, &expected(&lab, 0), T);
@@ -159,7 +160,7 @@ fn across_segments(kind: Store) {
     all_ping(&lab, "after node 3 moved to segment A");
     assert!(wait_for(T, || pods[0].0.ping(&pods[3].1)));
     let before = vxlan_tx(&lab, 0);
-    assert!(pods[0].0.ping(&pods[3].1));
+    assert!(wait_for(T, || pods[0].0.ping(&pods[3].1)));
     assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod3 (now same segment) went through {DEV}");
     let n0 = &lab.nodes[0].ns;
 
