@@ -59,6 +59,16 @@ fn vxlan_tx(lab: &Lab, i: usize) -> u64 {
     v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or_else(|| panic!("no {DEV} on node {i}: {v}"))
 }
 
+/// Routes, neighbours and fdb entries of every node, for a failure message.
+fn diag(lab: &Lab) -> String {
+    let mut out = String::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let r = n.ns.sh("ip route; ip neigh; bridge fdb show dev ferry.1; ip -s link show ferry.1; ip addr");
+        out += &format!("--- node {i}\n{}{}\n", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    }
+    out
+}
+
 fn ping_df(pod: &Netns, dst: &str, size: u32) -> bool {
     let s = size.to_string();
     pod.cmd("ping")
@@ -98,6 +108,14 @@ fn across_segments(kind: Store) {
     };
     all_ping(&lab, "two segments");
 
+    // ferryctl agrees, and says which peers go through VXLAN.
+    let mut c = lab.nodes[0].ns.cmd(testlab::bin("ferryctl"));
+    c.args(lab.args(0)).arg("routes");
+    let o = c.output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "ferryctl routes: {text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("ok: VXLAN to 198.19.0.13") && text.contains("in sync"), "{text}");
+
     // Same segment: direct (the device sends nothing); across: encapsulated.
     let before = vxlan_tx(&lab, 0);
     for _ in 0..5 {
@@ -129,10 +147,10 @@ fn across_segments(kind: Store) {
     }
     lab.wait_routes(0, &direct, T);
     let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
-    assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    assert!(ok, "pod0 -> pod2 with a direct route\n{}\n{}", diag(&lab), lab.log(0));
     let before = vxlan_tx(&lab, 0);
     let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
-    assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    assert!(ok, "pod0 -> pod2 with a direct route\n{}\n{}", diag(&lab), lab.log(0));
     assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod2 still encapsulated while on-link");
     n0.ip(&["link", "del", "eth1"]);
     lab.wait_routes(0, &expected(&lab, 0), T);

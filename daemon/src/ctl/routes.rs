@@ -65,10 +65,27 @@ pub async fn routes(a: &Args) -> Result<Report, String> {
             .ok();
     let me = me(cfg.as_ref(), Some(&local), uplink.and_then(|u| u.public_ip), &entries)
         .ok_or("neither the store nor the subnet file names the cluster network")?;
-    let want = evaluate(&lease_map(&entries), &me, SystemTime::now()).want;
+    let v = evaluate(&lease_map(&entries), &me, SystemTime::now());
+    let mut want = v.want;
     let mut table = NetlinkRouteTable::new(nl);
     let have = table.ferry_routes().map_err(|e| format!("list routes: {e}"))?;
+    // vxlan backend: a peer that can be sent VXLAN is right either way, direct or through the
+    // device (ferryd picks by the connected networks); say which.
+    let mut vxlan = Vec::new();
+    for s in v.vteps.keys() {
+        let (dst, vtep) = (IpNetwork::V4(*s), IpAddr::V4(crate::overlay::vtep_ip(*s)));
+        if have.iter().any(|r| r.dst == dst && r.gateway == Some(vtep)) {
+            if let Some(gw) = want.insert(dst, vtep) {
+                vxlan.push((dst, gw));
+            }
+        }
+    }
     let mut lines = compare(&want, &have, &plan(&want, &have));
+    for l in lines.iter_mut() {
+        if let Some((_, gw)) = vxlan.iter().find(|(d, _)| *d == l.dst) {
+            l.reason = Some(format!("VXLAN to {gw}"));
+        }
+    }
     explain_missing(&mut lines, &mut table)?;
     let ip = me.v4.map(|m| IpAddr::V4(m.public_ip)).or(me.v6.map(|m| IpAddr::V6(m.public_ip)));
     Ok(report(&lines, &me.subnets().to_string(), ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
