@@ -16,7 +16,7 @@ const DEV: &str = "ferry.1";
 
 /// Nodes 0 and 1 on segment A (198.18.0.0/24), 2 and 3 on segment B (198.19.0.0/24).
 fn two_segments(kind: Store) -> (Lab, Vec<String>) {
-    let mut lab = Lab::new(kind, 0);
+    let mut lab = Lab::with_store(kind, 0, false);
     for seg in [0, 0, 1, 1] {
         lab.add_node_on(seg);
     }
@@ -59,6 +59,23 @@ fn vxlan_tx(lab: &Lab, i: usize) -> u64 {
     v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or_else(|| panic!("no {DEV} on node {i}: {v}"))
 }
 
+/// Routes, neighbours and fdb entries of every node, for a failure message.
+fn diag(lab: &Lab) -> String {
+    let mut out = String::new();
+    let r = lab.underlay.sh("ip -s link; nstat -az | grep -iE 'Forw|Redirect|NoRoutes|Discards'");
+    out += &format!("--- underlay\n{}", String::from_utf8_lossy(&r.stdout));
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let cmds = "ip route; ip neigh; bridge fdb show dev ferry.1; ip -s link show ferry.1; nstat -az | grep -iE 'udp|IpInAddrErrors|IpExtInNoRoutes|IpInDiscards|RPFilter|IpForwDatagrams|IcmpOutRedirects|IcmpInRedirects'";
+        let r = n.ns.sh(cmds);
+        out += &format!(
+            "--- node {i}\n{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    out
+}
+
 fn ping_df(pod: &Netns, dst: &str, size: u32) -> bool {
     let s = size.to_string();
     pod.cmd("ping")
@@ -91,7 +108,13 @@ fn across_segments(kind: Store) {
                     // Answered within a few tries: right after a path change the first packet
                     // can wait for ARP on a link the kernel is still bringing up.
                     let ok = wait_for(Duration::from_secs(5), || pa.ping(ipb));
-                    assert!(ok, "{when}: pod{a} -> pod{b} ({ipb})\n{}", lab.log(a));
+                    assert!(
+                        ok,
+                        "{when}: pod{a} -> pod{b} ({ipb})\n{}\n{}\n{}",
+                        diag(lab),
+                        lab.log(a),
+                        lab.log(b)
+                    );
                 }
             }
         }
@@ -129,10 +152,10 @@ fn across_segments(kind: Store) {
     }
     lab.wait_routes(0, &direct, T);
     let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
-    assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    assert!(ok, "pod0 -> pod2 with a direct route\n{}\n{}", diag(&lab), lab.log(0));
     let before = vxlan_tx(&lab, 0);
     let ok = wait_for(T, || pods[0].0.ping(&pods[2].1));
-    assert!(ok, "pod0 -> pod2 with a direct route\n{}", lab.log(0));
+    assert!(ok, "pod0 -> pod2 with a direct route\n{}\n{}", diag(&lab), lab.log(0));
     assert_eq!(vxlan_tx(&lab, 0), before, "pod0 -> pod2 still encapsulated while on-link");
     n0.ip(&["link", "del", "eth1"]);
     lab.wait_routes(0, &expected(&lab, 0), T);
@@ -152,6 +175,14 @@ fn across_segments(kind: Store) {
     n3.ip(&["addr", "del", "198.19.0.14/24", "dev", "eth0"]);
     n3.ip(&["route", "replace", "198.19.0.0/24", "via", "198.18.0.1"]);
     lab.nodes[3].ip = "198.18.0.24".into();
+    let moved =
+        wait_for(T, || lab.get_lease(&key(&subnets[3])).is_some_and(|l| l.contains("198.18.0.24")));
+    assert!(
+        moved,
+        "node 3's lease not re-published: {:?}\n{}",
+        lab.get_lease(&key(&subnets[3])),
+        lab.log(3)
+    );
     for i in 0..4 {
         lab.wait_routes(i, &expected(&lab, i), T);
     }
@@ -201,7 +232,7 @@ fn etcd_vxlan_across_segments() {
 /// VXLAN: it cannot decapsulate. It is routed directly when on-link, else reported unreachable.
 #[test]
 fn host_gw_peer_is_never_encapsulated() {
-    let mut lab = Lab::new(Store::File, 0);
+    let mut lab = Lab::with_store(Store::File, 0, false);
     for seg in [0, 0, 1] {
         lab.add_node_on(seg);
     }
