@@ -26,7 +26,7 @@ fn main() {
     let secs: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
 
     // Nodes 0, 1 on segment A; 2, 3 on segment B; the underlay namespace routes between them.
-    let mut lab = Lab::new(Store::File, 0);
+    let mut lab = Lab::with_store(Store::File, 0, false);
     for seg in [0, 0, 1, 1] {
         lab.add_node_on(seg);
     }

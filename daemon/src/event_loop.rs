@@ -254,6 +254,7 @@ impl EventLoop {
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => {
+                    self.check_uplink();
                     let ok = self.node.ensure(true);
                     metrics::set(&self.metrics.node_files_written, u64::from(ok));
                     Some(Pass { retry: true, drift: false })

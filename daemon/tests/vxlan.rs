@@ -16,7 +16,7 @@ const DEV: &str = "ferry.1";
 
 /// Nodes 0 and 1 on segment A (198.18.0.0/24), 2 and 3 on segment B (198.19.0.0/24).
 fn two_segments(kind: Store) -> (Lab, Vec<String>) {
-    let mut lab = Lab::new(kind, 0);
+    let mut lab = Lab::with_store(kind, 0, false);
     for seg in [0, 0, 1, 1] {
         lab.add_node_on(seg);
     }
@@ -62,9 +62,16 @@ fn vxlan_tx(lab: &Lab, i: usize) -> u64 {
 /// Routes, neighbours and fdb entries of every node, for a failure message.
 fn diag(lab: &Lab) -> String {
     let mut out = String::new();
+    let r = lab.underlay.sh("ip -s link; nstat -az | grep -iE 'Forw|Redirect|NoRoutes|Discards'");
+    out += &format!("--- underlay\n{}", String::from_utf8_lossy(&r.stdout));
     for (i, n) in lab.nodes.iter().enumerate() {
-        let r = n.ns.sh("ip route; ip neigh; bridge fdb show dev ferry.1; ip -s link show ferry.1; ip addr");
-        out += &format!("--- node {i}\n{}{}\n", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+        let cmds = "ip route; ip neigh; bridge fdb show dev ferry.1; ip -s link show ferry.1; nstat -az | grep -iE 'udp|IpInAddrErrors|IpExtInNoRoutes|IpInDiscards|RPFilter|IpForwDatagrams|IcmpOutRedirects|IcmpInRedirects'";
+        let r = n.ns.sh(cmds);
+        out += &format!(
+            "--- node {i}\n{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
     }
     out
 }
@@ -101,7 +108,13 @@ fn across_segments(kind: Store) {
                     // Answered within a few tries: right after a path change the first packet
                     // can wait for ARP on a link the kernel is still bringing up.
                     let ok = wait_for(Duration::from_secs(5), || pa.ping(ipb));
-                    assert!(ok, "{when}: pod{a} -> pod{b} ({ipb})\n{}", lab.log(a));
+                    assert!(
+                        ok,
+                        "{when}: pod{a} -> pod{b} ({ipb})\n{}\n{}\n{}",
+                        diag(lab),
+                        lab.log(a),
+                        lab.log(b)
+                    );
                 }
             }
         }
@@ -170,6 +183,14 @@ fn across_segments(kind: Store) {
     n3.ip(&["addr", "del", "198.19.0.14/24", "dev", "eth0"]);
     n3.ip(&["route", "replace", "198.19.0.0/24", "via", "198.18.0.1"]);
     lab.nodes[3].ip = "198.18.0.24".into();
+    let moved =
+        wait_for(T, || lab.get_lease(&key(&subnets[3])).is_some_and(|l| l.contains("198.18.0.24")));
+    assert!(
+        moved,
+        "node 3's lease not re-published: {:?}\n{}",
+        lab.get_lease(&key(&subnets[3])),
+        lab.log(3)
+    );
     for i in 0..4 {
         lab.wait_routes(i, &expected(&lab, i), T);
     }
@@ -219,7 +240,7 @@ fn etcd_vxlan_across_segments() {
 /// VXLAN: it cannot decapsulate. It is routed directly when on-link, else reported unreachable.
 #[test]
 fn host_gw_peer_is_never_encapsulated() {
-    let mut lab = Lab::new(Store::File, 0);
+    let mut lab = Lab::with_store(Store::File, 0, false);
     for seg in [0, 0, 1] {
         lab.add_node_on(seg);
     }

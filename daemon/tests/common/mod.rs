@@ -71,6 +71,9 @@ impl Lab {
         let dir = TempDir::new("lab");
         let underlay = Netns::new("ful");
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC: a bridge without one takes its ports' lowest, so adding or moving a node
+        // would change the underlay's MAC under the nodes' ARP caches (seconds of loss).
+        underlay.ip(&["link", "set", "br0", "address", "02:fe:00:00:00:01"]);
         underlay.ip(&["addr", "add", "198.18.0.1/24", "dev", "br0"]);
         if family != Family::V4 {
             underlay.ip(&["addr", "add", "fd00:198:18::1/64", "dev", "br0", "nodad"]);
@@ -124,6 +127,8 @@ impl Lab {
         let bridge = format!("br{seg}");
         if seg > 0 && !self.underlay.ip(&["link", "show"]).contains(&format!(" {bridge}:")) {
             self.underlay.ip(&["link", "add", &bridge, "type", "bridge"]);
+            let mac = format!("02:fe:00:00:00:{:02x}", seg + 1);
+            self.underlay.ip(&["link", "set", &bridge, "address", &mac]);
             self.underlay.ip(&["addr", "add", &format!("198.{}.0.1/24", 18 + seg), "dev", &bridge]);
             self.underlay.ip(&["link", "set", &bridge, "up"]);
             ok(
