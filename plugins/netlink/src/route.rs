@@ -232,6 +232,19 @@ impl Netlink {
         let oif = oif.ok_or_else(|| invalid(format!("route to {dst} without output interface")))?;
         Ok(Some((oif, gw)))
     }
+
+    /// Whether packets to `ip` are delivered locally in this namespace (RTM_GETROUTE answers
+    /// with a `local` route). An IPv6 address gets its local route only when the kernel's
+    /// DAD work item has run for it (with IFA_F_NODAD right after it was added, but still
+    /// asynchronously); until then it is on the link but packets to it are not received.
+    pub fn is_local(&mut self, ip: IpAddr) -> io::Result<bool> {
+        let absent = [libc::ENETUNREACH, libc::EHOSTUNREACH];
+        match self.get_one(Rt::GetRoute(get_msg(ip)), &absent)? {
+            Some(Rt::NewRoute(m)) => Ok(m.header.kind == RouteType::Local),
+            Some(other) => Err(invalid(format!("unexpected reply to RTM_GETROUTE: {other:?}"))),
+            None => Ok(false),
+        }
+    }
 }
 
 #[cfg(test)]
