@@ -185,18 +185,20 @@ fn confirm_ours(nl: &mut Netlink, v6: bool, existing: &[(&Route, &str)]) -> Resu
     Ok(())
 }
 
-/// Wire the pair: create it (unless re-adding), then the host side, the pod side, the sysctls;
+/// Wire the pair: create it (unless re-adding), then the sysctls, the host side, the pod side;
 /// then wait until it can carry traffic.
 fn setup(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<(Link, Link)> {
     let h = host_end(s, n, p, readd)?;
+    // Before the pod end comes up (carrier): the kernel's link-local addresses, made once
+    // linkwatch sees carrier, then skip DAD too.
+    sysctls(&s.ns, &n.host, n.ifname, p)?;
+    crate::timing::mark("sysctls");
     host_side(&mut s.host, &h, n, p)?;
     crate::timing::mark("host addr + route");
     log::step("add-host");
     let pl = pod_side(&mut s.pod, n, p)?;
     crate::timing::mark("pod link/addr/routes");
     log::step("add-pod");
-    sysctls(&s.ns, &n.host, n.ifname, p)?;
-    crate::timing::mark("sysctls");
     wait_usable(s, &h, &pl, p)?;
     crate::timing::mark("wait usable");
     Ok((h, pl))
@@ -271,8 +273,17 @@ fn gw_host(a: &Addr) -> IpNetwork {
     IpNetwork::new(a.gateway, host_prefix(a.gateway)).expect("valid prefix")
 }
 
+/// A link-local address on every host end of an IPv6 attachment, usable at once (IFA_F_NODAD).
+/// The node resolves a pod's IPv6 address for traffic it forwards (from another pod, another
+/// node) with a neighbour solicitation, and the kernel sends one only from a non-tentative
+/// link-local address of the outgoing link (`ndisc_send_ns`). The kernel's own link-local
+/// appears only after linkwatch has seen carrier and then goes through DAD for a second or more:
+/// without this one, forwarded IPv6 traffic to a new pod waits that long. Link-local addresses
+/// are per link, so every host end can carry the same one.
+const HOST_LINK_LOCAL: &str = "fe80::1/64";
+
 /// Host side in one round trip, per family: the gateway /32 or /128 on the host end, the /32 or
-/// /128 route to the pod.
+/// /128 route to the pod (and, for IPv6, [`HOST_LINK_LOCAL`]).
 fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
     let host_name = &n.host;
     let to_pod: Vec<Route> = p
@@ -287,6 +298,10 @@ fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
         })
         .collect();
     let mut ops = vec![];
+    if p.addr(false).is_some() {
+        let ll: IpNetwork = HOST_LINK_LOCAL.parse().expect("valid");
+        ops.push((Op::AddAddress(h.index, ll, true), format!("add {ll} to {host_name}")));
+    }
     for (a, r) in p.addrs.iter().zip(&to_pod) {
         let gw = gw_host(a);
         ops.push((Op::AddAddress(h.index, gw, true), format!("add {gw} to {host_name}")));

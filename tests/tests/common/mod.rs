@@ -108,6 +108,18 @@ impl Node {
         assert!(done, "links not up after 3 s: {:?} / {}", self.links(), pod.ip(&["link"]));
     }
 
+    /// A ferry config reading the node subnet file `text` (written to this node's dir, as ferryd
+    /// writes `/run/ferry/subnet.env`); `extra` is spliced into the object (start with ',').
+    pub fn conf_file(&self, ver: &str, text: &str, extra: &str) -> String {
+        let f = self.dir.join(&testlab::unique("subnet-")).with_extension("env");
+        std::fs::write(&f, text).unwrap();
+        format!(
+            r#"{{"cniVersion":"{ver}","name":"t","type":"ferry","subnetFile":"{}","dataDir":"{}"{extra}}}"#,
+            f.display(),
+            self.dir.path_str("ipam")
+        )
+    }
+
     /// Names of the links in the node namespace.
     pub fn links(&self) -> Vec<String> {
         self.ns
@@ -144,9 +156,12 @@ impl Node {
     }
 }
 
-/// Host routes the plugin made (protocol 114) in the node.
+/// Host routes the plugin made (protocol 114) in the node, of both families.
 pub fn pod_routes(node: &Node) -> usize {
-    node.ns.ip_json(&["route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
+    let count = |fam: &str| {
+        node.ns.ip_json(&[fam, "route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
+    };
+    count("-4") + count("-6")
 }
 
 /// Host ends (`fry*` links) in the node.
@@ -166,6 +181,12 @@ pub fn with_prev(conf: &str, prev: &Value) -> String {
     let mut c: Value = serde_json::from_str(conf).unwrap();
     c["prevResult"] = prev.clone();
     c.to_string()
+}
+
+/// Every pod IP (without prefix) of a 0.3.0+ result, in order.
+pub fn pod_ips(r: &Value) -> Vec<String> {
+    let ips = r["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {r}"));
+    ips.iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().into()).collect()
 }
 
 /// The pod IP (without prefix) from a result of any version.
