@@ -15,7 +15,7 @@ use std::net::IpAddr;
 /// by construction, so duplicate address detection would only hold them tentative (unusable as a
 /// source, dropped as a destination) for a second or more after they were added. With NODAD the
 /// kernel never marks them tentative (`ipv6_add_addr`); what remains asynchronous is the local
-/// route, which [`Netlink::is_local`] observes.
+/// route, which [`crate::Netlink::local_routes`] observes.
 pub fn addr_msg(index: u32, addr: IpNetwork, noprefixroute: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };

@@ -77,7 +77,8 @@ pub struct End<'a> {
 
 impl Netlink {
     /// Whether link `index` can send (see [`crate::Link::can_send`]) and every address in
-    /// `local` is delivered locally. A vanished link is an error (`NotFound`).
+    /// `local` has its local route on it ([`Netlink::local_routes`]). A vanished link is an
+    /// error (`NotFound`).
     pub fn end_ready(&mut self, index: u32, local: &[IpAddr]) -> io::Result<bool> {
         let link = self.link_by_index(index)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("link {index} vanished"))
@@ -85,8 +86,13 @@ impl Netlink {
         if !link.can_send() {
             return Ok(false);
         }
-        for ip in local {
-            if !self.is_local(*ip)? {
+        for v6 in [false, true] {
+            let want: Vec<&IpAddr> = local.iter().filter(|ip| ip.is_ipv6() == v6).collect();
+            if want.is_empty() {
+                continue;
+            }
+            let have = self.local_routes(v6, index)?;
+            if want.iter().any(|ip| !have.contains(ip)) {
                 return Ok(false);
             }
         }
