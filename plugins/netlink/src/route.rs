@@ -240,9 +240,9 @@ impl Netlink {
     /// this family the namespace receives on that link. An IPv6 address gets its local route only
     /// when the kernel's DAD work item has run for it (with IFA_F_NODAD right after it was added,
     /// but still asynchronously); until then it is on the link but packets to it are not
-    /// received. A dump, filtered by the kernel (strict checking) on table, type and oif: unlike
-    /// RTM_GETROUTE for the address, it leaves no cached route (dst) holding the link, which
-    /// would make deleting the link wait for an RCU grace period.
+    /// received. A dump, filtered by the kernel (strict checking) on table, type and oif: it
+    /// answers for this very link (a route lookup would also say "local" for the same address on
+    /// another link) and, unlike a lookup, makes the kernel create no cached route (dst).
     pub fn local_routes(&mut self, v6: bool, oif: u32) -> io::Result<Vec<IpAddr>> {
         let mut q = dump_msg(v6, RT_TABLE_LOCAL, None);
         q.header.kind = RouteType::Local;
