@@ -88,19 +88,32 @@ impl Node {
         })
     }
 
-    /// ADD eth0 into `pod`, then wait until the pair can carry traffic (see [`Node::wait_up`]).
+    /// ADD eth0 into `pod`, and check at once, without waiting, that the pair can carry traffic
+    /// (the plugin returns only then: see [`Node::assert_usable`]).
     pub fn add(&self, cid: &str, pod: &Netns, stdin: &str) -> Value {
         let r = self.call("ADD", cid, Some(pod), "eth0", stdin).assert_ok().json();
-        self.wait_up(pod);
+        self.assert_usable(cid, pod, "eth0");
         r
     }
 
+    /// Right now (no wait): the attachment's host end and its pod end are operationally up with
+    /// their queueing discipline attached. The kernel does both asynchronously after carrier
+    /// comes on (linkwatch); until then a link has the `noop` qdisc, which drops what is sent.
+    /// The plugin returns from ADD only once both are done.
+    pub fn assert_usable(&self, cid: &str, pod: &Netns, ifname: &str) {
+        let host = ferry::names::host_veth(cid, ifname);
+        for (ns, dev) in [(&self.ns, host.as_str()), (pod, ifname)] {
+            let l = &ns.ip_json(&["link", "show", "dev", dev])[0];
+            assert!(
+                l["operstate"] == "UP" && l["qdisc"] != "noop",
+                "{dev} not usable right after ADD: {l}"
+            );
+        }
+    }
+
     /// Wait (at most 3 s) until every link but `lo` in the node and in `pod` is operationally up
-    /// with its queueing discipline attached. The kernel does both asynchronously after carrier
-    /// comes on (the linkwatch work item, delayed under load); until then the link has the
-    /// `noop` qdisc, which drops what is sent, so a single ping sent right after ADD can be lost
-    /// with its ARP request. The plugin's job ends with the links set up; this is the test's
-    /// wait for the kernel, not a sleep in the plugin.
+    /// with its queueing discipline attached (see [`Node::assert_usable`]): for links not made by
+    /// a complete ADD of the plugin.
     pub fn wait_up(&self, pod: &Netns) {
         let done = testlab::wait_for(std::time::Duration::from_secs(3), || {
             self.ns.links_ready() && pod.links_ready()
