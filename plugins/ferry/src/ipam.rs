@@ -289,3 +289,85 @@ fn first_host(n: IpNetwork) -> Option<IpAddr> {
         IpNetwork::V6(v) => Some(IpAddr::V6(u128::from(v.network()).checked_add(1)?.into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_cni::result::IpConfig;
+    use ferry_cni::NetConf;
+
+    fn addr(ip: &str, prefix: u8, gw: &str) -> Addr {
+        Addr { ip: ip.parse().unwrap(), prefix, gateway: gw.parse().unwrap() }
+    }
+
+    fn route(dst: &str) -> Route {
+        Route::new(dst.parse().unwrap(), None)
+    }
+
+    fn dsts(r: &[Route]) -> Vec<String> {
+        r.iter().map(|r| r.dst.to_string()).collect()
+    }
+
+    #[test]
+    fn routes_per_family() {
+        let v4 = addr("10.1.0.5", 24, "10.1.0.1");
+        let v6 = addr("fd00::5", 64, "fd00::1");
+        assert_eq!(dsts(&routes_for(None, &[v4, v6])), ["0.0.0.0/0", "::/0"]);
+        assert_eq!(dsts(&routes_for(None, &[v6])), ["::/0"]);
+        let conf = [route("10.0.0.0/8"), route("fd00:9::/48"), route("0.0.0.0/0")];
+        assert_eq!(
+            dsts(&routes_for(Some(&conf), &[v4, v6])),
+            ["10.0.0.0/8", "fd00:9::/48", "0.0.0.0/0"]
+        );
+        assert_eq!(dsts(&routes_for(Some(&conf), &[v6])), ["fd00:9::/48"], "no IPv4 address");
+        assert_eq!(dsts(&routes_for(Some(&conf), &[v4])), ["10.0.0.0/8", "0.0.0.0/0"]);
+    }
+
+    fn conf() -> FerryConf {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ferry","ipam":{"type":"x"}}"#,
+        )
+        .unwrap();
+        FerryConf::parse(&c).unwrap()
+    }
+
+    fn ip(address: &str, gateway: Option<&str>) -> IpConfig {
+        IpConfig {
+            address: address.parse().unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            interface: None,
+        }
+    }
+
+    #[test]
+    fn delegate_result_one_address_per_family_ipv4_first() {
+        let r = CniResult {
+            ips: vec![
+                ip("fd00::7/64", Some("fd00::1")),
+                ip("10.2.0.7/24", None),
+                ip("10.2.0.8/24", None),
+            ],
+            ..Default::default()
+        };
+        let p = plan_from_result(&conf(), Version::V100, r.clone()).unwrap();
+        assert_eq!(p.addrs, [addr("10.2.0.7", 24, "10.2.0.1"), addr("fd00::7", 64, "fd00::1")]);
+        assert_eq!(dsts(&p.routes), ["0.0.0.0/0", "::/0"], "a default route per family");
+        // Both families in a version whose result cannot carry them: code 1.
+        let e = plan_from_result(&conf(), Version::V020, r).err().unwrap();
+        assert_eq!(e.code.as_u32(), 1, "{}", e.msg);
+        // One family is fine in 0.2.0.
+        let r = CniResult { ips: vec![ip("fd00::7/64", None)], ..Default::default() };
+        let p = plan_from_result(&conf(), Version::V020, r).unwrap();
+        assert_eq!(p.addrs, [addr("fd00::7", 64, "fd00::1")]);
+    }
+
+    #[test]
+    fn delegate_result_errors() {
+        let none = CniResult::default();
+        assert_eq!(plan_from_result(&conf(), Version::V100, none).err().unwrap().code, IPAM);
+        let mixed =
+            CniResult { ips: vec![ip("10.2.0.7/24", Some("fd00::1"))], ..Default::default() };
+        let e = plan_from_result(&conf(), Version::V100, mixed).err().unwrap();
+        assert!(e.code == IPAM && e.msg.contains("other family"), "{}", e.msg);
+    }
+}
