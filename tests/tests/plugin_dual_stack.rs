@@ -304,3 +304,26 @@ fn gc_releases_both_families() {
     assert_eq!(node.allocated(), Vec::<String>::new());
     assert_clean(&node, "after GC of everything");
 }
+
+/// One family that cannot be configured (IPv6 disabled in the pod) fails the whole ADD and rolls
+/// back both: no link, neither address held, no host route of either family.
+#[test]
+fn a_family_that_cannot_be_configured_rolls_back_both() {
+    let node = Node::new();
+    let conf = node.conf_file("1.0.0", &dual(77), "");
+    let pod = Netns::new("fp");
+    let off =
+        pod.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    assert!(off.status.success(), "{}", String::from_utf8_lossy(&off.stderr));
+    let out = node.call("ADD", "noip6", Some(&pod), "eth0", &conf);
+    assert_eq!(out.code(), 100, "{}", out.stdout);
+    assert!(out.stdout.contains("fd00:77:0:1::"), "names the IPv6 step: {}", out.stdout);
+    assert!(!pod.sh("ip link show eth0").status.success(), "pod interface rolled back");
+    assert_clean(&node, "failed dual-stack ADD");
+    // The same pod with IPv6 back on: both families, nothing left over from the failure.
+    pod.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0");
+    let r = node.add("noip6", &pod, &conf);
+    assert_eq!(pod_ips(&r).len(), 2, "{r}");
+    node.call("DEL", "noip6", Some(&pod), "eth0", &conf).assert_ok();
+    assert_clean(&node, "after DEL");
+}
