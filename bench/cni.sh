@@ -3,7 +3,10 @@
 # floor for DEL. Builds the workspace in release mode, then runs cni-bench (from tests/bin-dir.sh) inside a
 # throw-away network sandbox (tests/sandbox.sh). Prints a markdown table ready for the README.
 #
-#   bench/cni.sh [-n N] [--warmup W] [--ptp-as-ferry] [--out FILE] [--ferry PATH] [--ref-dir DIR]
+#   bench/cni.sh [-n N] [--warmup W] [--ptp-as-ferry] [--dual-stack] [--out FILE] [--ferry PATH] [--ref-dir DIR]
+#
+# --dual-stack: one IPv4 and one IPv6 address per pod on both sides (ferry on a dual-stack node
+# subnet file, host-local with two ranges).
 #
 # Environment: CNI_BENCH_SKIP_BUILD=1 to skip the cargo build; CNI_BENCH_TIMEOUT (seconds, default
 # 1800) bounds the whole run.

@@ -1,7 +1,8 @@
 //! The `ferry-ipam` CNI IPAM plugin: [`IpamPlugin`] behind `ferry_cni::skel::run`.
 //!
 //! * ADD: one address per configured pool (per family), idempotent per (container id, ifname);
-//!   result = `ips` (no `interface`) with the gateway, the configured `routes` and `dns`.
+//!   result = `ips` (no `interface`) with the gateway, the configured `routes` and `dns`. Two
+//!   families with cniVersion 0.1.0 / 0.2.0: code 1 before anything is allocated.
 //!   A requested address comes from `runtimeConfig.ips`, else `args.cni.ips`, else CNI_ARGS `IP=`
 //!   (comma-separated; `ip` or `ip/prefix`), at most one per family.
 //! * DEL: releases whatever the attachment holds; succeeds when it holds nothing. Needs only
@@ -60,6 +61,9 @@ impl Plugin for IpamPlugin {
     fn add(&mut self, req: &Request) -> Result<CniResult, CniError> {
         let c = conf(req)?;
         let pools = c.pools()?;
+        // Before anything is allocated: a dual-stack result needs 0.3.0 or later.
+        let has = |v4: bool| pools.iter().any(|p| p.is_ipv4() == v4);
+        req.conf.version.check_families(has(true), has(false))?;
         let routes = c.routes()?;
         let dns = c.dns()?;
         let requested = match_requests(&pools, &requested_ips(req)?)?;

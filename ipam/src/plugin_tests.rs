@@ -167,6 +167,30 @@ fn subnet_file_errors() {
 }
 
 #[test]
+fn dual_stack_in_a_legacy_version_is_refused_before_allocating() {
+    let t = tmp("legacy-dual");
+    let f = t.0.join("subnet.env");
+    std::fs::write(&f, "FLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_IPV6_SUBNET=fd00:8::/64\n").unwrap();
+    for ver in ["0.1.0", "0.2.0"] {
+        let c = conf(&t, ver, json!({"subnetFile": f.to_str().unwrap()}));
+        let (rc, e) = call("ADD", "a", &[], &c);
+        assert_eq!((rc, e["code"].as_u64()), (1, Some(1)), "{ver}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains("0.3.0"), "{e}");
+        assert!(!t.0.join("net/state.json").exists(), "{ver}: nothing allocated");
+    }
+    // One family is fine in a legacy version; both are fine from 0.3.0 on.
+    std::fs::write(&f, "FLANNEL_IPV6_SUBNET=fd00:8::/64\n").unwrap();
+    let (rc, r) =
+        call("ADD", "a", &[], &conf(&t, "0.2.0", json!({"subnetFile": f.to_str().unwrap()})));
+    assert_eq!((rc, &r["ip6"]["ip"]), (0, &json!("fd00:8::2/64")), "{r}");
+    std::fs::write(&f, "FLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_IPV6_SUBNET=fd00:8::/64\n").unwrap();
+    let (rc, r) =
+        call("ADD", "b", &[], &conf(&t, "0.3.0", json!({"subnetFile": f.to_str().unwrap()})));
+    assert_eq!(rc, 0, "{r}");
+    assert_eq!((&r["ips"][0]["version"], &r["ips"][1]["version"]), (&json!("4"), &json!("6")));
+}
+
+#[test]
 fn config_errors_are_code_7() {
     let t = tmp("cfg");
     for ipam in [

@@ -177,7 +177,7 @@ fn use_config(c: &NetConf) {
         let _ = f.pool("10.9.0.0/24".parse().unwrap());
         let _ = f.pool("fd00:9::/64".parse().unwrap());
         if f.range.subnet.is_some() {
-            let _ = f.node_subnet();
+            let _ = f.node_subnets();
         }
     }
     if let Some(m) = c.ipam() {

@@ -474,6 +474,45 @@ mod tests {
         }
     }
 
+    /// `sample()` with a second, IPv6 address on the pod interface and a route per family.
+    fn dual() -> CniResult {
+        let mut r = sample();
+        r.ips.push(IpConfig {
+            address: "fd00:10:244:1::2/64".parse().unwrap(),
+            gateway: Some("fd00:10:244:1::1".parse().unwrap()),
+            interface: Some(1),
+        });
+        r.routes.push(Route::new("::/0".parse().unwrap(), None));
+        r
+    }
+
+    #[test]
+    fn dual_stack_results_carry_both_ips_from_030_on() {
+        for s in &SUPPORTED[2..] {
+            let ver = Version::parse(s).unwrap();
+            let v = dual().to_json(ver).unwrap();
+            let ips = v["ips"].as_array().unwrap();
+            assert_eq!(ips.len(), 2, "{s}: {v}");
+            assert_eq!(ips[0]["address"], "10.244.1.2/24");
+            assert_eq!(ips[1]["address"], "fd00:10:244:1::2/64");
+            assert_eq!(ips[1]["gateway"], "fd00:10:244:1::1");
+            assert_eq!((&ips[0]["interface"], &ips[1]["interface"]), (&json!(1), &json!(1)));
+            if ver.has_ip_version() {
+                assert_eq!((&ips[0]["version"], &ips[1]["version"]), (&json!("4"), &json!("6")));
+            }
+            let dsts: Vec<&str> = v["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dst"].as_str().unwrap())
+                .collect();
+            assert_eq!(dsts, ["0.0.0.0/0", "::/0"], "{s}");
+            let back = CniResult::from_json(&v, Version::V100).unwrap();
+            assert_eq!(back.ips, dual().ips, "{s}: round trip");
+            assert_eq!(back.to_json(ver).unwrap(), v, "{s}");
+        }
+    }
+
     #[test]
     fn legacy_needs_an_ip() {
         let e = CniResult::default().to_json(Version::V020).unwrap_err();

@@ -62,6 +62,30 @@ impl Version {
     pub fn supports_gc_status(self) -> bool {
         self >= Version::V110
     }
+
+    /// Whether a result of this version can carry an attachment with addresses of both families
+    /// (dual stack): 0.3.0 and later (`ips[]` tied to `interfaces[]`). The 0.1.0 / 0.2.0 shape has
+    /// no interfaces and one `ip4` / `ip6` pair per plugin; Ferry does not use it for dual stack.
+    pub fn carries_dual_stack(self) -> bool {
+        self >= Version::V030
+    }
+
+    /// Refuse an attachment with both an IPv4 and an IPv6 address in a version whose results
+    /// cannot carry it (see [`Version::carries_dual_stack`]): code 1 (incompatible version), with
+    /// what to change. Called before anything is allocated or created.
+    pub fn check_families(self, has_v4: bool, has_v6: bool) -> Result<()> {
+        if !(has_v4 && has_v6) || self.carries_dual_stack() {
+            return Ok(());
+        }
+        Err(CniError::incompatible(format!(
+            "dual stack (an IPv4 and an IPv6 address per pod) needs cniVersion 0.3.0 or later, \
+             the config says {self}"
+        ))
+        .with_details(
+            "set \"cniVersion\" to 0.3.0 or later (1.0.0 recommended), or give the node one \
+             address family (only FLANNEL_SUBNET or only FLANNEL_IPV6_SUBNET in the subnet file)",
+        ))
+    }
 }
 
 impl std::fmt::Display for Version {
@@ -94,5 +118,27 @@ mod tests {
         assert!(Version::V110.supports_gc_status());
         assert!(Version::V020.is_legacy() && !Version::V030.is_legacy());
         assert!(Version::V040.has_ip_version() && !Version::V100.has_ip_version());
+    }
+
+    #[test]
+    fn dual_stack_needs_030_or_later() {
+        for s in SUPPORTED {
+            let v = Version::parse(s).unwrap();
+            // One family is fine in every version.
+            for (v4, v6) in [(true, false), (false, true), (false, false)] {
+                assert!(v.check_families(v4, v6).is_ok(), "{s} {v4} {v6}");
+            }
+            let both = v.check_families(true, true);
+            if matches!(v, Version::V010 | Version::V020) {
+                let e = both.unwrap_err();
+                assert_eq!(e.code.as_u32(), 1, "{s}");
+                assert!(e.msg.contains("0.3.0") && e.msg.contains(s), "{s}: {}", e.msg);
+                assert!(e.details.contains("cniVersion"), "{}", e.details);
+                assert!(!v.carries_dual_stack());
+            } else {
+                assert!(both.is_ok(), "{s}");
+                assert!(v.carries_dual_stack());
+            }
+        }
     }
 }

@@ -1,19 +1,29 @@
-//! ADD: veth pair, pod IP, host /32 route, pod default route. Rolls back everything it made when a
-//! step fails, so a failed ADD leaves neither a link nor an allocation behind.
+//! ADD: veth pair, one pod address per family the node has (IPv4, IPv6 or both), per family a
+//! host /32 or /128 route to the pod and the pod's routes via that family's gateway. Rolls back
+//! everything it made when a step fails, so a failed ADD leaves neither a link nor an allocation
+//! behind. Returns only once the pair can carry traffic: both ends operationally up with their
+//! queueing discipline attached, every IPv6 address usable (no DAD: IFA_F_NODAD) and locally
+//! routed, so the pod can send from each of its addresses the moment ADD returns.
 
 use crate::conf::FerryConf;
-use crate::ipam::{self, Plan};
+use crate::ipam::{self, Addr, Plan};
 use crate::{log, names, nl_err, open_netns};
 use ferry_cni::error::{CniError, Result, NETLINK};
 use ferry_cni::result::{Interface, IpConfig, Route as CniRoute};
 use ferry_cni::skel::Request;
 use ferry_cni::CniResult;
 use ferry_netlink::batch::Op;
+use ferry_netlink::ready::{self, End};
 use ferry_netlink::{sysctl, Link, Netlink, Route, Scope, RTPROT_FERRY_POD, RT_TABLE_MAIN};
 use ipnetwork::IpNetwork;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long ADD waits for the kernel to make the pair usable (linkwatch, IPv6 local routes) before
+/// it returns anyway with a warning in the log. Normally no wait at all; under heavy load a few ms.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The attachment's names: where the pod end goes and what the host end is called and tagged.
 struct Names<'a> {
@@ -50,10 +60,8 @@ pub fn add(req: &Request) -> Result<CniResult> {
     ipam.prepare()?;
     let mut sides = open_sides(&names)?;
     let readd = existing(&mut sides, &names)?;
-    let mut plan = ipam.add()?;
-    // Routes of the other address family cannot go via this attachment's gateway (CHECK skips
-    // them the same way).
-    plan.routes.retain(|r| r.dst.is_ipv4() == plan.ip.is_ipv4());
+    // (Each route is of a family the plan has an address of: see `ipam::routes_for`.)
+    let plan = ipam.add()?;
     crate::timing::mark("ipam allocate");
     log::step("add-ipam");
     match setup(&mut sides, &names, &plan, readd) {
@@ -134,10 +142,14 @@ fn apply(nl: &mut Netlink, ops: &[(Op, String)]) -> Result<()> {
             (Err(e), _) => return Err(nl_err(what)(e)),
         }
     }
-    match existing.first() {
-        None => Ok(()),
-        Some((r, _)) => confirm_ours(nl, r.dst.is_ipv6(), &existing),
+    for v6 in [false, true] {
+        let of: Vec<(&Route, &str)> =
+            existing.iter().filter(|(r, _)| r.dst.is_ipv6() == v6).copied().collect();
+        if !of.is_empty() {
+            confirm_ours(nl, v6, &of)?;
+        }
     }
+    Ok(())
 }
 
 /// Every route in `existing` (all of one family) is present exactly as wanted; else the error
@@ -173,19 +185,58 @@ fn confirm_ours(nl: &mut Netlink, v6: bool, existing: &[(&Route, &str)]) -> Resu
     Ok(())
 }
 
-/// Wire the pair: create it (unless re-adding), then the host side, the pod side, the sysctls.
+/// Wire the pair: create it (unless re-adding), then the sysctls, the host side, the pod side;
+/// then wait until it can carry traffic.
 fn setup(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<(Link, Link)> {
     let h = host_end(s, n, p, readd)?;
-    let gw_host = IpNetwork::new(p.gateway, host_prefix(p.gateway)).expect("valid prefix");
-    host_side(&mut s.host, &h, n, p, gw_host)?;
+    // Before the pod end comes up (carrier): the kernel's link-local addresses, made once
+    // linkwatch sees carrier, then skip DAD too.
+    sysctls(&s.ns, &n.host, n.ifname, p)?;
+    crate::timing::mark("sysctls");
+    host_side(&mut s.host, &h, n, p)?;
     crate::timing::mark("host addr + route");
     log::step("add-host");
-    let pl = pod_side(&mut s.pod, n, p, gw_host)?;
+    let pl = pod_side(&mut s.pod, n, p)?;
     crate::timing::mark("pod link/addr/routes");
     log::step("add-pod");
-    sysctls(&s.ns, &n.host, n.ifname, p.ip.is_ipv4())?;
-    crate::timing::mark("sysctls");
+    wait_usable(s, &h, &pl, p)?;
+    crate::timing::mark("wait usable");
     Ok((h, pl))
+}
+
+/// Wait (bounded, on netlink notifications: see `ferry_netlink::ready`) until both ends can send
+/// and every IPv6 address (the pod's in the pod, its gateway on the host) is locally routed.
+/// Past [`READY_TIMEOUT`] the attachment is complete but the kernel has not caught up: ADD
+/// succeeds with a warning in the log rather than failing a pod over the kernel's backlog.
+fn wait_usable(s: &mut Sides, h: &Link, pl: &Link, p: &Plan) -> Result<()> {
+    let v6 = p.addr(false);
+    let mut ends = [
+        End {
+            nl: &mut s.host,
+            ns: None,
+            link: h.index,
+            local: v6.map(|a| a.gateway).into_iter().collect(),
+        },
+        End {
+            nl: &mut s.pod,
+            ns: Some(&s.ns),
+            link: pl.index,
+            local: v6.map(|a| a.ip).into_iter().collect(),
+        },
+    ];
+    let ready = ready::wait_ready(&mut ends, READY_TIMEOUT)
+        .map_err(nl_err(format!("wait for {} and {} to come up", h.name, pl.name)))?;
+    if !ready {
+        log::event(
+            log::Level::Warn,
+            &format!(
+                "{} / {} not usable after {READY_TIMEOUT:?} (kernel linkwatch or IPv6 address \
+                 setup still pending); returning anyway",
+                h.name, pl.name
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn vanished(what: &str) -> CniError {
@@ -217,41 +268,73 @@ fn host_end(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<Link> {
     }
 }
 
-/// Host side in one round trip: the gateway /32 on the host end, the /32 route to the pod.
-fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan, gw_host: IpNetwork) -> Result<()> {
-    let ip_host = IpNetwork::new(p.ip, host_prefix(p.ip)).expect("valid prefix");
-    let mut to_pod = Route::new(ip_host);
-    to_pod.oif = Some(h.index);
-    to_pod.scope = Scope::Link;
-    to_pod.protocol = RTPROT_FERRY_POD;
-    let host_name = &n.host;
-    apply(
-        nl,
-        &[
-            (Op::AddAddress(h.index, gw_host, true), format!("add {gw_host} to {host_name}")),
-            (Op::AddRoute(&to_pod), format!("add host route {ip_host} dev {host_name}")),
-        ],
-    )
+/// The gateway as the /32 (/128) the host end carries and the pod routes to on-link.
+fn gw_host(a: &Addr) -> IpNetwork {
+    IpNetwork::new(a.gateway, host_prefix(a.gateway)).expect("valid prefix")
 }
 
-/// Pod side in one round trip, in order: link up, address, gateway route, then the routes.
-fn pod_side(nl: &mut Netlink, n: &Names, p: &Plan, gw_host: IpNetwork) -> Result<Link> {
+/// A link-local address on every host end of an IPv6 attachment, usable at once (IFA_F_NODAD).
+/// The node resolves a pod's IPv6 address for traffic it forwards (from another pod, another
+/// node) with a neighbour solicitation, and the kernel sends one only from a non-tentative
+/// link-local address of the outgoing link (`ndisc_send_ns`). The kernel's own link-local
+/// appears only after linkwatch has seen carrier and then goes through DAD for a second or more:
+/// without this one, forwarded IPv6 traffic to a new pod waits that long. Link-local addresses
+/// are per link, so every host end can carry the same one.
+const HOST_LINK_LOCAL: &str = "fe80::1/64";
+
+/// Host side in one round trip, per family: the gateway /32 or /128 on the host end, the /32 or
+/// /128 route to the pod (and, for IPv6, [`HOST_LINK_LOCAL`]).
+fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
+    let host_name = &n.host;
+    let to_pod: Vec<Route> = p
+        .addrs
+        .iter()
+        .map(|a| {
+            let mut r = Route::new(IpNetwork::new(a.ip, host_prefix(a.ip)).expect("valid prefix"));
+            r.oif = Some(h.index);
+            r.scope = Scope::Link;
+            r.protocol = RTPROT_FERRY_POD;
+            r
+        })
+        .collect();
+    let mut ops = vec![];
+    if p.addr(false).is_some() {
+        let ll: IpNetwork = HOST_LINK_LOCAL.parse().expect("valid");
+        ops.push((Op::AddAddress(h.index, ll, true), format!("add {ll} to {host_name}")));
+    }
+    for (a, r) in p.addrs.iter().zip(&to_pod) {
+        let gw = gw_host(a);
+        ops.push((Op::AddAddress(h.index, gw, true), format!("add {gw} to {host_name}")));
+        ops.push((Op::AddRoute(r), format!("add host route {} dev {host_name}", r.dst)));
+    }
+    apply(nl, &ops)
+}
+
+/// Pod side in one round trip, in order: link up, then per family the address and the gateway
+/// route, then the routes.
+fn pod_side(nl: &mut Netlink, n: &Names, p: &Plan) -> Result<Link> {
     let ifname = n.ifname;
     let pl = nl
         .link_by_name(ifname)
         .map_err(nl_err("look up pod veth"))?
         .ok_or_else(|| vanished(ifname))?;
-    let addr = IpNetwork::new(p.ip, p.prefix)
-        .map_err(|e| CniError::config(format!("pod address: {e}")))?;
-    let mut to_gw = Route::new(gw_host);
-    to_gw.oif = Some(pl.index);
-    to_gw.scope = Scope::Link;
-    let pod_routes = pod_routes(p, addr, pl.index);
-    let mut ops = vec![
-        (Op::SetUp(pl.index), format!("set {ifname} up")),
-        (Op::AddAddress(pl.index, addr, true), format!("add {addr} to {ifname}")),
-        (Op::AddRoute(&to_gw), format!("add pod route {gw_host} dev {ifname}")),
-    ];
+    let mut addrs = vec![];
+    let mut to_gw = vec![];
+    for a in &p.addrs {
+        let addr = IpNetwork::new(a.ip, a.prefix)
+            .map_err(|e| CniError::config(format!("pod address: {e}")))?;
+        let mut r = Route::new(gw_host(a));
+        r.oif = Some(pl.index);
+        r.scope = Scope::Link;
+        addrs.push(addr);
+        to_gw.push(r);
+    }
+    let pod_routes = pod_routes(p, pl.index);
+    let mut ops = vec![(Op::SetUp(pl.index), format!("set {ifname} up"))];
+    for (addr, r) in addrs.iter().zip(&to_gw) {
+        ops.push((Op::AddAddress(pl.index, *addr, true), format!("add {addr} to {ifname}")));
+        ops.push((Op::AddRoute(r), format!("add pod route {} dev {ifname}", r.dst)));
+    }
     for rt in &pod_routes {
         ops.push((Op::AddRoute(rt), format!("add pod route {} via {:?}", rt.dst, rt.gateway)));
     }
@@ -259,32 +342,43 @@ fn pod_side(nl: &mut Netlink, n: &Names, p: &Plan, gw_host: IpNetwork) -> Result
     Ok(pl)
 }
 
-/// The plan's routes via the gateway, on-link. Without a default route the node subnet still goes
-/// via the gateway (the pod has no connected route).
-fn pod_routes(p: &Plan, addr: IpNetwork, oif: u32) -> Vec<Route> {
+/// The plan's routes, each via its family's gateway, on-link. A family without a default route
+/// still reaches its node subnet via the gateway (the pod has no connected route).
+fn pod_routes(p: &Plan, oif: u32) -> Vec<Route> {
     let mut routes = p.routes.clone();
-    if !routes.iter().any(|r| r.dst.prefix() == 0) {
-        let subnet = IpNetwork::new(addr.network(), addr.prefix()).expect("valid");
-        routes.push(CniRoute::new(subnet, None));
+    for a in &p.addrs {
+        let v4 = a.ip.is_ipv4();
+        if !routes.iter().any(|r| r.dst.prefix() == 0 && r.dst.is_ipv4() == v4) {
+            let subnet = IpNetwork::new(a.ip, a.prefix).expect("valid");
+            let subnet = IpNetwork::new(subnet.network(), a.prefix).expect("valid");
+            routes.push(CniRoute::new(subnet, None));
+        }
     }
     routes
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
+            let gw = p.addr(r.dst.is_ipv4())?.gateway;
             let mut rt = Route::new(r.dst);
-            rt.gateway = Some(r.gw.unwrap_or(p.gateway));
+            rt.gateway = Some(r.gw.unwrap_or(gw));
             rt.oif = Some(oif);
             rt.metric = r.priority;
             rt.onlink = true;
-            rt
+            Some(rt)
         })
         .collect()
 }
 
-/// Forwarding on in this (the node's) namespace; IPv6 DAD off on both veth ends (best effort:
-/// IPv6 may be disabled). Keys with `/` are paths, so interface names with dots work.
-fn sysctls(ns: &File, host_name: &str, ifname: &str, v4: bool) -> Result<()> {
-    let fwd = if v4 { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
-    sysctl::set(fwd, "1").map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
+/// Forwarding on in this (the node's) namespace for each family of the plan; IPv6 DAD off on both
+/// veth ends (best effort: IPv6 may be disabled; Ferry's own IPv6 addresses skip DAD anyway, this
+/// also covers the kernel's link-local ones). Keys with `/` are paths, so interface names with
+/// dots work.
+fn sysctls(ns: &File, host_name: &str, ifname: &str, p: &Plan) -> Result<()> {
+    for a in &p.addrs {
+        let fwd =
+            if a.ip.is_ipv4() { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
+        sysctl::set(fwd, "1")
+            .map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
+    }
     let _ = sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0");
     let _ = ferry_netlink::netns::with_netns(ns, || {
         sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
@@ -309,11 +403,13 @@ fn result(prev: Option<CniResult>, p: &Plan, h: &Link, pl: &Link, netns: &str) -
         sandbox: Some(netns.to_string()),
         ..Default::default()
     });
-    r.ips.push(IpConfig {
-        address: IpNetwork::new(p.ip, p.prefix).expect("validated"),
-        gateway: Some(p.gateway),
-        interface: Some(base + 1),
-    });
+    for a in &p.addrs {
+        r.ips.push(IpConfig {
+            address: IpNetwork::new(a.ip, a.prefix).expect("validated"),
+            gateway: Some(a.gateway),
+            interface: Some(base + 1),
+        });
+    }
     r.routes.extend(p.routes.iter().cloned());
     if r.dns.is_empty() {
         r.dns = p.dns.clone();

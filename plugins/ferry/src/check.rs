@@ -19,27 +19,15 @@ struct Reported<'a> {
     netns: &'a str,
     ifname: &'a str,
     mac: Option<&'a str>,
-    address: IpNetwork,
-    gateway: IpAddr,
+    /// Each address of the pod interface (one per family) with its gateway.
+    addrs: Vec<(IpNetwork, IpAddr)>,
     routes: &'a [CniRoute],
     /// The host end's name (the deterministic one when the result lists none).
     host: String,
 }
 
-impl Reported<'_> {
-    fn ip(&self) -> IpAddr {
-        self.address.ip()
-    }
-
-    fn v6(&self) -> bool {
-        self.address.is_ipv6()
-    }
-
-    /// The gateway as the /32 (/128) the pod routes to on-link and the host end carries.
-    fn gw_host(&self) -> IpNetwork {
-        let gw = self.gateway;
-        IpNetwork::new(gw, if gw.is_ipv6() { 128 } else { 32 }).expect("host prefix fits")
-    }
+fn host_net(ip: IpAddr) -> IpNetwork {
+    IpNetwork::new(ip, if ip.is_ipv6() { 128 } else { 32 }).expect("host prefix fits")
 }
 
 pub fn check(req: &Request) -> Result<()> {
@@ -49,13 +37,14 @@ pub fn check(req: &Request) -> Result<()> {
         .prev_result()?
         .ok_or_else(|| CniError::config("CHECK needs prevResult (the ADD result) in the config"))?;
     let r = reported(req, &prev)?;
-    // IPAM still holds the address.
-    ipam::choose(req, &conf).check(r.ip())?;
+    // IPAM still holds exactly these addresses.
+    let ips: Vec<IpAddr> = r.addrs.iter().map(|(a, _)| a.ip()).collect();
+    ipam::choose(req, &conf).check(&ips)?;
     check_pod(&r)?;
     check_host(&r)
 }
 
-/// The pod interface, its address and gateway as ADD reported them, in CNI_NETNS.
+/// The pod interface, its addresses and their gateways as ADD reported them, in CNI_NETNS.
 fn reported<'a>(req: &'a Request, prev: &'a CniResult) -> Result<Reported<'a>> {
     let netns = req.args.netns.as_deref().unwrap_or_default();
     let ifname = req.args.ifname.as_str();
@@ -71,47 +60,60 @@ fn reported<'a>(req: &'a Request, prev: &'a CniResult) -> Result<Reported<'a>> {
             iface.sandbox.as_deref().unwrap_or("")
         )));
     }
-    let ipc = prev
-        .ips
-        .iter()
-        .find(|i| i.interface == Some(idx))
-        .ok_or_else(|| fail(format!("prevResult has no IP for {ifname}")))?;
-    let gateway = ipc.gateway.ok_or_else(|| fail("prevResult IP has no gateway".into()))?;
+    let mut addrs = vec![];
+    for ipc in prev.ips.iter().filter(|i| i.interface == Some(idx)) {
+        let gw = ipc
+            .gateway
+            .ok_or_else(|| fail(format!("prevResult IP {} has no gateway", ipc.address)))?;
+        if addrs.iter().any(|(a, _): &(IpNetwork, IpAddr)| a.is_ipv4() == ipc.address.is_ipv4()) {
+            return Err(fail(format!("prevResult has two IPs of one family for {ifname}")));
+        }
+        addrs.push((ipc.address, gw));
+    }
+    if addrs.is_empty() {
+        return Err(fail(format!("prevResult has no IP for {ifname}")));
+    }
     let host = match prev.interfaces.iter().find(|i| i.sandbox.is_none()) {
         Some(i) => i.name.clone(),
         None => names::host_veth(&req.args.container_id, ifname),
     };
     let mac = iface.mac.as_deref();
-    let (address, routes) = (ipc.address, prev.routes.as_slice());
-    Ok(Reported { netns, ifname, mac, address, gateway, routes, host })
+    Ok(Reported { netns, ifname, mac, addrs, routes: prev.routes.as_slice(), host })
 }
 
+/// Per family: the address on the pod interface, the on-link route to the gateway, and each
+/// reported route of that family via it.
 fn check_pod(r: &Reported) -> Result<()> {
     let ns = open_netns(r.netns)?;
     let mut pod =
         Netlink::in_netns(&ns).map_err(nl_err(format!("open netlink socket in {}", r.netns)))?;
     let pl = pod_link(&mut pod, r)?;
     let addrs = pod.addresses(Some(pl.index)).map_err(nl_err("list pod addresses"))?;
-    if !addrs.iter().any(|(_, a)| *a == r.address) {
-        return Err(fail(format!("address {} is missing from {}", r.address, r.ifname)));
-    }
-    let routes = pod
-        .routes(r.v6(), ferry_netlink::RT_TABLE_MAIN, None)
-        .map_err(nl_err("list pod routes"))?;
-    let has = |f: &dyn Fn(&Route) -> bool| routes.iter().any(f);
-    let (gw, gw_host) = (r.gateway, r.gw_host());
-    if !has(&|x| x.dst == gw_host && x.oif == Some(pl.index)) {
-        return Err(fail(format!("route to gateway {gw} dev {} is missing in the pod", r.ifname)));
-    }
-    for want in r.routes.iter().filter(|x| x.dst.is_ipv6() == r.v6()) {
-        let via = want.gw.unwrap_or(gw);
-        if !has(&|x| x.dst == want.dst && x.gateway == Some(via)) {
-            return Err(fail(format!("route {} via {via} is missing in the pod", want.dst)));
+    for (address, gw) in &r.addrs {
+        if !addrs.iter().any(|(_, a)| a == address) {
+            return Err(fail(format!("address {address} is missing from {}", r.ifname)));
+        }
+        let v6 = address.is_ipv6();
+        let routes = pod
+            .routes(v6, ferry_netlink::RT_TABLE_MAIN, None)
+            .map_err(nl_err("list pod routes"))?;
+        let has = |f: &dyn Fn(&Route) -> bool| routes.iter().any(f);
+        let gw_host = host_net(*gw);
+        if !has(&|x| x.dst == gw_host && x.oif == Some(pl.index)) {
+            return Err(fail(format!(
+                "route to gateway {gw} dev {} is missing in the pod",
+                r.ifname
+            )));
+        }
+        for want in r.routes.iter().filter(|x| x.dst.is_ipv6() == v6) {
+            let via = want.gw.unwrap_or(*gw);
+            if !has(&|x| x.dst == want.dst && x.gateway == Some(via)) {
+                return Err(fail(format!("route {} via {via} is missing in the pod", want.dst)));
+            }
         }
     }
     Ok(())
 }
-
 /// The pod end: present, a veth, up, with the MAC ADD reported.
 fn pod_link(pod: &mut Netlink, r: &Reported) -> Result<Link> {
     let ifname = r.ifname;
@@ -134,7 +136,8 @@ fn pod_link(pod: &mut Netlink, r: &Reported) -> Result<Link> {
     Ok(pl)
 }
 
-/// The host end: present, up, holding the gateway address, with the /32 route to the pod.
+/// The host end: present, up, and per family holding the gateway address, with the /32 (/128)
+/// route to the pod.
 fn check_host(r: &Reported) -> Result<()> {
     let host_name = &r.host;
     let mut host = Netlink::new().map_err(nl_err("open netlink socket"))?;
@@ -145,18 +148,24 @@ fn check_host(r: &Reported) -> Result<()> {
     if !hl.up {
         return Err(fail(format!("host interface {host_name} is down")));
     }
-    let ip_net = IpNetwork::new(r.ip(), if r.v6() { 128 } else { 32 }).expect("valid");
-    // Only Ferry's pod routes (proto 114): a node may hold thousands of peer routes.
-    let host_routes = host
-        .routes(r.v6(), ferry_netlink::RT_TABLE_MAIN, Some(ferry_netlink::RTPROT_FERRY_POD))
-        .map_err(nl_err("list host routes"))?;
-    if !host_routes.iter().any(|x| x.dst == ip_net && x.oif == Some(hl.index)) {
-        return Err(fail(format!("host route {ip_net} dev {host_name} is missing")));
-    }
     let host_addrs = host.addresses(Some(hl.index)).map_err(nl_err("list host addresses"))?;
-    let gw_host = r.gw_host();
-    if !host_addrs.iter().any(|(_, a)| *a == gw_host) {
-        return Err(fail(format!("gateway address {gw_host} is missing from {host_name}")));
+    for (address, gw) in &r.addrs {
+        let ip_net = host_net(address.ip());
+        // Only Ferry's pod routes (proto 114): a node may hold thousands of peer routes.
+        let host_routes = host
+            .routes(
+                address.is_ipv6(),
+                ferry_netlink::RT_TABLE_MAIN,
+                Some(ferry_netlink::RTPROT_FERRY_POD),
+            )
+            .map_err(nl_err("list host routes"))?;
+        if !host_routes.iter().any(|x| x.dst == ip_net && x.oif == Some(hl.index)) {
+            return Err(fail(format!("host route {ip_net} dev {host_name} is missing")));
+        }
+        let gw_host = host_net(*gw);
+        if !host_addrs.iter().any(|(_, a)| *a == gw_host) {
+            return Err(fail(format!("gateway address {gw_host} is missing from {host_name}")));
+        }
     }
     Ok(())
 }

@@ -39,11 +39,19 @@ pub struct FerryConf {
     pub ipam_type: Option<String>,
 }
 
-/// The node subnet and MTU, from the config or the subnet file.
+/// The node's subnets (IPv4 first, then IPv6: one per enabled family) and MTU, from the config
+/// or the subnet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSubnet {
-    pub subnet: IpNetwork,
+pub struct NodeSubnets {
+    pub subnets: Vec<IpNetwork>,
     pub mtu: Option<u32>,
+}
+
+impl NodeSubnets {
+    /// (has an IPv4 subnet, has an IPv6 subnet).
+    pub fn families(&self) -> (bool, bool) {
+        (self.subnets.iter().any(|s| s.is_ipv4()), self.subnets.iter().any(|s| s.is_ipv6()))
+    }
 }
 
 fn cfg_err(msg: impl Into<String>) -> CniError {
@@ -89,20 +97,27 @@ impl FerryConf {
         })
     }
 
-    /// The node subnet: `subnet` in the config, else the subnet file's (its IPv4 subnet when it
-    /// has one). A missing file is "try again later" (code 11: the node daemon has not claimed a
-    /// lease yet); a garbled one, or a garbled `subnet`, is an invalid config (code 7).
-    pub fn node_subnet(&self) -> Result<NodeSubnet> {
+    /// The node subnets: `subnet` in the config, else the subnet file's `FLANNEL_SUBNET` and
+    /// `FLANNEL_IPV6_SUBNET` (either or both: IPv4-only, IPv6-only and dual-stack nodes). A
+    /// missing file is "try again later" (code 11: the node daemon has not claimed a lease yet); a
+    /// garbled one, or a garbled `subnet`, is an invalid config (code 7).
+    pub fn node_subnets(&self) -> Result<NodeSubnets> {
         let n = self.range.node_subnets()?;
-        let subnet = n.subnets.iter().find(|s| s.is_ipv4()).or(n.subnets.first()).copied();
-        let subnet = subnet.ok_or_else(|| cfg_err("the node subnet file names no subnet"))?;
-        Ok(NodeSubnet { subnet, mtu: self.mtu.or(n.mtu) })
+        if n.subnets.is_empty() {
+            return Err(cfg_err("the node subnet file names no subnet"));
+        }
+        Ok(NodeSubnets { subnets: n.subnets, mtu: self.mtu.or(n.mtu) })
     }
 
-    /// The pool of `subnet` with the config's range, gateway and exclusions (code 7 when bad).
+    /// One pool per subnet, with the config's range, gateway and exclusions applied to the pool of
+    /// their family (code 7 when bad).
+    pub fn pools(&self, subnets: &[IpNetwork]) -> Result<Vec<Pool>> {
+        self.range.pools_for(subnets)
+    }
+
+    /// The pool of one `subnet` (see [`FerryConf::pools`]).
     pub fn pool(&self, subnet: IpNetwork) -> Result<Pool> {
-        let mut pools = self.range.pools_for(&[subnet])?;
-        Ok(pools.remove(0))
+        Ok(self.pools(&[subnet])?.remove(0))
     }
 }
 
@@ -122,7 +137,7 @@ mod tests {
     /// The pool ferry builds from `extra`: parse, node subnet, pool (the ADD path).
     fn ferry_pool(extra: &str) -> Result<Pool> {
         let c = conf(extra)?;
-        c.pool(c.node_subnet()?.subnet)
+        Ok(c.pools(&c.node_subnets()?.subnets)?.remove(0))
     }
 
     /// The pool ferry-ipam builds from the same keys in an `ipam` section.
@@ -147,9 +162,10 @@ mod tests {
     #[test]
     fn full_config() {
         let c = conf(r#","subnet":"10.244.1.0/24","mtu":1400,"dataDir":"/tmp/x","rangeStart":"10.244.1.10","exclude":["10.244.1.20-10.244.1.29","10.244.1.40"],"routes":[{"dst":"10.0.0.0/8"}],"dns":{"nameservers":["1.1.1.1"]}"#).unwrap();
-        let n = c.node_subnet().unwrap();
-        assert_eq!(n, NodeSubnet { subnet: "10.244.1.0/24".parse().unwrap(), mtu: Some(1400) });
-        let p = c.pool(n.subnet).unwrap();
+        let n = c.node_subnets().unwrap();
+        let subnets = vec!["10.244.1.0/24".parse().unwrap()];
+        assert_eq!(n, NodeSubnets { subnets, mtu: Some(1400) });
+        let p = c.pool(n.subnets[0]).unwrap();
         assert_eq!((p.start.to_string(), p.exclude.len()), ("10.244.1.10".into(), 2));
         assert_eq!(c.range.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.routes.unwrap()[0].dst.to_string(), "10.0.0.0/8");
@@ -193,7 +209,7 @@ mod tests {
         for extra in [r#","subnet":"banana""#, r#","subnet":"10.0.0.0/31","rangeEnd":"junk""#] {
             let c = conf(&format!(r#"{extra},"dataDir":"/tmp/d""#)).expect("parses");
             assert_eq!(c.range.data_dir, PathBuf::from("/tmp/d"), "DEL finds the store");
-            let e = c.node_subnet().and_then(|n| c.pool(n.subnet)).unwrap_err();
+            let e = c.node_subnets().and_then(|n| c.pools(&n.subnets)).unwrap_err();
             assert_eq!(e.code.as_u32(), 7, "{extra}");
         }
     }
@@ -239,16 +255,26 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("subnet.env");
         let c = conf(&format!(r#","subnetFile":"{}""#, f.display())).unwrap();
-        assert_eq!(c.node_subnet().unwrap_err().code.as_u32(), 11);
+        assert_eq!(c.node_subnets().unwrap_err().code.as_u32(), 11);
         std::fs::write(&f, "garbage").unwrap();
-        assert_eq!(c.node_subnet().unwrap_err().code.as_u32(), 7);
+        assert_eq!(c.node_subnets().unwrap_err().code.as_u32(), 7);
         std::fs::write(&f, "FLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n").unwrap();
-        let n = c.node_subnet().unwrap();
-        assert_eq!(n.subnet.to_string(), "10.244.7.1/24");
-        assert_eq!(n.mtu, Some(1450));
+        let n = c.node_subnets().unwrap();
+        assert_eq!(n.subnets, vec!["10.244.7.1/24".parse::<IpNetwork>().unwrap()]);
+        assert_eq!((n.mtu, n.families()), (Some(1450), (true, false)));
+        // Dual stack: both, IPv4 first whatever the file's order.
         std::fs::write(&f, "FLANNEL_IPV6_SUBNET=fd00:7::/64\nFLANNEL_SUBNET=10.244.7.1/24\n")
             .unwrap();
-        assert_eq!(c.node_subnet().unwrap().subnet.to_string(), "10.244.7.1/24", "IPv4 first");
+        let n = c.node_subnets().unwrap();
+        let s: Vec<String> = n.subnets.iter().map(|s| s.to_string()).collect();
+        assert_eq!(s, ["10.244.7.1/24", "fd00:7::/64"]);
+        assert_eq!(n.families(), (true, true));
+        let pools = c.pools(&n.subnets).unwrap();
+        assert_eq!(pools[1].gateway, Some("fd00:7::1".parse().unwrap()));
+        // IPv6 only.
+        std::fs::write(&f, "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00:7::/64\n")
+            .unwrap();
+        assert_eq!(c.node_subnets().unwrap().families(), (false, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

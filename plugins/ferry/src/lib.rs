@@ -1,9 +1,11 @@
 //! The `ferry` CNI plugin: a routed point-to-point veth per pod, no bridge.
 //!
 //! ADD creates a veth pair (host end `fry<12 hex>`, pod end `CNI_IFNAME` inside `CNI_NETNS`),
-//! gives the pod an IP from the node subnet (in-process allocator, or a delegated IPAM plugin when
-//! the config has `ipam`), puts the node gateway address on the host end and a `/32` route to the
-//! pod via it, and in the pod a default route via the gateway.
+//! gives the pod one address per family the node has (IPv4, IPv6 or both: the subnet file's
+//! `FLANNEL_SUBNET` / `FLANNEL_IPV6_SUBNET`) from the in-process allocator, or a delegated IPAM
+//! plugin when the config has `ipam`; per family it puts the node gateway address on the host end
+//! and a `/32` (`/128`) route to the pod via it, and in the pod a default route via the gateway.
+//! It returns once the pair can carry traffic (no IPv6 DAD wait: see `add.rs`).
 
 mod add;
 mod check;

@@ -9,7 +9,13 @@ use std::io;
 use std::net::IpAddr;
 
 /// The RTM_NEWADDR / RTM_DELADDR body for `addr` on `index`. IPv4 carries IFA_LOCAL and IFA_ADDRESS
-/// (equal: no peer), IPv6 IFA_ADDRESS; `noprefixroute` adds IFA_FLAGS with IFA_F_NOPREFIXROUTE.
+/// (equal: no peer), IPv6 IFA_ADDRESS; `noprefixroute` adds IFA_F_NOPREFIXROUTE to IFA_FLAGS.
+///
+/// IPv6 addresses always carry IFA_F_NODAD: Ferry's addresses come from its own allocator, unique
+/// by construction, so duplicate address detection would only hold them tentative (unusable as a
+/// source, dropped as a destination) for a second or more after they were added. With NODAD the
+/// kernel never marks them tentative (`ipv6_add_addr`); what remains asynchronous is the local
+/// route, which [`crate::Netlink::local_routes`] observes.
 pub fn addr_msg(index: u32, addr: IpNetwork, noprefixroute: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
@@ -19,8 +25,15 @@ pub fn addr_msg(index: u32, addr: IpNetwork, noprefixroute: bool) -> AddressMess
         m.attributes.push(AddressAttribute::Local(addr.ip()));
     }
     m.attributes.push(AddressAttribute::Address(addr.ip()));
+    let mut flags = AddressFlags::empty();
     if noprefixroute {
-        m.attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        flags |= AddressFlags::Noprefixroute;
+    }
+    if addr.is_ipv6() {
+        flags |= AddressFlags::Nodad;
+    }
+    if !flags.is_empty() {
+        m.attributes.push(AddressAttribute::Flags(flags));
     }
     m
 }
@@ -101,15 +114,19 @@ mod tests {
     }
 
     #[test]
-    fn v6_msg_has_address_only() {
+    fn v6_msg_has_address_and_nodad() {
         let net: IpNetwork = "fd00::5/64".parse().unwrap();
         let m = wire(&addr_msg(7, net, false));
         assert_eq!(m.header.family, AddressFamily::Inet6);
-        assert!(!m
-            .attributes
-            .iter()
-            .any(|a| matches!(a, AddressAttribute::Local(_) | AddressAttribute::Flags(_))));
+        assert!(!m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(_))));
+        assert!(m.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
         assert_eq!(parse_addr(&m), Some((7, net)));
+        let m = wire(&addr_msg(7, net, true));
+        let both = AddressFlags::Nodad | AddressFlags::Noprefixroute;
+        assert!(m.attributes.contains(&AddressAttribute::Flags(both)));
+        // IPv4 has no DAD: no flag for it.
+        let m = wire(&addr_msg(7, "10.0.0.1/24".parse().unwrap(), false));
+        assert!(!m.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(_))));
     }
 
     #[test]

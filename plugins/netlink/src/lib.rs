@@ -21,6 +21,7 @@ pub mod link;
 pub mod neigh;
 pub mod netns;
 pub mod nexthop;
+pub mod ready;
 pub mod route;
 mod socket;
 pub mod sysctl;
@@ -48,6 +49,21 @@ pub struct Link {
     pub alias: Option<String>,
     /// For a veth: the ifindex of the peer (in the peer's namespace), from IFLA_LINK.
     pub peer_index: Option<u32>,
+    /// `IFLA_OPERSTATE` is `IF_OPER_UP` (carrier on, and the kernel's linkwatch has seen it).
+    pub oper_up: bool,
+    /// `IFLA_QDISC`: `noop` until linkwatch attaches the real queueing discipline.
+    pub qdisc: Option<String>,
+}
+
+impl Link {
+    /// Whether a packet sent out of this link now leaves it: administratively and operationally
+    /// up, with a queueing discipline attached. After carrier comes on the kernel does the latter
+    /// two asynchronously (the linkwatch work item); until then the `noop` qdisc drops what is
+    /// sent. A single RTM_GETLINK of the link runs its pending linkwatch work first (since Linux
+    /// 5.15, `rtnl_getlink`), so [`Netlink::link_by_index`] reports the settled state.
+    pub fn can_send(&self) -> bool {
+        self.up && self.oper_up && self.qdisc.as_deref().is_some_and(|q| q != "noop")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -4,7 +4,7 @@ use crate::frame::invalid;
 use crate::{Link, Netlink};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::fs::File;
@@ -127,6 +127,8 @@ pub fn parse_link(m: &LinkMessage) -> io::Result<Link> {
         kind: None,
         alias: None,
         peer_index: None,
+        oper_up: false,
+        qdisc: None,
     };
     for a in &m.attributes {
         match a {
@@ -135,6 +137,8 @@ pub fn parse_link(m: &LinkMessage) -> io::Result<Link> {
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
             LinkAttribute::Link(i) if *i != 0 => l.peer_index = Some(*i),
+            LinkAttribute::OperState(s) => l.oper_up = *s == State::Up,
+            LinkAttribute::Qdisc(q) => l.qdisc = Some(q.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -332,6 +336,8 @@ mod tests {
             LinkAttribute::IfAlias("ns/pod".into()),
             LinkAttribute::Link(2),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            LinkAttribute::OperState(State::Up),
+            LinkAttribute::Qdisc("noqueue".into()),
         ];
         let l = parse_link(&roundtrip(&m)).unwrap();
         assert_eq!(
@@ -345,8 +351,27 @@ mod tests {
                 kind: Some("veth".into()),
                 alias: Some("ns/pod".into()),
                 peer_index: Some(2),
+                oper_up: true,
+                qdisc: Some("noqueue".into()),
             }
         );
+        assert!(l.can_send());
+        for (oper, qdisc, up) in [
+            (State::Up, "noop", true),
+            (State::LowerLayerDown, "noqueue", true),
+            (State::Up, "noqueue", false),
+        ] {
+            let mut m = m.clone();
+            m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+            for a in m.attributes.iter_mut() {
+                match a {
+                    LinkAttribute::OperState(s) => *s = oper,
+                    LinkAttribute::Qdisc(q) => *q = qdisc.into(),
+                    _ => {}
+                }
+            }
+            assert!(!parse_link(&m).unwrap().can_send(), "{oper:?} {qdisc} up={up}");
+        }
     }
 
     #[test]

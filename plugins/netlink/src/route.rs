@@ -14,6 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// `rtm_table` value that defers to the RTA_TABLE attribute (tables above 255).
 const RT_TABLE_COMPAT: u8 = 252;
 
+/// The kernel's table of local and broadcast routes (`RT_TABLE_LOCAL`).
+pub const RT_TABLE_LOCAL: u32 = 255;
+
 /// The metric the kernel gives an IPv6 route added without one (IP6_RT_PRIO_USER).
 pub const IPV6_DEFAULT_METRIC: u32 = 1024;
 
@@ -231,6 +234,41 @@ impl Netlink {
         }
         let oif = oif.ok_or_else(|| invalid(format!("route to {dst} without output interface")))?;
         Ok(Some((oif, gw)))
+    }
+
+    /// The addresses with a `local` route (table local) out of link `oif`: the addresses of
+    /// this family the namespace receives on that link. An IPv6 address gets its local route only
+    /// when the kernel's DAD work item has run for it (with IFA_F_NODAD right after it was added,
+    /// but still asynchronously); until then it is on the link but packets to it are not
+    /// received. A dump, filtered by the kernel (strict checking) on table, type and oif: it
+    /// answers for this very link (a route lookup would also say "local" for the same address on
+    /// another link) and, unlike a lookup, makes the kernel create no cached route (dst).
+    pub fn local_routes(&mut self, v6: bool, oif: u32) -> io::Result<Vec<IpAddr>> {
+        let mut q = dump_msg(v6, RT_TABLE_LOCAL, None);
+        q.header.kind = RouteType::Local;
+        q.attributes.push(RouteAttribute::Oif(oif));
+        let replies = self.request(Rt::GetRoute(q), NLM_F_DUMP)?;
+        let mut out = vec![];
+        for reply in &replies {
+            let Rt::NewRoute(m) = reply else { continue };
+            if m.header.kind != RouteType::Local {
+                continue;
+            }
+            let (mut dst, mut dev) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => dst = ip_of(d),
+                    RouteAttribute::Oif(i) => dev = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(i)) = (dst, dev) {
+                if i == oif && d.is_ipv6() == v6 {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -491,3 +491,51 @@ fn a_batch_of_thousands_of_nexthops_and_routes_reports_each_failure() {
     assert!(l.nl.nexthops().unwrap().is_empty());
     let _ = &l.host;
 }
+
+/// `ready`: a link without carrier cannot send and a bounded wait gives up (no error); once the
+/// peer is up (from another thread, later: the wait wakes on the link notification) both ends
+/// can send; IPv6 addresses are added without DAD (never tentative) and become local.
+#[test]
+fn wait_ready_follows_carrier_and_ipv6_local_routes() {
+    use ferry_netlink::ready::{wait_ready, End};
+    require_sandbox();
+    let (host, pod) = (Netns::new("nlh"), Netns::new("nlp"));
+    let (hf, pf) = (open(&host), open(&pod));
+    let mut h = Netlink::in_netns(&hf).unwrap();
+    let mut p = Netlink::in_netns(&pf).unwrap();
+    h.create_veth("rv0", "eth0", &pf, None, None).unwrap();
+    let hl = h.link_by_name("rv0").unwrap().unwrap();
+    let pl = p.link_by_name("eth0").unwrap().unwrap();
+    assert!(hl.up && !hl.can_send(), "no carrier while the peer is down: {hl:?}");
+    let mut ends = [End { nl: &mut h, ns: Some(&hf), link: hl.index, local: vec![] }];
+    assert!(!wait_ready(&mut ends, Duration::from_millis(200)).unwrap(), "bounded, not ready");
+
+    h.add_address(hl.index, net("fd00:5::1/128"), true).unwrap();
+    p.add_address(pl.index, net("fd00:5::2/64"), true).unwrap();
+    let shown = pod.ip(&["-6", "addr", "show", "dev", "eth0"]);
+    assert!(shown.contains("nodad") && !shown.contains("tentative"), "{shown}");
+    let pod_path = pod.path();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut p = Netlink::in_netns(&File::open(pod_path).unwrap()).unwrap();
+        p.set_up(pl.index).unwrap();
+    });
+    let (a, b) = ("fd00:5::1".parse().unwrap(), "fd00:5::2".parse().unwrap());
+    let mut ends = [
+        End { nl: &mut h, ns: Some(&hf), link: hl.index, local: vec![a] },
+        End { nl: &mut p, ns: Some(&pf), link: pl.index, local: vec![b] },
+    ];
+    assert!(wait_ready(&mut ends, Duration::from_secs(10)).unwrap(), "ready once the peer is up");
+    later.join().unwrap();
+    assert!(h.link_by_index(hl.index).unwrap().unwrap().can_send());
+    assert!(p.link_by_index(pl.index).unwrap().unwrap().can_send());
+    let (pod_local, host_local) =
+        (p.local_routes(true, pl.index).unwrap(), h.local_routes(true, hl.index).unwrap());
+    assert!(pod_local.contains(&b) && !pod_local.contains(&a), "{pod_local:?}");
+    assert!(host_local.contains(&a) && !host_local.contains(&b), "{host_local:?}");
+    assert!(h.local_routes(false, hl.index).unwrap().is_empty(), "no IPv4 address");
+    // A vanished link is an error, not a wait.
+    h.del_link(hl.index).unwrap();
+    let mut ends = [End { nl: &mut h, ns: Some(&hf), link: hl.index, local: vec![] }];
+    assert!(wait_ready(&mut ends, Duration::from_secs(1)).is_err());
+}

@@ -27,6 +27,9 @@
 //!   --data-root DIR   parent of the IPAM data dirs of both plugins (default /run: tmpfs, where
 //!                     ferry keeps its state by default, /run/ferry/ipam); e.g. /tmp (disk) to
 //!                     include storage cost (ferry fsyncs its state, host-local does not)
+//!   --dual-stack      one IPv4 and one IPv6 address per pod on both sides: ferry reads a
+//!                     dual-stack node subnet file (FLANNEL_SUBNET + FLANNEL_IPV6_SUBNET, as
+//!                     ferryd writes it), host-local gets two ranges (a /16 and a /64)
 //!   --out FILE        also write the markdown report to FILE
 
 use serde_json::Value;
@@ -50,6 +53,7 @@ struct Opts {
     floor_via_pod: bool,
     nice: i32,
     data_root: Option<PathBuf>,
+    dual_stack: bool,
     out: Option<PathBuf>,
 }
 
@@ -63,6 +67,7 @@ fn parse_opts() -> Opts {
         floor_via_pod: false,
         nice: -10,
         data_root: None,
+        dual_stack: false,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -84,9 +89,10 @@ fn parse_opts() -> Opts {
             "--nice" => {
                 o.nice = val("--nice").parse().unwrap_or_else(|_| die("--nice: not a number"))
             }
+            "--dual-stack" => o.dual_stack = true,
             "--out" => o.out = Some(PathBuf::from(val("--out"))),
             "-h" | "--help" => {
-                println!("usage: cni-bench [-n N] [--warmup W] [--ferry PATH] [--ref-dir DIR] [--ptp-as-ferry] [--floor-via-pod] [--nice N] [--data-root DIR] [--out FILE]");
+                println!("usage: cni-bench [-n N] [--warmup W] [--ferry PATH] [--ref-dir DIR] [--ptp-as-ferry] [--floor-via-pod] [--nice N] [--data-root DIR] [--dual-stack] [--out FILE]");
                 std::process::exit(0);
             }
             _ => die(&format!("unknown argument {a:?}")),
@@ -152,6 +158,8 @@ struct Columns {
     ptp: Plugin,
     ferry_is_real: bool,
     note: Option<String>,
+    /// Addresses each ADD result must hold (2 with `--dual-stack`).
+    ips: usize,
 }
 
 /// The IPAM data directory of both plugins, under `--data-root` (default /run, tmpfs).
@@ -163,26 +171,49 @@ fn data_dir(o: &Opts) -> testlab::TempDir {
     testlab::TempDir { path }
 }
 
+/// The subnets of one column: a /16, and with `--dual-stack` also a /64.
+fn subnets(o: &Opts, n: u8) -> Vec<String> {
+    let mut v = vec![format!("10.{n}.0.0/16")];
+    if o.dual_stack {
+        v.push(format!("fd00:{n}::/64"));
+    }
+    v
+}
+
+/// Ferry's address keys: a static `subnet` (IPv4), or with `--dual-stack` the node subnet file
+/// ferryd writes, with both families.
+fn ferry_subnet(o: &Opts, tmp: &testlab::TempDir) -> (&'static str, String) {
+    if !o.dual_stack {
+        return ("subnet", "10.251.0.0/16".into());
+    }
+    let f = tmp.join("subnet.env");
+    let text = "FLANNEL_NETWORK=10.251.0.0/16\nFLANNEL_SUBNET=10.251.0.1/16\n\
+                FLANNEL_IPV6_NETWORK=fd00:251::/48\nFLANNEL_IPV6_SUBNET=fd00:251::/64\n\
+                FLANNEL_MTU=1500\n";
+    std::fs::write(&f, text).unwrap_or_else(|e| die(&format!("write {}: {e}", f.display())));
+    ("subnetFile", f.to_string_lossy().into_owned())
+}
+
 fn columns(o: &Opts, tmp: &testlab::TempDir) -> Columns {
-    // The reference pair: ptp + host-local, /16 like ferry's.
-    let ptp = ptp_plugin(
-        "ptp + host-local",
-        "benchptp",
-        "10.252.0.0/16",
-        &o.ref_dir,
-        tmp.path_str("host-local"),
-    );
+    // The reference pair: ptp + host-local, /16 like ferry's (and a /64 range for dual stack).
+    let ptp_subnets = subnets(o, 252);
+    let refs: Vec<&str> = ptp_subnets.iter().map(String::as_str).collect();
+    let ptp =
+        ptp_plugin("ptp + host-local", "benchptp", &refs, &o.ref_dir, tmp.path_str("host-local"));
     if let Err(e) = ptp.version() {
         die(&format!("reference ptp unusable: {e}"));
     }
+    let (key, value) = ferry_subnet(o, tmp);
+    let mut conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "bench", "type": "ferry",
+        "dataDir": tmp.path_str("ferry-ipam")
+    });
+    conf[key] = value.into();
     let ferry = Plugin {
         label: "ferry".into(),
         bin: o.ferry.clone(),
         cni_path: o.ferry.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned(),
-        conf: serde_json::json!({
-            "cniVersion": "1.0.0", "name": "bench", "type": "ferry",
-            "subnet": "10.251.0.0/16", "dataDir": tmp.path_str("ferry-ipam")
-        }),
+        conf,
     };
     let why_not = if o.ptp_as_ferry {
         Some("--ptp-as-ferry: the \"ferry\" column is ptp + host-local (calibration run)".into())
@@ -196,21 +227,25 @@ fn columns(o: &Opts, tmp: &testlab::TempDir) -> Columns {
     if let Some(n) = &why_not {
         eprintln!("cni-bench: note: {n}");
     }
+    let slot_subnets = subnets(o, 251);
+    let refs: Vec<&str> = slot_subnets.iter().map(String::as_str).collect();
     let ferry = match why_not {
         None => ferry,
         Some(_) => ptp_plugin(
             "ptp + host-local (in ferry's slot)",
             "benchptp2",
-            "10.251.0.0/16",
+            &refs,
             &o.ref_dir,
             tmp.path_str("host-local-2"),
         ),
     };
-    Columns { ferry, ptp, ferry_is_real: why_not.is_none(), note: why_not }
+    let ips = if o.dual_stack { 2 } else { 1 };
+    Columns { ferry, ptp, ferry_is_real: why_not.is_none(), note: why_not, ips }
 }
 
-/// One plugin ADD then DEL in a fresh pod namespace; returns (add, del).
-fn plugin_trial(pl: &Plugin, id: &str, pod: &str, i: usize) -> (Run, Run) {
+/// One plugin ADD then DEL in a fresh pod namespace; returns (add, del). The result must hold
+/// `ips` addresses (one per family).
+fn plugin_trial(pl: &Plugin, id: &str, pod: &str, i: usize, ips: usize) -> (Run, Run) {
     let netns = format!("/run/netns/{pod}");
     let add = pl.invoke("ADD", id, &netns, None);
     if add.code != 0 {
@@ -219,8 +254,8 @@ fn plugin_trial(pl: &Plugin, id: &str, pod: &str, i: usize) -> (Run, Run) {
     let res: Value = serde_json::from_str(add.stdout.trim()).unwrap_or_else(|e| {
         die(&format!("{} ADD #{i}: result not JSON ({e}): {}", pl.label, add.stdout))
     });
-    if res["ips"].as_array().is_none_or(|a| a.is_empty()) {
-        die(&format!("{} ADD #{i}: result without ips: {res}", pl.label));
+    if res["ips"].as_array().is_none_or(|a| a.len() != ips) {
+        die(&format!("{} ADD #{i}: result without {ips} ips: {res}", pl.label));
     }
     let del = pl.invoke("DEL", id, &netns, Some(&res));
     if del.code != 0 {
@@ -275,8 +310,8 @@ fn run_trials(o: &Opts, c: &Columns) -> Samples {
             let pod = &trio[which];
             let id = format!("bench-{which}-{i:06}");
             let (add, del) = match which {
-                0 => plugin_trial(&c.ferry, &id, pod, i),
-                1 => plugin_trial(&c.ptp, &id, pod, i),
+                0 => plugin_trial(&c.ferry, &id, pod, i, c.ips),
+                1 => plugin_trial(&c.ptp, &id, pod, i, c.ips),
                 _ => floor_trial(pod, i, o.floor_via_pod),
             };
             if !timed_iter {
@@ -378,7 +413,8 @@ fn metrics_table(s: &Samples, flabel: &str) -> String {
 fn report(o: &Opts, c: &Columns, s: &Samples, info: &RunInfo) -> String {
     let flabel = if c.ferry_is_real { "ferry".to_string() } else { c.ferry.label.clone() };
     let mut md = format!(
-        "### CNI ADD/DEL latency: {} vs reference ptp + host-local\n\n",
+        "### CNI ADD/DEL latency{}: {} vs reference ptp + host-local\n\n",
+        if o.dual_stack { " (dual stack: one IPv4 + one IPv6 address per pod)" } else { "" },
         if c.ferry_is_real { "ferry" } else { "ptp in the ferry slot" }
     );
     md += &format!(

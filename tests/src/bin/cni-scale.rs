@@ -95,7 +95,7 @@ fn sides(o: &Opts, tmp: &TempDir) -> Vec<Side> {
     let ptp = ptp_plugin(
         "ptp + host-local",
         "scaleptp",
-        "10.252.0.0/16",
+        &["10.252.0.0/16"],
         &o.ref_dir,
         ptp_data.to_string_lossy().into_owned(),
     );

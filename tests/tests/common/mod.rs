@@ -88,24 +88,49 @@ impl Node {
         })
     }
 
-    /// ADD eth0 into `pod`, then wait until the pair can carry traffic (see [`Node::wait_up`]).
+    /// ADD eth0 into `pod`, and check at once, without waiting, that the pair can carry traffic
+    /// (the plugin returns only then: see [`Node::assert_usable`]).
     pub fn add(&self, cid: &str, pod: &Netns, stdin: &str) -> Value {
         let r = self.call("ADD", cid, Some(pod), "eth0", stdin).assert_ok().json();
-        self.wait_up(pod);
+        self.assert_usable(cid, pod, "eth0");
         r
     }
 
+    /// Right now (no wait): the attachment's host end and its pod end are operationally up with
+    /// their queueing discipline attached. The kernel does both asynchronously after carrier
+    /// comes on (linkwatch); until then a link has the `noop` qdisc, which drops what is sent.
+    /// The plugin returns from ADD only once both are done.
+    pub fn assert_usable(&self, cid: &str, pod: &Netns, ifname: &str) {
+        let host = ferry::names::host_veth(cid, ifname);
+        for (ns, dev) in [(&self.ns, host.as_str()), (pod, ifname)] {
+            let l = &ns.ip_json(&["link", "show", "dev", dev])[0];
+            assert!(
+                l["operstate"] == "UP" && l["qdisc"] != "noop",
+                "{dev} not usable right after ADD: {l}"
+            );
+        }
+    }
+
     /// Wait (at most 3 s) until every link but `lo` in the node and in `pod` is operationally up
-    /// with its queueing discipline attached. The kernel does both asynchronously after carrier
-    /// comes on (the linkwatch work item, delayed under load); until then the link has the
-    /// `noop` qdisc, which drops what is sent, so a single ping sent right after ADD can be lost
-    /// with its ARP request. The plugin's job ends with the links set up; this is the test's
-    /// wait for the kernel, not a sleep in the plugin.
+    /// with its queueing discipline attached (see [`Node::assert_usable`]): for links not made by
+    /// a complete ADD of the plugin.
     pub fn wait_up(&self, pod: &Netns) {
         let done = testlab::wait_for(std::time::Duration::from_secs(3), || {
             self.ns.links_ready() && pod.links_ready()
         });
         assert!(done, "links not up after 3 s: {:?} / {}", self.links(), pod.ip(&["link"]));
+    }
+
+    /// A ferry config reading the node subnet file `text` (written to this node's dir, as ferryd
+    /// writes `/run/ferry/subnet.env`); `extra` is spliced into the object (start with ',').
+    pub fn conf_file(&self, ver: &str, text: &str, extra: &str) -> String {
+        let f = self.dir.join(&testlab::unique("subnet-")).with_extension("env");
+        std::fs::write(&f, text).unwrap();
+        format!(
+            r#"{{"cniVersion":"{ver}","name":"t","type":"ferry","subnetFile":"{}","dataDir":"{}"{extra}}}"#,
+            f.display(),
+            self.dir.path_str("ipam")
+        )
     }
 
     /// Names of the links in the node namespace.
@@ -144,9 +169,12 @@ impl Node {
     }
 }
 
-/// Host routes the plugin made (protocol 114) in the node.
+/// Host routes the plugin made (protocol 114) in the node, of both families.
 pub fn pod_routes(node: &Node) -> usize {
-    node.ns.ip_json(&["route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
+    let count = |fam: &str| {
+        node.ns.ip_json(&[fam, "route", "show", "proto", "114"]).as_array().map_or(0, |a| a.len())
+    };
+    count("-4") + count("-6")
 }
 
 /// Host ends (`fry*` links) in the node.
@@ -166,6 +194,12 @@ pub fn with_prev(conf: &str, prev: &Value) -> String {
     let mut c: Value = serde_json::from_str(conf).unwrap();
     c["prevResult"] = prev.clone();
     c.to_string()
+}
+
+/// Every pod IP (without prefix) of a 0.3.0+ result, in order.
+pub fn pod_ips(r: &Value) -> Vec<String> {
+    let ips = r["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {r}"));
+    ips.iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().into()).collect()
 }
 
 /// The pod IP (without prefix) from a result of any version.

@@ -162,15 +162,27 @@ pub fn set_nice(nice: i32) {
     }
 }
 
-pub fn ptp_plugin(label: &str, name: &str, subnet: &str, ref_dir: &Path, data: String) -> Plugin {
+/// The reference ptp + host-local, one host-local range per subnet (one address per family for
+/// a dual-stack pair) and a default route per family.
+pub fn ptp_plugin(
+    label: &str,
+    name: &str,
+    subnets: &[&str],
+    ref_dir: &Path,
+    data: String,
+) -> Plugin {
+    let ranges: Vec<Value> = subnets.iter().map(|s| serde_json::json!([{"subnet": s}])).collect();
+    let routes: Vec<Value> = subnets
+        .iter()
+        .map(|s| serde_json::json!({"dst": if s.contains(':') { "::/0" } else { "0.0.0.0/0" }}))
+        .collect();
     Plugin {
         label: label.into(),
         bin: ref_dir.join("ptp"),
         cni_path: ref_dir.to_string_lossy().into_owned(),
         conf: serde_json::json!({
             "cniVersion": "1.0.0", "name": name, "type": "ptp", "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data}
+            "ipam": {"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": data}
         }),
     }
 }
