@@ -49,7 +49,9 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
             _ => Trigger::None,
         },
         Event::NexthopChanged(n) => match nh_peer(n.id, want) {
-            Some(d) if n.protocol == RTPROT_FERRY && n.gateway == want_gw(want, d) => Trigger::None,
+            Some(d) if n.protocol == RTPROT_FERRY && is_wanted_hop(want, d, n.gateway) => {
+                Trigger::None
+            }
             Some(_) => Trigger::Drift,
             None if n.protocol == RTPROT_FERRY => Trigger::Drift, // a stale one of ours
             None => Trigger::None,
@@ -63,6 +65,12 @@ pub fn classify(ev: &Event, want: &Want) -> Trigger {
 
 fn want_gw(want: &Want, d: IpNetwork) -> Option<IpAddr> {
     want.get(&d).copied()
+}
+
+/// `gw` is a gateway Ferry uses for wanted peer `d`: its public address (direct route), or the
+/// peer subnet's own network address, its VTEP on the VXLAN device (vxlan backend).
+fn is_wanted_hop(want: &Want, d: IpNetwork, gw: Option<IpAddr>) -> bool {
+    gw.is_some() && (want_gw(want, d) == gw || (d.is_ipv4() && gw == Some(d.network())))
 }
 
 /// Routes that can bear on a peer's reachability: IPv4 ones, and IPv6 ones other than the
@@ -81,7 +89,7 @@ fn is_own_echo(r: &ferry_netlink::Route, d: IpNetwork, want: &Want) -> bool {
         return false;
     }
     match (r.gateway, r.nh_id) {
-        (Some(g), _) => want_gw(want, d) == Some(g),
+        (Some(g), _) => is_wanted_hop(want, d, Some(g)),
         (None, Some(id)) => nh_id_in(d, want) == Some(id),
         (None, None) => false,
     }
@@ -187,5 +195,15 @@ mod tests {
         theirs.protocol = 4;
         assert_eq!(classify(&Event::NexthopChanged(theirs.clone()), &w), Trigger::None);
         assert_eq!(classify(&Event::NexthopDeleted(theirs), &w), Trigger::None);
+        // vxlan backend: the peer via its VTEP (its subnet's network address) is ours too.
+        let vtep: IpAddr = "10.244.2.0".parse().unwrap();
+        let mut vx = peer_nexthop(id, vtep, 9);
+        vx.onlink = true;
+        assert_eq!(classify(&Event::NexthopChanged(vx), &w), Trigger::None);
+        let shown = Route { gateway: Some(vtep), ..nexthop_route(d, id) };
+        assert_eq!(classify(&Event::RouteAdded(shown), &w), Trigger::None);
+        let elsewhere =
+            Route { gateway: Some("10.244.7.0".parse().unwrap()), ..nexthop_route(d, id) };
+        assert_eq!(classify(&Event::RouteAdded(elsewhere), &w), Trigger::Drift);
     }
 }
