@@ -333,6 +333,42 @@ fn nothing_changes_on_refusal(kind: Store) {
     }
 }
 
+/// etcd holding many more leases than one listing page (`--etcd-page-size 4`: 30 fake peers
+/// are 8 pages or more): ferryd starts and routes every one of them, and the watch that follows
+/// the paged listing (from its revision + 1) delivers later changes: a node joining, a lease
+/// added, one moved, one deleted.
+#[test]
+fn etcd_listing_in_pages() {
+    let mut lab = Lab::new(Store::Etcd, 2);
+    let wait = Duration::from_secs(30);
+    let lease =
+        |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw","BackendData":null}}"#);
+    let mut want = BTreeMap::new();
+    for k in 0..30 {
+        let (subnet, gw) = (format!("10.244.{}.0/24", 100 + k), format!("198.18.0.{}", 100 + k));
+        lab.put_lease(&key(&subnet), &lease(&gw));
+        want.insert(subnet, gw);
+    }
+    lab.start(0, &["--etcd-page-size", "4"]);
+    lab.wait_subnets(&[0]);
+    lab.wait_routes(0, &want, wait);
+    lab.start(1, &["--etcd-page-size", "4"]);
+    let s1 = lab.wait_subnets(&[1])[0].clone();
+    want.insert(s1, lab.nodes[1].ip.clone());
+    lab.wait_routes(0, &want, wait);
+    lab.put_lease(&key("10.244.200.0/24"), &lease("198.18.0.200"));
+    lab.put_lease(&key("10.244.100.0/24"), &lease("198.18.0.201"));
+    lab.del_lease(&key("10.244.101.0/24"));
+    want.insert("10.244.200.0/24".into(), "198.18.0.200".into());
+    want.insert("10.244.100.0/24".into(), "198.18.0.201".into());
+    want.remove("10.244.101.0/24");
+    lab.wait_routes(0, &want, wait);
+    let mut want1 = want.clone();
+    want1.remove(&lab.subnet(1).unwrap());
+    want1.insert(lab.subnet(0).unwrap(), lab.nodes[0].ip.clone());
+    lab.wait_routes(1, &want1, wait);
+}
+
 macro_rules! per_store {
     ($($name:ident),* $(,)?) => {
         mod file {
