@@ -180,8 +180,10 @@ impl Members {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let end = Instant::now() + self.request_timeout;
+        // The clock starts once the member clients are (re)built: a reconnect must not eat the
+        // request's deadline.
         let mut plan = Plan { queue: self.candidates().await.into(), ..Plan::new() };
+        let end = Instant::now() + self.request_timeout;
         let mut running: Vec<Attempt<Fut>> = Vec::new();
         let mut last = String::from("no member tried");
         let mut next_start = Instant::now();
