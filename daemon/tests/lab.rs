@@ -369,6 +369,31 @@ fn etcd_listing_in_pages() {
     lab.wait_routes(1, &want1, wait);
 }
 
+/// A start-up whose own route echoes overflow ferryd's kernel event queue (3,000 peers: a
+/// nexthop and a route event each, against a queue of 4,096 batches): every peer is routed, and
+/// drift afterwards is still seen and repaired by events (the periodic sweep is off: 1 h).
+#[test]
+fn start_up_flood_of_kernel_events() {
+    let mut lab = Lab::new(Store::File, 1);
+    lab.common = vec!["--resync".into(), "1h".into(), "--network".into(), "10.0.0.0/8".into()];
+    let mut want = BTreeMap::new();
+    for j in 1..=3000u32 {
+        let subnet = format!("10.{}.{}.0/24", j >> 8, j & 255);
+        let gw = format!("198.18.0.{}", 100 + j % 150);
+        let v = format!(r#"{{"PublicIP":"{gw}","BackendType":"host-gw","BackendData":null}}"#);
+        lab.put_lease(&key(&subnet), &v);
+        want.insert(subnet, gw);
+    }
+    lab.start(0, &[]);
+    lab.wait_subnets(&[0]);
+    let wait = Duration::from_secs(60);
+    lab.wait_routes(0, &want, wait);
+    let ns = &lab.nodes[0].ns;
+    ns.ip(&["route", "del", "10.0.7.0/24"]);
+    ns.ip(&["route", "replace", "10.0.9.0/24", "via", "198.18.0.99", "proto", "113"]);
+    lab.wait_routes(0, &want, wait);
+}
+
 macro_rules! per_store {
     ($($name:ident),* $(,)?) => {
         mod file {
