@@ -99,6 +99,8 @@ impl World {
     /// [`World::join`], times counted from `t0` (e.g. the fault).
     fn join_since(&mut self, t0: Instant) -> (usize, Duration, Duration) {
         let n = self.lab.add_node();
+        // Its route events too, for `route_events` (and `finish`: no route it learnt removed).
+        self.monitors.push(self.lab.monitor(n, &format!("routes-n{n}.log")));
         self.lab.start(n, &[]);
         let claimed = wait_for(T, || self.lab.subnet(n).is_some());
         let t_claim = t0.elapsed();
@@ -356,7 +358,16 @@ fn bench_fault(
     let mut events: Vec<Duration> = route_events(&w, &subnet, since).into_iter().collect();
     undo(&mut w, k);
     if !partition {
+        // ferryd's share: from the moment a live member leads (as etcdctl saw it) to the new
+        // node routed everywhere, per trial.
+        let mut share: Vec<Duration> =
+            routed.iter().zip(&elected).map(|(r, e)| r.saturating_sub(*e)).collect();
         stats(&format!("{name}: (etcd: a live member leads again)"), &mut elected, target);
+        stats(
+            &format!("{name}: routed everywhere after the election"),
+            &mut share,
+            Duration::from_secs(1),
+        );
     }
     stats(&format!("{name}: new node's lease claimed"), &mut claims, target);
     stats(&format!("{name}: new node routed on every peer"), &mut routed, target);
@@ -369,7 +380,7 @@ fn bench_fault(
         println!("BENCH {name}: lease written 30 s later: no route event seen by ip monitor");
     } else {
         stats(
-            &format!("{name}: lease written 30 s later, route event on n0-n2"),
+            &format!("{name}: lease written 30 s later, route event on all"),
             &mut events,
             Duration::from_millis(100),
         );
@@ -377,11 +388,11 @@ fn bench_fault(
     w.finish(name, "bench");
 }
 
-/// When the route to `subnet` appeared on the three original nodes, after `since` (from their
-/// `ip -ts monitor route` logs, which stamp each event as the kernel reports it: no polling
-/// delay, no `ip route` runs in the measurement): the latest of the three, or `None` if a node's
-/// log lacks it. Counted from just before `etcdctl put` was started, so it includes etcdctl's
-/// own start-up and etcd's commit.
+/// When the route to `subnet` appeared on every node (the three original ones and those that
+/// joined) after `since`, from their `ip -ts monitor route` logs, which stamp each event as the
+/// kernel reports it (no polling delay, no `ip route` runs in the measurement): the latest of
+/// them, or `None` if a node's log lacks it. Counted from just before `etcdctl put` was started,
+/// so it includes etcdctl's own start-up and etcd's commit.
 fn route_events(w: &World, subnet: &str, since: std::time::SystemTime) -> Option<Duration> {
     let since = since.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() % 86400.0;
     let mut latest = 0.0f64;
