@@ -99,8 +99,6 @@ impl World {
     /// [`World::join`], times counted from `t0` (e.g. the fault).
     fn join_since(&mut self, t0: Instant) -> (usize, Duration, Duration) {
         let n = self.lab.add_node();
-        // Its route events too, for `route_events` (and `finish`: no route it learnt removed).
-        self.monitors.push(self.lab.monitor(n, &format!("routes-n{n}.log")));
         self.lab.start(n, &[]);
         let claimed = wait_for(T, || self.lab.subnet(n).is_some());
         let t_claim = t0.elapsed();
@@ -110,6 +108,9 @@ impl World {
         let routed = wait_for(T, || (0..n).all(|i| self.routes_it(i, &s, &ip)));
         let t_routed = t0.elapsed();
         assert!(routed, "node {n} ({s}) not routed by every peer: {}", self.logs());
+        // Its route events from now on, for `route_events` (started after the timing: the
+        // monitor takes 100 ms to subscribe).
+        self.monitors.push(self.lab.monitor(n, &format!("routes-n{n}.log")));
         (n, t_claim, t_routed)
     }
 
