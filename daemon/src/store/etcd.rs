@@ -98,10 +98,16 @@ pub struct EtcdStore {
     expiry: HashMap<i64, SystemTime>,
     /// etcd leases a failed call may have granted, to revoke when etcd answers again.
     orphans: Vec<i64>,
+    /// How many etcd leases the last listing used (the expiry cache may hold that many and
+    /// [`EXPIRY_SLACK`] more before it starts over).
+    live: usize,
 }
 
 /// HTTP/2 keepalive ping interval on a connection with an open stream (see `connect_options`).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Expiries remembered beyond the leases of the last listing (ids of renewed leases, learnt from
+/// watch events, pile up between listings) before the cache starts over.
+const EXPIRY_SLACK: usize = 10_000;
 /// How many possibly granted, unused etcd leases a store remembers to revoke.
 const MAX_ORPHANS: usize = 64;
 /// etcd's answer to a grant of an id that exists.
@@ -232,6 +238,7 @@ impl EtcdStore {
             watch: None,
             expiry: HashMap::new(),
             orphans: Vec::new(),
+            live: 0,
         })
     }
 
@@ -244,6 +251,7 @@ impl EtcdStore {
             watch: None,
             expiry: HashMap::new(),
             orphans: Vec::new(),
+            live: 0,
         }
     }
 
@@ -353,8 +361,11 @@ impl EtcdStore {
             ids.into_iter().filter(|id| *id != 0 && !self.expiry.contains_key(id)).collect();
         missing.sort_unstable();
         missing.dedup();
-        if self.expiry.len() + missing.len() > 10_000 {
-            self.expiry.clear(); // stale ids of renewed leases pile up between lists; start over
+        // Stale ids of renewed leases pile up between listings: start over past the slack (not
+        // at a fixed size: with more than that many leases every watch event cleared the cache
+        // and every re-list looked up every lease again).
+        if self.expiry.len() + missing.len() > self.live + EXPIRY_SLACK {
+            self.expiry.clear();
         }
         for chunk in missing.chunks(64) {
             let mut set = tokio::task::JoinSet::new();
@@ -428,6 +439,7 @@ impl EtcdStore {
         // an outage longer than the TTL), so ask etcd again instead of dropping the route.
         let now = SystemTime::now();
         self.expiry.retain(|id, exp| ids.contains(id) && *exp > now);
+        self.live = ids.len();
         self.learn_expiry(ids).await?;
         let list = entries
             .into_iter()

@@ -33,6 +33,10 @@ const PATIENT_AFTER: u32 = 3;
 /// second one on the next member (see [`Members::call_on`]).
 const HEDGE_DIVISOR: u32 = 5;
 const MIN_HEDGE: Duration = Duration::from_millis(10);
+/// Before an attempt is abandoned at its deadline, the connections get this long to deliver what
+/// they received meanwhile: ferryd runs on one thread, and a long synchronous route reconcile
+/// (50,000 peers: ~0.8 s) can hold it past a deadline while the answer sits unread in a socket.
+const GRACE: Duration = Duration::from_millis(5);
 
 pub(super) struct Members {
     opts: ConnectOptions,
@@ -197,7 +201,13 @@ impl Members {
                 continue;
             }
             let wake = running.iter().map(|a| a.deadline).fold(next_start.min(end), Instant::min);
-            match first_done(&mut running, wake).await {
+            let done = match first_done(&mut running, wake).await {
+                None if !running.is_empty() => {
+                    first_done(&mut running, Instant::now() + GRACE).await
+                }
+                done => done,
+            };
+            match done {
                 Some((i, Ok(v))) => {
                     self.succeeded(i);
                     return Ok((i, v));
