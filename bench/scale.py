@@ -6,6 +6,8 @@ Writes every sample as JSON (--json). Sanity is recorded, not asserted (bench_qu
 
   bench/scale.py --bin DIR [--quick] [--prof-bin FERRYD] --json FILE
   bench/scale.py --bin DIR --cold etcd:50000,file:50000 --json FILE   (cold starts only)
+  FERRY_BENCH_LEASE_TTL=S: synthetic etcd leases get an etcd lease of S seconds each (as real
+  nodes' leases do) instead of none (a reservation); FERRY_BENCH_LOG=info keeps ferryd's log.
 
 etcd is bounded: its data on a private tmpfs of ETCD_TMPFS, --quota-backend-bytes ETCD_QUOTA,
 hourly-ish auto-compaction, and a watchdog that kills it (by PID) past ETCD_RSS_LIMIT of RSS
@@ -154,7 +156,8 @@ class Ctx:
         have = store.leases()
         js = self.fresh_js(store, have, max(0, target - len(have)))
         t0 = time.monotonic()
-        store.bulk([(j, pub_ip(j)) for j in js])
+        ttl = int(os.environ.get("FERRY_BENCH_LEASE_TTL", "0")) or None  # etcd: one lease per key
+        store.bulk([(j, pub_ip(j)) for j in js], **({"ttl": ttl} if ttl and store is self.stores["etcd"] else {}))
         return len(js), time.monotonic() - t0
 
     def fresh_js(self, store, have, n):
