@@ -238,10 +238,16 @@ class EtcdStore:
     def put_config(self):
         self.call("kv/put", {"key": self.b64(PREFIX + "/config"), "value": self.b64(json.dumps(CONFIG))})
 
-    def bulk(self, items, batch=1000):
+    def bulk(self, items, batch=1000, ttl=None):
+        """Write leases in transactions of `batch`; with `ttl` (s) each key gets its own etcd
+        lease, as flannel and ferryd write them (one grant per key: slow, ~1 ms each)."""
         for i in range(0, len(items), batch):
-            ops = [{"requestPut": {"key": self.b64("%s/subnets/%s" % (PREFIX, subnet_key(j))),
-                                   "value": self.b64(lease_json(ip))}} for j, ip in items[i:i + batch]]
+            ops = []
+            for j, ip in items[i:i + batch]:
+                put = {"key": self.b64("%s/subnets/%s" % (PREFIX, subnet_key(j))), "value": self.b64(lease_json(ip))}
+                if ttl:
+                    put["lease"] = self.call("lease/grant", {"TTL": ttl})["ID"]
+                ops.append({"requestPut": put})
             self.call("kv/txn", {"success": ops})
 
     def bulk_delete(self, js, batch=1000):

@@ -5,6 +5,13 @@ and against ptp + static routes), many daemons on one etcd, a perf profile at th
 Writes every sample as JSON (--json). Sanity is recorded, not asserted (bench_quick.rs asserts).
 
   bench/scale.py --bin DIR [--quick] [--prof-bin FERRYD] --json FILE
+  bench/scale.py --bin DIR --cold etcd:50000,file:50000 --json FILE   (cold starts only)
+  FERRY_BENCH_LEASE_TTL=S: synthetic etcd leases get an etcd lease of S seconds each (as real
+  nodes' leases do) instead of none (a reservation); FERRY_BENCH_LOG=info keeps ferryd's log.
+
+etcd is bounded: its data on a private tmpfs of ETCD_TMPFS, --quota-backend-bytes ETCD_QUOTA,
+hourly-ish auto-compaction, and a watchdog that kills it (by PID) past ETCD_RSS_LIMIT of RSS
+(an unbounded etcd once grew to 24 GB and took the machine down); its peak RSS is reported.
 """
 
 import argparse
@@ -13,10 +20,10 @@ import os
 import random
 import shutil
 import signal
-import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +32,9 @@ from lab import (EtcdStore, FileStore, Listener, Underlay, cpu_ticks, ferry_rout
                  pub_ip, route_count, run, subnet)
 
 SIZES = {"quick": ([200, 500], [2000]), "full": ([500, 1000, 2000, 5000], [10000, 20000, 50000])}
+ETCD_TMPFS = "2g"  # etcd's data dir: a private tmpfs of this size
+ETCD_QUOTA = 1 << 30  # --quota-backend-bytes (50,000 leases are ~15 MB of history at most here)
+ETCD_RSS_LIMIT = 3 << 20  # KiB: the watchdog kills etcd past this
 
 
 def log(msg):
@@ -44,7 +54,8 @@ class Node:
     def argv(self):
         return [self.bin, "--store", self.store.url, "--iface", "eth0", "--network", lab.NETWORK,
                 "--subnet-file", self.dir + "/subnet.env", "--cni-conf-dir", self.dir + "/net.d",
-                "--cni-data-dir", self.dir + "/ipam", "--metrics-address", "off", "--log-level", "warn"]
+                "--cni-data-dir", self.dir + "/ipam", "--metrics-address", "off",
+                "--log-level", os.environ.get("FERRY_BENCH_LOG", "warn")]
 
     def start(self, wrap=()):
         self.log = open(self.dir + "/log", "w")
@@ -76,7 +87,9 @@ class Ctx:
     def __init__(self, args):
         self.bin, self.quick, self.rng = args.bin, args.quick, random.Random(11)
         self.tmp = tempfile.mkdtemp(prefix="ferry-scale-", dir="/run")
-        self.disk = tempfile.mkdtemp(prefix="ferry-scale-etcd-", dir="/var/tmp")
+        self.disk = tempfile.mkdtemp(prefix="ferry-scale-etcd-", dir="/run")
+        run("mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % ETCD_TMPFS, "ferry-etcd", self.disk)
+        self.etcd_peak_kib, self.etcd_killed = 0, None
         self.under = Underlay()
         self.port = 23790 + os.getpid() % 1000
         self.etcd = self.start_etcd()
@@ -95,16 +108,34 @@ class Ctx:
                 "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
                 "--initial-cluster", "bench=http://127.0.0.1:%d" % peer,
                 "--max-txn-ops", "1000", "--max-request-bytes", "33554432",
-                "--quota-backend-bytes", "8589934592", "--log-level", "warn"]
+                "--quota-backend-bytes", str(ETCD_QUOTA),
+                "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m",
+                "--log-level", "warn"]
         proc = subprocess.Popen(argv, stdout=open(self.tmp + "/etcd.log", "w"), stderr=subprocess.STDOUT)
         for _ in range(300):
             if subprocess.run(["etcdctl", "--endpoints=127.0.0.1:%d" % p, "endpoint", "health"],
                               capture_output=True).returncode == 0:
+                threading.Thread(target=self.etcd_watchdog, args=(proc,), daemon=True).start()
                 return proc
             time.sleep(0.05)
         proc.kill()
         proc.wait()
         raise RuntimeError("etcd did not start: " + open(self.tmp + "/etcd.log").read()[-2000:])
+
+    def etcd_watchdog(self, proc):
+        """Peak RSS of etcd, sampled every 0.5 s; past ETCD_RSS_LIMIT etcd is killed (by PID)."""
+        while proc.poll() is None:
+            try:
+                kib = proc_status(proc.pid, "VmRSS")
+            except OSError:
+                return
+            self.etcd_peak_kib = max(self.etcd_peak_kib, kib)
+            if kib > ETCD_RSS_LIMIT:
+                self.etcd_killed = "etcd RSS %d KiB over the %d KiB limit: killed" % (kib, ETCD_RSS_LIMIT)
+                log(self.etcd_killed)
+                proc.kill()
+                return
+            time.sleep(0.5)
 
     def node(self, store, prefix="n", binary=None):
         self.node_seq += 1
@@ -125,7 +156,8 @@ class Ctx:
         have = store.leases()
         js = self.fresh_js(store, have, max(0, target - len(have)))
         t0 = time.monotonic()
-        store.bulk([(j, pub_ip(j)) for j in js])
+        ttl = int(os.environ.get("FERRY_BENCH_LEASE_TTL", "0")) or None  # etcd: one lease per key
+        store.bulk([(j, pub_ip(j)) for j in js], **({"ttl": ttl} if ttl and store is self.stores["etcd"] else {}))
         return len(js), time.monotonic() - t0
 
     def fresh_js(self, store, have, n):
@@ -147,6 +179,7 @@ class Ctx:
         self.etcd.wait()
         self.under.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        run("umount", self.disk, check=False)
         shutil.rmtree(self.disk, ignore_errors=True)
 
 
@@ -198,6 +231,8 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
          "overflows": lst.overflows}
     if startup is None:
         r["log_tail"] = open(node.dir + "/log").read()[-600:]
+    elif os.environ.get("FERRY_BENCH_LOG"):  # phases from the daemon's own log lines
+        r["log"] = open(node.dir + "/log").read()[-4000:]
     if idle and startup is not None:
         secs = 3 if ctx.quick else 10
         a = cpu_ticks(pid)
@@ -289,13 +324,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--prof-bin")
     ap.add_argument("--daemons", type=int)
+    ap.add_argument("--cold", help="only cold starts: STORE:SIZE,... (e.g. etcd:50000,file:50000)")
     args = ap.parse_args()
     lab.require_sandbox()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("scale: terminated"))  # so cleanup runs
     os.nice(-5)
     ctx = Ctx(args)
     try:
-        out = experiments(ctx, args)
+        out = cold_only(ctx, args.cold) if args.cold else experiments(ctx, args)
+        out.update(etcd_peak_rss_kib=ctx.etcd_peak_kib, etcd_killed=ctx.etcd_killed)
     finally:
         ctx.close()
     out["leftover_netns"] = sorted(os.listdir("/run/netns"))
@@ -303,12 +340,24 @@ def main():
         json.dump(out, f)
 
 
+def cold_only(ctx, spec):
+    """Cold starts only, e.g. "etcd:50000,file:50000" (each size reached by topping up)."""
+    out = {"quick": ctx.quick, "etcd_version": run("etcd", "--version").split("\n")[0],
+           "etcd_data": "tmpfs (%s)" % ETCD_TMPFS, "scale": []}
+    for item in spec.split(","):
+        kind, size = item.split(":")
+        r, _ = cold_start(ctx, kind, int(size), idle=True)
+        r["etcd_rss_kib"] = proc_status(ctx.etcd.pid, "VmRSS") if ctx.etcd.poll() is None else None
+        out["scale"].append(r)
+    return out
+
+
 def experiments(ctx, args):
     import scale_more
     small, big = SIZES["quick" if ctx.quick else "full"]
     churn_s = 5 if ctx.quick else 60
     out = {"quick": ctx.quick, "etcd_version": run("etcd", "--version").split("\n")[0],
-           "etcd_data": "disk (%s)" % run("stat", "-f", "-c", "%T", ctx.disk).strip(),
+           "etcd_data": "tmpfs (%s)" % ETCD_TMPFS,
            "floor": [kernel_floor(ctx, n) for n in (small[-1], big[-1])], "scale": [], "churn": []}
     for kind in ("etcd", "file"):
         for size in small:

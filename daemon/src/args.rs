@@ -40,6 +40,7 @@ Store:
   --etcd-ca F  --etcd-cert F  --etcd-key F     TLS for etcd (https)
   --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]   (10ms-10m)
   --etcd-failover-timeout D [500ms]  abandon an unresponsive etcd member (or silent watch) after D
+  --etcd-page-size N        [5000]  leases per answer when listing etcd (1-100000)
   --lease-ttl D             [24h] (1s-365d)   --renew-margin D  [1h] (0-365d; renew at ttl/2 at the latest)
 Node:
   --public-ip IP            this node's address peers route to [address of --iface]
@@ -115,6 +116,7 @@ impl Default for Args {
                     dial_timeout: Duration::from_secs(2),
                     request_timeout: Duration::from_secs(5),
                     failover_timeout: Duration::from_millis(500),
+                    page_size: crate::store::etcd::DEFAULT_PAGE_SIZE,
                 },
             },
             lease: LeaseTiming {
@@ -318,6 +320,7 @@ pub const VALUE_FLAGS: &[&str] = &[
     "--etcd-dial-timeout",
     "--etcd-request-timeout",
     "--etcd-failover-timeout",
+    "--etcd-page-size",
     "--lease-ttl",
     "--renew-margin",
     "--public-ip",
@@ -461,6 +464,13 @@ fn etcd_flag(e: &mut EtcdOpts, flag: &str, v: &str) -> Result<(), String> {
         "--etcd-dial-timeout" => e.dial_timeout = timeout()?,
         "--etcd-request-timeout" => e.request_timeout = timeout()?,
         "--etcd-failover-timeout" => e.failover_timeout = timeout()?,
+        "--etcd-page-size" => {
+            e.page_size = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| bad(flag, v, "a number of leases from 1 to 100000"))?
+        }
         _ => return Err(format!("unknown flag {flag} (see --help)")),
     }
     Ok(())

@@ -147,7 +147,7 @@ pub struct UplinkWatch {
 
 pub struct Inputs {
     pub store: mpsc::UnboundedReceiver<Vec<WatchEvent>>,
-    pub kernel: mpsc::UnboundedReceiver<Vec<Event>>,
+    pub kernel: mpsc::Receiver<Vec<Event>>,
     pub lost: mpsc::UnboundedSender<()>,
 }
 
@@ -290,7 +290,7 @@ impl EventLoop {
     fn on_kernel(
         &mut self,
         evs: Vec<Event>,
-        more: &mut mpsc::UnboundedReceiver<Vec<Event>>,
+        more: &mut mpsc::Receiver<Vec<Event>>,
     ) -> Option<Pass> {
         let mut t = Trigger::None;
         let mut take = |evs: Vec<Event>| {

@@ -298,7 +298,7 @@ async fn run_loops(
 ) -> i32 {
     let m = keeper.metrics.clone();
     let (store_tx, store_rx) = mpsc::unbounded_channel();
-    let (kernel_tx, kernel_rx) = mpsc::unbounded_channel();
+    let (kernel_tx, kernel_rx) = mpsc::channel(crate::events::QUEUE);
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     if let Err(e) = crate::events::spawn(kernel_tx) {
         warn!("netlink events unavailable ({e}); relying on the {resync:?} sweep");

@@ -108,6 +108,9 @@ impl World {
         let routed = wait_for(T, || (0..n).all(|i| self.routes_it(i, &s, &ip)));
         let t_routed = t0.elapsed();
         assert!(routed, "node {n} ({s}) not routed by every peer: {}", self.logs());
+        // Its route events from now on, for `route_events` (started after the timing: the
+        // monitor takes 100 ms to subscribe).
+        self.monitors.push(self.lab.monitor(n, &format!("routes-n{n}.log")));
         (n, t_claim, t_routed)
     }
 
@@ -350,10 +353,22 @@ fn bench_fault(
     }
     let k = fault(&mut w);
     std::thread::sleep(Duration::from_secs(30));
+    let subnet = format!("10.244.{}.0/24", 240 + w.extra.len()); // the one lease_change writes
+    let since = std::time::SystemTime::now();
     let mut late = vec![w.lease_change("30 s after the fault")];
+    let mut events: Vec<Duration> = route_events(&w, &subnet, since).into_iter().collect();
     undo(&mut w, k);
     if !partition {
+        // ferryd's share: from the moment a live member leads (as etcdctl saw it) to the new
+        // node routed everywhere, per trial.
+        let mut share: Vec<Duration> =
+            routed.iter().zip(&elected).map(|(r, e)| r.saturating_sub(*e)).collect();
         stats(&format!("{name}: (etcd: a live member leads again)"), &mut elected, target);
+        stats(
+            &format!("{name}: routed everywhere after the election"),
+            &mut share,
+            Duration::from_secs(1),
+        );
     }
     stats(&format!("{name}: new node's lease claimed"), &mut claims, target);
     stats(&format!("{name}: new node routed on every peer"), &mut routed, target);
@@ -362,7 +377,43 @@ fn bench_fault(
         &mut late,
         Duration::from_millis(100),
     );
+    if events.is_empty() {
+        println!("BENCH {name}: lease written 30 s later: no route event seen by ip monitor");
+    } else {
+        stats(
+            &format!("{name}: lease written 30 s later, route event on all"),
+            &mut events,
+            Duration::from_millis(100),
+        );
+    }
     w.finish(name, "bench");
+}
+
+/// When the route to `subnet` appeared on every node (the three original ones and those that
+/// joined) after `since`, from their `ip -ts monitor route` logs, which stamp each event as the
+/// kernel reports it (no polling delay, no `ip route` runs in the measurement): the latest of
+/// them, or `None` if a node's log lacks it. Counted from just before `etcdctl put` was started,
+/// so it includes etcdctl's own start-up and etcd's commit.
+fn route_events(w: &World, subnet: &str, since: std::time::SystemTime) -> Option<Duration> {
+    let since = since.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() % 86400.0;
+    let mut latest = 0.0f64;
+    for (_, path) in &w.monitors {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // `[2026-12-02T09:30:01.123456] 10.244.240.0/24 ...` (UTC in the sandbox)
+        let at = text.lines().filter(|l| !l.contains("Deleted")).find_map(|l| {
+            let (ts, rest) = l.strip_prefix('[')?.split_once("] ")?;
+            if !rest.starts_with(&format!("{subnet} ")) {
+                return None;
+            }
+            let hms = ts.split_once('T')?.1;
+            let mut f = hms.split(':').map(|x| x.parse::<f64>().ok());
+            let secs = f.next()?? * 3600.0 + f.next()?? * 60.0 + f.next()??;
+            let d = (secs - since).rem_euclid(86400.0);
+            (d < 3600.0).then_some(d)
+        })?;
+        latest = latest.max(at);
+    }
+    Some(Duration::from_secs_f64(latest))
 }
 
 /// From another thread: how long after `t0` one of the members other than `k` is leader (as

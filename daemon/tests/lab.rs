@@ -356,6 +356,67 @@ fn ipv6_config_the_node_cannot_honour_exits_2(kind: Store) {
     assert!(lab.lease_keys().is_empty());
 }
 
+/// etcd holding many more leases than one listing page (`--etcd-page-size 4`: 30 fake peers
+/// are 8 pages or more): ferryd starts and routes every one of them, and the watch that follows
+/// the paged listing (from its revision + 1) delivers later changes: a node joining, a lease
+/// added, one moved, one deleted.
+#[test]
+fn etcd_listing_in_pages() {
+    let mut lab = Lab::new(Store::Etcd, 2);
+    let wait = Duration::from_secs(30);
+    let lease =
+        |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw","BackendData":null}}"#);
+    let mut want = BTreeMap::new();
+    for k in 0..30 {
+        let (subnet, gw) = (format!("10.244.{}.0/24", 100 + k), format!("198.18.0.{}", 100 + k));
+        lab.put_lease(&key(&subnet), &lease(&gw));
+        want.insert(subnet, gw);
+    }
+    lab.start(0, &["--etcd-page-size", "4"]);
+    lab.wait_subnets(&[0]);
+    lab.wait_routes(0, &want, wait);
+    lab.start(1, &["--etcd-page-size", "4"]);
+    let s1 = lab.wait_subnets(&[1])[0].clone();
+    want.insert(s1, lab.nodes[1].ip.clone());
+    lab.wait_routes(0, &want, wait);
+    lab.put_lease(&key("10.244.200.0/24"), &lease("198.18.0.200"));
+    lab.put_lease(&key("10.244.100.0/24"), &lease("198.18.0.201"));
+    lab.del_lease(&key("10.244.101.0/24"));
+    want.insert("10.244.200.0/24".into(), "198.18.0.200".into());
+    want.insert("10.244.100.0/24".into(), "198.18.0.201".into());
+    want.remove("10.244.101.0/24");
+    lab.wait_routes(0, &want, wait);
+    let mut want1 = want.clone();
+    want1.remove(&lab.subnet(1).unwrap());
+    want1.insert(lab.subnet(0).unwrap(), lab.nodes[0].ip.clone());
+    lab.wait_routes(1, &want1, wait);
+}
+
+/// A start-up whose own route echoes overflow ferryd's kernel event queue (3,000 peers: a
+/// nexthop and a route event each, against a queue of 4,096 batches): every peer is routed, and
+/// drift afterwards is still seen and repaired by events (the periodic sweep is off: 1 h).
+#[test]
+fn start_up_flood_of_kernel_events() {
+    let mut lab = Lab::new(Store::File, 1);
+    lab.common = vec!["--resync".into(), "1h".into(), "--network".into(), "10.0.0.0/8".into()];
+    let mut want = BTreeMap::new();
+    for j in 1..=3000u32 {
+        let subnet = format!("10.{}.{}.0/24", j >> 8, j & 255);
+        let gw = format!("198.18.0.{}", 100 + j % 150);
+        let v = format!(r#"{{"PublicIP":"{gw}","BackendType":"host-gw","BackendData":null}}"#);
+        lab.put_lease(&key(&subnet), &v);
+        want.insert(subnet, gw);
+    }
+    lab.start(0, &[]);
+    lab.wait_subnets(&[0]);
+    let wait = Duration::from_secs(60);
+    lab.wait_routes(0, &want, wait);
+    let ns = &lab.nodes[0].ns;
+    ns.ip(&["route", "del", "10.0.7.0/24"]);
+    ns.ip(&["route", "replace", "10.0.9.0/24", "via", "198.18.0.99", "proto", "113"]);
+    lab.wait_routes(0, &want, wait);
+}
+
 macro_rules! per_store {
     ($($name:ident),* $(,)?) => {
         mod file {

@@ -34,6 +34,8 @@ pub struct EtcdOpts {
     pub request_timeout: Duration,
     /// Abandon an unresponsive etcd member (or a silent watch stream) after this long.
     pub failover_timeout: Duration,
+    /// Keys per answer when listing.
+    pub page_size: usize,
 }
 
 pub enum AnyStore {
@@ -89,6 +91,7 @@ fn etcd_config(endpoints: &[String], etcd: &EtcdOpts) -> EtcdConfig {
         ca_file: etcd.ca.clone(),
         cert_file: etcd.cert.clone(),
         key_file: etcd.key.clone(),
+        page_size: etcd.page_size,
     }
 }
 

@@ -55,6 +55,9 @@ pub struct EtcdConfig {
     /// Client certificate and key (PEM), both or neither.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Keys per page of a listing (at least 1): a listing is read in pages of this many keys,
+    /// all at the revision of the first page.
+    pub page_size: usize,
 }
 
 impl Default for EtcdConfig {
@@ -68,25 +71,42 @@ impl Default for EtcdConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 }
+
+/// Keys per listing page by default: about 0.7 MB of answer at flannel's lease size (~135 bytes
+/// a key), so 50,000 leases are 10 answers instead of one 6.6 MB answer over gRPC's 4 MB limit.
+pub const DEFAULT_PAGE_SIZE: usize = 5_000;
+/// The largest answer a member connection decodes (gRPC's default is 4 MiB). Pages keep listings
+/// far below it; it is headroom for a page of unusually large values and for a watch response
+/// carrying a big transaction (every event with its previous value), bounded so a broken or
+/// hostile member cannot make ferryd buffer without limit.
+const MAX_DECODE: usize = 64 << 20;
 
 /// The etcd-backed [`LeaseStore`]. Not `Sync`-shared: use [`EtcdStore::handle`] for a second
 /// store object (sharing the member connections) e.g. to renew while another task watches.
 pub struct EtcdStore {
     members: Arc<Members>,
     prefix: String,
+    page_size: usize,
     watch: Option<Watching>,
     /// etcd lease id → expiry. Leases are never kept alive (fresh lease per write), so an expiry
     /// once learned stays valid; pruned by `list` and on deletes.
     expiry: HashMap<i64, SystemTime>,
     /// etcd leases a failed call may have granted, to revoke when etcd answers again.
     orphans: Vec<i64>,
+    /// How many etcd leases the last listing used (the expiry cache may hold that many and
+    /// [`EXPIRY_SLACK`] more before it starts over).
+    live: usize,
 }
 
 /// HTTP/2 keepalive ping interval on a connection with an open stream (see `connect_options`).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Expiries remembered beyond the leases of the last listing (ids of renewed leases, learnt from
+/// watch events, pile up between listings) before the cache starts over.
+const EXPIRY_SLACK: usize = 10_000;
 /// How many possibly granted, unused etcd leases a store remembers to revoke.
 const MAX_ORPHANS: usize = 64;
 /// etcd's answer to a grant of an id that exists.
@@ -156,6 +176,22 @@ fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
     Ok(opts)
 }
 
+/// etcd's answer to a read at a revision that was compacted away.
+const COMPACTED: &str = "required revision has been compacted";
+
+/// The end of the range of keys that start with `prefix` (etcd's `WithPrefix`): the prefix
+/// with its last byte below 0xff incremented, and the bytes after it dropped.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(b) = end.pop() {
+        if b < 0xff {
+            end.push(b + 1);
+            return end;
+        }
+    }
+    vec![0] // every key (no prefix, or all 0xff)
+}
+
 /// The value of the first `Get` in a transaction's else branch.
 fn txn_get(r: &TxnResponse) -> Option<KeyValue> {
     r.op_responses().into_iter().find_map(|op| match op {
@@ -194,7 +230,15 @@ impl EtcdStore {
         let members = Members::new(&cfg.endpoints, opts, failover, timeout, m).await?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
         let members = Arc::new(members);
-        Ok(EtcdStore { members, prefix, watch: None, expiry: HashMap::new(), orphans: Vec::new() })
+        Ok(EtcdStore {
+            members,
+            prefix,
+            page_size: cfg.page_size.max(1),
+            watch: None,
+            expiry: HashMap::new(),
+            orphans: Vec::new(),
+            live: 0,
+        })
     }
 
     /// Another store object on the same member connections (its own watch state).
@@ -202,9 +246,11 @@ impl EtcdStore {
         EtcdStore {
             members: self.members.clone(),
             prefix: self.prefix.clone(),
+            page_size: self.page_size,
             watch: None,
             expiry: HashMap::new(),
             orphans: Vec::new(),
+            live: 0,
         }
     }
 
@@ -222,11 +268,17 @@ impl EtcdStore {
         format!("{}{}", self.subnets_prefix(), subnet.into().key())
     }
 
-    async fn get(&self, key: &str, opts: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
+    async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        opts: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        let key: Vec<u8> = key.into();
         self.members
-            .call("get", |mut c| {
-                let (k, o) = (key.to_string(), opts.clone());
-                async move { c.get(k, o).await }
+            .call("get", |c| {
+                let (k, o) = (key.clone(), opts.clone());
+                let mut kv = c.kv_client().max_decoding_message_size(MAX_DECODE);
+                async move { kv.get(k, o).await }
             })
             .await
     }
@@ -308,8 +360,11 @@ impl EtcdStore {
             ids.into_iter().filter(|id| *id != 0 && !self.expiry.contains_key(id)).collect();
         missing.sort_unstable();
         missing.dedup();
-        if self.expiry.len() + missing.len() > 10_000 {
-            self.expiry.clear(); // stale ids of renewed leases pile up between lists; start over
+        // Stale ids of renewed leases pile up between listings: start over past the slack (not
+        // at a fixed size: with more than that many leases every watch event cleared the cache
+        // and every re-list looked up every lease again).
+        if self.expiry.len() + missing.len() > self.live + EXPIRY_SLACK {
+            self.expiry.clear();
         }
         for chunk in missing.chunks(64) {
             let mut set = tokio::task::JoinSet::new();
@@ -341,6 +396,60 @@ impl EtcdStore {
             id => Some(self.expiry.get(&id).copied().unwrap_or_else(SystemTime::now)),
         };
         parse_lease(&key, kv.value(), expires)
+    }
+
+    /// One listing of the subnets prefix in pages of `page_size` keys, every page read at the
+    /// revision of the first, so the listing is one consistent snapshot and a watch from its
+    /// revision + 1 misses nothing and repeats nothing. Each page is parsed as it arrives and its
+    /// raw answer dropped: at no time are the whole raw listing and its parsed copy both held.
+    async fn list_pages(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
+        let prefix = self.subnets_prefix();
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.into_bytes();
+        let mut rev = 0;
+        // Each entry with its etcd lease id (0: none), the expiry filled in at the end.
+        let mut entries: Vec<(i64, LeaseEntry)> = Vec::new();
+        loop {
+            let mut opts =
+                GetOptions::new().with_range(end.clone()).with_limit(self.page_size as i64);
+            if rev > 0 {
+                opts = opts.with_revision(rev);
+            }
+            let mut r = self.get(from.clone(), Some(opts)).await?;
+            if rev == 0 {
+                rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = r.more();
+            let kvs = r.take_kvs();
+            entries.reserve(if more { kvs.len() * 2 } else { kvs.len() });
+            for kv in &kvs {
+                let key = String::from_utf8_lossy(kv.key());
+                entries.push((kv.lease(), parse_lease(&key, kv.value(), None)));
+            }
+            match kvs.last() {
+                // etcd's next key after the last one: the same key with a zero byte appended.
+                Some(last) if more => from = [last.key(), b"\0"].concat(),
+                _ => break,
+            }
+        }
+        let ids: HashSet<i64> = entries.iter().map(|(id, _)| *id).filter(|id| *id != 0).collect();
+        // Forget leases no key uses, and expiries that have passed: a key still listed under a
+        // lease we think expired is alive (etcd extends every lease when it restarts, e.g. after
+        // an outage longer than the TTL), so ask etcd again instead of dropping the route.
+        let now = SystemTime::now();
+        self.expiry.retain(|id, exp| ids.contains(id) && *exp > now);
+        self.live = ids.len();
+        self.learn_expiry(ids).await?;
+        let list = entries
+            .into_iter()
+            .map(|(id, mut e)| {
+                if let (Ok(l), true) = (&mut e, id != 0) {
+                    l.expires = Some(self.expiry.get(&id).copied().unwrap_or(now));
+                }
+                e
+            })
+            .collect();
+        Ok((list, rev))
     }
 
     async fn resync(&mut self) -> Result<(Vec<WatchEvent>, i64)> {
@@ -410,7 +519,7 @@ impl EtcdStore {
 
 impl LeaseStore for EtcdStore {
     async fn get_config(&mut self) -> Result<Option<NetworkConfig>> {
-        let r = self.get(&self.config_key(), None).await?;
+        let r = self.get(self.config_key(), None).await?;
         r.kvs().first().map(|kv| decode_config(kv.value())).transpose()
     }
 
@@ -434,18 +543,18 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)> {
-        let opts = GetOptions::new().with_prefix();
-        let mut r = self.get(&self.subnets_prefix(), Some(opts)).await?;
-        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = r.take_kvs();
-        let ids: HashSet<i64> = kvs.iter().map(|kv| kv.lease()).filter(|id| *id != 0).collect();
-        // Forget leases no key uses, and expiries that have passed: a key still listed under a
-        // lease we think expired is alive (etcd extends every lease when it restarts, e.g. after
-        // an outage longer than the TTL), so ask etcd again instead of dropping the route.
-        let now = SystemTime::now();
-        self.expiry.retain(|id, exp| ids.contains(id) && *exp > now);
-        self.learn_expiry(ids).await?;
-        Ok((kvs.iter().map(|kv| self.entry(kv)).collect(), rev))
+        // A compaction past the first page's revision (etcd's auto-compaction, between two
+        // pages of a long listing) makes the later pages fail: list again at a newer revision.
+        let mut tries = 0;
+        loop {
+            match self.list_pages().await {
+                Err(StoreError::Other(e)) if e.contains(COMPACTED) && tries < 3 => {
+                    tries += 1;
+                    info!("etcd: listing overtaken by a compaction ({e}); listing again");
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn create(
@@ -481,7 +590,7 @@ impl LeaseStore for EtcdStore {
         let key = self.lease_key(subnet);
         let value = serde_json::to_vec(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
         for _ in 0..3 {
-            let r = self.get(&key, None).await?;
+            let r = self.get(key.as_str(), None).await?;
             let Some(kv) = r.kvs().first() else { return Ok(false) };
             match serde_json::from_slice::<LeaseAttrs>(kv.value()) {
                 Ok(cur) if cur.same_node(attrs) => {

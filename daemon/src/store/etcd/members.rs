@@ -33,6 +33,10 @@ const PATIENT_AFTER: u32 = 3;
 /// second one on the next member (see [`Members::call_on`]).
 const HEDGE_DIVISOR: u32 = 5;
 const MIN_HEDGE: Duration = Duration::from_millis(10);
+/// Before an attempt is abandoned at its deadline, the connections get this long to deliver what
+/// they received meanwhile: ferryd runs on one thread, and a long synchronous route reconcile
+/// (50,000 peers: ~0.8 s) can hold it past a deadline while the answer sits unread in a socket.
+const GRACE: Duration = Duration::from_millis(5);
 
 pub(super) struct Members {
     opts: ConnectOptions,
@@ -180,8 +184,10 @@ impl Members {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let end = Instant::now() + self.request_timeout;
+        // The clock starts once the member clients are (re)built: a reconnect must not eat the
+        // request's deadline.
         let mut plan = Plan { queue: self.candidates().await.into(), ..Plan::new() };
+        let end = Instant::now() + self.request_timeout;
         let mut running: Vec<Attempt<Fut>> = Vec::new();
         let mut last = String::from("no member tried");
         let mut next_start = Instant::now();
@@ -195,7 +201,13 @@ impl Members {
                 continue;
             }
             let wake = running.iter().map(|a| a.deadline).fold(next_start.min(end), Instant::min);
-            match first_done(&mut running, wake).await {
+            let done = match first_done(&mut running, wake).await {
+                None if !running.is_empty() => {
+                    first_done(&mut running, Instant::now() + GRACE).await
+                }
+                done => done,
+            };
+            match done {
                 Some((i, Ok(v))) => {
                     self.succeeded(i);
                     return Ok((i, v));

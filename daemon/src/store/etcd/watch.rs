@@ -35,9 +35,10 @@ impl Watching {
             opts = opts.with_start_revision(next);
         }
         let (member, stream) = members
-            .call_on("watch", |mut c| {
+            .call_on("watch", |c| {
                 let (p, o) = (prefix.to_string(), opts.clone());
-                async move { c.watch(p, Some(o)).await }
+                let mut w = c.watch_client().max_decoding_message_size(super::MAX_DECODE);
+                async move { w.watch(p, Some(o)).await }
             })
             .await?;
         let now = Instant::now();
