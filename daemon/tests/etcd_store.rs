@@ -6,7 +6,9 @@
 //! measure them). Waits are for an event, bounded by [`WAIT`] only so a broken build cannot hang.
 
 use ferryd::store::etcd::{EtcdConfig, EtcdStore};
-use ferryd::store::{LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, StoreError, WatchEvent};
+use ferryd::store::{
+    LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, StoreError, Subnets, WatchEvent,
+};
 use ipnetwork::Ipv4Network;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -669,4 +671,54 @@ async fn tls_with_client_certificates() {
     let mut anon =
         EtcdStore::connect(EtcdConfig { cert_file: None, key_file: None, ..cfg }).await.unwrap();
     assert!(anon.list().await.is_err());
+}
+
+#[tokio::test]
+async fn a_dual_stack_key_sharing_a_subnet_with_another_nodes_lease_is_not_created() {
+    require_sandbox();
+    let e = Etcd::start();
+    let (mut s, mut other) = (store(&e).await, store(&e).await);
+    let ttl = Duration::from_secs(600);
+    let dual = |v4: &str, v6: &str| Subnets { v4: Some(net(v4)), v6: Some(v6.parse().unwrap()) };
+    let with6 =
+        |ip: &str, ip6: &str| LeaseAttrs { public_ipv6: Some(ip6.parse().unwrap()), ..attrs(ip) };
+    let (a, b) = (with6("198.18.0.11", "fd00:198:18::11"), with6("198.18.0.12", "fd00:198:18::12"));
+    assert!(s.create(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &a, ttl).await.unwrap());
+    let leases_before = etcdctl_ok(&e, &["lease", "list"]);
+    for k in
+        [dual("10.244.1.0/24", "fd00:10:244:2::/64"), dual("10.244.2.0/24", "fd00:10:244:1::/64")]
+    {
+        assert!(!other.create(k, &b, ttl).await.unwrap(), "{k}");
+    }
+    assert_eq!(
+        etcdctl_ok(&e, &["lease", "list"]),
+        leases_before,
+        "a refused create leaked a lease"
+    );
+    assert!(other.create(dual("10.244.2.0/24", "fd00:10:244:2::/64"), &b, ttl).await.unwrap());
+    // flannel's layout: one key, PublicIPv6 in the value.
+    let raw = etcdctl_ok(
+        &e,
+        &[
+            "get",
+            "--print-value-only",
+            &format!("{PREFIX}/subnets/10.244.1.0-24&fd00:10:244:1::-64"),
+        ],
+    );
+    assert_eq!(
+        raw.trim(),
+        r#"{"PublicIP":"198.18.0.11","PublicIPv6":"fd00:198:18::11","BackendType":"host-gw","BackendData":null}"#
+    );
+    let (list, _) = s.list().await.unwrap();
+    let l = list
+        .iter()
+        .filter_map(|e| e.as_ref().ok())
+        .find(|l| l.key.ends_with("&fd00:10:244:2::-64"))
+        .unwrap();
+    assert_eq!(
+        (l.subnet, l.subnet6),
+        (net("10.244.2.0/24"), Some("fd00:10:244:2::/64".parse().unwrap()))
+    );
+    assert!(s.renew(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &a, ttl).await.unwrap());
+    assert!(!s.renew(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &b, ttl).await.unwrap());
 }

@@ -441,6 +441,7 @@ per_store!(
     unusable_config_exits_2_and_changes_nothing,
     nothing_changes_on_refusal,
     ipv6_config_the_node_cannot_honour_exits_2,
+    dual_stack_nodes_racing_for_few_subnets_never_share_one,
 );
 
 // ---- IPv6-only and dual-stack pod networks (both stores) ----
@@ -593,6 +594,30 @@ fn ipv6_drift_stale_route_and_lease_removal(kind: Store, family: Family) {
     assert!(lab.routes(0).is_empty() && lab.routes6(0).is_empty(), "{out}");
     assert!(lab.nodes[0].ns.ip(&["nexthop", "show", "proto", "113"]).trim().is_empty());
     assert!(lab.nft_table(0).is_none() && lab.nft_table6(0).is_none());
+}
+
+/// Dual-stack nodes started at once in an IPv4 range of as many subnets as nodes (the IPv6
+/// range is wide): their keys all differ (each has its own IPv6 subnet), yet no two may end up
+/// with one IPv4 subnet. A store that created by key alone let racing nodes share one.
+fn dual_stack_nodes_racing_for_few_subnets_never_share_one(kind: Store) {
+    let mut lab = Lab::with_family(kind, Family::Dual, 4, true);
+    lab.common
+        .extend(["--subnet-min", "10.244.1.0", "--subnet-max", "10.244.4.0"].map(String::from));
+    for i in 0..4 {
+        lab.start(i, &[]);
+    }
+    lab.wait_leases(&[0, 1, 2, 3]);
+    let mut v4: Vec<String> = (0..4).map(|i| lab.subnet(i).unwrap()).collect();
+    let mut v6: Vec<String> = (0..4).map(|i| lab.subnet6(i).unwrap()).collect();
+    v4.sort();
+    v4.dedup();
+    v6.sort();
+    v6.dedup();
+    assert_eq!((v4.len(), v6.len()), (4, 4), "{v4:?} {v6:?}: {:?}", lab.lease_keys());
+    assert_eq!(lab.lease_keys().len(), 4, "{:?}", lab.lease_keys());
+    for i in 0..4 {
+        lab.wait_all_routes(i, &[0, 1, 2, 3], T);
+    }
 }
 
 macro_rules! per_store_and_family {

@@ -563,11 +563,27 @@ impl LeaseStore for EtcdStore {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool> {
+        let subnet: Subnets = subnet.into();
         let key = self.lease_key(subnet);
         let value = serde_json::to_vec(attrs).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        if subnet.v4.is_some() && subnet.v6.is_some() {
+            // A dual-stack key shares its subnets with keys that differ in the other part: check
+            // a fresh listing for another node's lease of either subnet, and create only if no
+            // lease changed since (otherwise the caller lists again and retries).
+            let (entries, rev) = self.list().await?;
+            if let Some(l) = super::conflict(&entries, subnet, attrs, SystemTime::now()) {
+                debug!("etcd: {key} not created: {} holds one of its subnets", l.key);
+                return Ok(false);
+            }
+            let prefix = self.subnets_prefix();
+            let mut end = prefix.clone().into_bytes();
+            *end.last_mut().expect("non-empty prefix") += 1;
+            when.push(Compare::mod_revision(prefix, CompareOp::Less, rev + 1).with_range(end));
+        }
         let (opts, lease) = self.grant(ttl).await?;
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .when(when)
             .and_then([TxnOp::put(key.clone(), value, opts)])
             .or_else([TxnOp::get(key, None)]);
         match self.txn(txn).await {

@@ -11,8 +11,8 @@
 //! Changes are watched with inotify, so they propagate in well under a millisecond.
 
 use super::{
-    parse_lease, parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig,
-    Result, StoreError, Subnets, WatchEvent,
+    conflict, parse_lease, parse_subnet_key, BadLease, LeaseAttrs, LeaseEntry, LeaseStore,
+    NetworkConfig, Result, StoreError, Subnets, WatchEvent,
 };
 use ferry_fs::Lock;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
@@ -137,6 +137,20 @@ impl FileStore {
     fn write_lease(&self, subnet: Subnets, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
         let bytes = lease_json(attrs, SystemTime::now() + ttl)?;
         write_atomic(&self.dir, &subnet.key(), &bytes)
+    }
+
+    /// Every lease entry in the directory (no side effects: nothing tidied or remembered).
+    fn live_entries(&self) -> Result<Vec<LeaseEntry>> {
+        let rd = fs::read_dir(&self.dir).map_err(|e| io_err("read directory", &self.dir, e))?;
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err("read directory", &self.dir, e))?;
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+            if !ignored(&name) {
+                out.extend(self.read_listed(&name).map(|(e, _)| e));
+            }
+        }
+        Ok(out)
     }
 
     fn ensure_inotify(&mut self) -> Result<()> {
@@ -399,6 +413,13 @@ impl LeaseStore for FileStore {
                 warn!("file store: {} is taken by an unreadable entry: {e}", key);
                 return Ok(false);
             }
+        }
+        // Under the lock, so two nodes picking one subnet under different keys (dual-stack)
+        // cannot both get it.
+        let entries = self.live_entries()?;
+        if let Some(l) = conflict(&entries, subnet, attrs, SystemTime::now()) {
+            debug!("file store: {key} not created: {} holds one of its subnets", l.key);
+            return Ok(false);
         }
         self.write_lease(subnet, attrs, ttl)?;
         Ok(true)

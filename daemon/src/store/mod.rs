@@ -348,6 +348,27 @@ pub fn claimed_subnet(key: &str) -> Option<Ipv4Network> {
     Ipv4Network::new(net.network(), len).ok()
 }
 
+/// Another node's live lease of one of `s`'s subnets (the same IPv4 or the same IPv6 subnet)
+/// under another key, in `entries`: what makes a create of `s` fail. Different keys can name
+/// one subnet (a dual-stack key shares its IPv4 part with others), so a store that creates by
+/// key alone would let two nodes racing for one subnet both win. Bad entries do not count here
+/// (a claim avoids them when it picks; a look-alike must not evict a node from its subnet).
+pub fn conflict<'a>(
+    entries: &'a [LeaseEntry],
+    s: Subnets,
+    me: &LeaseAttrs,
+    now: SystemTime,
+) -> Option<&'a Lease> {
+    let key = s.key();
+    entries.iter().filter_map(|e| e.as_ref().ok()).find(|l| {
+        let o = l.subnets();
+        l.expires.is_none_or(|t| t > now)
+            && short_key(&l.key) != key
+            && !l.attrs.same_node(me)
+            && ((s.v4.is_some() && o.v4 == s.v4) || (s.v6.is_some() && o.v6 == s.v6))
+    })
+}
+
 /// Parse one stored lease value for `key`.
 pub fn parse_lease(key: &str, value: &[u8], expires: Option<SystemTime>) -> LeaseEntry {
     let bad = |reason: String| BadLease { key: key.to_string(), reason };
@@ -374,7 +395,8 @@ pub trait LeaseStore {
     /// Every lease entry (bad ones included), plus a revision to pass to `watch`.
     async fn list(&mut self) -> Result<(Vec<LeaseEntry>, i64)>;
 
-    /// Create the lease for `subnet` (one key for both families) only if no key exists for it (a transaction on etcd, an
+    /// Create the lease for `subnet` (one key for both families) only if no key exists for it
+    /// and no other node's live lease holds one of its subnets ([`conflict`]) (a transaction on etcd, an
     /// exclusive create under lock on the file store). `Ok(false)` if someone else holds it.
     async fn create(
         &mut self,

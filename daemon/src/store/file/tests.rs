@@ -254,3 +254,38 @@ fn a_held_lock_is_waited_for() {
     release.join().unwrap();
     fs::remove_dir_all(&d).unwrap();
 }
+
+fn dual(v4: &str, v6: &str) -> Subnets {
+    Subnets { v4: Some(net(v4)), v6: Some(v6.parse().unwrap()) }
+}
+
+fn attrs6(ip: &str, ip6: &str) -> LeaseAttrs {
+    LeaseAttrs { public_ipv6: Some(ip6.parse().unwrap()), ..attrs(ip) }
+}
+
+#[test]
+fn a_key_sharing_a_subnet_with_another_nodes_lease_is_not_created() {
+    let d = tmpdir("dual");
+    rt().block_on(async {
+        let mut s = FileStore::open(&d);
+        let ttl = Duration::from_secs(60);
+        let a = attrs6("198.18.0.11", "fd00:198:18::11");
+        let b = attrs6("198.18.0.12", "fd00:198:18::12");
+        assert!(s.create(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &a, ttl).await.unwrap());
+        // Two nodes racing for one subnet under different keys: only the first gets it.
+        for other in [
+            dual("10.244.1.0/24", "fd00:10:244:2::/64"),
+            dual("10.244.2.0/24", "fd00:10:244:1::/64"),
+            net("10.244.1.0/24").into(),
+            Subnets { v4: None, v6: Some("fd00:10:244:1::/64".parse().unwrap()) },
+        ] {
+            assert!(!s.create(other, &b, ttl).await.unwrap(), "{other}");
+        }
+        assert!(s.create(dual("10.244.2.0/24", "fd00:10:244:2::/64"), &b, ttl).await.unwrap());
+        // The node's own leases never conflict (its plain key from before IPv6, say).
+        assert!(s.create(net("10.244.1.0/24"), &a, ttl).await.unwrap());
+        assert_eq!(s.list().await.unwrap().0.len(), 3);
+        assert!(d.join("10.244.1.0-24&fd00:10:244:1::-64").exists());
+    });
+    fs::remove_dir_all(&d).unwrap();
+}
