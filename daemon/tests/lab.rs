@@ -544,6 +544,42 @@ fn ipv6_pods_ping_across_nodes(kind: Store, family: Family) {
     }
     let families = if family == Family::Dual { 2 } else { 1 };
     assert_eq!(pings, 6 * families, "every pod to every pod of every family, across nodes");
+
+    // IPv6 pod-to-pod across nodes keeps the pod's address (no SNAT), and IPv6 leaving the
+    // cluster network is masqueraded to the node's IPv6 address (the underlay has no route
+    // back to the pods). nf_conntrack prints IPv6 addresses in full.
+    let full = |ip: &str| {
+        let a: std::net::Ipv6Addr = ip.parse().unwrap();
+        a.segments().iter().map(|s| format!("{s:04x}")).collect::<Vec<_>>().join(":")
+    };
+    let six = |node: usize| {
+        pods.iter().enumerate().find_map(|(p, (ns, ips))| {
+            let ip = ips.iter().find(|ip| v6(ip))?;
+            (on_node(p) == node).then_some((ns, ip.clone()))
+        })
+    };
+    let ((pod0, a), (_, b)) = (six(0).unwrap(), six(1).unwrap());
+    let conntrack = || {
+        let out = lab.nodes[0].ns.sh("cat /proc/net/nf_conntrack");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let flow = |dst: &str| {
+        let (s, d) = (format!("src={} ", full(&a)), format!("dst={} ", full(dst)));
+        conntrack()
+            .lines()
+            .find(|l| l.contains("icmpv6") && l.contains(&s) && l.contains(&d))
+            .map(String::from)
+    };
+    assert!(pod0.ping(&b));
+    let f = flow(&b).unwrap_or_else(|| panic!("no conntrack entry {a} -> {b}:\n{}", conntrack()));
+    assert!(
+        f.contains(&format!("src={} dst={} ", full(&b), full(&a))),
+        "pod-to-pod IPv6 was NATed: {f}"
+    );
+    assert!(pod0.ping("fd00:198:18::1"), "pod -> underlay fd00:198:18::1 (needs IPv6 masquerade)");
+    let f = flow("fd00:198:18::1").expect("conntrack entry for pod -> fd00:198:18::1");
+    let node6 = full(&lab.nodes[0].ip6);
+    assert!(f.contains(&format!("dst={node6} ")), "not masqueraded to the node's IPv6: {f}");
 }
 
 fn ipv6_drift_stale_route_and_lease_removal(kind: Store, family: Family) {
