@@ -54,6 +54,7 @@ Node:
   --cni-exclude-host-local DIR  never hand out an address a host-local plugin (flannel's pods)
                             recorded in DIR; `off` to skip [/var/lib/cni/networks/cbr0]
   --ip-masq[=BOOL]          masquerade pod traffic leaving the cluster network [true]
+  --ipv6-masq[=BOOL]        the same for IPv6 (e.g. off for a global pod prefix) [--ip-masq]
   --nft PATH                nft binary [nft]
   --resync D                full route sweep period [10s] (10ms-24h)
 Operation:
@@ -133,7 +134,7 @@ impl Default for Args {
                 cni_portmap: false,
                 cni_exclude_host_local: Some(HOST_LOCAL_FLANNEL.into()),
             },
-            masq: Masquerade { enabled: true, nft: "nft".into() },
+            masq: Masquerade { enabled: true, enabled6: None, nft: "nft".into() },
             reconcile: ReconcileSettings { resync: Duration::from_secs(10) },
             uninstall: false,
             log_level: crate::log::INFO,
@@ -231,6 +232,7 @@ fn bare_flag(a: &mut Args, flag: &str, inline: &Option<String>) -> Result<Option
         }
         "--cni-portmap" => a.files.cni_portmap = boolean()?,
         "--ip-masq" => a.masq.enabled = boolean()?,
+        "--ipv6-masq" => a.masq.enabled6 = Some(boolean()?),
         "--uninstall" => a.uninstall = boolean()?,
         _ => {}
     }
@@ -244,6 +246,7 @@ const BOOL_FLAGS: &[&str] = &[
     "--enable-ipv6",
     "--cni-portmap",
     "--ip-masq",
+    "--ipv6-masq",
     "--uninstall",
     "--verbose",
     "--quiet",

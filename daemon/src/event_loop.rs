@@ -80,10 +80,11 @@ impl NodeSide {
     fn ensure_masquerade(&mut self, force: bool) {
         let me = &self.me;
         let scope = masq::Scope {
-            v4: me.v4.map(|m| (m.network, m.subnet)),
-            v6: me.v6.map(|m| (m.network, m.subnet)),
+            v4: me.v4.map(|m| (m.network, m.subnet)).filter(|_| self.masq.enabled),
+            v6: me.v6.map(|m| (m.network, m.subnet)).filter(|_| self.masq.ipv6()),
         };
-        if self.masq.enabled && (force || self.masq_for != Some(scope)) {
+        let any = scope.v4.is_some() || scope.v6.is_some();
+        if any && (force || self.masq_for != Some(scope)) {
             match masq::apply(&self.masq.nft, &scope) {
                 Ok(()) => {
                     if self.masq_for != Some(scope) {
@@ -104,7 +105,7 @@ impl NodeSide {
                 }
                 Err(e) => warn!("masquerade: {e}"),
             }
-        } else if !self.masq.enabled && self.masq_for.is_none() {
+        } else if !any && self.masq_for.is_none() {
             if let Err(e) = masq::remove(&self.masq.nft) {
                 warn!("masquerade off, but removing tables ip/ip6 {}: {e}", masq::TABLE);
             }

@@ -9,13 +9,22 @@ use std::process::{Command, Stdio};
 
 pub const TABLE: &str = "ferry";
 
-/// `--ip-masq` and `--nft`.
+/// `--ip-masq`, `--ipv6-masq` and `--nft`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Masquerade {
-    /// Masquerade pod traffic leaving the cluster network (each enabled family).
+    /// Masquerade pod traffic leaving the cluster network (IPv4, and IPv6 unless `enabled6`).
     pub enabled: bool,
+    /// `--ipv6-masq`: the IPv6 switch, when it differs from `enabled`.
+    pub enabled6: Option<bool>,
     /// The nft binary.
     pub nft: String,
+}
+
+impl Masquerade {
+    /// Whether IPv6 pod traffic leaving the IPv6 cluster network is masqueraded.
+    pub fn ipv6(&self) -> bool {
+        self.enabled6.unwrap_or(self.enabled)
+    }
 }
 
 /// What to masquerade: per enabled family, the cluster network and this node's subnet.

@@ -442,6 +442,7 @@ per_store!(
     nothing_changes_on_refusal,
     ipv6_config_the_node_cannot_honour_exits_2,
     dual_stack_nodes_racing_for_few_subnets_never_share_one,
+    masquerade_per_family,
 );
 
 // ---- IPv6-only and dual-stack pod networks (both stores) ----
@@ -654,6 +655,32 @@ fn dual_stack_nodes_racing_for_few_subnets_never_share_one(kind: Store) {
     for i in 0..4 {
         lab.wait_all_routes(i, &[0, 1, 2, 3], T);
     }
+}
+
+/// Masquerade per family in a dual-stack cluster: `--ipv6-masq=false` keeps `ip ferry` only,
+/// `--ip-masq=false --ipv6-masq` keeps `ip6 ferry` only; uninstall removes whatever is there.
+fn masquerade_per_family(kind: Store) {
+    let mut lab = Lab::with_family(kind, Family::Dual, 2, true);
+    lab.start(0, &["--ipv6-masq=false"]);
+    lab.start(1, &["--ip-masq=false", "--ipv6-masq"]);
+    lab.wait_leases(&[0, 1]);
+    let s6 = lab.subnet6(1).unwrap();
+    let t4 = lab.nft_table(0).expect("table ip ferry on node 0");
+    assert!(
+        t4.contains(&format!("ip saddr {} ip daddr 10.244.0.0/16 return", lab.subnet(0).unwrap())),
+        "{t4}"
+    );
+    assert!(lab.nft_table6(0).is_none(), "--ipv6-masq=false: no ip6 table");
+    assert!(lab.nft_table(1).is_none(), "--ip-masq=false: no ip table");
+    let t6 = lab.nft_table6(1).expect("table ip6 ferry on node 1");
+    assert!(t6.contains(&format!("ip6 saddr {s6} ip6 daddr {} return", common::NET6)), "{t6}");
+    assert!(t6.contains(&format!("ip6 saddr {s6} masquerade")), "{t6}");
+    lab.wait_all_routes(1, &[0, 1], T);
+    assert!(lab.stop(1).unwrap().success());
+    let root = lab.dir.path_str("root");
+    let (st, out) = lab.run_once(1, &["--uninstall", "--root", &root], T);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(lab.nft_table6(1).is_none() && lab.nft_table(1).is_none());
 }
 
 macro_rules! per_store_and_family {
