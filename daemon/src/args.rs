@@ -773,6 +773,45 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_flags() {
+        let a = args(&[
+            "--ipv6-network=fd00:10:244::/56",
+            "--ipv6-subnet-len",
+            "80",
+            "--ipv6-subnet-min=fd00:10:244:1::",
+            "--ipv6-subnet-max=fd00:10:244:2::",
+            "--enable-ipv4=false",
+            "--public-ipv6",
+            "fd00:198:18::11",
+            "--ipv6-masq=false",
+        ])
+        .unwrap();
+        let n = &a.network;
+        assert_eq!(n.ipv6_network, Some("fd00:10:244::/56".parse().unwrap()));
+        assert!(n.ipv6_enabled() && !n.enable_ipv4 && n.explicit);
+        assert_eq!(n.ipv6_subnet_len, Some(80));
+        assert_eq!(n.ipv6_subnet_min, Some("fd00:10:244:1::".parse().unwrap()));
+        assert_eq!(a.uplink.public_ipv6, Some("fd00:198:18::11".parse().unwrap()));
+        assert!(a.masq.enabled && !a.masq.ipv6());
+        assert!(!args(&["--ipv6-network=fd00::/48", "--enable-ipv6=false"])
+            .unwrap()
+            .network
+            .ipv6_enabled());
+        assert!(args(&["--enable-ipv6"]).unwrap().network.ipv6_enabled());
+        for (v, needle) in [
+            (&["--ipv6-network", "fd00::1/48"][..], "host bits"),
+            (&["--ipv6-network", "10.0.0.0/8"], "an IPv6 CIDR"),
+            (&["--public-ipv6", "fe80::1"], "a global unicast IPv6 address"),
+            (&["--public-ipv6", "198.18.0.1"], "an IPv6 address"),
+            (&["--ipv6-subnet-min", "10.0.0.0"], "an IPv6 address"),
+            (&["--enable-ipv4=maybe"], "true or false"),
+        ] {
+            let e = args(v).unwrap_err();
+            assert!(e.contains(needle), "{v:?}: {e}");
+        }
+    }
+
+    #[test]
     fn every_flag_name_is_in_the_usage() {
         for f in flag_names() {
             assert!(USAGE.contains(f), "{f} missing from USAGE");
