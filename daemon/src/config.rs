@@ -382,7 +382,7 @@ pub fn is_global6(ip: Ipv6Addr) -> bool {
 }
 
 impl Net {
-    /// Both families of `self` ask for the same thing as `other`'s.
+    /// Each enabled family's network config, for logs and comparisons.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(n) = &self.v4 {
@@ -392,11 +392,6 @@ impl Net {
             parts.push(n.describe());
         }
         parts.join("; ")
-    }
-
-    /// The IPv4 part; only for callers in an IPv4 path.
-    pub fn ipv4(&self) -> Option<&Net4> {
-        self.v4.as_ref()
     }
 }
 

@@ -785,3 +785,52 @@ fn vxlan_sends_off_link_peers_through_the_device_and_on_link_peers_direct() {
     // Store events take the full reconcile path in vxlan mode.
     assert!(!a.apply_delta(&w, &Want::new()).unwrap());
 }
+
+#[test]
+fn both_families_share_one_reconcile_with_their_own_nexthops() {
+    let mut a = applier(&["198.18.0.12", "fd00:198:18::12", "fd00:198:18::13"]);
+    let w = want(&[
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("fd00:10:244:2::/64", "fd00:198:18::12"),
+        ("fd00:10:244:3::/64", "fd00:198:18::13"),
+    ]);
+    assert_eq!(a.reconcile(&w, false).unwrap(), 3);
+    assert_eq!(
+        a.kernel(),
+        [
+            "10.244.2.0/24 via 198.18.0.12",
+            "fd00:10:244:2::/64 via fd00:198:18::12",
+            "fd00:10:244:3::/64 via fd00:198:18::13",
+        ]
+    );
+    let v6: Vec<&Nexthop> = a.table.nexthops.iter().filter(|h| h.v6).collect();
+    assert_eq!(v6.len(), 2);
+    assert!(v6.iter().all(|h| h.id & 0xF000_0000 == crate::route_plan::NH_ID_TAG6));
+    assert_eq!(a.reconcile(&w, true).unwrap(), 0, "in sync");
+    // An IPv6 peer moves (delta: its nexthop replaced), another goes (route and nexthop out),
+    // an unreachable one is reported and not routed.
+    let moved = want(&[
+        ("10.244.2.0/24", "198.18.0.12"),
+        ("fd00:10:244:2::/64", "fd00:198:18::13"),
+        ("fd00:10:244:4::/64", "fd00:198:18::99"),
+    ]);
+    a.apply_delta(&w, &moved).unwrap();
+    assert_eq!(
+        a.kernel(),
+        ["10.244.2.0/24 via 198.18.0.12", "fd00:10:244:2::/64 via fd00:198:18::13"]
+    );
+    assert_eq!(a.table.nexthops.len(), 2, "{:?}", a.nexthops());
+    assert!(a.has_blocked());
+    // Stale IPv6 routes of Ferry's go at the next reconcile, a foreign one stays.
+    a.table.routes.push(peer_route(n("fd00:10:244:9::/64"), ip("fd00:198:18::12"), ETH0));
+    a.table.routes.push(foreign("fd00:77::/64", "fd00:198:18::12"));
+    a.reconcile(&moved, false).unwrap();
+    assert_eq!(
+        a.kernel(),
+        [
+            "10.244.2.0/24 via 198.18.0.12",
+            "fd00:10:244:2::/64 via fd00:198:18::13",
+            "fd00:77::/64 via fd00:198:18::12 (foreign)",
+        ]
+    );
+}
