@@ -473,6 +473,10 @@ fn ipv6_pods_ping_across_nodes(kind: Store, family: Family) {
         let v = lab.get_lease(k).unwrap_or_else(|| panic!("no lease {k}: {:?}", lab.lease_keys()));
         assert!(v.contains(&format!(r#""PublicIPv6":"{}""#, node.ip6)), "{v}");
         let ip4 = if family == Family::V6 { "0.0.0.0" } else { node.ip.as_str() };
+        if family == Family::V6 {
+            let v4 = node.ns.ip(&["-4", "addr", "show", "dev", "eth0"]);
+            assert!(!v4.contains("inet "), "an IPv6-only node has no IPv4 address: {v4}");
+        }
         assert!(v.contains(&format!(r#""PublicIP":"{ip4}""#)), "{v}");
         let s6 = lab.subnet6(i).unwrap();
         assert!(s6.starts_with("fd00:10:244:") && s6.ends_with("/64"), "{s6}");

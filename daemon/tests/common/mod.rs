@@ -18,9 +18,10 @@ pub enum Store {
     Etcd,
 }
 
-/// The pod network's families: IPv4 only (as before), IPv6 only, or dual-stack. In the IPv6
-/// modes the underlay gets ULA addresses too (fd00:198:18::1/64 on the bridge, ::1x on the
-/// nodes, `nodad` so they are usable at once); the IPv4 underlay stays (etcd listens there).
+/// The pod network's families: IPv4 only (as before), IPv6 only, or dual-stack. The IPv6 modes
+/// give the underlay ULA addresses (fd00:198:18::1/64 on the bridge, ::1x on the nodes,
+/// `nodad` so they are usable at once); IPv6-only has no IPv4 underlay at all (etcd listens on
+/// [fd00:198:18::1]:2379), dual-stack keeps the IPv4 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     V4,
@@ -33,9 +34,12 @@ pub const NET6: &str = "fd00:10:244::/56";
 
 pub const PREFIX: &str = "/coreos.com/network";
 pub const ETCD_URL: &str = "http://198.18.0.1:2379";
+/// etcd's client URL in an IPv6-only lab.
+pub const ETCD_URL6: &str = "http://[fd00:198:18::1]:2379";
 
 pub struct Node {
     pub ns: Netns,
+    /// The node's IPv4 underlay address (`198.18.0.1x`; not configured in an IPv6-only lab).
     pub ip: String,
     /// The node's IPv6 underlay address (`fd00:198:18::1x`; set in every mode, configured on
     /// eth0 only in the IPv6 modes).
@@ -74,7 +78,9 @@ impl Lab {
         // A fixed MAC: a bridge without one takes its ports' lowest, so adding or moving a node
         // would change the underlay's MAC under the nodes' ARP caches (seconds of loss).
         underlay.ip(&["link", "set", "br0", "address", "02:fe:00:00:00:01"]);
-        underlay.ip(&["addr", "add", "198.18.0.1/24", "dev", "br0"]);
+        if family != Family::V6 {
+            underlay.ip(&["addr", "add", "198.18.0.1/24", "dev", "br0"]);
+        }
         if family != Family::V4 {
             underlay.ip(&["addr", "add", "fd00:198:18::1/64", "dev", "br0", "nodad"]);
         }
@@ -139,7 +145,9 @@ impl Lab {
         self.underlay
             .ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
         self.underlay.ip(&["link", "set", &port, "master", &bridge, "up"]);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        if self.family != Family::V6 {
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        }
         let ip6 = format!("fd00:198:18::{}", 11 + i);
         if self.family != Family::V4 {
             ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
@@ -155,6 +163,15 @@ impl Lab {
         i
     }
 
+    /// etcd's client URL: on the IPv4 underlay, or the IPv6 one in an IPv6-only lab.
+    pub fn etcd_url(&self) -> &'static str {
+        if self.family == Family::V6 {
+            ETCD_URL6
+        } else {
+            ETCD_URL
+        }
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
     }
@@ -162,7 +179,7 @@ impl Lab {
     pub fn store_url(&self) -> String {
         match self.kind {
             Store::File => format!("file://{}", self.store_dir().display()),
-            Store::Etcd => "etcd://198.18.0.1:2379".into(),
+            Store::Etcd => self.etcd_url().replace("http://", "etcd://"),
         }
     }
 
@@ -175,9 +192,9 @@ impl Lab {
                 let mut c = self.underlay.cmd("etcd");
                 c.args(["--name", "lab", "--data-dir"]).arg(&data).args([
                     "--listen-client-urls",
-                    ETCD_URL,
+                    self.etcd_url(),
                     "--advertise-client-urls",
-                    ETCD_URL,
+                    self.etcd_url(),
                     "--listen-peer-urls",
                     "http://127.0.0.1:2380",
                     "--initial-advertise-peer-urls",
@@ -215,7 +232,14 @@ impl Lab {
         self.underlay
             .cmd("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", ETCD_URL, "--dial-timeout", "1s", "--command-timeout", "2s"])
+            .args([
+                "--endpoints",
+                self.etcd_url(),
+                "--dial-timeout",
+                "1s",
+                "--command-timeout",
+                "2s",
+            ])
             .args(args)
             .stdin(Stdio::null())
             .output()
