@@ -191,6 +191,31 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_routes_and_nexthops_are_classified_like_ipv4_ones() {
+        use crate::route_plan::{nexthop_route, peer_nexthop};
+        let d: IpNetwork = "fd00:10:244:2::/64".parse().unwrap();
+        let gw: IpAddr = "fd00:198:18::12".parse().unwrap();
+        let w: Want = [(d, gw)].into_iter().collect();
+        let id = nh_id(d).unwrap();
+        let on_nh = nexthop_route(d, id);
+        assert_eq!(classify(&Event::RouteAdded(on_nh.clone()), &w), Trigger::None, "own echo");
+        assert_eq!(classify(&Event::RouteDeleted(on_nh), &w), Trigger::Drift);
+        let wrong = peer_route(d, "fd00:198:18::99".parse().unwrap(), 2);
+        assert_eq!(classify(&Event::RouteAdded(wrong), &w), Trigger::Drift);
+        let nh = peer_nexthop(id, gw, 2);
+        assert_eq!(classify(&Event::NexthopDeleted(nh.clone()), &w), Trigger::Drift);
+        assert_eq!(classify(&Event::NexthopChanged(nh), &w), Trigger::None);
+        // A global IPv6 connected route may make a peer reachable; link-local and multicast
+        // routes (every link has them) do not.
+        let conn = Route::new("fd00:198:18::/64".parse().unwrap());
+        assert_eq!(classify(&Event::RouteAdded(conn), &w), Trigger::Connectivity);
+        for noise in ["fe80::/64", "ff00::/8"] {
+            let r = Route::new(noise.parse().unwrap());
+            assert_eq!(classify(&Event::RouteAdded(r), &w), Trigger::None, "{noise}");
+        }
+    }
+
+    #[test]
     fn nexthop_routes_and_nexthop_events() {
         use crate::route_plan::{nexthop_route, peer_nexthop};
         let w = want();

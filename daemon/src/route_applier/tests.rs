@@ -834,3 +834,17 @@ fn both_families_share_one_reconcile_with_their_own_nexthops() {
         ]
     );
 }
+
+#[test]
+fn ipv6_peers_get_plain_gateway_routes_without_nexthop_objects() {
+    let mut a = applier(&["fd00:198:18::12"]);
+    a.table.no_nexthops = true;
+    let w = want(&[("fd00:10:244:2::/64", "fd00:198:18::12")]);
+    assert_eq!(a.reconcile(&w, false).unwrap(), 1);
+    assert_eq!(a.kernel(), ["fd00:10:244:2::/64 via fd00:198:18::12 (plain)"]);
+    assert!(a.table.nexthops.is_empty());
+    let moved = want(&[("fd00:10:244:2::/64", "fd00:198:18::13")]);
+    a.table.reach.insert(ip("fd00:198:18::13"), (ETH0, None));
+    a.apply_delta(&w, &moved).unwrap();
+    assert_eq!(a.kernel(), ["fd00:10:244:2::/64 via fd00:198:18::13 (plain)"]);
+}
