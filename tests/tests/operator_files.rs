@@ -174,5 +174,6 @@ fn check_config_flags(text: &str, what: &str) {
 #[test]
 fn daemon_config_examples_name_only_known_flags() {
     check_config_flags(&read("conf-examples/ferryd-etcd-tls.conf"), "ferryd-etcd-tls.conf");
+    check_config_flags(&read("conf-examples/ferryd-dual-stack.conf"), "ferryd-dual-stack.conf");
     assert!(Path::new(&workspace().join("conf-examples/Containerfile")).exists());
 }
