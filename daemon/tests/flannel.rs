@@ -586,11 +586,19 @@ fn mixed_dual_stack_cluster() {
     }
     let node_of =
         |p: usize| if p == 0 { 0 } else { 1 + (p - 1) / if pods.len() == 3 { 1 } else { 2 } };
-    let settled = |ns: &Netns| !ns.ip(&["-6", "addr"]).contains("tentative");
-    let ready = wait_for(Duration::from_secs(5), || {
+    // Global addresses only (the pods' and the host veths' gateway addresses): link-local
+    // ones play no part in the pings and may be slow to settle under load.
+    let tentative = |ns: &Netns| ns.ip(&["-6", "addr", "show", "scope", "global", "tentative"]);
+    let settled = |ns: &Netns| tentative(ns).trim().is_empty();
+    let ready = wait_for(Duration::from_secs(10), || {
         pods.iter().all(|(p, _)| settled(p)) && lab.nodes.iter().all(|n| settled(&n.ns))
     });
-    assert!(ready, "IPv6 addresses still tentative after 5 s");
+    let left: String = pods
+        .iter()
+        .map(|(p, _)| tentative(p))
+        .chain(lab.nodes.iter().map(|n| tentative(&n.ns)))
+        .collect();
+    assert!(ready, "IPv6 addresses still tentative after 10 s:\n{left}");
     let is_v6 = |ip: &str| ip.contains(':');
     let mut pings = [0, 0];
     for (a, (pa, mine)) in pods.iter().enumerate() {
