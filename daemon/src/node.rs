@@ -1,7 +1,7 @@
 //! Node-side state: the uplink (public IP + MTU), the subnet file, the CNI conflist, sysctls.
 //! Every file is written atomically (temp + rename) and only when its content changes.
 
-use crate::config::{is_global6, Net, Net4};
+use crate::config::{is_global6, Net};
 use crate::peers::Me;
 use crate::store::Subnets;
 use ferry_cni::subnet_env::SubnetEnv;
@@ -187,16 +187,6 @@ pub fn remembered_subnets(path: &Path, net: &Net) -> Subnets {
     Subnets { v4, v6 }
 }
 
-/// The IPv4 subnet a previous run wrote into the subnet file, if it belongs to `network`.
-pub fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
-    let net = Net {
-        v4: Some(Net4 { network, subnet_len: 0, min: network.ip(), max: network.ip() }),
-        v6: None,
-        mode: crate::config::Mode::HostGw,
-    };
-    remembered_subnets(path, &net).v4
-}
-
 /// The CNI network config list ferryd installs.
 pub fn conflist(a: &NodeFiles) -> String {
     conflist_excluding(a, &[])
@@ -273,6 +263,14 @@ pub fn ensure_sysctl(key: &str, want: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPv4 subnet a previous run wrote into the subnet file, if it belongs to `network`.
+    fn remembered_subnet(path: &Path, network: Ipv4Network) -> Option<Ipv4Network> {
+        let n4 =
+            crate::config::Net4 { network, subnet_len: 0, min: network.ip(), max: network.ip() };
+        remembered_subnets(path, &Net { v4: Some(n4), v6: None, mode: crate::config::Mode::HostGw })
+            .v4
+    }
 
     fn me4(network: &str, subnet: &str) -> Me {
         Me {
