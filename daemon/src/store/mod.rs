@@ -7,11 +7,16 @@
 //! Wire formats (both stores):
 //! * config: `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.255.0","Backend":{"Type":"host-gw"}}`
 //! * lease key `<prefix>/subnets/10.244.1.0-24`, value `{"PublicIP":"198.18.0.11","BackendType":"host-gw","BackendData":null}`
-//!   (flannel's dual-stack leases: `10.244.1.0-24&fd00:10:244:2e::-64`; the IPv4 part is routed)
+//! * dual-stack (config `"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"`): one key for both
+//!   families, `10.244.1.0-24&fd00:10:244:2e::-64`, value with `"PublicIPv6":"fd00:198:18::11"`;
+//!   IPv6-only (`"EnableIPv4":false`): `0.0.0.0-0&fd00:10:244:2e::-64`, `"PublicIP":"0.0.0.0"`
+//!   ([`Subnets`])
 //!
-//! Lease keys parse only in their one canonical spelling ([`parse_subnet_key`]): a key that spells
-//! a subnet differently (`10.244.1.0-024`) is a bad entry under its own key, never merged with
-//! the real lease. Such a key still blocks the subnet it might claim ([`claimed_subnet`]).
+//! Lease keys parse only in their one canonical spelling ([`parse_lease_key`]): a key that spells
+//! a subnet differently (`10.244.1.0-024`, an upper-case IPv6 part) is a bad entry under its own
+//! key, never merged with the real lease. Such a key still blocks the subnets it might claim
+//! ([`claimed_subnet`], [`claimed_subnet6`]). A create never succeeds while another node's live
+//! lease names one of its subnets under another key ([`conflict`]).
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
