@@ -248,6 +248,22 @@ pub fn enable_forwarding6() -> io::Result<()> {
     ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
 }
 
+/// With forwarding on, the kernel ignores router advertisements on an interface whose
+/// `accept_ra` is 1 (the default): an uplink configured by SLAAC would lose its address and
+/// default route when they expire. `accept_ra=2` keeps accepting them; set only when it is 1
+/// (0 and 2 are someone's choice). Returns whether it was changed.
+pub fn keep_accepting_ra(iface: &str) -> io::Result<bool> {
+    use ferry_netlink::sysctl;
+    if iface.is_empty() || iface.contains('/') || iface.starts_with('.') {
+        return Ok(false);
+    }
+    let key = format!("net/ipv6/conf/{iface}/accept_ra");
+    if sysctl::get(&key)? != "1" {
+        return Ok(false);
+    }
+    sysctl::set(&key, "2").map(|()| true)
+}
+
 pub fn ensure_sysctl(key: &str, want: &str) -> io::Result<()> {
     use ferry_netlink::sysctl;
     if sysctl::get(key).is_ok_and(|v| v.trim() == want) {

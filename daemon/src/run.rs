@@ -200,6 +200,11 @@ async fn daemon(a: Args) -> i32 {
         }
     }
     if me.v6.is_some() {
+        match node::keep_accepting_ra(&up.iface) {
+            Ok(true) => info!("net.ipv6.conf.{}.accept_ra=2: router advertisements still accepted with forwarding on", up.iface),
+            Ok(false) => {}
+            Err(e) => warn!("net.ipv6.conf.{}.accept_ra=2: {e}", up.iface),
+        }
         if let Err(e) = node::enable_forwarding6() {
             warn!("net.ipv6.conf.all.forwarding=1: {e}");
         }

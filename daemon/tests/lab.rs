@@ -484,6 +484,7 @@ fn ipv6_pods_ping_across_nodes(kind: Store, family: Family) {
         assert!(env.contains(&format!("FLANNEL_IPV6_NETWORK={}\n", common::NET6)), "{env}");
         assert_eq!(env.contains("FLANNEL_SUBNET="), family == Family::Dual, "{env}");
         assert_eq!(node.ns.sysctl("net.ipv6.conf.all.forwarding"), "1");
+        assert_eq!(node.ns.sysctl("net/ipv6/conf/eth0/accept_ra"), "2", "RAs still accepted");
         let t6 = lab.nft_table6(i).expect("table ip6 ferry");
         assert!(t6.contains(&format!("ip6 saddr {s6} ip6 daddr {} return", common::NET6)), "{t6}");
         assert_eq!(lab.nft_table(i).is_some(), family == Family::Dual);
