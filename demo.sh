@@ -44,7 +44,7 @@ done
 L=$(mktemp -d /tmp/ferry-demo.XXXXXX)
 NODES="1 2 3"
 PODS="a b"
-declare -A FERRYD_PID POD_IP POD_IP6 POD_IF6
+declare -A FERRYD_PID POD_IP POD_IP6
 ETCD_PID=
 
 log() { printf '\n== %s\n' "$*"; }
@@ -83,16 +83,6 @@ cni() { # cni <node> <ADD|DEL> <pod>
         CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$BIN" "$BIN/ferry" <<<"$conf"
 }
 
-# The same for an IPv6-only attachment eth1 reading the IPv6 half of the node's subnet file.
-cni6() { # cni6 <node> <ADD|DEL> <pod>
-    local n=$1 cmd=$2 pod=$3 conf
-    grep -v -e '^FLANNEL_NETWORK=' -e '^FLANNEL_SUBNET=' "$L/n$n/subnet.env" >"$L/n$n/subnet6.env"
-    conf=$(jq -c --arg f "$L/n$n/subnet6.env" --arg d "$L/n$n/ipam6" \
-        '.plugins[0] + {name: .name, cniVersion: .cniVersion, subnetFile: $f, dataDir: $d}' "$L/n$n/net.d/10-ferry.conflist")
-    ip netns exec "node$n" env -i PATH="$PATH" CNI_COMMAND="$cmd" CNI_CONTAINERID="demo6-$pod" \
-        CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth1 CNI_PATH="$BIN" "$BIN/ferry" <<<"$conf"
-}
-
 teardown() {
     local rc=$?
     set +e
@@ -101,7 +91,6 @@ teardown() {
         local pod="pod$n$p"
         if [ -e "/run/netns/$pod" ]; then
             [ -f "$L/n$n/net.d/10-ferry.conflist" ] && cni "$n" DEL "$pod" >/dev/null
-            [ -n "${POD_IF6[$pod]:-}" ] && cni6 "$n" DEL "$pod" >/dev/null
             ip netns del "$pod"
         fi
     done; done
@@ -202,20 +191,10 @@ for n in $NODES; do for p in $PODS; do
     POD_IP[$pod]=$(jq -r '[.ips[].address | select(contains(":") | not)][0] // empty' <<<"$out" | cut -d/ -f1)
     POD_IP6[$pod]=$(jq -r '[.ips[].address | select(contains(":"))][0] // empty' <<<"$out" | cut -d/ -f1)
     if [ "$DUAL" = 1 ] && [ -z "${POD_IP6[$pod]}" ]; then
-        # Interim (the plugin's dual-stack part of issue 9 is another branch): the plugin gave
-        # one address; the IPv6 one comes from a second attachment (eth1) reading the IPv6
-        # half of ferryd's subnet file.
-        out=$(cni6 "$n" ADD "$pod") || { echo "ADD $pod eth1 failed: $out"; exit 1; }
-        POD_IF6[$pod]=eth1
-        POD_IP6[$pod]=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
+        echo "ADD $pod gave no IPv6 address: $out"; exit 1
     fi
-    echo "   $pod on node$n: ${POD_IP[$pod]} ${POD_IP6[$pod]}${POD_IF6[$pod]:+ (IPv6 on ${POD_IF6[$pod]})}"
+    echo "   $pod on node$n: ${POD_IP[$pod]} ${POD_IP6[$pod]}"
 done; done
-if [ "$DUAL" = 1 ]; then
-    # Wait for the pods' IPv6 addresses to leave DAD (the plugin's no-DAD part is pending too).
-    settled() { ! ip -n "$1" -6 addr | grep -q tentative; }
-    for n in $NODES; do for p in $PODS; do wait_until 5 settled "pod$n$p" || true; done; wait_until 5 settled "node$n" || true; done
-fi
 
 fails=0; total=0
 # One ping, tried up to three times: a pair's first IPv6 packet waits for neighbour discovery on

@@ -498,56 +498,25 @@ fn ipv6_pods_ping_across_nodes(kind: Store, family: Family) {
         );
     }
     // One pod per node; every pod pings every other pod on every family, across nodes.
-    let mut pods: Vec<_> =
-        (0..3).map(|i| common::add_pod_ips(&lab, i, &format!("v6pod{i}"))).collect();
-    if family == Family::Dual && pods.iter().any(|(_, ips)| ips.len() < 2) {
-        // Interim, until the plugin's dual-stack part of issue 9 (another branch) lands: the
-        // plugin gave the pods their IPv4 address only. The IPv6 datapath of this dual-stack
-        // cluster is then exercised with a second pod per node from the same plugin, reading
-        // the IPv6 half of ferryd's subnet file.
-        eprintln!("NOTE: the ferry plugin returned one address per pod: IPv6 pods added through the IPv6 half of the subnet file");
-        for i in 0..3 {
-            let dir = lab.nodes[i].dir.clone();
-            let env = std::fs::read_to_string(dir.join("subnet.env")).unwrap();
-            let half: String = env
-                .lines()
-                .filter(|l| !l.starts_with("FLANNEL_NETWORK=") && !l.starts_with("FLANNEL_SUBNET="))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(dir.join("subnet6.env"), half).unwrap();
-            let pod = common::add_pod_with(&lab, i, &format!("v6half{i}"), |c| {
-                c["subnetFile"] = dir.join("subnet6.env").display().to_string().into();
-                c["dataDir"] = dir.join("cni-data6").display().to_string().into();
-            });
-            pods.push(pod);
-        }
-    } else {
-        let per_pod = if family == Family::Dual { 2 } else { 1 };
-        for (i, (_, ips)) in pods.iter().enumerate() {
-            assert_eq!(ips.len(), per_pod, "pod {i}: {ips:?}");
-        }
-    }
-    let v6 = |ip: &str| ip.contains(':');
-    for (i, (_, ips)) in pods.iter().enumerate() {
-        assert!(ips.iter().all(|ip| !v6(ip) || ip.starts_with("fd00:10:244:")), "pod {i}: {ips:?}");
-    }
-    let on_node = |p: usize| p % 3;
-    // The plugin's side of "no DAD wait" is issue 9's plugin part (another branch): until it
-    // lands, wait here for the pods' and their host veths' IPv6 addresses to leave DAD.
-    // Global addresses only (the pods' and the host veths' gateway addresses): link-local
-    // ones play no part in the pings and may be slow to settle under load.
+    // The plugin gives each pod one address per family, and no IPv6 address it sets up (the
+    // pod's, its host end's) waits for DAD: usable the moment ADD returns.
+    let pods: Vec<_> = (0..3).map(|i| common::add_pod_ips(&lab, i, &format!("v6pod{i}"))).collect();
     let tentative =
         |ns: &testlab::Netns| ns.ip(&["-6", "addr", "show", "scope", "global", "tentative"]);
-    let settled = |ns: &testlab::Netns| tentative(ns).trim().is_empty();
-    let ready = testlab::wait_for(Duration::from_secs(10), || {
-        pods.iter().all(|(p, _)| settled(p)) && lab.nodes.iter().all(|n| settled(&n.ns))
-    });
     let left: String = pods
         .iter()
         .map(|(p, _)| tentative(p))
         .chain(lab.nodes.iter().map(|n| tentative(&n.ns)))
         .collect();
-    assert!(ready, "IPv6 addresses still tentative after 10 s:\n{left}");
+    assert!(left.trim().is_empty(), "tentative IPv6 addresses right after ADD:\n{left}");
+    let per_pod = if family == Family::Dual { 2 } else { 1 };
+    let v6 = |ip: &str| ip.contains(':');
+    for (i, (_, ips)) in pods.iter().enumerate() {
+        assert_eq!(ips.len(), per_pod, "pod {i}: {ips:?}");
+        assert_eq!(ips.iter().filter(|ip| v6(ip)).count(), 1, "pod {i}: {ips:?}");
+        assert!(ips.iter().all(|ip| !v6(ip) || ip.starts_with("fd00:10:244:")), "pod {i}: {ips:?}");
+    }
+    let on_node = |p: usize| p;
     let mut pings = 0;
     for (a, (pa, mine)) in pods.iter().enumerate() {
         for (b, (_, ips)) in pods.iter().enumerate().filter(|(b, _)| on_node(*b) != on_node(a)) {

@@ -593,22 +593,11 @@ pub fn add_pod(lab: &Lab, i: usize, id: &str) -> (Netns, String) {
 
 /// [`add_pod`] returning every address of the result (one per family).
 pub fn add_pod_ips(lab: &Lab, i: usize, id: &str) -> (Netns, Vec<String>) {
-    add_pod_with(lab, i, id, |_| {})
-}
-
-/// [`add_pod_ips`] with the plugin's config changed by `edit` first.
-pub fn add_pod_with(
-    lab: &Lab,
-    i: usize,
-    id: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> (Netns, Vec<String>) {
     let list: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(lab.conflist(i)).unwrap()).unwrap();
     let mut conf = list["plugins"][0].clone();
     conf["name"] = list["name"].clone();
     conf["cniVersion"] = list["cniVersion"].clone();
-    edit(&mut conf);
     let pod = Netns::new("fpo");
     let path = bin_dir().display().to_string();
     let netns = pod.path();
