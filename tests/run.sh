@@ -41,7 +41,7 @@ set +e
 args=("$@")
 [[ " ${args[*]} " == *" -- "* ]] || args+=(--)
 args+=(--show-output)
-tests/sandbox.sh cargo test --workspace --offline --lib --bins --tests "${args[@]}" 2>&1 | tee "$LOG"
+tests/sandbox.sh cargo test --workspace --offline --no-fail-fast --lib --bins --tests "${args[@]}" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals over every test binary.
