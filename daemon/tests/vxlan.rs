@@ -248,13 +248,14 @@ fn host_gw_peer_is_never_encapsulated() {
     lab.store_up();
     lab.start(0, &["--backend", "vxlan"]);
     let s0 = lab.wait_subnets(&[0]);
-    // Leases as a host-gw node writes them, one per segment.
-    lab.put_lease("10.244.77.0-24", r#"{"PublicIP":"198.18.0.12","BackendType":"host-gw"}"#);
-    lab.put_lease("10.244.78.0-24", r#"{"PublicIP":"198.19.0.13","BackendType":"host-gw"}"#);
-    let want: BTreeMap<String, String> =
-        [("10.244.77.0/24".to_string(), "198.18.0.12".to_string())].into_iter().collect();
+    // Leases as a host-gw node writes them, one per segment, on two subnets that are not node 0's.
+    let free: Vec<u32> = (77..80).filter(|k| s0[0] != format!("10.244.{k}.0/24")).collect();
+    let (on, off) = (format!("10.244.{}.0/24", free[0]), format!("10.244.{}.0/24", free[1]));
+    lab.put_lease(&key(&on), r#"{"PublicIP":"198.18.0.12","BackendType":"host-gw"}"#);
+    lab.put_lease(&key(&off), r#"{"PublicIP":"198.19.0.13","BackendType":"host-gw"}"#);
+    let want: BTreeMap<String, String> = [(on, "198.18.0.12".to_string())].into_iter().collect();
     lab.wait_routes(0, &want, T);
-    let ok = wait_for(T, || lab.log(0).contains("10.244.78.0/24 via 198.19.0.13 not routed"));
+    let ok = wait_for(T, || lab.log(0).contains(&format!("{off} via 198.19.0.13 not routed")));
     assert!(ok, "{}", lab.log(0));
     assert_eq!(lab.routes(0), want, "subnet {s0:?}");
 }
