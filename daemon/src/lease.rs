@@ -210,6 +210,29 @@ pub async fn claim<S: LeaseStore>(
     remembered: Subnets,
     ttl: Duration,
 ) -> Result<Lease, ClaimError> {
+    claim_listed(store, net, attrs, remembered, ttl).await.map(|c| c.lease)
+}
+
+/// A claimed lease and the listing the claim decided on.
+#[derive(Debug)]
+pub struct Claimed {
+    pub lease: Lease,
+    /// The store's entries at `revision`, before the claim's own writes (this node's lease as it
+    /// was listed, or absent if the claim created it).
+    pub entries: Vec<LeaseEntry>,
+    /// The listing's revision: a watch from `revision + 1` delivers the claim's writes and every
+    /// other change since, so the listing can seed a watcher (one listing at start-up, not two).
+    pub revision: i64,
+}
+
+/// [`claim`], handing back the listing it decided on as well.
+pub async fn claim_listed<S: LeaseStore>(
+    store: &mut S,
+    net: &Net,
+    attrs: &LeaseAttrs,
+    remembered: Subnets,
+    ttl: Duration,
+) -> Result<Claimed, ClaimError> {
     // Keep only what fits the config (a family turned off is forgotten).
     let remembered = Subnets {
         v4: remembered.v4.filter(|s| net.v4.is_some_and(|n| n.in_range(*s))),
@@ -217,14 +240,14 @@ pub async fn claim<S: LeaseStore>(
     };
     let any = remembered.v4.is_some() || remembered.v6.is_some();
     for _ in 0..ATTEMPTS {
-        let (entries, _) = store.list().await?;
+        let (entries, revision) = store.list().await?;
         let got = if any {
             keep(store, &entries, net, remembered, attrs, ttl).await?
         } else {
             adopt_or_pick(store, &entries, net, attrs, ttl).await?
         };
-        if let Some(l) = got {
-            return Ok(l);
+        if let Some(lease) = got {
+            return Ok(Claimed { lease, entries, revision });
         }
     }
     Err(ClaimError::Exhausted(format!("lost the race for a subnet {ATTEMPTS} times in a row")))

@@ -5,7 +5,7 @@ use crate::args::{self, Args, Parsed, UplinkFlags};
 use crate::config::{self, Mode, Net, NetworkRequest, VxlanConf, VXLAN_OVERHEAD};
 use crate::event_loop::{EventLoop, Inputs, NodeSide, UplinkWatch};
 use crate::install::Layout;
-use crate::lease::{self, ClaimError, LeaseTiming};
+use crate::lease::{self, ClaimError, Claimed, LeaseTiming};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, Uplink};
 use crate::overlay::{Device, Overlay};
@@ -173,10 +173,15 @@ async fn daemon(a: Args) -> i32 {
 
     // 3. This node's lease: one key for every enabled family.
     let remembered = node::remembered_subnets(&a.files.subnet_file, &net);
-    let lease = match keeper.claim(remembered).await {
-        Ok(l) => l,
+    let claimed = match keeper.claim_listed(remembered).await {
+        Ok(c) => c,
         Err(code) => return code,
     };
+    let lease = claimed.lease.clone();
+    // etcd: the claim's listing seeds the watcher, whose watch continues it from its revision
+    // (one listing of every lease at start-up instead of two). The file store's watcher lists
+    // for itself (its watch follows its own listing).
+    let seed = matches!(watch_store, AnyStore::Etcd(_)).then_some(claimed);
 
     info!("subnet: {} (this node's pods)", lease.subnets());
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
@@ -237,7 +242,8 @@ async fn daemon(a: Args) -> i32 {
             Err(e) => warn!("netlink socket: {e}; a change of this node's address needs a restart"),
         }
     }
-    run_loops(event_loop, keeper, (lease, moved_rx), watch_store, a.reconcile.resync).await
+    let watching = (watch_store, seed);
+    run_loops(event_loop, keeper, (lease, moved_rx), watching, a.reconcile.resync).await
 }
 
 /// The vxlan backend's device for this node: on the uplink, from its public IP, the uplink's
@@ -298,7 +304,7 @@ async fn run_loops(
     event_loop: EventLoop,
     keeper: LeaseKeeper,
     (lease, moved): (Lease, mpsc::UnboundedReceiver<Ipv4Addr>),
-    mut watch_store: AnyStore,
+    (mut watch_store, seed): (AnyStore, Option<Claimed>),
     resync: Duration,
 ) -> i32 {
     let m = keeper.metrics.clone();
@@ -310,7 +316,7 @@ async fn run_loops(
     }
     let inputs = Inputs { store: store_rx, kernel: kernel_rx, lost: lost_tx };
     tokio::select! {
-        _ = watcher(&mut watch_store, store_tx, &m) => 1,
+        _ = watcher(&mut watch_store, seed, store_tx, &m) => 1,
         code = keeper.run(lease, lost_rx, moved) => code,
         code = event_loop.run(inputs) => code,
     }
@@ -449,12 +455,19 @@ impl LeaseKeeper {
     /// This node's lease, retrying until one is claimed; `Err` (the exit code) when a subnet
     /// this node's pods use belongs to another node.
     async fn claim(&mut self, remembered: Subnets) -> Result<Lease, i32> {
+        self.claim_listed(remembered).await.map(|c| c.lease)
+    }
+
+    /// [`LeaseKeeper::claim`], with the listing the claim decided on.
+    async fn claim_listed(&mut self, remembered: Subnets) -> Result<Claimed, i32> {
         let mut b = Backoff::new();
         let ip = self.attrs.node_ip();
         loop {
             let ttl = self.timing.ttl;
-            match lease::claim(&mut self.store, &self.net, &self.attrs, remembered, ttl).await {
-                Ok(l) => {
+            let (store, net, attrs) = (&mut self.store, &self.net, &self.attrs);
+            match lease::claim_listed(store, net, attrs, remembered, ttl).await {
+                Ok(c) => {
+                    let l = &c.lease;
                     b.ok("claim lease");
                     metrics::inc(&self.metrics.lease_claims_total);
                     let exp = l
@@ -462,8 +475,8 @@ impl LeaseKeeper {
                         .map(crate::log::timestamp)
                         .unwrap_or_else(|| "never (reservation)".into());
                     info!("lease {} for {} (expires {exp})", l.subnets(), ip);
-                    self.held(&l);
-                    return Ok(l);
+                    self.held(l);
+                    return Ok(c);
                 }
                 Err(e @ ClaimError::Taken { .. }) => return Err(refuse(&e.to_string())),
                 Err(ClaimError::Store(e)) => b.fail("claim lease", &e, &self.metrics).await,
@@ -585,21 +598,35 @@ impl LeaseKeeper {
 }
 
 /// Lists, then follows the store; any failure re-lists after a backoff (the router keeps every
-/// route meanwhile, since it only ever acts on a successful listing).
-async fn watcher(store: &mut AnyStore, tx: mpsc::UnboundedSender<Vec<WatchEvent>>, m: &Metrics) {
+/// route meanwhile, since it only ever acts on a successful listing). A `seed` (the start-up
+/// claim's listing) stands in for the first listing: the watch continues from its revision, so
+/// it delivers the claim's own writes and every change since; until they arrive, this node's
+/// lease is taken as claimed (the listing may predate it, which would read as the lease gone).
+async fn watcher(
+    store: &mut AnyStore,
+    mut seed: Option<Claimed>,
+    tx: mpsc::UnboundedSender<Vec<WatchEvent>>,
+    m: &Metrics,
+) {
     // At most 1 s between tries: a failed try already waited out the store's request timeout
     // (etcd: every member), so this costs little and sees the store back within about 1 s.
     let mut b = Backoff::capped(Duration::from_secs(1));
     loop {
-        let (all, mut rev) = match store.list().await {
-            Ok(x) => x,
-            Err(e) => {
-                b.fail("list leases", &e, m).await;
-                continue;
+        let (batch, mut rev) = match seed.take() {
+            Some(c) => {
+                let own = WatchEvent::Put(Ok(c.lease));
+                (vec![WatchEvent::Resync(c.entries), own], c.revision)
             }
+            None => match store.list().await {
+                Ok((all, rev)) => (vec![WatchEvent::Resync(all)], rev),
+                Err(e) => {
+                    b.fail("list leases", &e, m).await;
+                    continue;
+                }
+            },
         };
         metrics::set(&m.store_reachable, 1);
-        if tx.send(vec![WatchEvent::Resync(all)]).is_err() {
+        if tx.send(batch).is_err() {
             return;
         }
         loop {

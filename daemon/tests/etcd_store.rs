@@ -148,7 +148,7 @@ fn etcdctl_later(
 
 /// Watch from `rev` until an event batch satisfies `pred` (bounded by `limit`).
 async fn watch_until(
-    s: &mut EtcdStore,
+    s: &mut impl LeaseStore,
     mut rev: i64,
     limit: Duration,
     pred: impl Fn(&WatchEvent) -> bool,
@@ -721,4 +721,97 @@ async fn a_dual_stack_key_sharing_a_subnet_with_another_nodes_lease_is_not_creat
     );
     assert!(s.renew(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &a, ttl).await.unwrap());
     assert!(!s.renew(dual("10.244.1.0/24", "fd00:10:244:1::/64"), &b, ttl).await.unwrap());
+}
+
+/// How many `LeaseTimeToLive` requests etcd has answered, from its own `/metrics` (served on the
+/// client URL): the lookups a listing or watch made.
+fn lease_lookups(e: &Etcd) -> u64 {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", e.client_port)).expect("connect to etcd");
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    assert!(body.contains("grpc_server_handled_total"), "no gRPC metrics from etcd: {body:.300}");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_method=\"LeaseTimeToLive\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// ferryd's store handles (`AnyStore::open_pair`: [`EtcdStore::without_expiries`]) ask etcd for
+/// no lease's expiry (one `LeaseTimeToLive` per key made a 20,000-lease start-up 10 times
+/// slower): a key on an etcd lease is listed and watched as live until its delete
+/// ([`until_deleted`]), a reservation stays one, a lease that runs out is seen removed, and a
+/// claim keeps this node's subnet and never takes another node's. A store from `connect`
+/// (ferryctl's) still shows real expiries.
+#[tokio::test]
+async fn ferryd_looks_up_no_expiry_and_keys_are_live_until_deleted() {
+    use ferryd::lease::{claim, ClaimError};
+    use ferryd::store::any::{AnyStore, StoreUrl};
+    use ferryd::store::until_deleted;
+    require_sandbox();
+    let e = Etcd::start();
+    let mut writer = store(&e).await;
+    let ttl = Duration::from_secs(600);
+    for (n, ip) in [("10.244.1.0/24", "198.18.0.11"), ("10.244.2.0/24", "198.18.0.12")] {
+        assert!(writer.create(net(n), &attrs(ip), ttl).await.unwrap());
+    }
+    let reserved = r#"{"PublicIP":"198.18.0.99","BackendType":"host-gw","BackendData":null}"#;
+    etcdctl_ok(&e, &["put", &format!("{PREFIX}/subnets/10.244.9.0-24"), reserved]);
+
+    let mut settings = ferryd::args::Args::default().store;
+    settings.url = StoreUrl::Etcd(vec![e.url()]);
+    settings.etcd.request_timeout = Duration::from_secs(10);
+    let metrics = std::sync::Arc::new(ferryd::metrics::Metrics::default());
+    let (mut keeper, mut watcher) = AnyStore::open_pair(&settings, &metrics).await.unwrap();
+    let before = lease_lookups(&e);
+    let (list, rev) = watcher.list().await.unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+    for n in ["10.244.1.0/24", "10.244.2.0/24"] {
+        assert_eq!(find(&list, n).expires, Some(until_deleted()), "{n}");
+    }
+    assert_eq!(find(&list, "10.244.9.0/24").expires, None, "a reservation stays one");
+    assert_eq!(keeper.list().await.unwrap().0, list);
+
+    // A new key on a short etcd lease: watched as live, then removed when etcd expires it.
+    let short = Duration::from_secs(2);
+    assert!(writer.create(net("10.244.3.0/24"), &attrs("198.18.0.13"), short).await.unwrap());
+    let key = "10.244.3.0-24";
+    let rev = watch_until(&mut watcher, rev, WAIT, |ev| {
+        matches!(ev, WatchEvent::Put(Ok(l)) if l.key == key && l.expires == Some(until_deleted()))
+    })
+    .await;
+    watch_until(
+        &mut watcher,
+        rev,
+        WAIT,
+        |ev| matches!(ev, WatchEvent::Removed { key: k, .. } if k == key),
+    )
+    .await;
+    assert_eq!(lease_lookups(&e), before, "no LeaseTimeToLive from ferryd's handles");
+
+    // Claims: this node keeps (renews) its subnet; another node's live subnet is not free to a
+    // node that remembers it.
+    let n = ferryd::config::validate(&NetworkConfig::ipv4(net("10.244.0.0/16"))).unwrap();
+    let mine = Subnets { v4: Some(net("10.244.1.0/24")), v6: None };
+    let l = claim(&mut keeper, &n, &attrs("198.18.0.11"), mine, ttl).await.unwrap();
+    assert_eq!(l.subnets(), mine);
+    assert!((590.0..=601.0).contains(&secs_left(&l)), "own lease: {:?}", l.expires);
+    let theirs = Subnets { v4: Some(net("10.244.2.0/24")), v6: None };
+    match claim(&mut keeper, &n, &attrs("198.18.0.77"), theirs, ttl).await {
+        Err(ClaimError::Taken { subnet, .. }) => assert_eq!(subnet, "10.244.2.0/24"),
+        other => panic!("another node's live subnet claimed: {other:?}"),
+    }
+    assert_eq!(lease_lookups(&e), before, "claims look up no expiry either");
+
+    // ferryctl's store (expiries on) still asks etcd: real expiries, within the TTL.
+    let (full, _) = store(&e).await.list().await.unwrap();
+    for n in ["10.244.1.0/24", "10.244.2.0/24"] {
+        let left = secs_left(&find(&full, n));
+        assert!(left > 500.0 && left <= 601.0, "{n}: {left}");
+    }
+    assert!(lease_lookups(&e) >= before + 2, "a store with expiries looks them up");
 }

@@ -357,9 +357,10 @@ fn ipv6_config_the_node_cannot_honour_exits_2(kind: Store) {
 }
 
 /// etcd holding many more leases than one listing page (`--etcd-page-size 4`: 30 fake peers
-/// are 8 pages or more): ferryd starts and routes every one of them, and the watch that follows
-/// the paged listing (from its revision + 1) delivers later changes: a node joining, a lease
-/// added, one moved, one deleted.
+/// are 8 pages): ferryd starts and routes every one of them, reading them once (the claim's
+/// listing seeds the watcher, whose watch continues it from its revision + 1) and asking etcd
+/// for no lease's expiry, without taking its own new lease for gone; and the watch delivers
+/// later changes: a node joining, a lease added, one moved, one deleted.
 #[test]
 fn etcd_listing_in_pages() {
     let mut lab = Lab::new(Store::Etcd, 2);
@@ -372,9 +373,16 @@ fn etcd_listing_in_pages() {
         lab.put_lease(&key(&subnet), &lease(&gw));
         want.insert(subnet, gw);
     }
+    let (ranges, lookups) = (lab.etcd_requests("Range"), lab.etcd_requests("LeaseTimeToLive"));
     lab.start(0, &["--etcd-page-size", "4"]);
     lab.wait_subnets(&[0]);
     lab.wait_routes(0, &want, wait);
+    // One listing is 8 pages (30 keys, 4 a page); two would be 16. Besides: the config read.
+    let read = lab.etcd_requests("Range") - ranges;
+    assert!((8..=10).contains(&read), "{read} reads at start-up: more than one listing");
+    assert_eq!(lab.etcd_requests("LeaseTimeToLive"), lookups, "lease expiries looked up");
+    let log = lab.log(0);
+    assert!(!log.contains("re-claiming"), "own fresh lease taken for gone:\n{log}");
     lab.start(1, &["--etcd-page-size", "4"]);
     let s1 = lab.wait_subnets(&[1])[0].clone();
     want.insert(s1, lab.nodes[1].ip.clone());

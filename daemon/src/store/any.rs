@@ -53,8 +53,11 @@ impl AnyStore {
                 AnyStore::File(FileStore::open_watching(dir)),
             ),
             StoreUrl::Etcd(endpoints) => {
+                // ferryd looks up no lease's expiry: a listed key is live (etcd deletes it when
+                // its lease runs out), and its own lease's expiry is what it granted itself.
                 let s = EtcdStore::connect_with_metrics(etcd_config(endpoints, &s.etcd), m.clone())
-                    .await?;
+                    .await?
+                    .without_expiries();
                 let w = s.handle();
                 (AnyStore::Etcd(Box::new(s)), AnyStore::Etcd(Box::new(w)))
             }

@@ -5,6 +5,12 @@
 //!   an etcd lease of the lease TTL. Each create/renew grants a *fresh* etcd lease (like flannel;
 //!   no keepalive). A key without an etcd lease is a permanent reservation (`expires: None`).
 //!
+//! A listed or watched key's expiry is its etcd lease's, asked of etcd (one `LeaseTimeToLive`
+//! per etcd lease, remembered) by a store from [`EtcdStore::connect`] (ferryctl shows it). A
+//! store [`EtcdStore::without_expiries`] (ferryd's) asks nothing: etcd deletes a key when its
+//! lease runs out, so a key it lists or watches is live ([`until_deleted`]) until its delete is
+//! watched. At 20,000 keys on their own etcd leases the lookups made a listing 10 times slower.
+//!
 //! Entry keys ([`BadLease::key`](super::BadLease), [`WatchEvent::Removed`]) are the full etcd keys.
 //! Every request fails over between the members ([`members`]: one connection per endpoint, a short
 //! per-member deadline, the whole call bounded by `request_timeout`); transport failures map to
@@ -18,8 +24,8 @@ mod members;
 mod watch;
 
 use super::{
-    parse_lease, parse_subnet_key, LeaseAttrs, LeaseEntry, LeaseStore, NetworkConfig, Result,
-    StoreError, Subnets, WatchEvent,
+    parse_lease, parse_subnet_key, until_deleted, LeaseAttrs, LeaseEntry, LeaseStore,
+    NetworkConfig, Result, StoreError, Subnets, WatchEvent,
 };
 use crate::metrics::{self, Metrics};
 use etcd_client::{
@@ -92,8 +98,11 @@ pub struct EtcdStore {
     prefix: String,
     page_size: usize,
     watch: Option<Watching>,
-    /// etcd lease id → expiry. Leases are never kept alive (fresh lease per write), so an expiry
-    /// once learned stays valid; pruned by `list` and on deletes.
+    /// Look up the expiry of every etcd lease a listed or watched key is on (else a key on an
+    /// etcd lease gets [`until_deleted`]).
+    expiries: bool,
+    /// etcd lease id → expiry (only with `expiries`). Leases are never kept alive (fresh lease
+    /// per write), so an expiry once learned stays valid; pruned by `list` and on deletes.
     expiry: HashMap<i64, SystemTime>,
     /// etcd leases a failed call may have granted, to revoke when etcd answers again.
     orphans: Vec<i64>,
@@ -235,10 +244,21 @@ impl EtcdStore {
             prefix,
             page_size: cfg.page_size.max(1),
             watch: None,
+            expiries: true,
             expiry: HashMap::new(),
             orphans: Vec::new(),
             live: 0,
         })
+    }
+
+    /// This store without expiry lookups (ferryd's): a key on an etcd lease is listed and
+    /// watched with the expiry [`until_deleted`] (live while the key exists, which etcd ends
+    /// when the lease runs out) instead of one `LeaseTimeToLive` request per etcd lease.
+    /// Reservations (keys on no etcd lease) stay `None`; [`EtcdStore::handle`] keeps the mode.
+    pub fn without_expiries(mut self) -> EtcdStore {
+        self.expiries = false;
+        self.expiry.clear();
+        self
     }
 
     /// Another store object on the same member connections (its own watch state).
@@ -248,6 +268,7 @@ impl EtcdStore {
             prefix: self.prefix.clone(),
             page_size: self.page_size,
             watch: None,
+            expiries: self.expiries,
             expiry: HashMap::new(),
             orphans: Vec::new(),
             live: 0,
@@ -316,8 +337,10 @@ impl EtcdStore {
         };
         match self.members.call("lease grant", grant).await {
             Ok(granted) => {
-                let left = Duration::from_secs(granted.max(0) as u64);
-                self.expiry.insert(id, SystemTime::now() + left);
+                if self.expiries {
+                    let left = Duration::from_secs(granted.max(0) as u64);
+                    self.expiry.insert(id, SystemTime::now() + left);
+                }
                 Ok((Some(PutOptions::new().with_lease(id)), id))
             }
             Err(e) => {
@@ -356,6 +379,9 @@ impl EtcdStore {
 
     /// Learn the expiry of the given etcd leases we don't know yet (concurrently, 64 at a time).
     async fn learn_expiry(&mut self, ids: impl IntoIterator<Item = i64>) -> Result<()> {
+        if !self.expiries {
+            return Ok(());
+        }
         let mut missing: Vec<i64> =
             ids.into_iter().filter(|id| *id != 0 && !self.expiry.contains_key(id)).collect();
         missing.sort_unstable();
@@ -393,6 +419,7 @@ impl EtcdStore {
         let key = String::from_utf8_lossy(kv.key());
         let expires = match kv.lease() {
             0 => None,
+            _ if !self.expiries => Some(until_deleted()),
             id => Some(self.expiry.get(&id).copied().unwrap_or_else(SystemTime::now)),
         };
         parse_lease(&key, kv.value(), expires)
@@ -407,8 +434,9 @@ impl EtcdStore {
         let end = prefix_end(prefix.as_bytes());
         let mut from = prefix.into_bytes();
         let mut rev = 0;
-        // Each entry with its etcd lease id (0: none), the expiry filled in at the end.
-        let mut entries: Vec<(i64, LeaseEntry)> = Vec::new();
+        // The entries, and each one's etcd lease id (0: none) while expiries are to be looked
+        // up (filled in at the end). Without lookups an entry is complete as parsed.
+        let (mut entries, mut ids): (Vec<LeaseEntry>, Vec<i64>) = (Vec::new(), Vec::new());
         loop {
             let mut opts =
                 GetOptions::new().with_range(end.clone()).with_limit(self.page_size as i64);
@@ -424,7 +452,11 @@ impl EtcdStore {
             entries.reserve(if more { kvs.len() * 2 } else { kvs.len() });
             for kv in &kvs {
                 let key = String::from_utf8_lossy(kv.key());
-                entries.push((kv.lease(), parse_lease(&key, kv.value(), None)));
+                let expires = (kv.lease() != 0 && !self.expiries).then(until_deleted);
+                entries.push(parse_lease(&key, kv.value(), expires));
+                if self.expiries {
+                    ids.push(kv.lease());
+                }
             }
             match kvs.last() {
                 // etcd's next key after the last one: the same key with a zero byte appended.
@@ -432,24 +464,23 @@ impl EtcdStore {
                 _ => break,
             }
         }
-        let ids: HashSet<i64> = entries.iter().map(|(id, _)| *id).filter(|id| *id != 0).collect();
+        if !self.expiries {
+            return Ok((entries, rev));
+        }
+        let live: HashSet<i64> = ids.iter().copied().filter(|id| *id != 0).collect();
         // Forget leases no key uses, and expiries that have passed: a key still listed under a
         // lease we think expired is alive (etcd extends every lease when it restarts, e.g. after
         // an outage longer than the TTL), so ask etcd again instead of dropping the route.
         let now = SystemTime::now();
-        self.expiry.retain(|id, exp| ids.contains(id) && *exp > now);
-        self.live = ids.len();
-        self.learn_expiry(ids).await?;
-        let list = entries
-            .into_iter()
-            .map(|(id, mut e)| {
-                if let (Ok(l), true) = (&mut e, id != 0) {
-                    l.expires = Some(self.expiry.get(&id).copied().unwrap_or(now));
-                }
-                e
-            })
-            .collect();
-        Ok((list, rev))
+        self.expiry.retain(|id, exp| live.contains(id) && *exp > now);
+        self.live = live.len();
+        self.learn_expiry(live).await?;
+        for (e, id) in entries.iter_mut().zip(ids) {
+            if let (Ok(l), true) = (e, id != 0) {
+                l.expires = Some(self.expiry.get(&id).copied().unwrap_or(now));
+            }
+        }
+        Ok((entries, rev))
     }
 
     async fn resync(&mut self) -> Result<(Vec<WatchEvent>, i64)> {

@@ -226,8 +226,20 @@ pub struct Lease {
     /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     pub subnet6: Option<Ipv6Network>,
     pub attrs: LeaseAttrs,
-    /// When the lease runs out; `None` for a permanent reservation.
+    /// When the lease runs out; `None` for a permanent reservation; [`until_deleted`] for an
+    /// etcd key on an etcd lease whose expiry was not looked up (live while the key exists).
     pub expires: Option<SystemTime>,
+}
+
+/// The expiry of a lease whose key exists but whose end was not looked up: an etcd key on an
+/// etcd lease, as ferryd's store handles list and watch it ([`etcd::EtcdStore::without_expiries`]).
+/// etcd deletes a key when its etcd lease runs out (and only then does the lease stop being
+/// live), so a listed or watched key is live until its delete arrives: this is far in the
+/// future (9999-12-31), so every liveness check (`expires > now`) holds, and it is `Some` (the
+/// key is not a permanent reservation). Only ever compared, never shown by ferryd: it looks up
+/// no peer's expiry, and its own lease's expiry is what its last create or renew granted.
+pub fn until_deleted() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
 }
 
 impl Lease {

@@ -228,6 +228,20 @@ impl Lab {
         }
     }
 
+    /// How many requests of a gRPC method (`Range`, `LeaseTimeToLive`, ...) the lab's etcd has
+    /// answered, from its own `/metrics` (fetched from inside the underlay).
+    pub fn etcd_requests(&self, method: &str) -> u64 {
+        let url = format!("{}/metrics", self.etcd_url());
+        let out = self.underlay.cmd("curl").args(["-sf", &url]).output().expect("curl");
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        let want = format!("grpc_method=\"{method}\"");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&want))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         self.underlay
             .cmd("etcdctl")
