@@ -409,11 +409,16 @@ pub fn libcni_env(host: &Netns, args: &[&str], env: &[(&str, &str)]) -> CniOut {
     }
 }
 
-/// Run `cmd` (stdin null, stdout/stderr captured), waiting at most `timeout`; on expiry the child
-/// (only it, by PID) is killed and reaped and `None` is returned.
+/// Run `cmd` (stdin null, stdout/stderr captured) in a process group of its own, waiting at most
+/// `timeout`; on expiry the group (the child and whatever it started) is killed, the child reaped
+/// and `None` returned.
 pub fn output_bounded(mut cmd: Command, timeout: Duration) -> Option<Output> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    // Its own process group: past the timeout the whole group goes, so nothing it started
+    // (a bench's etcd and daemons) outlives it holding the pipes or the sandbox.
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -438,6 +443,10 @@ pub fn output_bounded(mut cmd: Command, timeout: Duration) -> Option<Output> {
             break st;
         }
         if start.elapsed() > timeout {
+            // SAFETY: kill(2) on the child's own process group (its pid, see process_group(0)).
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
             let _ = child.kill();
             let _ = child.wait();
             return None;
