@@ -26,14 +26,7 @@ fn main() {
     let secs: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
 
     // Nodes 0, 1 on segment A; 2, 3 on segment B; the underlay namespace routes between them.
-    let mut lab = Lab::with_store(Store::File, 0, false);
-    for seg in [0, 0, 1, 1] {
-        lab.add_node_on(seg);
-    }
-    for i in 0..2 {
-        lab.nodes[i].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
-    }
-    lab.store_up();
+    let mut lab = Lab::on_segments(Store::File, &[0, 0, 1, 1]);
     for i in 0..4 {
         lab.start(i, &["--backend", "vxlan"]);
     }

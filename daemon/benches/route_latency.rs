@@ -17,13 +17,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::events::{ms, wait_route_event, watch_routes, Stats};
 use common::{Family, Lab, Store};
-use ferry_netlink::{netns, Event, EventSocket, Netlink, RTPROT_FERRY};
+use ferry_netlink::{netns, Netlink, RTPROT_FERRY};
 use ferryd::store::etcd::{EtcdConfig, EtcdStore};
 use ferryd::store::{LeaseAttrs, LeaseStore, Subnets};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::fs::File;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const PEER_SUBNET: &str = "10.244.200.0/24";
@@ -51,74 +51,6 @@ fn main() {
     for (name, s, anchor) in rows {
         println!("{name:<44} {s}   {anchor}");
     }
-}
-
-struct Stats(Vec<f64>);
-
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut v = self.0.clone();
-        if v.is_empty() {
-            return write!(f, "{:>9} {:>9} {:>9}", "-", "-", "-");
-        }
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-        write!(f, "{:>9.3} {:>9.3} {:>9.3}", q(0.5), q(0.99), v[v.len() - 1])
-    }
-}
-
-/// Route events of one namespace, timestamped on arrival, from a thread inside it.
-fn watch_routes(ns_path: &str) -> mpsc::Receiver<(Instant, Event)> {
-    let (tx, rx) = mpsc::channel();
-    let ns = File::open(ns_path).unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let g = netns::enter(&ns).unwrap();
-        let mut es = EventSocket::new().unwrap();
-        drop(g);
-        ready_tx.send(()).unwrap();
-        loop {
-            let Ok(evs) = es.recv() else { continue };
-            let now = Instant::now();
-            for e in evs {
-                if tx.send((now, e)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    ready_rx.recv().unwrap();
-    rx
-}
-
-/// Wait for a proto-113 route event for `dst`; returns its arrival time.
-fn wait_event(
-    rx: &mpsc::Receiver<(Instant, Event)>,
-    dst: IpNetwork,
-    added: bool,
-) -> Option<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok((t, Event::RouteAdded(r)))
-                if added && r.dst == dst && r.protocol == RTPROT_FERRY =>
-            {
-                return Some(t)
-            }
-            Ok((t, Event::RouteDeleted(r)))
-                if !added && r.dst == dst && r.protocol == RTPROT_FERRY =>
-            {
-                return Some(t)
-            }
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn bench(kind: Store, trials: usize, v6: bool) -> Vec<(String, Stats, &'static str)> {
@@ -213,13 +145,13 @@ fn bench(kind: Store, trials: usize, v6: bool) -> Vec<(String, Stats, &'static s
     for _ in 0..trials {
         drain();
         let t0 = put(true);
-        match wait_event(&rx, dst, true) {
+        match wait_route_event(&rx, dst, true) {
             Some(t1) => join.push(ms(t1 - t0)),
             None => missed += 1,
         }
         drain();
         let t0 = put(false);
-        match wait_event(&rx, dst, false) {
+        match wait_route_event(&rx, dst, false) {
             Some(t1) => leave.push(ms(t1 - t0)),
             None => missed += 1,
         }
@@ -232,7 +164,7 @@ fn bench(kind: Store, trials: usize, v6: bool) -> Vec<(String, Stats, &'static s
         drain();
         let t0 = Instant::now();
         nl.del_route(&victim).unwrap();
-        match wait_event(&rx, victim.dst, true) {
+        match wait_route_event(&rx, victim.dst, true) {
             Some(t1) => repair.push(ms(t1 - t0)),
             None => missed += 1,
         }

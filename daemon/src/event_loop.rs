@@ -238,6 +238,9 @@ impl EventLoop {
             Err(e) => {
                 metrics::inc(&self.metrics.route_errors_total);
                 warn!("VXLAN device {}: {e}", o.device.name);
+                if let Some(enc) = self.routes.encap_mut() {
+                    enc.vteps.clone_from(&self.vteps); // the last device, the current leases
+                }
             }
         }
     }
@@ -339,9 +342,6 @@ impl EventLoop {
             }
         }
         self.reported_unencapsulated = v.unencapsulated;
-        if let Some(e) = self.routes.encap_mut() {
-            e.vteps.clone_from(&v.vteps);
-        }
         self.vteps = v.vteps;
         self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {

@@ -133,12 +133,7 @@ impl Flannel {
         let out = cni(Some(&n.ns), &self.dir.join("flannel"), &env, &conf.to_string());
         out.assert_ok();
         let r = out.json();
-        let ips: Vec<String> = r["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["address"].as_str().unwrap().split('/').next().unwrap().to_string())
-            .collect();
+        let ips = testlab::pod_ips(&r);
         assert!(wait_for(Duration::from_secs(3), || pod.links_ready()), "flannel pod links not up");
         (pod, ips)
     }

@@ -16,14 +16,7 @@ const DEV: &str = "ferry.1";
 
 /// Nodes 0 and 1 on segment A (198.18.0.0/24), 2 and 3 on segment B (198.19.0.0/24).
 fn two_segments(kind: Store) -> (Lab, Vec<String>) {
-    let mut lab = Lab::with_store(kind, 0, false);
-    for seg in [0, 0, 1, 1] {
-        lab.add_node_on(seg);
-    }
-    for i in 0..2 {
-        lab.nodes[i].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
-    }
-    lab.store_up();
+    let mut lab = Lab::on_segments(kind, &[0, 0, 1, 1]);
     for i in 0..4 {
         lab.start(i, &["--backend", "vxlan"]);
     }
@@ -240,12 +233,7 @@ fn etcd_vxlan_across_segments() {
 /// VXLAN: it cannot decapsulate. It is routed directly when on-link, else reported unreachable.
 #[test]
 fn host_gw_peer_is_never_encapsulated() {
-    let mut lab = Lab::with_store(Store::File, 0, false);
-    for seg in [0, 0, 1] {
-        lab.add_node_on(seg);
-    }
-    lab.nodes[0].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
-    lab.store_up();
+    let mut lab = Lab::on_segments(Store::File, &[0, 0, 1]);
     lab.start(0, &["--backend", "vxlan"]);
     let s0 = lab.wait_subnets(&[0]);
     // Leases as a host-gw node writes them, one per segment, on two subnets that are not node 0's.

@@ -459,3 +459,9 @@ pub fn output_bounded(mut cmd: Command, timeout: Duration) -> Option<Output> {
         stderr: t_err.join().unwrap_or_default(),
     })
 }
+
+/// Every pod IP (without prefix) of a 0.3.0+ CNI result, in order.
+pub fn pod_ips(r: &Value) -> Vec<String> {
+    let ips = r["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {r}"));
+    ips.iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().into()).collect()
+}

@@ -17,27 +17,26 @@ struct Run {
 impl Run {
     /// Copy `conf-examples/<file>` unchanged into a fresh conf dir.
     fn new(file: &str, name: &str) -> Run {
-        require_sandbox();
-        let tmp = TempDir::new("lc");
-        std::fs::create_dir_all(tmp.join("conf")).unwrap();
-        std::fs::copy(workspace().join("conf-examples").join(file), tmp.join("conf").join(file))
-            .unwrap();
-        Run {
-            node: Netns::new("lcn"),
-            pod: Netns::new("lcp"),
-            tmp,
-            name: name.into(),
-            id: unique("lc"),
-        }
+        Run::with_conf_dir(name, |tmp| {
+            let conf = tmp.join("conf").join(file);
+            std::fs::copy(workspace().join("conf-examples").join(file), conf).unwrap();
+        })
     }
 
     /// A conflist given as text (`{dir}` is replaced by this run's temp dir), as `name.conflist`.
     fn with_conflist(text: &str, name: &str) -> Run {
+        Run::with_conf_dir(name, |tmp| {
+            let text = text.replace("{dir}", &tmp.path_str(""));
+            std::fs::write(tmp.join("conf").join(format!("{name}.conflist")), text).unwrap();
+        })
+    }
+
+    /// A run whose fresh conf dir `fill` populates.
+    fn with_conf_dir(name: &str, fill: impl FnOnce(&TempDir)) -> Run {
         require_sandbox();
         let tmp = TempDir::new("lc");
         std::fs::create_dir_all(tmp.join("conf")).unwrap();
-        let text = text.replace("{dir}", &tmp.path_str(""));
-        std::fs::write(tmp.join("conf").join(format!("{name}.conflist")), text).unwrap();
+        fill(&tmp);
         Run {
             node: Netns::new("lcn"),
             pod: Netns::new("lcp"),

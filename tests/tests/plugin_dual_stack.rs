@@ -224,7 +224,6 @@ fn configured_routes_go_via_their_family_gateway() {
 fn check_verifies_each_family() {
     let node = Node::new();
     let conf = node.conf_file("1.0.0", &dual(75), "");
-    type Breaker<'a> = &'a dyn Fn(&Netns, &Node, &[String], &str);
     let cases: &[(&str, Breaker)] = &[
         ("IPv6 address", &|pod, _n, ips, _h| {
             pod.ip(&["addr", "del", &format!("{}/64", ips[1]), "dev", "eth0"]);
@@ -248,17 +247,7 @@ fn check_verifies_each_family() {
             n.ns.ip(&["-4", "route", "del", &format!("{}/32", ips[0])]);
         }),
     ];
-    for (i, (what, break_it)) in cases.iter().enumerate() {
-        let pod = Netns::new("fp");
-        let cid = format!("chk{i}");
-        let r = node.add(&cid, &pod, &conf);
-        let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
-        node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(&conf, &r)).assert_ok();
-        break_it(&pod, &node, &pod_ips(&r), &host_if);
-        let out = node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(&conf, &r));
-        assert_eq!(out.code(), 103, "CHECK after removing the {what}: {}", out.stdout);
-        node.call("DEL", &cid, Some(&pod), "eth0", &conf).assert_ok();
-    }
+    check_catches_each(&node, &conf, cases);
     // A prevResult that lists only the IPv4 address: IPAM holds an IPv6 one it does not list.
     let pod = Netns::new("fp");
     let r = node.add("chkv4", &pod, &conf);

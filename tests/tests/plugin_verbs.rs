@@ -202,16 +202,15 @@ fn del_succeeds_for_whatever_is_already_gone() {
 fn check_reports_what_was_removed() {
     let node = Node::new();
     let conf = node.conf("1.0.0", "10.65.0.0/24", "");
-    type Breaker<'a> = &'a dyn Fn(&Netns, &Node, &str, &str);
     let cases: &[(&str, Breaker)] = &[
-        ("address", &|pod, _n, ip, _h| {
-            pod.ip(&["addr", "del", &format!("{ip}/24"), "dev", "eth0"]);
+        ("address", &|pod, _n, ips, _h| {
+            pod.ip(&["addr", "del", &format!("{}/24", ips[0]), "dev", "eth0"]);
         }),
         ("default route", &|pod, _n, _ip, _h| {
             pod.ip(&["route", "del", "default"]);
         }),
-        ("host route", &|_pod, n, ip, _h| {
-            n.ns.ip(&["route", "del", &format!("{ip}/32")]);
+        ("host route", &|_pod, n, ips, _h| {
+            n.ns.ip(&["route", "del", &format!("{}/32", ips[0])]);
         }),
         ("interface down", &|pod, _n, _ip, _h| {
             pod.ip(&["link", "set", "eth0", "down"]);
@@ -220,17 +219,7 @@ fn check_reports_what_was_removed() {
             n.ns.ip(&["link", "del", h]);
         }),
     ];
-    for (i, (what, break_it)) in cases.iter().enumerate() {
-        let pod = Netns::new("fp");
-        let cid = format!("chk{i}");
-        let r = node.add(&cid, &pod, &conf);
-        let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
-        node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(&conf, &r)).assert_ok();
-        break_it(&pod, &node, &pod_ip(&r), &host_if);
-        let out = node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(&conf, &r));
-        assert_eq!(out.code(), 103, "CHECK after removing the {what}: {}", out.stdout);
-        node.call("DEL", &cid, Some(&pod), "eth0", &conf).assert_ok();
-    }
+    check_catches_each(&node, &conf, cases);
     // No prevResult: a config error. A prevResult from another netns: mismatch.
     let pod = Netns::new("fp");
     let r = node.add("chkx", &pod, &conf);

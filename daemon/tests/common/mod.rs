@@ -122,6 +122,21 @@ impl Lab {
         self.add_node_on(0)
     }
 
+    /// A lab whose nodes sit on the given underlay segments (see [`Lab::add_node_on`]), every
+    /// segment routed to every other through the underlay namespace; the store is up, no
+    /// ferryd runs yet.
+    pub fn on_segments(kind: Store, segs: &[u8]) -> Lab {
+        let mut lab = Lab::with_store(kind, 0, false);
+        for &seg in segs {
+            lab.add_node_on(seg);
+        }
+        for (i, _) in segs.iter().enumerate().filter(|(_, &s)| s == 0) {
+            lab.nodes[i].ns.ip(&["route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
+        }
+        lab.store_up();
+        lab
+    }
+
     /// Add a node on underlay segment `seg`: 0 is `br0` (198.18.0.0/24, the only one unless
     /// asked), 1 is `br1` (198.19.0.0/24), with the underlay namespace routing between them (a
     /// node on a second segment reaches the first, and etcd, through it).
@@ -625,12 +640,7 @@ pub fn add_pod_ips(lab: &Lab, i: usize, id: &str) -> (Netns, Vec<String>) {
     let out = cni(Some(&lab.nodes[i].ns), &bin("ferry"), &env, &conf.to_string());
     out.assert_ok();
     let r = out.json();
-    let ips: Vec<String> = r["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["address"].as_str().unwrap().split('/').next().unwrap().to_string())
-        .collect();
+    let ips = testlab::pod_ips(&r);
     // The test's wait for the kernel's linkwatch (see `Netns::links_ready`), not the plugin's.
     let ready = wait_for(Duration::from_secs(3), || pod.links_ready());
     assert!(ready, "pod links not up 3 s after ADD: {}", pod.ip(&["link"]));

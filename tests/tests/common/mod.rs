@@ -190,17 +190,32 @@ pub fn assert_clean(node: &Node, when: &str) {
 }
 
 /// Config with `prevResult` added (for CHECK / DEL).
+/// Breaks one thing of a pod that ADD set up: (pod netns, node, pod IPs, host interface).
+pub type Breaker<'a> = &'a dyn Fn(&Netns, &Node, &[String], &str);
+
+/// For each case: a fresh pod passes CHECK, the case breaks one thing, CHECK then fails with
+/// code 103 naming nothing else, and DEL cleans up.
+pub fn check_catches_each(node: &Node, conf: &str, cases: &[(&str, Breaker)]) {
+    for (i, (what, break_it)) in cases.iter().enumerate() {
+        let pod = Netns::new("fp");
+        let cid = format!("chk{i}");
+        let r = node.add(&cid, &pod, conf);
+        let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+        node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(conf, &r)).assert_ok();
+        break_it(&pod, node, &pod_ips(&r), &host_if);
+        let out = node.call("CHECK", &cid, Some(&pod), "eth0", &with_prev(conf, &r));
+        assert_eq!(out.code(), 103, "CHECK after removing the {what}: {}", out.stdout);
+        node.call("DEL", &cid, Some(&pod), "eth0", conf).assert_ok();
+    }
+}
+
 pub fn with_prev(conf: &str, prev: &Value) -> String {
     let mut c: Value = serde_json::from_str(conf).unwrap();
     c["prevResult"] = prev.clone();
     c.to_string()
 }
 
-/// Every pod IP (without prefix) of a 0.3.0+ result, in order.
-pub fn pod_ips(r: &Value) -> Vec<String> {
-    let ips = r["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {r}"));
-    ips.iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().into()).collect()
-}
+pub use testlab::pod_ips;
 
 /// The pod IP (without prefix) from a result of any version.
 pub fn pod_ip(r: &Value) -> String {
