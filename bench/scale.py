@@ -302,7 +302,14 @@ def churn(ctx, kind, node, seconds, rate=100):
     store = ctx.stores[kind]
     lst = Listener([node.ns])
     c0 = cpu_ticks(node.proc.pid)
+    perf = None
+    if os.environ.get("FERRY_BENCH_CHURN_PERF"):  # a call-graph profile of ferryd during churn
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-p", str(node.proc.pid),
+                                 "-o", os.environ["FERRY_BENCH_CHURN_PERF"]])
     ops, wall = churn_ops(ctx, store, node, seconds, rate)
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(60)
     time.sleep(2)
     cpu = (cpu_ticks(node.proc.pid) - c0) / lab.HZ
     lat = match_ops(lst, ops)
@@ -313,7 +320,10 @@ def churn(ctx, kind, node, seconds, rate=100):
          "achieved_rate": len(ops) / wall, "lat_ms": lat, "by_kind": by_kind,
          "write_ms": [o[4] * 1000 for o in ops], "missed": sum(1 for l in lat if l is None),
          "ferryd_cpu_s": cpu, "cpu_window_s": wall + 2, "final": check, "overflows": lst.overflows}
-    log("churn %s: %d ops, %d missed, final %s" % (kind, len(ops), r["missed"], check))
+    ok = sorted(l for l in lat if l is not None)
+    pct = lambda q: ok[min(len(ok) - 1, int(q * len(ok)))] if ok else float("nan")
+    log("churn %s: %d ops, %d missed, p50 %.2f p99 %.2f max %.2f ms, ferryd CPU %.2f s, final %s"
+        % (kind, len(ops), r["missed"], pct(0.5), pct(0.99), pct(1.0), cpu, check))
     return r
 
 
@@ -325,13 +335,20 @@ def main():
     ap.add_argument("--prof-bin")
     ap.add_argument("--daemons", type=int)
     ap.add_argument("--cold", help="only cold starts: STORE:SIZE,... (e.g. etcd:50000,file:50000)")
+    ap.add_argument("--churn", help="only cold start + churn: STORE:SIZE,... (e.g. etcd:5000)")
+    ap.add_argument("--churn-seconds", type=int, default=60)
     args = ap.parse_args()
     lab.require_sandbox()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("scale: terminated"))  # so cleanup runs
     os.nice(-5)
     ctx = Ctx(args)
     try:
-        out = cold_only(ctx, args.cold) if args.cold else experiments(ctx, args)
+        if args.cold:
+            out = cold_only(ctx, args.cold)
+        elif args.churn:
+            out = churn_only(ctx, args.churn, args.churn_seconds)
+        else:
+            out = experiments(ctx, args)
         out.update(etcd_peak_rss_kib=ctx.etcd_peak_kib, etcd_killed=ctx.etcd_killed)
     finally:
         ctx.close()
@@ -349,6 +366,19 @@ def cold_only(ctx, spec):
         r, _ = cold_start(ctx, kind, int(size), idle=True)
         r["etcd_rss_kib"] = proc_status(ctx.etcd.pid, "VmRSS") if ctx.etcd.poll() is None else None
         out["scale"].append(r)
+    return out
+
+
+def churn_only(ctx, spec, seconds):
+    """Cold start, then churn, e.g. "etcd:5000" (each size reached by topping up)."""
+    out = {"quick": ctx.quick, "scale": [], "churn": []}
+    for item in spec.split(","):
+        kind, size = item.split(":")
+        r, node = cold_start(ctx, kind, int(size), idle=True, keep=True)
+        out["scale"].append(r)
+        if node:
+            out["churn"].append(churn(ctx, kind, node, seconds))
+            ctx.drop(node)
     return out
 
 

@@ -6,12 +6,10 @@ use crate::masq::{self, Masquerade};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, NodeFiles};
 use crate::overlay::Overlay;
-use crate::peers::{apply_event, evaluate, Leases, Me};
+use crate::peers::{Me, PeerSet};
 use crate::route_applier::{Encap, RouteApplier};
-use crate::route_plan::Want;
 use crate::store::WatchEvent;
 use ferry_netlink::Event;
-use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -119,8 +117,8 @@ pub struct EventLoop {
     pub routes: RouteApplier,
     settings: ReconcileSettings,
     metrics: Arc<Metrics>,
-    leases: Leases,
-    want: Want,
+    /// The store's entries and the routes they make, updated one event at a time.
+    peers: PeerSet,
     /// The first full listing arrived: until then nothing is reconciled (no listing ≠ no peers).
     listed: bool,
     reported_bad: BTreeMap<String, String>,
@@ -129,8 +127,6 @@ pub struct EventLoop {
     started: bool,
     /// vxlan backend: the device, kept as wanted before every full reconcile.
     overlay: Option<Overlay>,
-    /// vxlan backend: the peers that can be sent VXLAN (subnet → VTEP MAC).
-    vteps: BTreeMap<Ipv4Network, [u8; 6]>,
     /// vxlan leases routed only directly, as last reported (key → why).
     reported_unencapsulated: BTreeMap<String, String>,
     /// The public IP follows the uplink's address (no `--public-ip`).
@@ -173,14 +169,12 @@ impl EventLoop {
             routes,
             settings,
             metrics,
-            leases: Leases::new(),
-            want: Want::new(),
+            peers: PeerSet::new(),
             listed: false,
             reported_bad: BTreeMap::new(),
             own_missing: false,
             started: false,
             overlay: None,
-            vteps: BTreeMap::new(),
             reported_unencapsulated: BTreeMap::new(),
             uplink: None,
         }
@@ -233,13 +227,13 @@ impl EventLoop {
             Ok((ifindex, _)) => self.routes.set_encap(Some(Encap {
                 ifindex,
                 direct_routing: o.direct_routing,
-                vteps: self.vteps.clone(),
+                vteps: self.peers.verdict().vteps.clone(),
             })),
             Err(e) => {
                 metrics::inc(&self.metrics.route_errors_total);
                 warn!("VXLAN device {}: {e}", o.device.name);
                 if let Some(enc) = self.routes.encap_mut() {
-                    enc.vteps.clone_from(&self.vteps); // the last device, the current leases
+                    enc.vteps.clone_from(&self.peers.verdict().vteps); // the last device, the current leases
                 }
             }
         }
@@ -259,6 +253,11 @@ impl EventLoop {
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => {
                     self.check_uplink();
+                    // A lease that ran out, or this node's new address, without a store event.
+                    if self.peers.refresh(&self.node.me, SystemTime::now()) {
+                        self.report(&inp.lost);
+                        let _ = self.peers.take_changes(); // the full reconcile below does them
+                    }
                     let ok = self.node.ensure(true);
                     metrics::set(&self.metrics.node_files_written, u64::from(ok));
                     Some(Pass { retry: true, drift: false })
@@ -282,13 +281,14 @@ impl EventLoop {
         more: &mut mpsc::UnboundedReceiver<Vec<WatchEvent>>,
         lost: &mpsc::UnboundedSender<()>,
     ) -> Option<Pass> {
-        let mut full = self.fold(batch);
+        let now = SystemTime::now();
+        let mut full = self.fold(batch, now);
         while let Ok(b) = more.try_recv() {
-            full |= self.fold(b);
+            full |= self.fold(b, now);
         }
-        let old = std::mem::take(&mut self.want);
-        self.recompute(lost);
-        (full || !self.delta(&old)).then_some(Pass::default())
+        self.report(lost);
+        let changes = self.peers.take_changes();
+        (full || !self.delta(&changes)).then_some(Pass::default())
     }
 
     fn on_kernel(
@@ -299,7 +299,7 @@ impl EventLoop {
         let mut t = Trigger::None;
         let mut take = |evs: Vec<Event>| {
             for e in &evs {
-                t = t.max(classify(e, &self.want));
+                t = t.max(classify(e, self.peers.want()));
             }
         };
         take(evs);
@@ -319,31 +319,57 @@ impl EventLoop {
         }
     }
 
-    fn recompute(&mut self, lost: &mpsc::UnboundedSender<()>) {
-        let v = evaluate(&self.leases, &self.node.me, SystemTime::now());
-        for (k, why) in &v.bad {
-            if self.reported_bad.get(k) != Some(why) {
-                metrics::inc(&self.metrics.bad_leases_total);
-                warn!("ignoring lease {k}: {why}");
+    /// Warn about leases newly ignored (or newly sent only directly), keep the counts, and ask
+    /// for a re-claim when this node's own lease is gone from the store.
+    fn report(&mut self, lost: &mpsc::UnboundedSender<()>) {
+        let changed = self.peers.take_reported();
+        let v = self.peers.verdict();
+        let keys: Vec<String> = match changed {
+            Some(keys) => keys.into_iter().collect(),
+            None => {
+                let mut all: Vec<String> =
+                    v.bad.keys().chain(v.unencapsulated.keys()).cloned().collect();
+                all.extend(
+                    self.reported_bad.keys().chain(self.reported_unencapsulated.keys()).cloned(),
+                );
+                all.sort();
+                all.dedup();
+                all
+            }
+        };
+        let mut recount = false;
+        for k in keys {
+            match v.bad.get(&k) {
+                Some(why) if self.reported_bad.get(&k) != Some(why) => {
+                    metrics::inc(&self.metrics.bad_leases_total);
+                    warn!("ignoring lease {k}: {why}");
+                    self.reported_bad.insert(k.clone(), why.clone());
+                    recount = true;
+                }
+                Some(_) => {}
+                None => recount |= self.reported_bad.remove(&k).is_some(),
+            }
+            match v.unencapsulated.get(&k) {
+                Some(why) if self.reported_unencapsulated.get(&k) != Some(why) => {
+                    warn!("lease {k}: never sent VXLAN ({why}); routed directly when on-link");
+                    self.reported_unencapsulated.insert(k, why.clone());
+                }
+                Some(_) => {}
+                None => {
+                    self.reported_unencapsulated.remove(&k);
+                }
             }
         }
-        metrics::set(&self.metrics.bad_leases, v.bad.len() as u64);
-        let mut by_reason = [0u64; metrics::REASONS.len()];
-        for why in v.bad.values() {
-            by_reason[metrics::reason_index(why)] += 1;
-        }
-        for (g, n) in self.metrics.ignored.iter().zip(by_reason) {
-            metrics::set(g, n);
-        }
-        self.reported_bad = v.bad;
-        for (k, why) in &v.unencapsulated {
-            if self.reported_unencapsulated.get(k) != Some(why) {
-                warn!("lease {k}: never sent VXLAN ({why}); routed directly when on-link");
+        if recount {
+            metrics::set(&self.metrics.bad_leases, v.bad.len() as u64);
+            let mut by_reason = [0u64; metrics::REASONS.len()];
+            for why in v.bad.values() {
+                by_reason[metrics::reason_index(why)] += 1;
+            }
+            for (g, n) in self.metrics.ignored.iter().zip(by_reason) {
+                metrics::set(g, n);
             }
         }
-        self.reported_unencapsulated = v.unencapsulated;
-        self.vteps = v.vteps;
-        self.want = v.want;
         if self.listed && !v.own_present && !self.own_missing {
             let subnet = self.node.me.subnets();
             warn!("this node's lease {subnet} is gone from the store; re-claiming it");
@@ -359,11 +385,12 @@ impl EventLoop {
         self.ensure_overlay();
         let t0 = std::time::Instant::now();
         let res = if self.started {
-            self.routes.reconcile(&self.want, pass.retry)
+            self.routes.reconcile(self.peers.want(), pass.retry)
         } else {
             // Start-up programs every peer at once: its per-route lines go to DEBUG and one
             // summary line is logged instead (a 5,000-peer start must not print 5,000 lines).
-            let res = crate::log::info_as_debug(|| self.routes.reconcile(&self.want, pass.retry));
+            let want = self.peers.want();
+            let res = crate::log::info_as_debug(|| self.routes.reconcile(want, pass.retry));
             self.started = true;
             self.startup_summary(&res, t0.elapsed());
             res
@@ -397,31 +424,31 @@ impl EventLoop {
         match res {
             Ok(changed) => info!(
                 "routes programmed at start-up: {} peers, {routed} routed, {unreachable} unreachable, {changed} route changes in {took:.0?} (per-route lines at debug)",
-                self.want.len()
+                self.peers.want().len()
             ),
             Err(_) => info!("start-up route programming failed after {took:.0?}; retrying"),
         }
     }
 
     /// Fold store events into the lease map; true if a full listing was among them.
-    fn fold(&mut self, batch: Vec<WatchEvent>) -> bool {
+    fn fold(&mut self, batch: Vec<WatchEvent>, now: SystemTime) -> bool {
         let mut resync = false;
         for ev in batch {
             if matches!(ev, WatchEvent::Resync(_)) {
                 self.listed = true;
                 resync = true;
             }
-            apply_event(&mut self.leases, ev);
+            self.peers.apply(ev, &self.node.me, now);
         }
         resync
     }
 
-    /// Apply `old → self.want` directly; false if a full reconcile is needed instead.
-    fn delta(&mut self, old: &Want) -> bool {
-        if !self.listed {
+    /// Apply the changed routes directly; false if a full reconcile is needed instead.
+    fn delta(&mut self, changes: &[crate::peers::Change]) -> bool {
+        if !self.listed || changes.is_empty() {
             return true;
         }
-        match self.routes.apply_delta(old, &self.want) {
+        match self.routes.apply_changes(changes, self.peers.want()) {
             Ok(in_sync) => in_sync,
             Err(e) => {
                 warn!("route update: {e}");

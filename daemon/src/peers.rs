@@ -93,7 +93,7 @@ pub fn apply_event(leases: &mut Leases, ev: WatchEvent) {
 /// The routes this node wants from the store's current entries, and which entries are bad.
 pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     let mut v = Verdict::default();
-    let mut ok: Vec<(IpNetwork, IpAddr, &str)> = Vec::with_capacity(leases.len());
+    let mut ok: Vec<(IpNetwork, bool, &str, IpAddr)> = Vec::with_capacity(leases.len());
     let dual = me.v4.is_some() && me.v6.is_some();
     for (key, entry) in leases {
         let l = match entry {
@@ -103,7 +103,7 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             }
             Ok(l) => l,
         };
-        if l.expires.is_some_and(|t| t <= now) {
+        if !live(l, now) {
             continue;
         }
         let parts = judge(l, me);
@@ -114,12 +114,8 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
         let mut reasons = Vec::new();
         for (family, j) in parts {
             match j {
-                Judged::Peer(dst, gw) => ok.push((dst, gw, key.as_str())),
-                Judged::Bad(r) if dual => reasons.push(format!("{family}: {r}")),
-                Judged::Bad(r) => reasons.push(r),
-                Judged::Own => {
-                    reasons.push(format!("{family}: holds this node's subnet under another key"))
-                }
+                Judged::Peer(dst, gw) => ok.push((dst, key.contains('&'), key.as_str(), gw)),
+                other => reasons.push(reason(family, other, dual)),
             }
         }
         if !reasons.is_empty() {
@@ -128,11 +124,12 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     }
     // Every peer lease has the network's subnet length, so two overlap only when they are one
     // subnet (a plain and a dual-stack key): the plain key, else the first key, is routed.
-    ok.sort_by_key(|(s, _, k)| (*s, k.contains('&'), *k));
-    let mut first: BTreeMap<IpNetwork, &str> = BTreeMap::new();
-    for (s, ip, key) in ok {
-        match first.get(&s) {
-            Some(k) => {
+    ok.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    let mut first: Option<(IpNetwork, &str)> = None;
+    let mut want = Vec::with_capacity(ok.len());
+    for (s, _, key, ip) in ok {
+        match first.filter(|(f, _)| *f == s) {
+            Some((_, k)) => {
                 let why = format!("subnet {s} is also leased as {k}");
                 v.bad
                     .entry(key.to_string())
@@ -140,8 +137,8 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
                     .or_insert(why);
             }
             None => {
-                first.insert(s, key);
-                v.want.insert(s, ip);
+                first = Some((s, key));
+                want.push((s, ip));
                 let vx = match (me.mode, s, leases.get(key)) {
                     (Mode::Vxlan(x), IpNetwork::V4(s4), Some(Ok(l))) => Some((x, s4, l)),
                     _ => None,
@@ -161,7 +158,23 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             }
         }
     }
+    v.want = want.into_iter().collect(); // sorted: built in bulk
     v
+}
+
+/// The lease has not run out at `now`.
+fn live(l: &Lease, now: SystemTime) -> bool {
+    l.expires.is_none_or(|t| t > now)
+}
+
+/// Why one family's part of a lease is not routed (`j` is not a peer).
+fn reason(family: &str, j: Judged, dual: bool) -> String {
+    match j {
+        Judged::Bad(r) if dual => format!("{family}: {r}"),
+        Judged::Bad(r) => r,
+        Judged::Own => format!("{family}: holds this node's subnet under another key"),
+        Judged::Peer(d, _) => format!("{family}: routes {d}"), // not a reason: never asked
+    }
 }
 
 /// What one family's part of a live, well-formed lease is to this node.
@@ -308,6 +321,9 @@ pub fn taken6(entries: &[LeaseEntry], now: SystemTime) -> Vec<Ipv6Network> {
         })
         .collect()
 }
+
+mod set;
+pub use set::{Change, PeerSet};
 
 #[cfg(test)]
 mod tests;

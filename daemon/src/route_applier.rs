@@ -9,7 +9,10 @@
 
 use crate::metrics::{self, Metrics};
 use crate::overlay;
-use crate::route_plan::{diff, nexthop_route, nh_id_in, peer_route, steps, PeerStep, Step, Want};
+use crate::route_plan::{
+    diff, nexthop_route, nh_id_before, nh_id_in, peer_route, steps, PeerStep, Step, Want,
+    WantChange,
+};
 use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
 use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Route, RTPROT_FERRY};
@@ -285,15 +288,20 @@ impl<T: RouteTable> RouteApplier<T> {
     /// path for store events. `Ok(false)` means the kernel did not look as expected (a route
     /// already held a new peer's subnet) and a full [`RouteApplier::reconcile`] is needed.
     pub fn apply_delta(&mut self, old: &Want, new: &Want) -> io::Result<bool> {
+        self.apply_changes(&diff(old, new), new)
+    }
+
+    /// [`RouteApplier::apply_delta`] given the changes (sorted by subnet) that made `new`.
+    pub fn apply_changes(&mut self, changes: &[WantChange], new: &Want) -> io::Result<bool> {
         if self.encap.is_some() {
             // A peer's path depends on the whole snapshot (connected networks, neighbours).
             return Ok(false);
         }
         let mut tally = Tally::default();
         let (mut gone, mut peers) = (Vec::new(), Vec::new());
-        for (dst, was, now) in diff(old, new) {
+        for &(dst, was, now) in changes {
             match (was, now) {
-                (Some(g), None) => gone.extend(self.forget(dst, g, old)),
+                (Some(g), None) => gone.extend(self.forget(dst, g, new, changes)),
                 (was, Some(g)) => peers.push(self.delta_step(dst, was, g, new)),
                 (None, None) => {}
             }
@@ -375,8 +383,15 @@ impl<T: RouteTable> RouteApplier<T> {
     }
 
     /// The changes that remove peer `dst` (last via `gw`): its route, then its nexthop.
-    fn forget(&self, dst: IpNetwork, gw: IpAddr, old: &Want) -> Vec<Change> {
-        match self.nexthop_for(dst, old) {
+    fn forget(
+        &self,
+        dst: IpNetwork,
+        gw: IpAddr,
+        new: &Want,
+        changes: &[WantChange],
+    ) -> Vec<Change> {
+        let id = nh_id_before(dst, new, changes);
+        match id.filter(|id| self.nexthops == Some(true) && !self.taken.contains(id)) {
             Some(id) => vec![Change::DelRoute(nexthop_route(dst, id)), Change::DelNexthop(id)],
             None => {
                 let mut r = peer_route(dst, gw, 0);

@@ -58,6 +58,29 @@ pub fn nh_id_in(dst: IpNetwork, want: &Want) -> Option<u32> {
     }
 }
 
+/// [`nh_id_in`] of `dst` in the wanted set as it was before `changes` (subnet, gateway before,
+/// gateway now; sorted by subnet) turned it into `new`, without building that set.
+pub fn nh_id_before(dst: IpNetwork, new: &Want, changes: &[WantChange]) -> Option<u32> {
+    let id = nh_id(dst)?;
+    if dst.is_ipv4() {
+        return Some(id);
+    }
+    let was = |d: &IpNetwork| match changes.binary_search_by(|c| c.0.cmp(d)) {
+        Ok(i) => changes[i].1.is_some(),
+        Err(_) => new.contains_key(d),
+    };
+    let lo = IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0"));
+    let clash = new
+        .range(lo..dst)
+        .map(|(d, _)| d)
+        .chain(changes.iter().map(|c| &c.0).filter(|d| d.is_ipv6() && **d < dst))
+        .any(|d| was(d) && nh_id(*d) == Some(id));
+    (!clash).then_some(id)
+}
+
+/// A wanted route that changed: subnet, gateway before, gateway now (`None`: no route).
+pub type WantChange = (IpNetwork, Option<IpAddr>, Option<IpAddr>);
+
 /// The nexthop id of the peer subnet `dst`: [`NH_ID_TAG`] over the low 28 bits of the subnet
 /// address with its host part written as `01…1` (which encodes the prefix length), so distinct
 /// subnets of any one /4 get distinct ids and [`nh_peer`] can read the subnet back.
@@ -275,7 +298,7 @@ pub fn peer_route(dst: IpNetwork, gw: IpAddr, oif: u32) -> Route {
 }
 
 /// Destinations whose gateway differs between two wanted sets: (dst, old gw, new gw). O(n).
-pub fn diff(old: &Want, new: &Want) -> Vec<(IpNetwork, Option<IpAddr>, Option<IpAddr>)> {
+pub fn diff(old: &Want, new: &Want) -> Vec<WantChange> {
     let mut out = Vec::new();
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
