@@ -239,12 +239,31 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
         time.sleep(secs)
         r.update(idle_ticks=cpu_ticks(pid) - a, idle_window_s=secs, hz=lab.HZ,
                  rss_idle_kib=proc_status(pid, "VmRSS"))
+    if os.environ.get("FERRY_BENCH_SMAPS") and startup is not None:  # where the RSS is
+        r["smaps"] = smaps_top(pid)
+        log("RSS by mapping: %s" % r["smaps"])
     log("cold start %s %d leases: %s s, %d/%d routes, RSS %d KiB" %
         (kind, expected + 1, startup, got, expected, r["rss_kib"]))
     if keep:
         return r, node
     ctx.drop(node)
     return r, None
+
+
+def smaps_top(pid, n=8):
+    """The largest resident mappings of a process: (KiB, name)."""
+    out, cur = [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5:
+                cur = parts[5] if len(parts) > 5 else "[anon]"
+            elif parts[0] == "Rss:":
+                out.append((int(parts[1]), os.path.basename(cur)))
+    agg = {}
+    for kib, name in out:
+        agg[name] = agg.get(name, 0) + kib
+    return sorted(((k, v) for v, k in agg.items()), reverse=True)[:n]
 
 
 def table_vs_store(store, node):

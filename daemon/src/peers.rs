@@ -12,7 +12,7 @@
 
 use crate::config::{is_global6, overlaps, overlaps6, Mode};
 use crate::overlay;
-use crate::store::{claimed_subnet, claimed_subnet6, Lease, LeaseEntry, Subnets, WatchEvent};
+use crate::store::{claimed_subnet, claimed_subnet6, LeaseEntry, Subnets, WatchEvent};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -51,8 +51,69 @@ impl Me {
 }
 
 /// The store's current entries, keyed by their key exactly as stored (`10.244.1.0-24`): two keys
-/// that spell one subnet differently are two entries, never one.
-pub type Leases = BTreeMap<String, LeaseEntry>;
+/// that spell one subnet differently are two entries, never one. Each entry keeps only what
+/// judging it needs ([`Peer`]): at 50,000 leases the map is most of ferryd's heap.
+pub type Leases = BTreeMap<Box<str>, Entry>;
+
+/// A store entry as the route logic sees it: a lease, or why it could not be read.
+pub type Entry = Result<Peer, Box<str>>;
+
+/// What of a lease decides its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub subnet: Ipv4Network,
+    pub subnet6: Option<Ipv6Network>,
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub backend: Backend,
+    pub expires: Option<SystemTime>,
+}
+
+/// A lease's `BackendType` (and, for vxlan, its `BackendData`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    HostGw,
+    Vxlan(Box<serde_json::Value>),
+    Other(Box<str>),
+}
+
+impl Peer {
+    /// The lease's subnets, with flannel's empty IPv4 subnet read as none.
+    pub fn subnets(&self) -> Subnets {
+        Subnets { v4: (self.subnet.prefix() > 0).then_some(self.subnet), v6: self.subnet6 }
+    }
+
+    fn backend_type(&self) -> &str {
+        match &self.backend {
+            Backend::HostGw => BACKEND_TYPE,
+            Backend::Vxlan(_) => "vxlan",
+            Backend::Other(t) => t,
+        }
+    }
+}
+
+/// A store entry's key, and the entry as the lease map keeps it.
+pub fn entry(e: LeaseEntry) -> (Box<str>, Entry) {
+    match e {
+        Ok(l) => {
+            let backend = match l.attrs.backend_type.as_str() {
+                BACKEND_TYPE => Backend::HostGw,
+                "vxlan" => Backend::Vxlan(Box::new(l.attrs.backend_data)),
+                t => Backend::Other(t.into()),
+            };
+            let p = Peer {
+                subnet: l.subnet,
+                subnet6: l.subnet6,
+                public_ip: l.attrs.public_ip,
+                public_ipv6: l.attrs.public_ipv6,
+                backend,
+                expires: l.expires,
+            };
+            (l.key.into_boxed_str(), Ok(p))
+        }
+        Err(b) => (b.key.into_boxed_str(), Err(b.reason.into_boxed_str())),
+    }
+}
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Verdict {
@@ -72,20 +133,17 @@ pub struct Verdict {
 /// Fold watch events into the lease map.
 pub fn apply_event(leases: &mut Leases, ev: WatchEvent) {
     match ev {
-        WatchEvent::Put(Ok(l)) => {
-            leases.insert(l.key.clone(), Ok(l));
-        }
-        WatchEvent::Put(Err(b)) => {
-            leases.insert(b.key.clone(), Err(b));
+        WatchEvent::Put(e) => {
+            let (k, e) = entry(e);
+            leases.insert(k, e);
         }
         WatchEvent::Removed { key, .. } => {
-            leases.remove(&key);
+            leases.remove(key.as_str());
         }
         WatchEvent::Resync(all) => {
-            leases.clear();
-            for e in all {
-                apply_event(leases, WatchEvent::Put(e));
-            }
+            // Built in bulk (sorted): full B-tree nodes, where one insert after another in key
+            // order leaves every node half empty.
+            *leases = all.into_iter().map(entry).collect();
         }
     }
 }
@@ -98,7 +156,7 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     for (key, entry) in leases {
         let l = match entry {
             Err(b) => {
-                v.bad.insert(key.clone(), b.reason.clone());
+                v.bad.insert(key.to_string(), b.to_string());
                 continue;
             }
             Ok(l) => l,
@@ -114,12 +172,12 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
         let mut reasons = Vec::new();
         for (family, j) in parts {
             match j {
-                Judged::Peer(dst, gw) => ok.push((dst, key.contains('&'), key.as_str(), gw)),
+                Judged::Peer(dst, gw) => ok.push((dst, key.contains('&'), &**key, gw)),
                 other => reasons.push(reason(family, other, dual)),
             }
         }
         if !reasons.is_empty() {
-            v.bad.insert(key.clone(), reasons.join("; "));
+            v.bad.insert(key.to_string(), reasons.join("; "));
         }
     }
     // Every peer lease has the network's subnet length, so two overlap only when they are one
@@ -139,21 +197,18 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
             None => {
                 first = Some((s, key));
                 want.push((s, ip));
-                let vx = match (me.mode, s, leases.get(key)) {
-                    (Mode::Vxlan(x), IpNetwork::V4(s4), Some(Ok(l))) => Some((x, s4, l)),
+                let vx = match (s, leases.get(key)) {
+                    (IpNetwork::V4(s4), Some(Ok(l))) => vtep(l, me).map(|r| (s4, r)),
                     _ => None,
                 };
-                if let Some((x, s, l)) = vx {
-                    if l.attrs.backend_type == "vxlan" {
-                        match overlay::peer_vtep(&l.attrs.backend_data, x.vni) {
-                            Ok(mac) => {
-                                v.vteps.insert(s, mac);
-                            }
-                            Err(why) => {
-                                v.unencapsulated.insert(key.to_string(), why);
-                            }
-                        }
+                match vx {
+                    Some((s, Ok(mac))) => {
+                        v.vteps.insert(s, mac);
                     }
+                    Some((_, Err(why))) => {
+                        v.unencapsulated.insert(key.to_string(), why);
+                    }
+                    None => {}
                 }
             }
         }
@@ -162,8 +217,16 @@ pub fn evaluate(leases: &Leases, me: &Me, now: SystemTime) -> Verdict {
     v
 }
 
+/// vxlan backend, a vxlan lease: its VTEP MAC, or why it cannot be sent VXLAN. `None` otherwise.
+fn vtep(l: &Peer, me: &Me) -> Option<Result<[u8; 6], String>> {
+    match (me.mode, &l.backend) {
+        (Mode::Vxlan(x), Backend::Vxlan(data)) => Some(overlay::peer_vtep(data, x.vni)),
+        _ => None,
+    }
+}
+
 /// The lease has not run out at `now`.
-fn live(l: &Lease, now: SystemTime) -> bool {
+fn live(l: &Peer, now: SystemTime) -> bool {
     l.expires.is_none_or(|t| t > now)
 }
 
@@ -215,22 +278,22 @@ fn backend_reason(mode: Mode, t: &str) -> String {
 }
 
 /// Each enabled family's verdict on `l`.
-fn judge(l: &Lease, me: &Me) -> Vec<(&'static str, Judged)> {
+fn judge(l: &Peer, me: &Me) -> Vec<(&'static str, Judged)> {
     let mut out = Vec::with_capacity(2);
-    if !speaks(me.mode, &l.attrs.backend_type) {
-        out.push(("lease", Judged::Bad(backend_reason(me.mode, &l.attrs.backend_type))));
+    if !speaks(me.mode, l.backend_type()) {
+        out.push(("lease", Judged::Bad(backend_reason(me.mode, l.backend_type()))));
         return out;
     }
     let s = l.subnets();
     if let Some(m) = &me.v4 {
         let j = match s.v4 {
             None => Judged::Bad("no IPv4 subnet (an IPv6-only lease)".into()),
-            Some(s) => judge4(s, l.attrs.public_ip, m),
+            Some(s) => judge4(s, l.public_ip, m),
         };
         out.push(("IPv4", j));
     }
     if let Some(m) = &me.v6 {
-        let j = match (s.v6, l.attrs.public_ipv6) {
+        let j = match (s.v6, l.public_ipv6) {
             (None, _) => Judged::Bad("no IPv6 subnet (an IPv4-only lease)".into()),
             (Some(s), None) => Judged::Bad(format!("IPv6 subnet {s} without a PublicIPv6")),
             (Some(s), Some(ip)) => judge6(s, ip, m),

@@ -10,11 +10,9 @@
 //! (property-tested against it); a full listing, a changed [`Me`] or a lease running out
 //! re-evaluates everything.
 
-use super::{evaluate, judge, live, Judged, Leases, Me, Verdict};
-use crate::config::Mode;
-use crate::overlay;
+use super::{entry, evaluate, judge, live, vtep, Entry, Judged, Leases, Me, Verdict};
 use crate::route_plan::Want;
-use crate::store::{subnet_key, LeaseEntry, WatchEvent};
+use crate::store::{subnet_key, WatchEvent};
 use ipnetwork::{IpNetwork, Ipv6Network};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -32,7 +30,7 @@ pub struct PeerSet {
     /// Live keys whose every family is this node's own.
     own: usize,
     /// Well-formed leases with an IPv6 subnet, by that subnet.
-    v6: BTreeSet<(Ipv6Network, String)>,
+    v6: BTreeSet<(Ipv6Network, Box<str>)>,
     /// The earliest expiry of a lease live when judged: past it, everything is re-judged.
     next_expiry: Option<SystemTime>,
     /// Wanted routes changed since [`PeerSet::take_changes`]: subnet → (before, now).
@@ -68,19 +66,20 @@ impl PeerSet {
     pub fn apply(&mut self, ev: WatchEvent, me: &Me, now: SystemTime) {
         self.refresh(me, now);
         match ev {
-            WatchEvent::Resync(all) => {
-                self.leases.clear();
-                for e in all {
-                    let key = entry_key(&e).to_string();
-                    self.leases.insert(key, e);
-                }
+            WatchEvent::Resync(_) => {
+                super::apply_event(&mut self.leases, ev);
                 self.rebuild(me, now);
             }
             WatchEvent::Put(e) => {
-                let key = entry_key(&e).to_string();
+                let (key, e) = entry(e);
+                if matches!(&e, Ok(l) if *l.subnets().key() != *key) {
+                    // Only canonical keys parse, so this is not a store's lease: be exact anyway.
+                    self.put_raw(key, Some(e));
+                    return self.rebuild(me, now);
+                }
                 self.set(key, Some(e), me, now);
             }
-            WatchEvent::Removed { key, .. } => self.set(key, None, me, now),
+            WatchEvent::Removed { key, .. } => self.set(key.into_boxed_str(), None, me, now),
         }
     }
 
@@ -132,14 +131,7 @@ impl PeerSet {
     }
 
     /// Replace (or remove) one key's entry and re-judge what it touches.
-    fn set(&mut self, key: String, new: Option<LeaseEntry>, me: &Me, now: SystemTime) {
-        if let Some(Ok(l)) = &new {
-            if l.subnets().key() != key {
-                // Only canonical keys parse, so this is not a store's lease: be exact anyway.
-                self.put_raw(key, new);
-                return self.rebuild(me, now);
-            }
-        }
+    fn set(&mut self, key: Box<str>, new: Option<Entry>, me: &Me, now: SystemTime) {
         let mut subnets = self.leases.get(&key).map(subnets_of).unwrap_or_default();
         self.own -= usize::from(self.leases.get(&key).is_some_and(|e| is_own(e, me, now)));
         if let Some(e) = new.as_ref().and_then(|e| later(e, now)) {
@@ -151,13 +143,13 @@ impl PeerSet {
         self.verdict.own_present = self.own > 0;
         subnets.sort();
         subnets.dedup();
-        let mut touched: BTreeSet<String> = BTreeSet::from([key.clone()]);
+        let mut touched: BTreeSet<Box<str>> = BTreeSet::from([key.clone()]);
         // unencapsulated entries taken out, to tell which really changed.
         let mut unencap: BTreeMap<String, String> = BTreeMap::new();
-        unencap.extend(self.verdict.unencapsulated.remove_entry(&key));
+        unencap.extend(self.verdict.unencapsulated.remove_entry(&*key));
         for s in subnets {
             let cands = self.candidates(s, me, now);
-            let winner = cands.iter().min_by_key(|(k, _)| (k.contains('&'), k.as_str()));
+            let winner = cands.iter().min_by_key(|(k, _)| (k.contains('&'), &**k));
             let gw = winner.map(|(_, g)| *g);
             let was = self.verdict.want.get(&s).copied();
             if was != gw {
@@ -169,27 +161,26 @@ impl PeerSet {
             }
             if let IpNetwork::V4(s4) = s {
                 for (k, _) in &cands {
-                    unencap.extend(self.verdict.unencapsulated.remove_entry(k));
+                    unencap.extend(self.verdict.unencapsulated.remove_entry(&**k));
                 }
                 self.verdict.vteps.remove(&s4);
-                if let (Mode::Vxlan(x), Some((k, _))) = (me.mode, winner) {
-                    if let Some(Ok(l)) = self.leases.get(k) {
-                        if l.attrs.backend_type == "vxlan" {
-                            match overlay::peer_vtep(&l.attrs.backend_data, x.vni) {
-                                Ok(mac) => {
-                                    self.verdict.vteps.insert(s4, mac);
-                                }
-                                Err(why) => {
-                                    if unencap.get(k) == Some(&why) {
-                                        unencap.remove(k); // unchanged
-                                    } else {
-                                        self.reported.insert(k.clone());
-                                    }
-                                    self.verdict.unencapsulated.insert(k.clone(), why);
-                                }
-                            }
-                        }
+                let vx = winner.and_then(|(k, _)| match self.leases.get(k) {
+                    Some(Ok(l)) => vtep(l, me).map(|r| (k, r)),
+                    _ => None,
+                });
+                match vx {
+                    Some((_, Ok(mac))) => {
+                        self.verdict.vteps.insert(s4, mac);
                     }
+                    Some((k, Err(why))) => {
+                        if unencap.get(&**k) == Some(&why) {
+                            unencap.remove(&**k); // unchanged
+                        } else {
+                            self.reported.insert(k.to_string());
+                        }
+                        self.verdict.unencapsulated.insert(k.to_string(), why);
+                    }
+                    None => {}
                 }
             }
             touched.extend(cands.into_iter().map(|(k, _)| k));
@@ -197,11 +188,11 @@ impl PeerSet {
         for k in touched {
             let reason = self.bad_reason(&k, me, now);
             let had = match reason {
-                Some(r) => self.verdict.bad.insert(k.clone(), r.clone()) != Some(r),
-                None => self.verdict.bad.remove(&k).is_some(),
+                Some(r) => self.verdict.bad.insert(k.to_string(), r.clone()) != Some(r),
+                None => self.verdict.bad.remove(&*k).is_some(),
             };
             if had {
-                self.reported.insert(k);
+                self.reported.insert(k.into());
             }
         }
         // Taken out and not put back.
@@ -209,7 +200,7 @@ impl PeerSet {
             .extend(unencap.into_keys().filter(|k| !self.verdict.unencapsulated.contains_key(k)));
     }
 
-    fn put_raw(&mut self, key: String, new: Option<LeaseEntry>) {
+    fn put_raw(&mut self, key: Box<str>, new: Option<Entry>) {
         if let Some(Ok(l)) = self.leases.get(&key) {
             if let Some(s6) = l.subnet6 {
                 self.v6.remove(&(s6, key.clone()));
@@ -231,8 +222,8 @@ impl PeerSet {
     }
 
     /// The keys whose live lease offers a route to peer subnet `s`, with its gateway.
-    fn candidates(&self, s: IpNetwork, me: &Me, now: SystemTime) -> Vec<(String, IpAddr)> {
-        let keys: Vec<&String> = match s {
+    fn candidates(&self, s: IpNetwork, me: &Me, now: SystemTime) -> Vec<(Box<str>, IpAddr)> {
+        let keys: Vec<&Box<str>> = match s {
             IpNetwork::V4(s4) => {
                 let p = subnet_key(s4);
                 self.leases
@@ -244,7 +235,7 @@ impl PeerSet {
             }
             IpNetwork::V6(s6) => self
                 .v6
-                .range((s6, String::new())..)
+                .range((s6, Box::<str>::from(""))..)
                 .take_while(|(n, _)| *n == s6)
                 .map(|(_, k)| k)
                 .collect(),
@@ -263,7 +254,7 @@ impl PeerSet {
     /// `key`'s entry in the verdict's `bad`, as [`evaluate`] words it.
     fn bad_reason(&self, key: &str, me: &Me, now: SystemTime) -> Option<String> {
         let l = match self.leases.get(key)? {
-            Err(b) => return Some(b.reason.clone()),
+            Err(b) => return Some(b.to_string()),
             Ok(l) if !live(l, now) => return None,
             Ok(l) => l,
         };
@@ -283,8 +274,8 @@ impl PeerSet {
         peers.sort();
         for d in peers {
             let cands = self.candidates(d, me, now);
-            let winner = cands.iter().map(|(k, _)| k).min_by_key(|k| (k.contains('&'), k.as_str()));
-            if let Some(w) = winner.filter(|w| w.as_str() != key) {
+            let winner = cands.iter().map(|(k, _)| k).min_by_key(|k| (k.contains('&'), &***k));
+            if let Some(w) = winner.filter(|w| &***w != key) {
                 reasons.push(format!("subnet {d} is also leased as {w}"));
             }
         }
@@ -292,26 +283,19 @@ impl PeerSet {
     }
 }
 
-fn entry_key(e: &LeaseEntry) -> &str {
-    match e {
-        Ok(l) => &l.key,
-        Err(b) => &b.key,
-    }
-}
-
 /// The peer subnets a well-formed lease names (whether or not they are routed).
-fn subnets_of(e: &LeaseEntry) -> Vec<IpNetwork> {
+fn subnets_of(e: &Entry) -> Vec<IpNetwork> {
     let Ok(l) = e else { return Vec::new() };
     let s = l.subnets();
     s.v4.map(IpNetwork::V4).into_iter().chain(s.v6.map(IpNetwork::V6)).collect()
 }
 
-fn is_own(e: &LeaseEntry, me: &Me, now: SystemTime) -> bool {
+fn is_own(e: &Entry, me: &Me, now: SystemTime) -> bool {
     matches!(e, Ok(l) if live(l, now) && judge(l, me).iter().all(|(_, j)| matches!(j, Judged::Own)))
 }
 
 /// The entry's expiry if it is still to come.
-fn later(e: &LeaseEntry, now: SystemTime) -> Option<SystemTime> {
+fn later(e: &Entry, now: SystemTime) -> Option<SystemTime> {
     e.as_ref().ok()?.expires.filter(|t| *t > now)
 }
 

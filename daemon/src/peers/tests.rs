@@ -137,7 +137,7 @@ fn events_update_the_map() {
     let mut m = map(vec![lease("10.244.2.0/24", "198.18.0.12")]);
     apply_event(&mut m, WatchEvent::Put(lease("10.244.3.0/24", "198.18.0.13")));
     apply_event(&mut m, WatchEvent::Removed { key: "10.244.2.0-24".into(), subnet: None });
-    assert_eq!(m.keys().collect::<Vec<_>>(), ["10.244.3.0-24"]);
+    assert_eq!(m.keys().map(|k| &**k).collect::<Vec<_>>(), ["10.244.3.0-24"]);
     // A lease overwritten with garbage stops being routed.
     apply_event(
         &mut m,

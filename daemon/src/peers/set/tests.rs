@@ -5,7 +5,7 @@
 use super::*;
 use crate::config::{Mode, VxlanConf};
 use crate::peers::{apply_event, Me4, Me6};
-use crate::store::{until_deleted, BadLease, Lease, LeaseAttrs};
+use crate::store::{until_deleted, BadLease, Lease, LeaseAttrs, LeaseEntry};
 use ipnetwork::Ipv4Network;
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ fn agrees_with_evaluate_after_every_event() {
             let ev = match r.below(20) {
                 0 => WatchEvent::Resync((0..r.below(6)).map(|_| entry(&mut r, now)).collect()),
                 1..=6 if !reference.is_empty() => {
-                    let keys: Vec<String> = reference.keys().cloned().collect();
+                    let keys: Vec<String> = reference.keys().map(|k| k.to_string()).collect();
                     let key = r.pick(&keys).clone();
                     WatchEvent::Removed { key, subnet: None }
                 }
