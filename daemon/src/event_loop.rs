@@ -393,6 +393,8 @@ impl EventLoop {
             let res = crate::log::info_as_debug(|| self.routes.reconcile(want, pass.retry));
             self.started = true;
             self.startup_summary(&res, t0.elapsed());
+            let kib = crate::memory::release_code();
+            debug!("start-up over: advised the kernel to reclaim {kib} KiB of ferryd's code pages");
             res
         };
         self.metrics.reconcile_seconds.observe(t0.elapsed());

@@ -10,6 +10,7 @@ pub mod http;
 pub mod install;
 pub mod lease;
 pub mod masq;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod overlay;
