@@ -74,8 +74,21 @@ def density(rp):
         rp.w("| %s | %s | %s | %s | %s | %d | %d/%d | %d/%d | %s |" % (
             s["label"], trio(s["add_ms"][:k]), trio(s["add_ms"][-k:]), trio(s["del_ms"][:k]), trio(s["del_ms"][-k:]),
             s["add_failed"] + s["del_failed"], s["distinct_ips"], dn["n"], s["routes_present"], dn["n"], s["leftover"]))
+    fl = dn.get("floor")
+    if fl:
+        rp.w("| %s | %s | %s | %s | %s | | | | |" % (
+            fl["label"], trio(fl["add_ms"][:k]), trio(fl["add_ms"][-k:]), trio(fl["del_ms"][:k]), trio(fl["del_ms"][-k:])))
     rp.w()
     growth = pct(f["add_ms"][-k:], 50) / pct(f["add_ms"][:k], 50)
+    if fl:
+        f_first, f_last = pct(fl["add_ms"][:k], 50), pct(fl["add_ms"][-k:], 50)
+        own_first = pct(f["add_ms"][:k], 50) - f_first
+        own_last = pct(f["add_ms"][-k:], 50) - f_last
+        rp.w("The kernel floor grows too (every pod's veths, ferry's and ptp's, share one node namespace): "
+             "its ADD p50 goes %.2f → %.2f ms (**%.2f ×**). Ferry's ADD above the floor: %.2f → %.2f ms "
+             "(%+.2f ms from pod 1 to pod %d)." % (f_first, f_last, f_last / f_first, own_first, own_last,
+                                                  own_last - own_first, dn["n"]))
+        rp.w()
     r_first = pct(f["add_ms"][:k], 50) / pct(p["add_ms"][:k], 50)
     r_last = pct(f["add_ms"][-k:], 50) / pct(p["add_ms"][-k:], 50)
     rp.w("Ratios (p50): ferry ADD last %d / first %d = **%.2f**; ferry / ptp ADD: first %d **%.3f**, last %d **%.3f**; "
@@ -91,6 +104,9 @@ def density(rp):
     for verb in ("add", "del"):
         series = [{"name": "%s %s" % (s["name"], verb.upper()), "mode": "points",
                    "points": list(enumerate(s[verb + "_ms"], 1))} for s in (f, p)]
+        if fl:
+            series.append({"name": "kernel floor %s" % verb.upper(), "mode": "points",
+                           "points": [(i, v) for i, v in enumerate(fl[verb + "_ms"], 1) if v is not None]})
         rp.save_svg("density_%s.svg" % verb, chart("CNI %s latency against pod count (%s)" % (verb.upper(), "one node"),
                                                    "pod number (order of %s)" % verb.upper(), "ms per call", series, logy=True))
     series = [{"name": "%s %s" % (s["name"], v.upper()), "points": cdf(s[v + "_ms"])} for v in ("add", "del") for s in (f, p)]

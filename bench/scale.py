@@ -236,7 +236,14 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
     if idle and startup is not None:
         secs = 3 if ctx.quick else 10
         a = cpu_ticks(pid)
+        perf = None
+        if os.environ.get("FERRY_BENCH_IDLE_PERF"):  # a call-graph profile of the idle window
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-g", "-p", str(pid),
+                                     "-o", os.environ["FERRY_BENCH_IDLE_PERF"]])
         time.sleep(secs)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(60)
         r.update(idle_ticks=cpu_ticks(pid) - a, idle_window_s=secs, hz=lab.HZ,
                  rss_idle_kib=proc_status(pid, "VmRSS"))
     if os.environ.get("FERRY_BENCH_SMAPS") and startup is not None:  # where the RSS is
@@ -356,6 +363,7 @@ def main():
     ap.add_argument("--cold", help="only cold starts: STORE:SIZE,... (e.g. etcd:50000,file:50000)")
     ap.add_argument("--churn", help="only cold start + churn: STORE:SIZE,... (e.g. etcd:5000)")
     ap.add_argument("--churn-seconds", type=int, default=60)
+    ap.add_argument("--daemons-only", type=int, metavar="N", help="only N ferryd on one etcd (5,000 leases)")
     args = ap.parse_args()
     lab.require_sandbox()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("scale: terminated"))  # so cleanup runs
@@ -364,6 +372,10 @@ def main():
     try:
         if args.cold:
             out = cold_only(ctx, args.cold)
+        elif args.daemons_only:
+            import scale_more
+            ctx.top_up(ctx.stores["etcd"], 5000)
+            out = {"daemons": scale_more.daemons(ctx, ctx.stores["etcd"], args.daemons_only, 5000)}
         elif args.churn:
             out = churn_only(ctx, args.churn, args.churn_seconds)
         else:

@@ -106,6 +106,16 @@ def datapath(ctx, store):
             "pings": pings, "gbps": gbps, "iperf_seconds": secs, "rounds": rounds}
 
 
+def etcd_stream_methods(store):
+    """Stream messages sent+received so far, by gRPC method."""
+    by = {}
+    for line in store.metrics().splitlines():
+        if line.startswith(("grpc_server_msg_sent_total{", "grpc_server_msg_received_total{")) and "stream" in line:
+            m = re.search(r'grpc_method="([^"]+)"', line)
+            by[m.group(1) if m else "?"] = by.get(m.group(1) if m else "?", 0.0) + float(line.rsplit(" ", 1)[1])
+    return by
+
+
 def etcd_counters(store):
     """(unary calls handled, stream messages sent+received) from etcd's /metrics."""
     unary = stream = 0.0
@@ -122,10 +132,13 @@ def steady(ctx, nodes, secs):
     """etcd request rate, daemons' RSS and CPU over `secs` at steady state."""
     store = ctx.stores["etcd"]
     u0, s0 = etcd_counters(store)
+    m0 = etcd_stream_methods(store)
     c0 = sum(cpu_ticks(n.proc.pid) for n in nodes)
     e0 = cpu_ticks(ctx.etcd.pid)
     time.sleep(secs)
     u1, s1 = etcd_counters(store)
+    m1 = etcd_stream_methods(store)
+    log("etcd stream messages/s by method: %s" % {k: (v - m0.get(k, 0)) / secs for k, v in m1.items()})
     return {"window_s": secs, "etcd_unary_per_s": (u1 - u0) / secs, "etcd_stream_msgs_per_s": (s1 - s0) / secs,
             "etcd_cpu_pct": 100.0 * (cpu_ticks(ctx.etcd.pid) - e0) / lab.HZ / secs,
             "etcd_rss_kib": proc_status(ctx.etcd.pid, "VmRSS"),

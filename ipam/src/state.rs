@@ -31,12 +31,78 @@ pub struct State {
     pub allocations: BTreeMap<IpAddr, Owner>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct DiskState {
     version: u32,
     #[serde(default)]
     last: UniqueMap<String>,
-    allocations: UniqueMap<DiskOwner>,
+    allocations: Allocations,
+}
+
+/// `allocations`, read in one pass straight into the address map (no intermediate map of
+/// strings: this runs on every ADD and DEL, over every allocation of the node).
+struct Allocations(BTreeMap<IpAddr, Owner>);
+
+impl<'de> Deserialize<'de> for Allocations {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Allocations;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of address -> {id, ifname}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut m = BTreeMap::new();
+                while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let ip: IpAddr = k.parse().map_err(|_| {
+                        A::Error::custom(format!("allocations: key {k:?} is not an IP address"))
+                    })?;
+                    let o: DiskOwner = a.next_value()?;
+                    if o.id.is_empty() || o.ifname.is_empty() {
+                        return Err(A::Error::custom(format!(
+                            "allocations[{k}]: empty id or ifname"
+                        )));
+                    }
+                    let owner = Owner { container_id: o.id, ifname: o.ifname };
+                    if m.insert(ip, owner).is_some() {
+                        return Err(A::Error::custom(format!("allocations: {ip} listed twice")));
+                    }
+                }
+                Ok(Allocations(m))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// What [`State::encode`] writes: the maps serialized as they are, without copies.
+#[derive(Serialize)]
+struct DiskStateOut<'a> {
+    version: u32,
+    #[serde(serialize_with = "last_out")]
+    last: &'a BTreeMap<String, IpAddr>,
+    #[serde(serialize_with = "allocations_out")]
+    allocations: &'a BTreeMap<IpAddr, Owner>,
+}
+
+fn last_out<S: serde::Serializer>(m: &&BTreeMap<String, IpAddr>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.iter().map(|(k, v)| (k, v.to_string())))
+}
+
+fn allocations_out<S: serde::Serializer>(
+    m: &&BTreeMap<IpAddr, Owner>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct O<'a> {
+        id: &'a str,
+        ifname: &'a str,
+    }
+    s.collect_map(m.iter().map(|(ip, o)| (ip, O { id: &o.container_id, ifname: &o.ifname })))
 }
 
 /// A JSON object read strictly: a key written twice is an error, never "the last one wins" (which
@@ -77,7 +143,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct DiskOwner {
     id: String,
     ifname: String,
@@ -105,36 +171,18 @@ impl State {
             }
             st.last.insert(k, ip);
         }
-        for (k, o) in d.allocations.0 {
-            let ip: IpAddr =
-                k.parse().map_err(|_| format!("allocations: key {k:?} is not an IP address"))?;
-            if o.id.is_empty() || o.ifname.is_empty() {
-                return Err(format!("allocations[{k}]: empty id or ifname"));
-            }
-            if st.allocations.insert(ip, Owner { container_id: o.id, ifname: o.ifname }).is_some() {
-                return Err(format!("allocations: {ip} listed twice"));
-            }
-        }
+        st.allocations = d.allocations.0;
         Ok(st)
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let d = DiskState {
+        let d = DiskStateOut {
             version: STATE_VERSION,
-            last: UniqueMap(self.last.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
-            allocations: UniqueMap(
-                self.allocations
-                    .iter()
-                    .map(|(ip, o)| {
-                        (
-                            ip.to_string(),
-                            DiskOwner { id: o.container_id.clone(), ifname: o.ifname.clone() },
-                        )
-                    })
-                    .collect(),
-            ),
+            last: &self.last,
+            allocations: &self.allocations,
         };
-        let mut v = serde_json::to_vec(&d).expect("state serializes");
+        let mut v = Vec::with_capacity(64 + 100 * self.allocations.len());
+        serde_json::to_writer(&mut v, &d).expect("state serializes");
         v.push(b'\n');
         v
     }

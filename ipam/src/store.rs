@@ -122,11 +122,18 @@ impl Store {
         f: impl FnOnce(&mut State) -> Result<T, CniError>,
     ) -> Result<T, CniError> {
         let _guard = self.lock()?;
-        let before = self.read()?;
-        let mut st = before.clone();
+        let before = self.read_bytes()?;
+        let mut st = self.decode(before.as_deref())?;
         let out = f(&mut st)?;
-        if st != before {
-            self.write(&st)?;
+        // Unchanged state encodes to the bytes read (or is the empty state of a missing file).
+        let after = st.encode();
+        let same = match &before {
+            Some(b) => *b == after,
+            None => st == State::default(),
+        };
+        if !same {
+            ferry_fs::write_atomic(&self.state_path, &after, 0o644)
+                .map_err(|e| io_err("write", &self.state_path, e))?;
         }
         Ok(out)
     }

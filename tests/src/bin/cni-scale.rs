@@ -23,7 +23,7 @@ use testlab::{bin_dir, ok, require_sandbox, TempDir};
 
 #[allow(dead_code)]
 mod benchkit;
-use benchkit::{die, enter_netns, loadavg, machine, ptp_plugin, set_nice, Plugin, Run};
+use benchkit::{die, enter_netns, loadavg, machine, ptp_plugin, set_nice, timed, Plugin, Run};
 
 struct Opts {
     density: usize,
@@ -213,8 +213,15 @@ struct Density {
 
 // Indexes pods[side][pod] with the pod number driving both sides.
 #[allow(clippy::needless_range_loop)]
-fn density_add(sides: &[Side], pods: &[Vec<String>], n: usize) -> Vec<Density> {
+/// The plugins' ADDs for pod 1..n, and after each pod's the kernel floor's (its ms per pod).
+fn density_add(
+    sides: &[Side],
+    pods: &[Vec<String>],
+    n: usize,
+    floor: &[String],
+) -> (Vec<Density>, Vec<f64>) {
     let mut d: Vec<Density> = sides.iter().map(|_| Density::default()).collect();
+    let mut floor_ms = Vec::with_capacity(n);
     for i in 0..n {
         let order: Vec<usize> =
             if i % 2 == 0 { (0..sides.len()).collect() } else { (0..sides.len()).rev().collect() };
@@ -237,13 +244,21 @@ fn density_add(sides: &[Side], pods: &[Vec<String>], n: usize) -> Vec<Density> {
                 }
             }
         }
+        floor_ms.push(floor_step("ADD", i, &floor[i]));
     }
-    d
+    (d, floor_ms)
 }
 
 #[allow(clippy::needless_range_loop)]
-fn density_del(sides: &[Side], pods: &[Vec<String>], d: &mut [Density]) {
+/// The DELs in the order of the ADDs, each pod's followed by the kernel floor's (returned).
+fn density_del(
+    sides: &[Side],
+    pods: &[Vec<String>],
+    d: &mut [Density],
+    floor: &[String],
+) -> Vec<f64> {
     let n = pods[0].len();
+    let mut floor_ms = Vec::with_capacity(n);
     for i in 0..n {
         let order: Vec<usize> =
             if i % 2 == 0 { (0..sides.len()).collect() } else { (0..sides.len()).rev().collect() };
@@ -257,19 +272,43 @@ fn density_del(sides: &[Side], pods: &[Vec<String>], d: &mut [Density]) {
                 eprintln!("cni-scale: {} DEL #{i} failed: {}{}", sides[s].name, r.stdout, r.stderr);
             }
         }
+        floor_ms.push(floor_step("DEL", i, &floor[i]));
     }
+    floor_ms
+}
+
+/// The kernel's own share, pod by pod: a bare veth pair with its peer created in pod `i` as
+/// eth0 by a minimal whole process (`ip`), timed like the plugins, after their ADDs for pod `i`
+/// (so the namespace holds as many interfaces as theirs do); deleted after their DELs.
+fn floor_step(verb: &str, i: usize, pod: &str) -> f64 {
+    let host_end = format!("vk{i}");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.env_clear();
+    match verb {
+        "ADD" => cmd
+            .args(["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", pod]),
+        _ => cmd.args(["link", "del", &host_end]),
+    };
+    let r = timed(cmd, "");
+    if r.code != 0 {
+        eprintln!("cni-scale: floor {verb} #{i} failed: {}{}", r.stdout, r.stderr);
+        return f64::NAN;
+    }
+    ms(&r)
 }
 
 fn density(o: &Opts, sides: &[Side]) -> Value {
     eprintln!("cni-scale: density: {} pods per plugin ...", o.density);
     let pods: Vec<Vec<String>> =
         sides.iter().map(|s| make_netns(&format!("d{}", &s.name[..1]), o.density)).collect();
+    let floor_pods = make_netns("dk", o.density);
     let t0 = Instant::now();
-    let mut d = density_add(sides, &pods, o.density);
+    let (mut d, floor_add) = density_add(sides, &pods, o.density, &floor_pods);
     let routes: Vec<usize> = sides.iter().map(routes_in).collect();
-    density_del(sides, &pods, &mut d);
+    let floor_del = density_del(sides, &pods, &mut d, &floor_pods);
     let wall = t0.elapsed().as_secs_f64();
     drop_netns(&pods.concat());
+    drop_netns(&floor_pods);
     let per_side: Vec<Value> = sides
         .iter()
         .zip(&d)
@@ -280,7 +319,8 @@ fn density(o: &Opts, sides: &[Side]) -> Value {
                    "distinct_ips": d.ips.len(), "routes_present": r, "leftover": leftover(s)})
         })
         .collect();
-    json!({"n": o.density, "warmup": o.warmup, "wall_s": wall, "sides": per_side})
+    json!({"n": o.density, "warmup": o.warmup, "wall_s": wall, "sides": per_side,
+           "floor": {"label": "kernel floor (ip link add veth, peer in the pod)", "add_ms": floor_add, "del_ms": floor_del}})
 }
 
 /// M calls at once, one thread each, released together; (start, Run) per call.
