@@ -427,7 +427,7 @@ def experiments(ctx, args):
         out["churn"].append(churn(ctx, kind, node, churn_s))
         ctx.drop(node)
     out["datapath"] = scale_more.datapath(ctx, ctx.stores["etcd"])
-    n = args.daemons or (5 if ctx.quick else 20)  # 100 at once starved the shared 2-core machine (see report)
+    n = args.daemons or (5 if ctx.quick else 100)
     out["daemons"] = scale_more.daemons(ctx, ctx.stores["etcd"], n, small[-1])
     for kind in ("etcd", "file"):
         for size in big:
