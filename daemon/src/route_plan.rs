@@ -98,7 +98,10 @@ pub fn nh_id4(dst: Ipv4Network) -> Option<u32> {
 /// the wanted IPv6 subnets).
 pub fn nh_peer(id: u32, want: &Want) -> Option<IpNetwork> {
     if id & !NH_ID_BITS == NH_ID_TAG6 {
-        return want.keys().find(|d| d.is_ipv6() && nh_id_in(**d, want) == Some(id)).copied();
+        // The first IPv6 subnet in order with this id is the one that holds it ([`nh_id_in`]):
+        // one pass, not a clash check per subnet.
+        let lo = IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0"));
+        return want.range(lo..).map(|(d, _)| *d).find(|d| nh_id(*d) == Some(id));
     }
     if id & !NH_ID_BITS != NH_ID_TAG {
         return None;
@@ -231,7 +234,9 @@ pub fn steps(want: &Want, have: &[Route], nexthops: Option<&[Nexthop]>) -> Steps
     let mut used: HashSet<u32, Ids> = HashSet::with_capacity_and_hasher(want.len(), Ids);
     let mut ours = ours.into_iter().peekable();
     for (&dst, &gw) in want {
-        let id = nh_id_in(dst, want).filter(|id| use_nh && !taken.contains(id) && used.insert(*id));
+        // [`nh_id_in`] without its scan: an IPv6 subnet whose id an earlier one has finds it in
+        // `used` (or taken, as the earlier one did), so it gets a plain route all the same.
+        let id = nh_id(dst).filter(|id| use_nh && !taken.contains(id) && used.insert(*id));
         while ours.next_if(|(d, _)| *d < dst).is_some() {}
         let old = ours.next_if(|(d, _)| *d == dst).map(|(_, r)| r);
         let step = peer_step(dst, gw, id, old, &mine);

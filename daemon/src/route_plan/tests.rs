@@ -408,7 +408,11 @@ fn merged_steps_agree_with_lookups_on_generated_tables() {
     let dsts: Vec<IpNetwork> = (0..12)
         .map(|i| n(&format!("10.244.{i}.0/24")))
         .chain((0..4).map(|i| n(&format!("fd00:10:244:{i}::/64"))))
+        // Same nexthop ids as fd00:10:244:0-1::/64 (2^28 subnets apart), and other lengths.
+        .chain((0..2).map(|i| n(&format!("fd00:10:1244:{i}::/64"))))
+        .chain([n("fd00:10:244:8000::/65"), n("fd00:10:2244::/63")])
         .collect();
+    assert_eq!(nh_id(n("fd00:10:244::/64")), nh_id(n("fd00:10:1244::/64")), "the clash is real");
     for case in 0..3000 {
         let pick = |next: &mut dyn FnMut(u64) -> u64| dsts[next(dsts.len() as u64) as usize];
         let gw = |d: IpNetwork, k: u64| -> IpAddr {
@@ -445,6 +449,12 @@ fn merged_steps_agree_with_lookups_on_generated_tables() {
         let nhs: Vec<Nexthop> = nhs.into_iter().filter(|x| ids.insert(x.id)).collect();
         for with in [None, Some(&nhs[..])] {
             assert_eq!(steps(&w, &h, with), steps_by_lookup(&w, &h, with), "case {case}");
+        }
+        for d in &dsts {
+            let id = nh_id(*d).unwrap();
+            let by_scan = w.keys().find(|k| k.is_ipv6() && nh_id_in(**k, &w) == Some(id)).copied();
+            let want_peer = if d.is_ipv6() { by_scan } else { w.contains_key(d).then_some(*d) };
+            assert_eq!(nh_peer(id, &w), want_peer, "case {case}: nh_peer of {d}");
         }
     }
 }
