@@ -131,6 +131,14 @@ pub struct EventLoop {
     reported_unencapsulated: BTreeMap<String, String>,
     /// The public IP follows the uplink's address (no `--public-ip`).
     uplink: Option<UplinkWatch>,
+    /// Asks the sweep's dump thread (host-gw; `None`: the sweep dumps on the loop).
+    dump_ask: Option<std::sync::mpsc::Sender<u64>>,
+    /// The dump asked for and not yet back (its number); `None` also once a full reconcile ran
+    /// meanwhile (its answer is then stale and dropped).
+    dump_pending: Option<u64>,
+    dumps: u64,
+    /// Subnets whose routes deltas changed since the pending dump was asked for.
+    settled: std::collections::BTreeSet<ipnetwork::IpNetwork>,
 }
 
 /// Following the uplink's address: a node re-addressed (moved to another segment) re-publishes
@@ -177,6 +185,10 @@ impl EventLoop {
             overlay: None,
             reported_unencapsulated: BTreeMap::new(),
             uplink: None,
+            dump_ask: None,
+            dump_pending: None,
+            dumps: 0,
+            settled: Default::default(),
         }
     }
 
@@ -245,6 +257,21 @@ impl EventLoop {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        // host-gw: the sweep's dump off the loop (vxlan plans paths and neighbours from the whole
+        // snapshot and keeps dumping on the loop).
+        let mut dumped = match self.overlay {
+            None => match crate::route_table::Dumper::spawn() {
+                Ok(d) => {
+                    self.dump_ask = Some(d.ask);
+                    Some(d.done)
+                }
+                Err(e) => {
+                    warn!("sweep dump thread: {e}; sweeping on the event loop");
+                    None
+                }
+            },
+            Some(_) => None,
+        };
         loop {
             metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
             let pass = tokio::select! {
@@ -252,15 +279,15 @@ impl EventLoop {
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => {
+                    // Leases are re-judged on store events only: with the store unreachable
+                    // nothing runs out here (the datapath stays as it is).
                     self.check_uplink();
-                    // A lease that ran out, or this node's new address, without a store event.
-                    if self.peers.refresh(&self.node.me, SystemTime::now()) {
-                        self.report(&inp.lost);
-                        let _ = self.peers.take_changes(); // the full reconcile below does them
-                    }
                     let ok = self.node.ensure(true);
                     metrics::set(&self.metrics.node_files_written, u64::from(ok));
-                    Some(Pass { retry: true, drift: false })
+                    (!self.ask_dump()).then_some(Pass { retry: true, drift: false })
+                }
+                Some((n, snap)) = async { match dumped.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
+                    self.on_dump(n, snap)
                 }
                 Some(()) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                     info!("metrics:\n{}", self.metrics.render());
@@ -378,13 +405,64 @@ impl EventLoop {
         self.own_missing = !v.own_present;
     }
 
+    /// Ask the dump thread for the sweep's snapshot; false if the sweep must dump here instead.
+    fn ask_dump(&mut self) -> bool {
+        let Some(ask) = &self.dump_ask else { return false };
+        if !self.listed || !self.started {
+            return false;
+        }
+        if self.dump_pending.is_some() {
+            return true; // the last one is still being taken
+        }
+        self.dumps += 1;
+        if ask.send(self.dumps).is_err() {
+            self.dump_ask = None;
+            return false;
+        }
+        self.dump_pending = Some(self.dumps);
+        self.settled.clear();
+        true
+    }
+
+    /// The sweep's snapshot is back: plan from it, unless a full reconcile ran meanwhile.
+    fn on_dump(
+        &mut self,
+        n: u64,
+        snap: std::io::Result<crate::route_table::Snapshot>,
+    ) -> Option<Pass> {
+        if self.dump_pending != Some(n) {
+            return None;
+        }
+        self.dump_pending = None;
+        match snap {
+            Ok(snap) => {
+                self.reconcile_with(Pass { retry: true, drift: false }, Some(snap));
+                None
+            }
+            Err(e) => {
+                warn!("sweep dump: {e}; sweeping on the event loop");
+                Some(Pass { retry: true, drift: false })
+            }
+        }
+    }
+
     fn reconcile(&mut self, pass: Pass) {
+        self.reconcile_with(pass, None)
+    }
+
+    /// A full reconcile: from the kernel's table dumped now, or from the sweep's `snap` (taken
+    /// on the dump thread, with the subnets deltas changed since left out).
+    fn reconcile_with(&mut self, pass: Pass, snap: Option<crate::route_table::Snapshot>) {
         if !self.listed {
             return;
         }
         self.ensure_overlay();
         let t0 = std::time::Instant::now();
-        let res = if self.started {
+        let res = if let Some(snap) = snap {
+            let settled = std::mem::take(&mut self.settled);
+            self.routes.reconcile_snapshot(snap, self.peers.want(), pass.retry, &settled)
+        } else if self.started {
+            self.dump_pending = None; // a dump asked for before this is stale now
             self.routes.reconcile(self.peers.want(), pass.retry)
         } else {
             // Start-up programs every peer at once: its per-route lines go to DEBUG and one
@@ -449,6 +527,9 @@ impl EventLoop {
     fn delta(&mut self, changes: &[crate::peers::Change]) -> bool {
         if !self.listed || changes.is_empty() {
             return true;
+        }
+        if self.dump_pending.is_some() {
+            self.settled.extend(changes.iter().map(|c| c.0));
         }
         match self.routes.apply_changes(changes, self.peers.want()) {
             Ok(in_sync) => in_sync,

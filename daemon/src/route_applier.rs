@@ -10,14 +10,14 @@
 use crate::metrics::{self, Metrics};
 use crate::overlay;
 use crate::route_plan::{
-    diff, nexthop_route, nh_id_before, nh_id_in, peer_route, steps, PeerStep, Step, Want,
+    diff, nexthop_route, nh_id, nh_id_before, nh_id_in, peer_route, steps, PeerStep, Step, Want,
     WantChange,
 };
 use crate::route_table::{Change, Connected, NetlinkRouteTable, RouteTable, Snapshot};
 use ferry_netlink::neigh::{Neigh, NeighKind};
 use ferry_netlink::{Route, RTPROT_FERRY};
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -165,9 +165,30 @@ impl<T: RouteTable> RouteApplier<T> {
     /// peers already known to be unreachable (same gateway) or blocked by a foreign route are
     /// skipped. Returns how many routes (and stale nexthops) were changed.
     pub fn reconcile(&mut self, want: &Want, retry: bool) -> io::Result<usize> {
+        let snap = self.table.snapshot()?;
+        self.reconcile_snapshot(snap, want, retry, &BTreeSet::new())
+    }
+
+    /// [`RouteApplier::reconcile`] from a snapshot taken earlier (the sweep's, dumped on a thread
+    /// of its own while store events kept being applied), leaving out the peers in `settled`:
+    /// the subnets whose routes deltas changed after the dump began, which the snapshot may show
+    /// as they were (their routes are as wanted already; the next sweep checks them).
+    pub fn reconcile_snapshot(
+        &mut self,
+        mut snap: Snapshot,
+        want: &Want,
+        retry: bool,
+        settled: &BTreeSet<IpNetwork>,
+    ) -> io::Result<usize> {
         let orig = want;
         metrics::inc(&self.metrics.reconciles_total);
-        let snap = self.table.snapshot()?;
+        if !settled.is_empty() {
+            snap.routes.retain(|r| !settled.contains(&r.dst));
+            if let Some(n) = snap.nexthops.as_mut() {
+                let ids: HashSet<u32> = settled.iter().filter_map(|d| nh_id(*d)).collect();
+                n.retain(|h| h.protocol != RTPROT_FERRY || !ids.contains(&h.id));
+            }
+        }
         self.learn(&snap);
         let before = self.nexthops;
         let mut tally = Tally::default();
@@ -185,7 +206,15 @@ impl<T: RouteTable> RouteApplier<T> {
         };
         let want = paths.as_ref().unwrap_or(want);
         let nexthops = snap.nexthops.as_deref().filter(|_| self.nexthops == Some(true));
-        let plan = steps(want, &snap.routes, nexthops);
+        let unsettled: Want;
+        let plan_for = if settled.is_empty() {
+            want
+        } else {
+            unsettled =
+                want.iter().filter(|(d, _)| !settled.contains(d)).map(|(d, g)| (*d, *g)).collect();
+            &unsettled
+        };
+        let plan = steps(plan_for, &snap.routes, nexthops);
         let src = Source::Plan { retry };
         self.remove(plan.del_routes.into_iter().map(Change::DelRoute).collect(), &mut tally);
         let how = Reach::Connected(&snap.connected);

@@ -848,3 +848,34 @@ fn ipv6_peers_get_plain_gateway_routes_without_nexthop_objects() {
     a.apply_delta(&w, &moved).unwrap();
     assert_eq!(a.kernel(), ["fd00:10:244:2::/64 via fd00:198:18::13 (plain)"]);
 }
+
+/// The sweep plans from a snapshot dumped earlier on another thread; the peers that deltas
+/// changed after the dump are left out, so a stale snapshot neither re-adds nor removes them,
+/// while everything else is still reconciled from it.
+#[test]
+fn a_sweep_from_an_earlier_snapshot_leaves_the_peers_changed_since_alone() {
+    let mut a = applier(&["198.18.0.12", "198.18.0.13", "198.18.0.14"]);
+    put_peer(&mut a, "10.244.2.0/24", "198.18.0.12");
+    put_peer(&mut a, "10.244.3.0/24", "198.18.0.13");
+    let old = want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.3.0/24", "198.18.0.13")]);
+    assert_eq!(a.reconcile(&old, true).unwrap(), 0); // start-up: in sync
+    let snap = a.table.snapshot().unwrap(); // the dump thread's, before the deltas below
+                                            // Deltas meanwhile: 10.244.3.0/24 leaves, 10.244.4.0/24 joins; and a drift the sweep must
+                                            // still repair: 10.244.2.0/24's route was deleted by hand after the dump.
+    let new = want(&[("10.244.2.0/24", "198.18.0.12"), ("10.244.4.0/24", "198.18.0.14")]);
+    assert!(a.apply_delta(&old, &new).unwrap());
+    a.table.routes.retain(|r| r.dst != n("10.244.2.0/24"));
+    a.calls();
+    let settled = [n("10.244.3.0/24"), n("10.244.4.0/24")].into_iter().collect();
+    a.reconcile_snapshot(snap.clone(), &new, true, &settled).unwrap();
+    // The snapshot still shows 10.244.2.0/24's route, so it is not repaired from it (the next
+    // sweep's dump will); 3 is not re-added or deleted again, 4 is not added twice.
+    assert_eq!(a.calls(), Vec::<String>::new());
+    assert_eq!(a.kernel(), ["10.244.4.0/24 via 198.18.0.14"]);
+    // Without leaving them out, the stale snapshot would delete 3 again and add 4 again.
+    a.reconcile_snapshot(snap, &new, true, &Default::default()).unwrap();
+    assert!(!a.calls().is_empty());
+    // A fresh sweep repairs the drift.
+    a.reconcile(&new, true).unwrap();
+    assert_eq!(a.kernel(), ["10.244.2.0/24 via 198.18.0.12", "10.244.4.0/24 via 198.18.0.14"]);
+}
