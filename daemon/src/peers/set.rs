@@ -92,7 +92,7 @@ impl PeerSet {
         stale
     }
 
-    /// Re-judge everything (a full listing, a changed `me`, a lease ran out, the periodic sweep).
+    /// Re-judge everything (a full listing, a changed `me`, a lease ran out).
     pub fn rebuild(&mut self, me: &Me, now: SystemTime) {
         let v = evaluate(&self.leases, me, now);
         for (d, was, now) in crate::route_plan::diff(&self.verdict.want, &v.want) {
