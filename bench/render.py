@@ -84,10 +84,11 @@ def density(rp):
         f_first, f_last = pct(fl["add_ms"][:k], 50), pct(fl["add_ms"][-k:], 50)
         own_first = pct(f["add_ms"][:k], 50) - f_first
         own_last = pct(f["add_ms"][-k:], 50) - f_last
-        rp.w("The kernel floor grows too (every pod's veths, ferry's and ptp's, share one node namespace): "
-             "its ADD p50 goes %.2f → %.2f ms (**%.2f ×**). Ferry's ADD above the floor: %.2f → %.2f ms "
-             "(%+.2f ms from pod 1 to pod %d)." % (f_first, f_last, f_last / f_first, own_first, own_last,
-                                                  own_last - own_first, dn["n"]))
+        rp.w("The kernel floor over the same pods (every pod's veths, ferry's and ptp's, share one node "
+             "namespace): ADD p50 %.2f → %.2f ms (**%.2f ×**). Ferry's ADD above the floor: %.2f → %.2f ms "
+             "(%+.2f ms from the first %d pods to the last; the floor is an `ip` process, dynamically linked, "
+             "so it can cost more than a whole ferry ADD)." % (f_first, f_last, f_last / f_first, own_first,
+                                                                 own_last, own_last - own_first, k))
         rp.w()
     r_first = pct(f["add_ms"][:k], 50) / pct(p["add_ms"][:k], 50)
     r_last = pct(f["add_ms"][-k:], 50) / pct(p["add_ms"][-k:], 50)
@@ -255,8 +256,8 @@ def churn(rp):
         slow = [x for x in lat if x > 20]
         if lat and pct(lat, 99) > 20:
             rp.w("%s at %d leases: %d of %d changes (%.1f%%) took over 20 ms; p50 %.2f ms. The slow ones arrive while "
-                 "a resync sweep holds the event loop (one every 10 s; see the idle CPU above for what one costs at "
-                 "this size): the sweep's dump and plan are not interleaved with store events." % (
+                 "a resync sweep's plan and its changes run on the event loop (one sweep every 10 s; its dump is "
+                 "taken on another thread, store events are applied meanwhile)." % (
                      c["store"], c["leases"], len(slow), len(lat), 100.0 * len(slow) / len(lat), pct(lat, 50)))
             rp.w()
     series = [{"name": "%s %dk" % (c["store"], round(c["leases"] / 1000)) if c["leases"] >= 1000 else "%s %d" % (c["store"], c["leases"]),
