@@ -236,14 +236,9 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
     if idle and startup is not None:
         secs = 3 if ctx.quick else 10
         a = cpu_ticks(pid)
-        perf = None
-        if os.environ.get("FERRY_BENCH_IDLE_PERF"):  # a call-graph profile of the idle window
-            perf = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-g", "-p", str(pid),
-                                     "-o", os.environ["FERRY_BENCH_IDLE_PERF"]])
+        perf = perf_attach("FERRY_BENCH_IDLE_PERF", pid, 4999)  # a profile of the idle window
         time.sleep(secs)
-        if perf:
-            perf.send_signal(signal.SIGINT)
-            perf.wait(60)
+        perf_stop(perf)
         r.update(idle_ticks=cpu_ticks(pid) - a, idle_window_s=secs, hz=lab.HZ,
                  rss_idle_kib=proc_status(pid, "VmRSS"))
     if os.environ.get("FERRY_BENCH_SMAPS") and startup is not None:  # where the RSS is
@@ -271,6 +266,19 @@ def smaps_top(pid, n=8):
     for kib, name in out:
         agg[name] = agg.get(name, 0) + kib
     return sorted(((k, v) for v, k in agg.items()), reverse=True)[:n]
+
+
+def perf_attach(env, pid, hz):
+    """`perf record -g` of a running process into the file $env names; None if it names none."""
+    if not os.environ.get(env):
+        return None
+    return subprocess.Popen(["perf", "record", "-q", "-F", str(hz), "-g", "-p", str(pid), "-o", os.environ[env]])
+
+
+def perf_stop(perf):
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(60)
 
 
 def table_vs_store(store, node):
@@ -328,14 +336,9 @@ def churn(ctx, kind, node, seconds, rate=100):
     store = ctx.stores[kind]
     lst = Listener([node.ns])
     c0 = cpu_ticks(node.proc.pid)
-    perf = None
-    if os.environ.get("FERRY_BENCH_CHURN_PERF"):  # a call-graph profile of ferryd during churn
-        perf = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-p", str(node.proc.pid),
-                                 "-o", os.environ["FERRY_BENCH_CHURN_PERF"]])
+    perf = perf_attach("FERRY_BENCH_CHURN_PERF", node.proc.pid, 999)  # a profile during churn
     ops, wall = churn_ops(ctx, store, node, seconds, rate)
-    if perf:
-        perf.send_signal(signal.SIGINT)
-        perf.wait(60)
+    perf_stop(perf)
     time.sleep(2)
     cpu = (cpu_ticks(node.proc.pid) - c0) / lab.HZ
     lat = match_ops(lst, ops)

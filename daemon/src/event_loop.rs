@@ -10,7 +10,6 @@ use crate::peers::{Me, PeerSet};
 use crate::route_applier::{Encap, RouteApplier};
 use crate::store::WatchEvent;
 use ferry_netlink::Event;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -121,14 +120,11 @@ pub struct EventLoop {
     peers: PeerSet,
     /// The first full listing arrived: until then nothing is reconciled (no listing ≠ no peers).
     listed: bool,
-    reported_bad: BTreeMap<String, String>,
     own_missing: bool,
     /// The first full reconcile (the start-up bulk programming) has run.
     started: bool,
     /// vxlan backend: the device, kept as wanted before every full reconcile.
     overlay: Option<Overlay>,
-    /// vxlan leases routed only directly, as last reported (key → why).
-    reported_unencapsulated: BTreeMap<String, String>,
     /// The public IP follows the uplink's address (no `--public-ip`).
     uplink: Option<UplinkWatch>,
     /// Asks the sweep's dump thread (host-gw; `None`: the sweep dumps on the loop).
@@ -179,11 +175,9 @@ impl EventLoop {
             metrics,
             peers: PeerSet::new(),
             listed: false,
-            reported_bad: BTreeMap::new(),
             own_missing: false,
             started: false,
             overlay: None,
-            reported_unencapsulated: BTreeMap::new(),
             uplink: None,
             dump_ask: None,
             dump_pending: None,
@@ -351,43 +345,18 @@ impl EventLoop {
     fn report(&mut self, lost: &mpsc::UnboundedSender<()>) {
         let changed = self.peers.take_reported();
         let v = self.peers.verdict();
-        let keys: Vec<String> = match changed {
-            Some(keys) => keys.into_iter().collect(),
-            None => {
-                let mut all: Vec<String> =
-                    v.bad.keys().chain(v.unencapsulated.keys()).cloned().collect();
-                all.extend(
-                    self.reported_bad.keys().chain(self.reported_unencapsulated.keys()).cloned(),
-                );
-                all.sort();
-                all.dedup();
-                all
-            }
-        };
-        let mut recount = false;
-        for k in keys {
-            match v.bad.get(&k) {
-                Some(why) if self.reported_bad.get(&k) != Some(why) => {
-                    metrics::inc(&self.metrics.bad_leases_total);
-                    warn!("ignoring lease {k}: {why}");
-                    self.reported_bad.insert(k.clone(), why.clone());
-                    recount = true;
-                }
-                Some(_) => {}
-                None => recount |= self.reported_bad.remove(&k).is_some(),
-            }
-            match v.unencapsulated.get(&k) {
-                Some(why) if self.reported_unencapsulated.get(&k) != Some(why) => {
-                    warn!("lease {k}: never sent VXLAN ({why}); routed directly when on-link");
-                    self.reported_unencapsulated.insert(k, why.clone());
-                }
-                Some(_) => {}
-                None => {
-                    self.reported_unencapsulated.remove(&k);
-                }
+        for k in &changed.bad {
+            if let Some(why) = v.bad.get(k) {
+                metrics::inc(&self.metrics.bad_leases_total);
+                warn!("ignoring lease {k}: {why}");
             }
         }
-        if recount {
+        for k in &changed.unencapsulated {
+            if let Some(why) = v.unencapsulated.get(k) {
+                warn!("lease {k}: never sent VXLAN ({why}); routed directly when on-link");
+            }
+        }
+        if !changed.bad.is_empty() {
             metrics::set(&self.metrics.bad_leases, v.bad.len() as u64);
             let mut by_reason = [0u64; metrics::REASONS.len()];
             for why in v.bad.values() {

@@ -386,7 +386,7 @@ pub fn taken6(entries: &[LeaseEntry], now: SystemTime) -> Vec<Ipv6Network> {
 }
 
 mod set;
-pub use set::{Change, PeerSet};
+pub use set::{Change, PeerSet, Reported};
 
 #[cfg(test)]
 mod tests;

@@ -110,8 +110,8 @@ impl Store {
         }
     }
 
-    fn write(&self, st: &State) -> Result<(), CniError> {
-        ferry_fs::write_atomic(&self.state_path, &st.encode(), 0o644)
+    fn write(&self, encoded: &[u8]) -> Result<(), CniError> {
+        ferry_fs::write_atomic(&self.state_path, encoded, 0o644)
             .map_err(|e| io_err("write", &self.state_path, e))
     }
 
@@ -132,8 +132,7 @@ impl Store {
             None => st == State::default(),
         };
         if !same {
-            ferry_fs::write_atomic(&self.state_path, &after, 0o644)
-                .map_err(|e| io_err("write", &self.state_path, e))?;
+            self.write(&after)?;
         }
         Ok(out)
     }
@@ -181,7 +180,7 @@ impl Store {
         };
         let ips = st.release(owner);
         if !ips.is_empty() {
-            self.write(&st)?;
+            self.write(&st.encode())?;
         }
         Ok(ips)
     }

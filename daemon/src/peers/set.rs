@@ -21,6 +21,13 @@ use std::time::SystemTime;
 
 pub use crate::route_plan::WantChange as Change;
 
+/// Verdict keys that changed, per map.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reported {
+    pub bad: BTreeSet<String>,
+    pub unencapsulated: BTreeSet<String>,
+}
+
 #[derive(Default)]
 pub struct PeerSet {
     leases: Leases,
@@ -36,9 +43,7 @@ pub struct PeerSet {
     /// Wanted routes changed since [`PeerSet::take_changes`]: subnet → (before, now).
     pending: BTreeMap<IpNetwork, (Option<IpAddr>, Option<IpAddr>)>,
     /// Keys whose entry in `bad` or `unencapsulated` changed since [`PeerSet::take_reported`].
-    reported: BTreeSet<String>,
-    /// Everything may have changed (a full evaluation ran) since `take_reported`.
-    all_reported: bool,
+    reported: Reported,
 }
 
 impl PeerSet {
@@ -52,14 +57,6 @@ impl PeerSet {
 
     pub fn want(&self) -> &Want {
         &self.verdict.want
-    }
-
-    pub fn len(&self) -> usize {
-        self.leases.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
     }
 
     /// Fold one store event in, judged for `me` at `now`.
@@ -84,7 +81,7 @@ impl PeerSet {
     }
 
     /// Re-judge everything if `me` changed or a lease ran out since; true if it did.
-    pub fn refresh(&mut self, me: &Me, now: SystemTime) -> bool {
+    fn refresh(&mut self, me: &Me, now: SystemTime) -> bool {
         let stale = self.me.as_ref() != Some(me) || self.next_expiry.is_some_and(|t| t <= now);
         if stale {
             self.rebuild(me, now);
@@ -93,14 +90,17 @@ impl PeerSet {
     }
 
     /// Re-judge everything (a full listing, a changed `me`, a lease ran out).
-    pub fn rebuild(&mut self, me: &Me, now: SystemTime) {
+    fn rebuild(&mut self, me: &Me, now: SystemTime) {
         let v = evaluate(&self.leases, me, now);
         for (d, was, now) in crate::route_plan::diff(&self.verdict.want, &v.want) {
             self.note(d, was, now);
         }
+        self.reported.bad.extend(changed_keys(&self.verdict.bad, &v.bad));
+        self.reported
+            .unencapsulated
+            .extend(changed_keys(&self.verdict.unencapsulated, &v.unencapsulated));
         self.verdict = v;
         self.me = Some(*me);
-        self.all_reported = true;
         self.v6 = self
             .leases
             .iter()
@@ -119,11 +119,10 @@ impl PeerSet {
             .collect()
     }
 
-    /// The keys whose verdict (`bad`, `unencapsulated`) changed since the last call; `None`:
-    /// maybe all of them.
-    pub fn take_reported(&mut self) -> Option<BTreeSet<String>> {
-        let keys = std::mem::take(&mut self.reported);
-        (!std::mem::take(&mut self.all_reported)).then_some(keys)
+    /// The keys whose entry in the verdict's `bad` and `unencapsulated` changed (appeared, took
+    /// another reason, went) since the last call.
+    pub fn take_reported(&mut self) -> Reported {
+        std::mem::take(&mut self.reported)
     }
 
     fn note(&mut self, d: IpNetwork, was: Option<IpAddr>, now: Option<IpAddr>) {
@@ -176,7 +175,7 @@ impl PeerSet {
                         if unencap.get(&**k) == Some(&why) {
                             unencap.remove(&**k); // unchanged
                         } else {
-                            self.reported.insert(k.to_string());
+                            self.reported.unencapsulated.insert(k.to_string());
                         }
                         self.verdict.unencapsulated.insert(k.to_string(), why);
                     }
@@ -192,12 +191,12 @@ impl PeerSet {
                 None => self.verdict.bad.remove(&*k).is_some(),
             };
             if had {
-                self.reported.insert(k.into());
+                self.reported.bad.insert(k.into());
             }
         }
         // Taken out and not put back.
-        self.reported
-            .extend(unencap.into_keys().filter(|k| !self.verdict.unencapsulated.contains_key(k)));
+        let gone = unencap.into_keys().filter(|k| !self.verdict.unencapsulated.contains_key(k));
+        self.reported.unencapsulated.extend(gone);
     }
 
     fn put_raw(&mut self, key: Box<str>, new: Option<Entry>) {
@@ -284,6 +283,12 @@ impl PeerSet {
 }
 
 /// The peer subnets a well-formed lease names (whether or not they are routed).
+/// Keys whose entry differs between two verdict maps (a key may come twice).
+fn changed_keys(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let all = old.keys().chain(new.keys());
+    all.filter(|k| old.get(*k) != new.get(*k)).cloned().collect()
+}
+
 fn subnets_of(e: &Entry) -> Vec<IpNetwork> {
     let Ok(l) = e else { return Vec::new() };
     let s = l.subnets();

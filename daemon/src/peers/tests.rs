@@ -4,7 +4,7 @@ use crate::store::{parse_lease, subnet_key, BadLease, Lease, LeaseAttrs};
 use ipnetwork::Ipv6Network;
 use std::time::Duration;
 
-fn me4() -> Me4 {
+pub(super) fn me4() -> Me4 {
     Me4 {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet_len: 24,
@@ -13,7 +13,7 @@ fn me4() -> Me4 {
     }
 }
 
-fn me6() -> Me6 {
+pub(super) fn me6() -> Me6 {
     Me6 {
         network: "fd00:10:244::/56".parse().unwrap(),
         subnet_len: 64,
@@ -22,11 +22,11 @@ fn me6() -> Me6 {
     }
 }
 
-fn me() -> Me {
+pub(super) fn me() -> Me {
     Me { v4: Some(me4()), v6: None, mode: Mode::HostGw }
 }
 
-fn lease(subnet: &str, ip: &str) -> LeaseEntry {
+pub(super) fn lease(subnet: &str, ip: &str) -> LeaseEntry {
     Ok(Lease {
         key: subnet_key(subnet.parse().unwrap()),
         subnet: subnet.parse().unwrap(),

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::config::{Mode, VxlanConf};
-use crate::peers::{apply_event, Me4, Me6};
+use crate::peers::tests::{lease, me4, me6};
+use crate::peers::{apply_event, Me4};
 use crate::store::{until_deleted, BadLease, Lease, LeaseAttrs, LeaseEntry};
 use ipnetwork::Ipv4Network;
 use std::time::Duration;
@@ -29,17 +30,10 @@ impl Rng {
 
 fn me(r: &mut Rng) -> Me {
     let v4 = Me4 {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet_len: 24,
-        subnet: "10.244.1.0/24".parse().unwrap(),
         public_ip: *r.pick(&["198.18.0.11".parse().unwrap(), "198.18.0.12".parse().unwrap()]),
+        ..me4()
     };
-    let v6 = Me6 {
-        network: "fd00:10:244::/56".parse().unwrap(),
-        subnet_len: 64,
-        subnet: "fd00:10:244:1::/64".parse().unwrap(),
-        public_ip: "fd00:198:18::11".parse().unwrap(),
-    };
+    let v6 = me6();
     let mode = match r.below(3) {
         0 => Mode::Vxlan(VxlanConf { vni: 1, port: 8472, direct_routing: true }),
         _ => Mode::HostGw,
@@ -148,17 +142,16 @@ fn agrees_with_evaluate_after_every_event() {
             let want = evaluate(&reference, &me, now);
             assert_eq!(set.verdict(), &want, "seed {seed} step {step}");
             // Every key whose report changed is named (or everything is).
-            if let Some(named) = set.take_reported() {
-                let keys = want.bad.keys().chain(want.unencapsulated.keys());
-                let keys = keys.chain(prev.bad.keys()).chain(prev.unencapsulated.keys());
-                for k in keys {
-                    let changed = want.bad.get(k) != prev.bad.get(k)
-                        || want.unencapsulated.get(k) != prev.unencapsulated.get(k);
-                    assert!(
-                        !changed || named.contains(k),
-                        "seed {seed} step {step}: {k} not reported"
-                    );
-                }
+            let named = set.take_reported();
+            let keys = want.bad.keys().chain(want.unencapsulated.keys());
+            for k in keys.chain(prev.bad.keys()).chain(prev.unencapsulated.keys()) {
+                let bad = want.bad.get(k) != prev.bad.get(k);
+                let unencap = want.unencapsulated.get(k) != prev.unencapsulated.get(k);
+                assert!(!bad || named.bad.contains(k), "seed {seed} step {step}: {k} not reported");
+                assert!(
+                    !unencap || named.unencapsulated.contains(k),
+                    "seed {seed} step {step}: {k} not reported"
+                );
             }
             prev = want.clone_parts();
             for (d, was, now) in set.take_changes() {
@@ -177,27 +170,9 @@ fn agrees_with_evaluate_after_every_event() {
 
 #[test]
 fn a_lease_running_out_is_dropped_at_the_next_event() {
-    let me = Me {
-        v4: Some(Me4 {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            public_ip: "198.18.0.11".parse().unwrap(),
-        }),
-        v6: None,
-        mode: Mode::HostGw,
-    };
+    let me = crate::peers::tests::me();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut r = Rng(7);
-    let mut e = entry(&mut r, t0);
-    while !matches!(&e, Ok(l) if l.subnets().v6.is_none() && l.subnet.prefix() > 0) {
-        e = entry(&mut r, t0);
-    }
-    let Ok(mut l) = e else { unreachable!() };
-    l.subnet = "10.244.2.0/24".parse().unwrap();
-    l.key = "10.244.2.0-24".into();
-    l.attrs.public_ip = "198.18.0.12".parse().unwrap();
-    l.attrs.backend_type = "host-gw".into();
+    let Ok(mut l) = lease("10.244.2.0/24", "198.18.0.12") else { unreachable!() };
     l.expires = Some(t0 + Duration::from_secs(10));
     let mut set = PeerSet::new();
     set.apply(WatchEvent::Put(Ok(l)), &me, t0);
