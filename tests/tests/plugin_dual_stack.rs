@@ -110,6 +110,14 @@ fn dual_stack_add_check_del_in_every_spec_version() {
             &[("-4", "inet", "10.71.1.1", "24"), ("-6", "inet6", "fd00:71:0:1::1", "64")],
         );
         assert_eq!(pod.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1450, "FLANNEL_MTU");
+        // The host end's only link-local address is Ferry's fe80::1 (no kernel-made one); the
+        // pod end keeps the kernel's, without DAD.
+        let host_if = r["interfaces"][0]["name"].as_str().unwrap();
+        let h = &node.ns.ip_json(&["-d", "link", "show", host_if])[0];
+        assert_eq!(h["inet6_addr_gen_mode"], "none", "{h}");
+        let ll = node.ns.ip(&["-6", "-o", "addr", "show", "dev", host_if, "scope", "link"]);
+        assert!(ll.contains("fe80::1/64") && ll.lines().count() == 1, "{ll}");
+        assert_eq!(pod.sysctl("net.ipv6.conf.eth0.accept_dad"), "0");
         for ip in pod_ips(&r) {
             assert!(node.ns.ping(&ip), "node -> pod {ip} in {ver}");
         }

@@ -113,10 +113,16 @@ fn add_wires_pod_and_host_as_documented() {
         hroutes.contains(&format!("dev {host_if}")) && hroutes.contains("proto 114"),
         "{hroutes}"
     );
-    // Forwarding on in the namespace the plugin ran in; DAD off on both veth ends.
+    // Forwarding on in the namespace the plugin ran in. An IPv4-only attachment leaves the
+    // kernel no IPv6 address to make on either end (addrgenmode none, set before carrier; ADD
+    // returned with both ends up, so linkwatch has run): no link-local address, no fe80::/64.
     assert_eq!(node.ns.sysctl("net.ipv4.ip_forward"), "1");
-    assert_eq!(node.ns.sysctl(&format!("net.ipv6.conf.{host_if}.accept_dad")), "0");
-    assert_eq!(pod.sysctl("net.ipv6.conf.eth0.accept_dad"), "0");
+    for (ns, dev) in [(&node.ns, host_if.as_str()), (&pod, "eth0")] {
+        let l = &ns.ip_json(&["-d", "link", "show", dev])[0];
+        assert_eq!(l["inet6_addr_gen_mode"], "none", "{dev}: {l}");
+        assert_eq!(ns.ip(&["-6", "-o", "addr", "show", "dev", dev]).trim(), "", "{dev}");
+        assert_eq!(ns.ip(&["-6", "route", "show", "dev", dev]).trim(), "", "{dev}");
+    }
     node.call("DEL", "wire", Some(&pod), "eth0", &conf).assert_ok();
 }
 

@@ -139,6 +139,8 @@ fn apply(nl: &mut Netlink, ops: &[(Op, String)]) -> Result<()> {
                 existing.push((rt, what))
             }
             (Err(e), _) if e.kind() == ErrorKind::AlreadyExists => {}
+            // The link has no IPv6 (disabled): no addresses to generate either.
+            (Err(e), Op::NoAddrGen(_)) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
             (Err(e), _) => return Err(nl_err(what)(e)),
         }
     }
@@ -189,9 +191,9 @@ fn confirm_ours(nl: &mut Netlink, v6: bool, existing: &[(&Route, &str)]) -> Resu
 /// then wait until it can carry traffic.
 fn setup(s: &mut Sides, n: &Names, p: &Plan, readd: bool) -> Result<(Link, Link)> {
     let h = host_end(s, n, p, readd)?;
-    // Before the pod end comes up (carrier): the kernel's link-local addresses, made once
-    // linkwatch sees carrier, then skip DAD too.
-    sysctls(&s.ns, &n.host, n.ifname, p)?;
+    // Before the pod end comes up (carrier): the kernel's link-local address on the pod end of
+    // an IPv6 attachment, made once linkwatch sees carrier, then skips DAD too.
+    sysctls(&s.ns, n.ifname, p)?;
     crate::timing::mark("sysctls");
     host_side(&mut s.host, &h, n, p)?;
     crate::timing::mark("host addr + route");
@@ -282,8 +284,10 @@ fn gw_host(a: &Addr) -> IpNetwork {
 /// are per link, so every host end can carry the same one.
 const HOST_LINK_LOCAL: &str = "fe80::1/64";
 
-/// Host side in one round trip, per family: the gateway /32 or /128 on the host end, the /32 or
-/// /128 route to the pod (and, for IPv6, [`HOST_LINK_LOCAL`]).
+/// Host side in one round trip: no kernel-made IPv6 addresses on the host end (it needs none:
+/// [`HOST_LINK_LOCAL`] serves neighbour discovery; see [`no_addrgen`]), then per family the gateway
+/// /32 or /128 on the host end, the /32 or /128 route to the pod (and, for IPv6,
+/// [`HOST_LINK_LOCAL`]).
 fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
     let host_name = &n.host;
     let to_pod: Vec<Route> = p
@@ -297,7 +301,7 @@ fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
             r
         })
         .collect();
-    let mut ops = vec![];
+    let mut ops = vec![no_addrgen(h.index, host_name)];
     if p.addr(false).is_some() {
         let ll: IpNetwork = HOST_LINK_LOCAL.parse().expect("valid");
         ops.push((Op::AddAddress(h.index, ll, true), format!("add {ll} to {host_name}")));
@@ -310,8 +314,19 @@ fn host_side(nl: &mut Netlink, h: &Link, n: &Names, p: &Plan) -> Result<()> {
     apply(nl, &ops)
 }
 
-/// Pod side in one round trip, in order: link up, then per family the address and the gateway
-/// route, then the routes.
+/// The kernel makes no IPv6 addresses on this veth end (`addrgenmode none`; best effort: a link
+/// without IPv6 has none to make). Set before the pair has carrier. Every kernel-made link-local
+/// address costs a DAD run, router solicitations, MLD reports and two IPv6 routes in its
+/// namespace, and the kernel walks the whole IPv6 routing table on each link event there, so on
+/// a node with hundreds of pods every ADD and DEL grew dearer. The host end never needs one;
+/// an IPv4-only pod neither (its IPv6 stays up: `::1`, sockets bound to `::`).
+fn no_addrgen<'a>(index: u32, name: &str) -> (Op<'a>, String) {
+    (Op::NoAddrGen(index), format!("turn off IPv6 address generation on {name}"))
+}
+
+/// Pod side in one round trip, in order: for an IPv4-only attachment no kernel-made IPv6
+/// address ([`no_addrgen`]), link up, then per family the address and the gateway route, then
+/// the routes.
 fn pod_side(nl: &mut Netlink, n: &Names, p: &Plan) -> Result<Link> {
     let ifname = n.ifname;
     let pl = nl
@@ -330,7 +345,11 @@ fn pod_side(nl: &mut Netlink, n: &Names, p: &Plan) -> Result<Link> {
         to_gw.push(r);
     }
     let pod_routes = pod_routes(p, pl.index);
-    let mut ops = vec![(Op::SetUp(pl.index), format!("set {ifname} up"))];
+    let mut ops = vec![];
+    if p.addr(false).is_none() {
+        ops.push(no_addrgen(pl.index, ifname));
+    }
+    ops.push((Op::SetUp(pl.index), format!("set {ifname} up")));
     for (addr, r) in addrs.iter().zip(&to_gw) {
         ops.push((Op::AddAddress(pl.index, *addr, true), format!("add {addr} to {ifname}")));
         ops.push((Op::AddRoute(r), format!("add pod route {} dev {ifname}", r.dst)));
@@ -368,21 +387,23 @@ fn pod_routes(p: &Plan, oif: u32) -> Vec<Route> {
         .collect()
 }
 
-/// Forwarding on in this (the node's) namespace for each family of the plan; IPv6 DAD off on both
-/// veth ends (best effort: IPv6 may be disabled; Ferry's own IPv6 addresses skip DAD anyway, this
-/// also covers the kernel's link-local ones). Keys with `/` are paths, so interface names with
-/// dots work.
-fn sysctls(ns: &File, host_name: &str, ifname: &str, p: &Plan) -> Result<()> {
+/// Forwarding on in this (the node's) namespace for each family of the plan; for an IPv6
+/// attachment DAD off on the pod end, for the kernel's link-local address there (best effort:
+/// IPv6 may be disabled; Ferry's own IPv6 addresses skip DAD anyway, and the host end has no
+/// kernel-made address: [`no_addrgen`]). A key with `/` is a path, so interface names with dots
+/// work.
+fn sysctls(ns: &File, ifname: &str, p: &Plan) -> Result<()> {
     for a in &p.addrs {
         let fwd =
             if a.ip.is_ipv4() { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
         sysctl::set(fwd, "1")
             .map_err(|e| CniError::io(format!("enable forwarding ({fwd}): {e}")))?;
     }
-    let _ = sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0");
-    let _ = ferry_netlink::netns::with_netns(ns, || {
-        sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
-    });
+    if p.addr(false).is_some() {
+        let _ = ferry_netlink::netns::with_netns(ns, || {
+            sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
+        });
+    }
     Ok(())
 }
 

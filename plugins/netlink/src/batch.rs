@@ -4,9 +4,10 @@
 //! `socket.rs`). Used on the plugin's ADD hot path and by the daemon's route programming.
 
 use crate::frame::Msg;
+use crate::link::{no_addrgen_msg, up_msg};
 use crate::neigh::{self, Neigh};
 use crate::nexthop;
-use crate::{addr::addr_msg, link::up_msg, route::route_del_msg, route::route_msg};
+use crate::{addr::addr_msg, route::route_del_msg, route::route_msg};
 use crate::{Netlink, Nexthop, Route};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
@@ -18,6 +19,8 @@ use std::io;
 pub enum Op<'a> {
     /// Set IFF_UP on a link.
     SetUp(u32),
+    /// No kernel IPv6 address generation on a link (see [`crate::link::no_addrgen_msg`]).
+    NoAddrGen(u32),
     /// Add an address (ifindex, address/prefix, noprefixroute).
     AddAddress(u32, IpNetwork, bool),
     /// Add a route (EEXIST if present).
@@ -43,6 +46,7 @@ impl Op<'_> {
         let rt = |m, f| (Msg::Rt(m), f);
         match self {
             Op::SetUp(i) => rt(Rt::SetLink(up_msg(*i)), 0),
+            Op::NoAddrGen(i) => rt(Rt::SetLink(no_addrgen_msg(*i)), 0),
             Op::AddAddress(i, a, npr) => {
                 rt(Rt::NewAddress(addr_msg(*i, *a, *npr)), NLM_F_CREATE | NLM_F_EXCL)
             }

@@ -4,7 +4,8 @@ use crate::frame::invalid;
 use crate::{Link, Netlink};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use std::fs::File;
@@ -113,6 +114,19 @@ pub fn up_msg(index: u32) -> LinkMessage {
     let mut m = select_msg(index, None);
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
+    m
+}
+
+/// RTM_SETLINK body turning off the kernel's IPv6 address generation on `index`
+/// (`addrgenmode none`): no link-local address, so no DAD, router solicitations or MLD reports
+/// from it, and no `fe80::/64` route. Effective only before the link has carrier (the kernel
+/// makes the link-local address when it does). The kernel refuses this attribute when creating
+/// a link, and answers EAFNOSUPPORT when the link has no IPv6 (disabled).
+pub fn no_addrgen_msg(index: u32) -> LinkMessage {
+    let mut m = select_msg(index, None);
+    m.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+        AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+    ])]));
     m
 }
 
@@ -322,6 +336,19 @@ mod tests {
         assert_eq!(m.header.flags, LinkFlags::Up);
         assert_eq!(m.header.change_mask, LinkFlags::Up);
         assert!(m.attributes.is_empty());
+    }
+
+    #[test]
+    fn no_addrgen_msg_sets_only_the_inet6_mode() {
+        let m = roundtrip(&no_addrgen_msg(42));
+        assert_eq!(m.header.index, 42);
+        assert_eq!(m.header.change_mask, LinkFlags::empty());
+        assert_eq!(
+            m.attributes,
+            vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None)
+            ])])]
+        );
     }
 
     #[test]
