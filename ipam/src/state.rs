@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+mod fast;
+
 /// Who holds an address: one CNI attachment.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
@@ -152,6 +154,14 @@ struct DiskOwner {
 impl State {
     /// Parse and validate `state.json`; the error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<State, String> {
+        if let Some(st) = fast::decode(bytes) {
+            return Ok(st);
+        }
+        Self::decode_generic(bytes)
+    }
+
+    /// [`State::decode`] for any JSON spelling, with the reason when it is not valid state.
+    fn decode_generic(bytes: &[u8]) -> Result<State, String> {
         let d: DiskState =
             serde_json::from_slice(bytes).map_err(|e| format!("not valid state JSON: {e}"))?;
         if d.version != STATE_VERSION {
@@ -176,6 +186,10 @@ impl State {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        fast::encode(self).unwrap_or_else(|| self.encode_generic())
+    }
+
+    fn encode_generic(&self) -> Vec<u8> {
         let d = DiskStateOut {
             version: STATE_VERSION,
             last: &self.last,
