@@ -65,7 +65,8 @@ def density(rp):
     rp.w("## Pod density: %d pods on one node, added one after another, then removed" % dn["n"])
     rp.w()
     rp.w("Whole-process time of each CNI call (spawn to reaped exit), ferry and ptp + host-local interleaved "
-         "(order alternating per pod), %d untimed warm-up pairs first; DELs in the order of the ADDs. "
+         "(order alternating per pod), each plugin in a node namespace of its own (as on a node, which runs one "
+         "pod network), %d untimed warm-up pairs first; DELs in the order of the ADDs. "
          "p50 / p90 / p99 in ms." % dn["warmup"])
     rp.w()
     rp.w("| plugin | ADD first %d | ADD last %d | DEL first %d | DEL last %d | failed | distinct IPs | /32 routes | left after DEL |" % (k, k, k, k))
@@ -84,8 +85,8 @@ def density(rp):
         f_first, f_last = pct(fl["add_ms"][:k], 50), pct(fl["add_ms"][-k:], 50)
         own_first = pct(f["add_ms"][:k], 50) - f_first
         own_last = pct(f["add_ms"][-k:], 50) - f_last
-        rp.w("The kernel floor over the same pods (every pod's veths, ferry's and ptp's, share one node "
-             "namespace): ADD p50 %.2f → %.2f ms (**%.2f ×**). Ferry's ADD above the floor: %.2f → %.2f ms "
+        rp.w("The kernel floor over the same pod count (a bare veth pair per pod in a third node namespace, "
+             "timed after the plugins' calls for that pod): ADD p50 %.2f → %.2f ms (**%.2f ×**). Ferry's ADD above the floor: %.2f → %.2f ms "
              "(%+.2f ms from the first %d pods to the last; the floor is an `ip` process, dynamically linked, "
              "so it can cost more than a whole ferry ADD)." % (f_first, f_last, f_last / f_first, own_first,
                                                                  own_last, own_last - own_first, k))

@@ -1,6 +1,10 @@
 //! `cni-scale`: pod density and parallel storms on one node, `ferry` vs the reference `ptp` +
 //! `host-local`, side by side in one run; every sample written as JSON for `bench/render.py`.
 //!
+//! Each plugin has a node namespace of its own (a node runs one pod network, and one plugin's
+//! links and routes must not weigh on the other's calls), and so has the kernel floor below;
+//! the calls interleave in time so both see the same machine.
+//!
 //! * density: N pods added one after another (ferry and ptp interleaved, order alternating per
 //!   pod), then removed in the order they were added. Every call's whole-process time (spawn to
 //!   reaped exit, as in `cni-bench`) is kept with its index, so cost against pod count is visible.
@@ -23,7 +27,7 @@ use testlab::{bin_dir, ok, require_sandbox, TempDir};
 
 #[allow(dead_code)]
 mod benchkit;
-use benchkit::{die, enter_netns, loadavg, machine, ptp_plugin, set_nice, timed, Plugin, Run};
+use benchkit::{die, loadavg, machine, ptp_plugin, set_nice, timed, Plugin, Run};
 
 struct Opts {
     density: usize,
@@ -77,9 +81,42 @@ fn parse_opts() -> Opts {
 /// route matching), and where its IPAM state lives.
 struct Side {
     name: &'static str,
+    /// This side's node namespace: entered before each of its calls and checks.
+    node: Node,
     plugin: Plugin,
     net_prefix: &'static str,
     ipam_dir: PathBuf,
+}
+
+/// A node namespace (made with `lo` up) that this process's thread enters with [`Node::enter`];
+/// children spawned afterwards start there.
+struct Node {
+    name: String,
+    fd: std::fs::File,
+}
+
+impl Node {
+    fn new(label: &str) -> Node {
+        let name = testlab::unique(&format!("scalenode-{label}-"));
+        ok("ip", ["netns", "add", &name]);
+        ok("ip", ["-n", &name, "link", "set", "lo", "up"]);
+        let path = format!("/run/netns/{name}");
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| die(&format!("open {path}: {e}")));
+        Node { name, fd }
+    }
+
+    fn enter(&self) {
+        use std::os::fd::AsRawFd;
+        if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            die(&format!("setns {}: {}", self.name, std::io::Error::last_os_error()));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = testlab::run("ip", ["netns", "del", &self.name]);
+    }
 }
 
 fn sides(o: &Opts, tmp: &TempDir) -> Vec<Side> {
@@ -105,8 +142,20 @@ fn sides(o: &Opts, tmp: &TempDir) -> Vec<Side> {
         }
     }
     vec![
-        Side { name: "ferry", plugin: ferry, net_prefix: "10.251.", ipam_dir: ferry_data },
-        Side { name: "ptp", plugin: ptp, net_prefix: "10.252.", ipam_dir: ptp_data },
+        Side {
+            name: "ferry",
+            node: Node::new("ferry"),
+            plugin: ferry,
+            net_prefix: "10.251.",
+            ipam_dir: ferry_data,
+        },
+        Side {
+            name: "ptp",
+            node: Node::new("ptp"),
+            plugin: ptp,
+            net_prefix: "10.252.",
+            ipam_dir: ptp_data,
+        },
     ]
 }
 
@@ -146,6 +195,7 @@ fn ms(r: &Run) -> f64 {
 
 /// Host routes (`/32`) in this node namespace whose destination is in the side's /16.
 fn routes_in(side: &Side) -> usize {
+    side.node.enter();
     let out = ok("ip", ["-4", "-j", "route", "show"]);
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
     v.as_array()
@@ -182,6 +232,7 @@ fn ipam_left(side: &Side) -> usize {
 
 /// What a side left behind after its DELs.
 fn leftover(side: &Side) -> Value {
+    side.node.enter();
     let veths = ok("ip", ["-o", "link", "show", "type", "veth"]).lines().count();
     json!({"veths": veths, "routes": routes_in(side), "ipam": ipam_left(side)})
 }
@@ -193,6 +244,7 @@ fn warm_up(o: &Opts, sides: &[Side]) {
         let side = &sides[i % sides.len()];
         let ns = format!("/run/netns/{pod}");
         let id = format!("warm-{i}");
+        side.node.enter();
         let add = side.plugin.invoke("ADD", &id, &ns, None);
         let prev = result_ip(&add).map(|(v, _)| v);
         side.plugin.invoke("DEL", &id, &ns, prev.as_ref());
@@ -218,7 +270,7 @@ fn density_add(
     sides: &[Side],
     pods: &[Vec<String>],
     n: usize,
-    floor: &[String],
+    floor: &(Node, Vec<String>),
 ) -> (Vec<Density>, Vec<f64>) {
     let mut d: Vec<Density> = sides.iter().map(|_| Density::default()).collect();
     let mut floor_ms = Vec::with_capacity(n);
@@ -227,6 +279,7 @@ fn density_add(
             if i % 2 == 0 { (0..sides.len()).collect() } else { (0..sides.len()).rev().collect() };
         for s in order {
             let ns = format!("/run/netns/{}", pods[s][i]);
+            sides[s].node.enter();
             let r = sides[s].plugin.invoke("ADD", &format!("dens-{i}"), &ns, None);
             d[s].add_ms.push(ms(&r));
             match result_ip(&r) {
@@ -244,7 +297,8 @@ fn density_add(
                 }
             }
         }
-        floor_ms.push(floor_step("ADD", i, &floor[i]));
+        floor.0.enter();
+        floor_ms.push(floor_step("ADD", i, &floor.1[i]));
     }
     (d, floor_ms)
 }
@@ -255,7 +309,7 @@ fn density_del(
     sides: &[Side],
     pods: &[Vec<String>],
     d: &mut [Density],
-    floor: &[String],
+    floor: &(Node, Vec<String>),
 ) -> Vec<f64> {
     let n = pods[0].len();
     let mut floor_ms = Vec::with_capacity(n);
@@ -265,6 +319,7 @@ fn density_del(
         for s in order {
             let ns = format!("/run/netns/{}", pods[s][i]);
             let prev = d[s].results[i].clone();
+            sides[s].node.enter();
             let r = sides[s].plugin.invoke("DEL", &format!("dens-{i}"), &ns, prev.as_ref());
             d[s].del_ms.push(ms(&r));
             if r.code != 0 {
@@ -272,7 +327,8 @@ fn density_del(
                 eprintln!("cni-scale: {} DEL #{i} failed: {}{}", sides[s].name, r.stdout, r.stderr);
             }
         }
-        floor_ms.push(floor_step("DEL", i, &floor[i]));
+        floor.0.enter();
+        floor_ms.push(floor_step("DEL", i, &floor.1[i]));
     }
     floor_ms
 }
@@ -301,14 +357,14 @@ fn density(o: &Opts, sides: &[Side]) -> Value {
     eprintln!("cni-scale: density: {} pods per plugin ...", o.density);
     let pods: Vec<Vec<String>> =
         sides.iter().map(|s| make_netns(&format!("d{}", &s.name[..1]), o.density)).collect();
-    let floor_pods = make_netns("dk", o.density);
+    let floor = (Node::new("floor"), make_netns("dk", o.density));
     let t0 = Instant::now();
-    let (mut d, floor_add) = density_add(sides, &pods, o.density, &floor_pods);
+    let (mut d, floor_add) = density_add(sides, &pods, o.density, &floor);
     let routes: Vec<usize> = sides.iter().map(routes_in).collect();
-    let floor_del = density_del(sides, &pods, &mut d, &floor_pods);
+    let floor_del = density_del(sides, &pods, &mut d, &floor);
     let wall = t0.elapsed().as_secs_f64();
     drop_netns(&pods.concat());
-    drop_netns(&floor_pods);
+    drop_netns(&floor.1);
     let per_side: Vec<Value> = sides
         .iter()
         .zip(&d)
@@ -320,11 +376,12 @@ fn density(o: &Opts, sides: &[Side]) -> Value {
         })
         .collect();
     json!({"n": o.density, "warmup": o.warmup, "wall_s": wall, "sides": per_side,
-           "floor": {"label": "kernel floor (ip link add veth, peer in the pod)", "add_ms": floor_add, "del_ms": floor_del}})
+           "floor": {"label": "kernel floor (ip link add veth, peer in the pod; own node namespace)", "add_ms": floor_add, "del_ms": floor_del}})
 }
 
 /// M calls at once, one thread each, released together; (start, Run) per call.
 fn burst(side: &Side, verb: &str, pods: &[String], prev: &[Option<Value>]) -> Vec<(Instant, Run)> {
+    side.node.enter(); // the threads start in this thread's namespace
     let gate = Barrier::new(pods.len());
     std::thread::scope(|sc| {
         let handles: Vec<_> = pods
@@ -402,16 +459,12 @@ fn main() {
     let t0 = Instant::now();
     let tmp = TempDir { path: PathBuf::from("/run").join(testlab::unique("ferry-scale-")) };
     std::fs::create_dir_all(&tmp.path).unwrap_or_else(|e| die(&format!("mkdir: {e}")));
-    let node = testlab::unique("scalenode");
-    ok("ip", ["netns", "add", &node]);
-    ok("ip", ["-n", &node, "link", "set", "lo", "up"]);
-    enter_netns(&format!("/run/netns/{node}"));
     let sides = sides(&o, &tmp);
     let load_before = loadavg();
     warm_up(&o, &sides);
     let density = if o.density > 0 { density(&o, &sides) } else { Value::Null };
     let storm = if o.storm > 0 { storm(&o, &sides) } else { Value::Null };
-    let _ = testlab::run("ip", ["netns", "del", &node]);
+    drop(sides); // their node namespaces
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     let out = json!({"machine": machine(), "nice": nice, "load_before": load_before,
                      "load_after": loadavg(), "wall_s": t0.elapsed().as_secs_f64(),
