@@ -12,7 +12,7 @@
 //!   namespace sees the route change.
 //! * route deleted by hand → restored: t0 just before RTM_DELROUTE, t1 the re-add event.
 //! * idle RSS (VmRSS) and CPU (utime+stime, children separately) of each ferryd over 10 s, with
-//!   the default 10 s sweep.
+//!   the default sweep (`--resync` 60 s: the window may hold none).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -63,7 +63,7 @@ fn bench(kind: Store, trials: usize, v6: bool) -> Vec<(String, Stats, &'static s
     eprintln!("== {name} store: building the lab");
     let family = if v6 { Family::Dual } else { Family::V4 };
     let mut lab = Lab::with_family(kind, family, 3, true);
-    // Default --resync (10 s): the idle numbers are for the shipped defaults.
+    // Default --resync (60 s): the idle numbers are for the shipped defaults.
     lab.common.retain(|a| a != "--resync" && a != "300ms");
     for i in 0..3 {
         lab.start(i, &[]);

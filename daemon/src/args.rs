@@ -56,7 +56,7 @@ Node:
   --ip-masq[=BOOL]          masquerade pod traffic leaving the cluster network [true]
   --ipv6-masq[=BOOL]        the same for IPv6 (e.g. off for a global pod prefix) [--ip-masq]
   --nft PATH                nft binary [nft]
-  --resync D                full route sweep period [10s] (10ms-24h)
+  --resync D                full route sweep period [60s] (10ms-24h)
 Operation:
   --config FILE             read flags from FILE: `name = value` per line (the long flag
                             without --), # comments, booleans true/false; the command line wins
@@ -135,7 +135,7 @@ impl Default for Args {
                 cni_exclude_host_local: Some(HOST_LOCAL_FLANNEL.into()),
             },
             masq: Masquerade { enabled: true, enabled6: None, nft: "nft".into() },
-            reconcile: ReconcileSettings { resync: Duration::from_secs(10) },
+            reconcile: ReconcileSettings { resync: Duration::from_secs(60) },
             uninstall: false,
             log_level: crate::log::INFO,
             metrics_address: Some(([127, 0, 0, 1], 9473).into()),
@@ -606,6 +606,7 @@ mod tests {
         let a = args(&[]).unwrap();
         assert_eq!(a, Args::default());
         assert!(!a.network.explicit);
+        assert_eq!(a.reconcile.resync, Duration::from_secs(60), "the safety-net sweep");
         let a = args(&[
             "--network=10.9.0.0/16",
             "--subnet-len",

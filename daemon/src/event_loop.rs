@@ -29,15 +29,18 @@ pub struct NodeSide {
     masq: Masquerade,
     /// What the masquerade tables were last written for.
     masq_for: Option<masq::Scope>,
+    /// nftables' generation id right after that write, if nothing else committed meanwhile.
+    masq_gen: Option<u32>,
 }
 
 impl NodeSide {
     pub fn new(me: Me, mtu: u32, files: NodeFiles, masq: Masquerade) -> NodeSide {
-        NodeSide { me, mtu, files, masq, masq_for: None }
+        NodeSide { me, mtu, files, masq, masq_for: None, masq_gen: None }
     }
 
     /// Subnet file, masquerade table and conflist, in that order (the conflist last: a runtime
-    /// that sees it can use the network). `force_masq` re-applies the nft table even if unchanged.
+    /// that sees it can use the network). `force_masq` re-applies the nft tables unless neither
+    /// their scope nor anything in nftables changed since the last apply.
     /// Returns whether the subnet file and conflist are in place.
     pub fn ensure(&mut self, force_masq: bool) -> bool {
         let subnet_ok = self.write_subnet_file();
@@ -81,10 +84,19 @@ impl NodeSide {
             v6: me.v6.map(|m| (m.network, m.subnet)).filter(|_| self.masq.ipv6()),
         };
         let any = scope.v4.is_some() || scope.v6.is_some();
-        if any && (force || self.masq_for != Some(scope)) {
+        let changed = self.masq_for != Some(scope);
+        if any && (force || changed) {
+            let gen = masq::generation();
+            if !changed && gen.is_some() && gen == self.masq_gen {
+                return; // nothing in nftables changed since our apply
+            }
             match masq::apply(&self.masq.nft, &scope) {
                 Ok(()) => {
-                    if self.masq_for != Some(scope) {
+                    // Our transaction is one bump; if another commit came between (it may have
+                    // changed our tables), nothing is recorded and the next check applies again.
+                    let after = masq::generation();
+                    self.masq_gen = after.filter(|&a| gen.map(|g| g.wrapping_add(1)) == Some(a));
+                    if changed {
                         if let Some((network, subnet)) = scope.v4 {
                             info!(
                                 "masquerade: table ip {} for {subnet} leaving {network}",
@@ -100,7 +112,10 @@ impl NodeSide {
                     }
                     self.masq_for = Some(scope);
                 }
-                Err(e) => warn!("masquerade: {e}"),
+                Err(e) => {
+                    self.masq_gen = None;
+                    warn!("masquerade: {e}");
+                }
             }
         } else if !any && self.masq_for.is_none() {
             if let Err(e) = masq::remove(&self.masq.nft) {

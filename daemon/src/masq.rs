@@ -1,7 +1,8 @@
 //! Masquerade in Ferry's own nftables tables, one per family: `ip ferry` (IPv4) and `ip6 ferry`
 //! (IPv6), applied declaratively with `nft -f -`: each apply deletes and re-creates both tables
 //! in one transaction (a family that is off gets none), so nothing else is touched and no stale
-//! rule survives.
+//! rule survives. The periodic check re-applies only when nftables' generation id moved since the
+//! last apply (see [`generation`]): an idle node runs no `nft`.
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::io::Write;
@@ -107,6 +108,13 @@ pub fn apply(bin: &str, scope: &Scope) -> Result<(), String> {
 
 pub fn remove(bin: &str) -> Result<(), String> {
     nft(bin, &removal())
+}
+
+/// The nftables ruleset generation of this network namespace: every commit by anyone (also a
+/// deleted or edited `ferry` table) changes it. `None` if it cannot be read (no nf_tables, no
+/// permission): then nothing can be skipped.
+pub fn generation() -> Option<u32> {
+    ferry_netlink::nftgen::generation().map_err(|e| debug!("nftables generation: {e}")).ok()
 }
 
 #[cfg(test)]

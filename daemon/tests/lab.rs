@@ -356,6 +356,45 @@ fn ipv6_config_the_node_cannot_honour_exits_2(kind: Store) {
     assert!(lab.lease_keys().is_empty());
 }
 
+/// An idle node runs `nft` once: each sweep (200 ms here) skips the apply while nftables'
+/// generation id is what it was right after it. `nft delete table ip ferry` is a commit, so a
+/// sweep soon after restores the table (with one more `nft`), and the node is quiet again.
+#[test]
+fn masquerade_is_reapplied_only_when_nftables_changed() {
+    let mut lab = Lab::new(Store::File, 1);
+    let runs = lab.dir.join("nft-runs");
+    let wrapper = lab.dir.join("nft-counted");
+    let script = format!("#!/bin/sh\necho \"$*\" >> {}\nexec nft \"$@\"\n", runs.display());
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    lab.start(0, &["--resync", "200ms", "--nft", &wrapper.display().to_string()]);
+    lab.wait_subnets(&[0]);
+    assert!(wait_for(T, || lab.nft_table(0).is_some()), "no table:\n{}", lab.log(0));
+    let ran = || std::fs::read_to_string(&runs).unwrap_or_default();
+    let nft_runs = || ran().lines().count();
+    let sweeps = || {
+        let m = common::http_get(&lab, 0, "/metrics").1;
+        let n = m.lines().find_map(|l| l.strip_prefix("ferryd_reconcile_duration_seconds_count "));
+        n.and_then(|n| n.trim().parse::<u64>().ok()).expect("reconcile count")
+    };
+    let s0 = sweeps();
+    std::thread::sleep(Duration::from_secs(2));
+    let swept = sweeps() - s0;
+    assert!(swept >= 5, "only {swept} sweeps in 2 s:\n{}", lab.log(0));
+    assert_eq!(nft_runs(), 1, "nft run again by {swept} idle sweeps: {:?}", ran());
+    let o = lab.nodes[0].ns.sh("nft delete table ip ferry");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t0 = std::time::Instant::now();
+    assert!(wait_for(T, || lab.nft_table(0).is_some()), "not restored:\n{}", lab.log(0));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "restored only after {took:?}");
+    assert_eq!(nft_runs(), 2, "{:?}", ran());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(nft_runs(), 2, "quiet again after the repair: {:?}", ran());
+    eprintln!("{swept} idle sweeps, 1 nft run; table restored {took:?} after its deletion");
+}
+
 /// etcd holding many more leases than one listing page (`--etcd-page-size 4`: 30 fake peers
 /// are 8 pages): ferryd starts and routes every one of them, reading them once (the claim's
 /// listing seeds the watcher, whose watch continues it from its revision + 1) and asking etcd

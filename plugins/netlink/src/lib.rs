@@ -21,6 +21,7 @@ pub mod link;
 pub mod neigh;
 pub mod netns;
 pub mod nexthop;
+pub mod nftgen;
 pub mod ready;
 pub mod route;
 mod socket;

@@ -3,7 +3,7 @@
 //! Every test works in fresh `ip netns` namespaces (tests run in parallel threads).
 
 use ferry_netlink::{
-    netns, sysctl, Event, EventSocket, Netlink, Nexthop, Route, Scope, RTPROT_FERRY,
+    netns, nftgen, sysctl, Event, EventSocket, Netlink, Nexthop, Route, Scope, RTPROT_FERRY,
     RTPROT_FERRY_POD,
 };
 use ipnetwork::IpNetwork;
@@ -243,6 +243,28 @@ fn in_netns_acts_there_and_thread_comes_back() {
     // a failing open leaves the thread home too
     assert!(Netlink::in_netns(&File::open("/dev/null").unwrap()).is_err());
     assert!(netns::is_current(&home).unwrap());
+}
+
+#[test]
+fn nftables_generation_is_per_namespace_and_bumped_by_each_commit_only() {
+    require_sandbox();
+    let ns = Netns::new("nlg");
+    let there = open(&ns);
+    let generation = || netns::with_netns(&there, nftgen::generation).unwrap().unwrap();
+    let nft = |ns: &Netns, script: &str| {
+        let o = ns.sh(script);
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let g0 = generation();
+    nft(&ns, "nft add table ip t1");
+    assert_eq!(generation(), g0.wrapping_add(1), "one commit, one bump");
+    nft(&ns, "nft list ruleset");
+    assert_eq!(generation(), g0.wrapping_add(1), "reading changes nothing");
+    nft(&ns, "printf 'table ip t2 {}\\ndelete table ip t2\\ntable ip t3 {}\\n' | nft -f -");
+    assert_eq!(generation(), g0.wrapping_add(2), "a script is one transaction");
+    let other = Netns::new("nlg");
+    nft(&other, "nft add table ip t1 && nft delete table ip t1");
+    assert_eq!(generation(), g0.wrapping_add(2), "another namespace's commits are its own");
 }
 
 #[test]
