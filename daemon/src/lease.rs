@@ -210,7 +210,7 @@ pub async fn claim<S: LeaseStore>(
     remembered: Subnets,
     ttl: Duration,
 ) -> Result<Lease, ClaimError> {
-    claim_listed(store, net, attrs, remembered, ttl).await.map(|c| c.lease)
+    claim_listed(store, net, attrs, remembered, ttl, None).await.map(|c| c.lease)
 }
 
 /// A claimed lease and the listing the claim decided on.
@@ -232,6 +232,7 @@ pub async fn claim_listed<S: LeaseStore>(
     attrs: &LeaseAttrs,
     remembered: Subnets,
     ttl: Duration,
+    mut first: Option<(Vec<LeaseEntry>, i64)>,
 ) -> Result<Claimed, ClaimError> {
     // Keep only what fits the config (a family turned off is forgotten).
     let remembered = Subnets {
@@ -240,7 +241,10 @@ pub async fn claim_listed<S: LeaseStore>(
     };
     let any = remembered.v4.is_some() || remembered.v6.is_some();
     for _ in 0..ATTEMPTS {
-        let (entries, revision) = store.list().await?;
+        let (entries, revision) = match first.take() {
+            Some(listed) => listed,
+            None => store.list().await?,
+        };
         let got = if any {
             keep(store, &entries, net, remembered, attrs, ttl).await?
         } else {

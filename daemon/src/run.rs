@@ -160,7 +160,7 @@ async fn daemon(a: Args) -> i32 {
     }
 
     // 2. The store and the network config everyone agrees on.
-    let (store, watch_store) = open_store(&a.store, &m).await;
+    let (store, mut watch_store) = open_store(&a.store, &m).await;
     let attrs = lease::my_attrs(None, None, net.mode);
     let (public_ip, public_ipv6) = (up.public_ip, up.public_ipv6);
     let mut keeper = LeaseKeeper {
@@ -181,15 +181,20 @@ async fn daemon(a: Args) -> i32 {
 
     // 3. This node's lease: one key for every enabled family.
     let remembered = node::remembered_subnets(&a.files.subnet_file, &net);
-    let claimed = match keeper.claim_listed(remembered).await {
+    // One listing of every lease at start-up, not two: the claim's seeds the watcher. etcd's
+    // watch continues the claim's listing from its revision; the file store's watcher lists
+    // first (its inotify watch starts before that listing) and the claim decides on it.
+    let first = match &mut watch_store {
+        AnyStore::File(_) => watch_store.list().await.ok(),
+        AnyStore::Etcd(_) => None,
+    };
+    let seeds = first.is_some() || matches!(watch_store, AnyStore::Etcd(_));
+    let claimed = match keeper.claim_listed(remembered, first).await {
         Ok(c) => c,
         Err(code) => return code,
     };
     let lease = claimed.lease.clone();
-    // etcd: the claim's listing seeds the watcher, whose watch continues it from its revision
-    // (one listing of every lease at start-up instead of two). The file store's watcher lists
-    // for itself (its watch follows its own listing).
-    let seed = matches!(watch_store, AnyStore::Etcd(_)).then_some(claimed);
+    let seed = seeds.then_some(claimed);
 
     info!("subnet: {} (this node's pods)", lease.subnets());
     // 4. Node side: forwarding, subnet file, masquerade, conflist.
@@ -463,17 +468,22 @@ impl LeaseKeeper {
     /// This node's lease, retrying until one is claimed; `Err` (the exit code) when a subnet
     /// this node's pods use belongs to another node.
     async fn claim(&mut self, remembered: Subnets) -> Result<Lease, i32> {
-        self.claim_listed(remembered).await.map(|c| c.lease)
+        self.claim_listed(remembered, None).await.map(|c| c.lease)
     }
 
-    /// [`LeaseKeeper::claim`], with the listing the claim decided on.
-    async fn claim_listed(&mut self, remembered: Subnets) -> Result<Claimed, i32> {
+    /// [`LeaseKeeper::claim`], with the listing the claim decided on; its first try decides on
+    /// `first` when given (a listing just taken).
+    async fn claim_listed(
+        &mut self,
+        remembered: Subnets,
+        mut first: Option<(Vec<crate::store::LeaseEntry>, i64)>,
+    ) -> Result<Claimed, i32> {
         let mut b = Backoff::new();
         let ip = self.attrs.node_ip();
         loop {
             let ttl = self.timing.ttl;
             let (store, net, attrs) = (&mut self.store, &self.net, &self.attrs);
-            match lease::claim_listed(store, net, attrs, remembered, ttl).await {
+            match lease::claim_listed(store, net, attrs, remembered, ttl, first.take()).await {
                 Ok(c) => {
                     let l = &c.lease;
                     b.ok("claim lease");
