@@ -62,6 +62,9 @@ pub fn main(mut argv: Vec<String>) -> i32 {
             error!("cannot install signal handlers");
             return 1;
         };
+        // SIGUSR1/2 are the event loop's (metrics, sweep now); installed here already, so one
+        // arriving during start-up is ignored rather than killing the daemon (the default).
+        let _ = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()));
         tokio::select! {
             code = daemon(a) => code,
             _ = term.recv() => { info!("SIGTERM: exiting, routes and files stay in place"); 0 }
