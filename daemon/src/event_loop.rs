@@ -150,6 +150,8 @@ pub struct EventLoop {
     dumps: u64,
     /// Subnets whose routes deltas changed since the pending dump was asked for.
     settled: std::collections::BTreeSet<ipnetwork::IpNetwork>,
+    /// /healthz's asks, answered by the loop itself (`--metrics-address off`: none).
+    liveness: Option<crate::http::Answerer>,
 }
 
 /// Following the uplink's address: a node re-addressed (moved to another segment) re-publishes
@@ -198,7 +200,14 @@ impl EventLoop {
             dump_pending: None,
             dumps: 0,
             settled: Default::default(),
+            liveness: None,
         }
+    }
+
+    /// Answer /healthz's liveness asks.
+    pub fn with_liveness(mut self, a: crate::http::Answerer) -> EventLoop {
+        self.liveness = Some(a);
+        self
     }
 
     /// Follow the uplink's address.
@@ -268,6 +277,10 @@ impl EventLoop {
         let mut usr1 = signal(SignalKind::user_defined1()).ok();
         // SIGUSR2: sweep now (benchmarks time one sweep; an operator need not wait --resync).
         let mut usr2 = signal(SignalKind::user_defined2()).ok();
+        let mut liveness = self.liveness.take();
+        if let Some(l) = &liveness {
+            l.start();
+        }
         // host-gw: the sweep's dump off the loop (vxlan plans paths and neighbours from the whole
         // snapshot and keeps dumping on the loop).
         let mut dumped = match self.overlay {
@@ -287,6 +300,13 @@ impl EventLoop {
             metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
             let pass = tokio::select! {
                 biased;
+                // First: a loop that gets here answers, however busy its other inputs are.
+                ask = async { match liveness.as_mut() { Some(l) => l.next().await, None => std::future::pending().await } } => {
+                    if let Some(l) = liveness.as_mut() {
+                        l.answer(ask);
+                    }
+                    None
+                }
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
                 _ = sweep.tick() => self.sweep(),
