@@ -150,6 +150,8 @@ pub struct EventLoop {
     dumps: u64,
     /// Subnets whose routes deltas changed since the pending dump was asked for.
     settled: std::collections::BTreeSet<ipnetwork::IpNetwork>,
+    /// /healthz's asks, answered by the loop itself (`--metrics-address off`: none).
+    liveness: Option<crate::http::Answerer>,
 }
 
 /// Following the uplink's address: a node re-addressed (moved to another segment) re-publishes
@@ -198,7 +200,14 @@ impl EventLoop {
             dump_pending: None,
             dumps: 0,
             settled: Default::default(),
+            liveness: None,
         }
+    }
+
+    /// Answer /healthz's liveness asks.
+    pub fn with_liveness(mut self, a: crate::http::Answerer) -> EventLoop {
+        self.liveness = Some(a);
+        self
     }
 
     /// Follow the uplink's address.
@@ -264,8 +273,14 @@ impl EventLoop {
         let period = self.settings.resync;
         let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut usr1 =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1()).ok();
+        // SIGUSR2: sweep now (benchmarks time one sweep; an operator need not wait --resync).
+        let mut usr2 = signal(SignalKind::user_defined2()).ok();
+        let mut liveness = self.liveness.take();
+        if let Some(l) = &liveness {
+            l.start();
+        }
         // host-gw: the sweep's dump off the loop (vxlan plans paths and neighbours from the whole
         // snapshot and keeps dumping on the loop).
         let mut dumped = match self.overlay {
@@ -285,16 +300,16 @@ impl EventLoop {
             metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
             let pass = tokio::select! {
                 biased;
+                // First: a loop that gets here answers, however busy its other inputs are.
+                ask = async { match liveness.as_mut() { Some(l) => l.next().await, None => std::future::pending().await } } => {
+                    if let Some(l) = liveness.as_mut() {
+                        l.answer(ask);
+                    }
+                    None
+                }
                 Some(batch) = inp.store.recv() => self.on_store(batch, &mut inp.store, &inp.lost),
                 Some(evs) = inp.kernel.recv() => self.on_kernel(evs, &mut inp.kernel),
-                _ = sweep.tick() => {
-                    // Leases are re-judged on store events only: with the store unreachable
-                    // nothing runs out here (the datapath stays as it is).
-                    self.check_uplink();
-                    let ok = self.node.ensure(true);
-                    metrics::set(&self.metrics.node_files_written, u64::from(ok));
-                    (!self.ask_dump()).then_some(Pass { retry: true, drift: false })
-                }
+                _ = sweep.tick() => self.sweep(),
                 Some((n, snap)) = async { match dumped.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
                     self.on_dump(n, snap)
                 }
@@ -302,11 +317,26 @@ impl EventLoop {
                     info!("metrics:\n{}", self.metrics.render());
                     None
                 }
+                Some(()) = async { match usr2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                    info!("sweep requested (SIGUSR2)");
+                    self.sweep()
+                }
             };
             if let Some(p) = pass {
                 self.reconcile(p);
             }
         }
+    }
+
+    /// The periodic sweep (also on SIGUSR2): uplink, node files and masquerade checked, then a
+    /// full route reconcile retrying blocked peers (host-gw: from the dump thread's snapshot,
+    /// planned when it is back). Leases are re-judged on store events only: with the store
+    /// unreachable nothing runs out here (the datapath stays as it is).
+    fn sweep(&mut self) -> Option<Pass> {
+        self.check_uplink();
+        let ok = self.node.ensure(true);
+        metrics::set(&self.metrics.node_files_written, u64::from(ok));
+        (!self.ask_dump()).then_some(Pass { retry: true, drift: false })
     }
 
     /// Single lease changes take the fast path (no table dump); a full listing, or a kernel that

@@ -85,7 +85,8 @@ metrics! {
     gauge store_reachable;
     /// The subnet file and CNI conflist are in place (1).
     gauge node_files_written;
-    /// When the event loop last ran, Unix milliseconds (/healthz fails when it goes stale).
+    /// When the event loop last woke, Unix milliseconds (informational: an idle loop wakes only
+    /// on events, sweeps and /healthz asks; /healthz asks the loop instead of reading this).
     gauge loop_heartbeat_unix_ms;
 }
 

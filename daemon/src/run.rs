@@ -62,6 +62,9 @@ pub fn main(mut argv: Vec<String>) -> i32 {
             error!("cannot install signal handlers");
             return 1;
         };
+        // SIGUSR1/2 are the event loop's (metrics, sweep now); installed here already, so one
+        // arriving during start-up is ignored rather than killing the daemon (the default).
+        let _ = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()));
         tokio::select! {
             code = daemon(a) => code,
             _ = term.recv() => { info!("SIGTERM: exiting, routes and files stay in place"); 0 }
@@ -155,9 +158,10 @@ async fn daemon(a: Args) -> i32 {
     };
     let mtu = a.uplink.mtu.unwrap_or(up.mtu);
     startup_lines(&a, &up, mtu);
-    if let Err(code) = start_metrics(a.metrics_address, &m, a.reconcile.resync).await {
-        return code;
-    }
+    let answerer = match start_metrics(a.metrics_address, &m).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
 
     // 2. The store and the network config everyone agrees on.
     let (store, mut watch_store) = open_store(&a.store, &m).await;
@@ -243,6 +247,9 @@ async fn daemon(a: Args) -> i32 {
     let mut event_loop = EventLoop::new(node, a.reconcile, routes, m);
     if let Some(o) = overlay {
         event_loop = event_loop.with_overlay(o);
+    }
+    if let Some(a) = answerer {
+        event_loop = event_loop.with_liveness(a);
     }
     let (moved_tx, moved_rx) = mpsc::unbounded_channel();
     if a.uplink.public_ip.is_none() {
@@ -352,20 +359,20 @@ fn startup_lines(a: &Args, up: &Uplink, mtu: u32) {
     }
 }
 
-/// Bind `--metrics-address` and serve it on this runtime; `Err` is the exit code.
+/// Bind `--metrics-address` and serve it on this runtime; returns the event loop's side of
+/// /healthz (`None`: metrics off). `Err` is the exit code.
 async fn start_metrics(
     addr: Option<std::net::SocketAddr>,
     m: &Arc<Metrics>,
-    resync: Duration,
-) -> Result<(), i32> {
-    let Some(addr) = addr else { return Ok(()) };
+) -> Result<Option<crate::http::Answerer>, i32> {
+    let Some(addr) = addr else { return Ok(None) };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| refuse(&format!("--metrics-address {addr}: {e}")))?;
-    let stale_after = (resync * 3).max(Duration::from_secs(3));
-    let health = crate::http::Health { metrics: m.clone(), stale_after };
+    let (liveness, answerer) = crate::http::liveness(crate::http::LIVENESS_DEADLINE);
+    let health = crate::http::Health { metrics: m.clone(), liveness };
     tokio::spawn(crate::http::serve(listener, health));
-    Ok(())
+    Ok(Some(answerer))
 }
 
 /// What start-up learns before it touches the store or the node.

@@ -347,6 +347,13 @@ impl Lab {
         }
     }
 
+    /// Send `sig` to ferryd on node `i` (`nsenter` execs it: the child is ferryd itself).
+    pub fn signal(&self, i: usize, sig: i32) {
+        let p = self.nodes[i].proc.as_ref().and_then(|p| p.child.as_ref()).expect("ferryd runs");
+        // SAFETY: signals only the ferryd this lab started (still its unreaped child).
+        assert_eq!(unsafe { libc::kill(p.id() as i32, sig) }, 0, "kill {sig}");
+    }
+
     pub fn running(&mut self, i: usize) -> bool {
         self.nodes[i].proc.as_mut().is_some_and(|p| p.is_running())
     }
