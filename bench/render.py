@@ -162,27 +162,33 @@ def scale(rp):
     rp.w("A fresh node namespace (eth0 on a 172.16.0.0/12 underlay bridge; every lease's public IP is on it, the "
          "peers need not exist), ferryd started with the store already holding the leases (network 10.0.0.0/8, "
          "/24 subnets). Start-up = spawn (`nsenter` + ferryd) to the arrival of the last route's netlink event in "
-         "that namespace. RSS 1 s after; steady RSS and idle CPU over the %s s after that, a window that "
-         "includes one 10 s resync sweep. "
+         "that namespace. RSS 1 s after; steady RSS and idle CPU over the %s s after that (the default `--resync` "
+         "is 60 s, so the window holds no sweep); then one sweep asked for with SIGUSR2 and its CPU over 2 s. "
          "etcd %s, data on %s." % (next((str(r["idle_window_s"]) for r in rows if "idle_window_s" in r), "10"),
                                    sc.get("etcd_version", "?"), sc.get("etcd_data", "?")))
     rp.w()
-    rp.w("| store | leases | start-up s | routes | RSS KiB 1 s after (peak) | steady RSS KiB | idle CPU ticks (window) |")
-    rp.w("|---|---:|---:|---|---|---:|---|")
+    rp.w("| store | leases | start-up s | routes | RSS KiB 1 s after (peak) | steady RSS KiB | idle CPU (window) | one sweep |")
+    rp.w("|---|---:|---:|---|---|---:|---|---|")
     for r in rows:
-        idle = "%d of 1/%d s (%d s)" % (r["idle_ticks"], r["hz"], r["idle_window_s"]) if "idle_ticks" in r else ""
+        idle = "%.1f ms, %d ticks of 1/%d s (%d s)" % (r.get("idle_cpu_ms", float("nan")), r["idle_ticks"], r["hz"],
+                                                      r["idle_window_s"]) if "idle_ticks" in r else ""
+        sweep = "%.1f ms" % r["sweep_cpu_ms"] if "sweep_cpu_ms" in r else ""
         su = "%.3f" % r["startup_s"] if r["startup_s"] is not None else "did not converge"
-        rp.w("| %s | %d | %s | %d/%d | %d (%d) | %s | %s |" % (
+        rp.w("| %s | %d | %s | %d/%d | %d (%d) | %s | %s | %s |" % (
             r["store"], r["leases"], su, r["routes_in_table"], r["expected_routes"], r["rss_kib"], r["hwm_kib"],
-            r.get("rss_idle_kib") or "", idle))
+            r.get("rss_idle_kib") or "", idle, sweep))
     rp.w()
     idle = [r for r in rows if "idle_ticks" in r and r["startup_s"] is not None]
     if idle:
-        rp.w("Idle CPU is what the window holds besides waiting: one resync sweep (`--resync`, default 10 s: a dump "
-             "of every route and nexthop, the plan against the wanted set, the node files and masquerade table "
-             "re-applied) and, with etcd, the watch's liveness probes (a progress request after 0.5 s of silence, "
-             "`--etcd-failover-timeout`). Per window: %s. Nothing else runs on a timer." % ", ".join(
-                 "%s %d leases %.0f ms" % (r["store"], r["leases"], 1000.0 * r["idle_ticks"] / r["hz"]) for r in idle))
+        rp.w("Idle CPU (per-thread schedstat, exact; ticks as `ps` counts them) is what the window holds besides "
+             "waiting. No timer runs in ferryd on the file store (inotify, netlink events). With etcd the watch's "
+             "liveness probe runs: a progress request after 0.5 s of silence (`--etcd-failover-timeout`: "
+             "the price of finding a dead or partitioned member within a second). The safety-net sweep "
+             "(`--resync`, default 60 s: a dump of every route and nexthop, the plan against the wanted set, "
+             "the node files re-checked; nft runs only if nftables' generation moved) costs, per sweep: %s, "
+             "so at the default period %s of a core." % (", ".join(
+                 "%s %d leases %.1f ms" % (r["store"], r["leases"], r["sweep_cpu_ms"]) for r in idle if "sweep_cpu_ms" in r),
+                 ", ".join("%.3f%%" % (r["sweep_cpu_ms"] / 600.0) for r in idle if "sweep_cpu_ms" in r)))
         rp.w()
     for r in rows:
         if r.get("log_tail"):
@@ -205,7 +211,7 @@ def scale(rp):
                 rp.target("%d nodes, %s: steady RSS" % (r[0]["leases"], kind), steady / 1024 if conv else None,
                           limit_kib / 1024, "MiB")
                 if "idle_ticks" in r[0]:
-                    rp.target("%d nodes, %s: idle CPU (%d s incl. one sweep)" % (r[0]["leases"], kind, r[0]["idle_window_s"]),
+                    rp.target("%d nodes, %s: idle CPU (%d s, ticks)" % (r[0]["leases"], kind, r[0]["idle_window_s"]),
                               r[0]["idle_ticks"], 0, "ticks")
     series = [{"name": "ferryd %s" % k, "points": [(r["leases"], r["startup_s"]) for r in rows if r["store"] == k]}
               for k in ("etcd", "file")]

@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lab  # noqa: E402
-from lab import (EtcdStore, FileStore, Listener, Underlay, cpu_ticks, ferry_routes, proc_status,  # noqa: E402
-                 pub_ip, route_count, run, subnet)
+from lab import (EtcdStore, FileStore, Listener, Underlay, cpu_ns, cpu_ticks, ferry_routes,  # noqa: E402
+                 proc_status, pub_ip, route_count, run, subnet)
 
 SIZES = {"quick": ([200, 500], [2000]), "full": ([500, 1000, 2000, 5000], [10000, 20000, 50000])}
 ETCD_TMPFS = "2g"  # etcd's data dir: a private tmpfs of this size
@@ -235,12 +235,18 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
         r["log"] = open(node.dir + "/log").read()[-4000:]
     if idle and startup is not None:
         secs = 3 if ctx.quick else 10
-        a = cpu_ticks(pid)
+        a, a_ns = cpu_ticks(pid), cpu_ns(pid)
         perf = perf_attach("FERRY_BENCH_IDLE_PERF", pid, 4999)  # a profile of the idle window
         time.sleep(secs)
         perf_stop(perf)
-        r.update(idle_ticks=cpu_ticks(pid) - a, idle_window_s=secs, hz=lab.HZ,
-                 rss_idle_kib=proc_status(pid, "VmRSS"))
+        r.update(idle_ticks=cpu_ticks(pid) - a, idle_cpu_ms=(cpu_ns(pid) - a_ns) / 1e6, idle_window_s=secs,
+                 hz=lab.HZ, rss_idle_kib=proc_status(pid, "VmRSS"))
+        # One sweep (the default --resync is 60 s, so the window above held none), asked for with
+        # SIGUSR2: its CPU over the next 2 s, and what the idle window would hold at --resync 10s.
+        a, a_ns = cpu_ticks(pid), cpu_ns(pid)
+        os.kill(pid, signal.SIGUSR2)
+        time.sleep(2)
+        r.update(sweep_ticks=cpu_ticks(pid) - a, sweep_cpu_ms=(cpu_ns(pid) - a_ns) / 1e6)
     if os.environ.get("FERRY_BENCH_SMAPS") and startup is not None:  # where the RSS is
         r["smaps"] = smaps_top(pid)
         log("RSS by mapping: %s" % r["smaps"])

@@ -89,7 +89,7 @@ def datapath(ctx, store):
     run("ip", "-n", nodes[0].ns, "route", "add", "192.168.102.0/24", "via", nodes[1].addr)
     run("ip", "-n", nodes[1].ns, "route", "add", "192.168.101.0/24", "via", nodes[0].addr)
     pings.append(dict(ping("qp0", q[1]), src=q[0], dst=q[1], what="ptp"))
-    rounds, secs = (1, 1) if ctx.quick else (3, 4)
+    rounds, secs = (1, 1) if ctx.quick else (5, 4)
     paths = {"underlay": (nodes[1].ns, nodes[0].ns, nodes[1].addr), "ferry": ("fp1", "fp0", pods[1]),
              "ptp": ("qp1", "qp0", q[1])}
     gbps = {k: [] for k in paths}
