@@ -5,8 +5,9 @@
 //! last apply (see [`generation`]): an idle node runs no `nft`.
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const TABLE: &str = "ferry";
 
@@ -75,8 +76,17 @@ pub fn removal() -> String {
     )
 }
 
-/// Run `nft -f -` with `script` on stdin.
+/// How long one `nft -f -` may take before it is killed: it runs on the event loop's thread, so
+/// a hung nft (a stuck netlink lock, a wrapper waiting on something) must not wedge the daemon.
+/// An apply takes milliseconds.
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run `nft -f -` with `script` on stdin; killed (and reaped) past [`NFT_TIMEOUT`].
 pub fn nft(bin: &str, script: &str) -> Result<(), String> {
+    nft_within(bin, script, NFT_TIMEOUT)
+}
+
+fn nft_within(bin: &str, script: &str, limit: Duration) -> Result<(), String> {
     let mut child = Command::new(bin)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -84,22 +94,38 @@ pub fn nft(bin: &str, script: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("run {bin}: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| format!("write to {bin}: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("wait for {bin}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{bin} -f - failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+    let written = child.stdin.take().expect("piped").write_all(script.as_bytes());
+    // stdin is closed here (dropped), so nft sees the end of its script.
+    let t0 = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if t0.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{bin} -f - did not finish within {limit:?}: killed"));
+            }
+            Ok(None) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("wait for {bin}: {e}"));
+            }
+        }
+    };
+    if status.success() {
+        // nft read a whole script or it would have failed; a write error still means it did not.
+        return written.map_err(|e| format!("write to {bin}: {e}"));
     }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    Err(format!("{bin} -f - failed ({status}): {}", err.trim()))
 }
 
 pub fn apply(bin: &str, scope: &Scope) -> Result<(), String> {
@@ -120,6 +146,31 @@ pub fn generation() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hung nft is killed at the limit (and reaped), a failing one's stderr is the error.
+    #[test]
+    fn nft_is_bounded_and_its_failure_explained() {
+        let dir = std::env::temp_dir().join(format!("ferry-nft-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let hung = script("hung", "cat >/dev/null; exec sleep 30");
+        let t0 = Instant::now();
+        let e = nft_within(&hung, "table ip ferry {}\n", Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("did not finish within 300ms: killed"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let failing = script("failing", "cat >/dev/null; echo 'Error: no such table' >&2; exit 1");
+        let e = nft_within(&failing, "x\n", Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("failed (exit status: 1): Error: no such table"), "{e}");
+        let fine = script("fine", "cat >/dev/null");
+        assert_eq!(nft_within(&fine, "x\n", Duration::from_secs(5)), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn v4() -> Option<(Ipv4Network, Ipv4Network)> {
         Some(("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap()))
