@@ -465,3 +465,34 @@ pub fn pod_ips(r: &Value) -> Vec<String> {
     let ips = r["ips"].as_array().unwrap_or_else(|| panic!("result without ips: {r}"));
     ips.iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().into()).collect()
 }
+
+/// A small deterministic generator (xorshift64*) for generated-input tests: the same seed gives
+/// the same cases, with no crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// [`Rng::below`] as an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.index(v.len())]
+    }
+}

@@ -23,23 +23,14 @@ fn soak() -> usize {
     }
 }
 
-/// A small deterministic generator (seeded from the pid, printed, so a failure can be replayed
-/// with FERRY_SEED).
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("FERRY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or((std::process::id() as u64) ^ 0x9e37_79b9_7f4a_7c15);
-        eprintln!("seed: FERRY_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
+/// The generator, seeded from the pid and printed, so a failure can be replayed with FERRY_SEED.
+fn seeded() -> testlab::Rng {
+    let seed = std::env::var("FERRY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or((std::process::id() as u64) ^ 0x9e37_79b9_7f4a_7c15);
+    eprintln!("seed: FERRY_SEED={seed}");
+    testlab::Rng::new(seed)
 }
 
 /// Start one plugin call inside the node namespace without waiting for it.
@@ -92,7 +83,7 @@ fn sigkill_at_random_moments_never_duplicates_or_leaks() {
     let conf = node.conf("1.1.0", "10.83.0.0/24", "");
     let slots = 25;
     let pods: Vec<Netns> = (0..slots).map(|_| Netns::new("ck")).collect();
-    let mut rng = Rng::new();
+    let mut rng = seeded();
     let mut live: BTreeMap<usize, (String, String)> = BTreeMap::new(); // slot -> (cid, ip)
     let mut c = Counts::default();
     let mut next_cid = 0usize;
@@ -200,7 +191,7 @@ fn storm_of_200_concurrent_adds_and_dels_stays_consistent() {
     let n = 200;
     let pods: Vec<Netns> = (0..n).map(|_| Netns::new("st")).collect();
     let mut live: BTreeMap<usize, (String, String)> = BTreeMap::new();
-    let mut rng = Rng::new();
+    let mut rng = seeded();
     let t0 = Instant::now();
     let (mut calls_total, mut rounds) = (0usize, 0usize);
     let deadline = Duration::from_secs(20 * soak() as u64);

@@ -132,26 +132,7 @@ pub(super) fn encode(st: &State) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift64*: reproducible cases without a crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len())]
-        }
-    }
+    use testlab::Rng;
 
     fn state(r: &mut Rng) -> State {
         let ids = [
@@ -167,18 +148,18 @@ mod tests {
         let ifs = ["eth0", "net1", "e", "we\"ird", "ctl\u{1}"];
         // A third of the states may hold names that need escaping (the generic path's).
         let (ids, ifs) =
-            if r.below(3) == 0 { (&ids[..], &ifs[..]) } else { (&ids[..3], &ifs[..3]) };
+            if r.index(3) == 0 { (&ids[..], &ifs[..]) } else { (&ids[..3], &ifs[..3]) };
         let mut st = State::default();
-        for _ in 0..r.below(40) {
-            let ip: IpAddr = if r.below(3) == 0 {
-                format!("fd00::{:x}", r.below(5000)).parse().unwrap()
+        for _ in 0..r.index(40) {
+            let ip: IpAddr = if r.index(3) == 0 {
+                format!("fd00::{:x}", r.index(5000)).parse().unwrap()
             } else {
-                format!("10.{}.{}.{}", r.below(3), r.below(256), r.below(256)).parse().unwrap()
+                format!("10.{}.{}.{}", r.index(3), r.index(256), r.index(256)).parse().unwrap()
             };
-            st.allocations.insert(ip, Owner::new(r.pick(ids), r.pick(ifs)));
+            st.allocations.insert(ip, Owner::new(*r.pick(ids), *r.pick(ifs)));
         }
-        for _ in 0..r.below(3) {
-            let (k, v) = match r.below(3) {
+        for _ in 0..r.index(3) {
+            let (k, v) = match r.index(3) {
                 0 => ("fd00::/64", "fd00::7"),
                 1 => ("10.1.0.0/16", "10.1.2.3"),
                 _ => ("10.0.0.0/24", "10.0.0.9"),
@@ -190,7 +171,7 @@ mod tests {
 
     #[test]
     fn writes_what_the_generic_encoder_writes_and_reads_it_back() {
-        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut r = Rng::new(0x9e37_79b9_7f4a_7c15);
         let mut fast_ones = 0;
         for _ in 0..3000 {
             let st = state(&mut r);
@@ -209,24 +190,24 @@ mod tests {
     /// the same state, or an error where it errs.
     #[test]
     fn damaged_files_get_the_generic_verdict() {
-        let mut r = Rng(7);
+        let mut r = Rng::new(7);
         let junk = [b'"', b'\\', b',', b':', b'{', b'}', b' ', b'1', b'a', b'.', 0, 0xff, b'\n'];
         let mut differing_ok = 0;
         for _ in 0..20000 {
             let mut b = state(&mut r).encode_generic();
-            for _ in 0..1 + r.below(3) {
-                let at = r.below(b.len());
-                match r.below(4) {
+            for _ in 0..1 + r.index(3) {
+                let at = r.index(b.len());
+                match r.index(4) {
                     0 => {
                         b.remove(at);
                     }
-                    1 => b.insert(at, junk[r.below(junk.len())]),
-                    2 => b[at] = junk[r.below(junk.len())],
+                    1 => b.insert(at, junk[r.index(junk.len())]),
+                    2 => b[at] = junk[r.index(junk.len())],
                     _ => {
                         // a copy of a stretch elsewhere: duplicate keys and entries
-                        let len = r.below(40).min(b.len() - at);
+                        let len = r.index(40).min(b.len() - at);
                         let piece = b[at..at + len].to_vec();
-                        let to = r.below(b.len());
+                        let to = r.index(b.len());
                         b.splice(to..to, piece);
                     }
                 }

@@ -9,24 +9,7 @@ use crate::peers::{apply_event, Me4};
 use crate::store::{until_deleted, BadLease, Lease, LeaseAttrs, LeaseEntry};
 use ipnetwork::Ipv4Network;
 use std::time::Duration;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
+use testlab::Rng;
 
 fn me(r: &mut Rng) -> Me {
     let v4 = Me4 {
@@ -116,7 +99,7 @@ fn agrees_with_evaluate_after_every_event() {
     let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let mut events = 0;
     for seed in 1..=400u64 {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut r = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut me = me(&mut r);
         let mut now = base;
         let mut set = PeerSet::new();
