@@ -7,7 +7,8 @@ Writes every sample as JSON (--json). Sanity is recorded, not asserted (bench_qu
   bench/scale.py --bin DIR [--quick] [--prof-bin FERRYD] --json FILE
   bench/scale.py --bin DIR --cold etcd:50000,file:50000 --json FILE   (cold starts only)
   FERRY_BENCH_LEASE_TTL=S: synthetic etcd leases get an etcd lease of S seconds each (as real
-  nodes' leases do) instead of none (a reservation); FERRY_BENCH_LOG=info keeps ferryd's log.
+  nodes' leases do) instead of none (a reservation); FERRY_BENCH_LOG=info keeps ferryd's log;
+  FERRY_BENCH_FERRYD_ARGS="--etcd-failover-timeout 5s": extra flags for every ferryd.
 
 etcd is bounded: its data on a private tmpfs of ETCD_TMPFS, --quota-backend-bytes ETCD_QUOTA,
 hourly-ish auto-compaction, and a watchdog that kills it (by PID) past ETCD_RSS_LIMIT of RSS
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -55,7 +57,8 @@ class Node:
         return [self.bin, "--store", self.store.url, "--iface", "eth0", "--network", lab.NETWORK,
                 "--subnet-file", self.dir + "/subnet.env", "--cni-conf-dir", self.dir + "/net.d",
                 "--cni-data-dir", self.dir + "/ipam", "--metrics-address", "off",
-                "--log-level", os.environ.get("FERRY_BENCH_LOG", "warn")]
+                "--log-level", os.environ.get("FERRY_BENCH_LOG", "warn")] + shlex.split(
+                    os.environ.get("FERRY_BENCH_FERRYD_ARGS", ""))
 
     def start(self, wrap=()):
         self.log = open(self.dir + "/log", "w")
