@@ -38,47 +38,7 @@ struct DiskState {
     version: u32,
     #[serde(default)]
     last: UniqueMap<String>,
-    allocations: Allocations,
-}
-
-/// `allocations`, read in one pass straight into the address map (no intermediate map of
-/// strings: this runs on every ADD and DEL, over every allocation of the node).
-struct Allocations(BTreeMap<IpAddr, Owner>);
-
-impl<'de> Deserialize<'de> for Allocations {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Allocations;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object of address -> {id, ifname}")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Self::Value, A::Error> {
-                use serde::de::Error;
-                let mut m = BTreeMap::new();
-                while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let ip: IpAddr = k.parse().map_err(|_| {
-                        A::Error::custom(format!("allocations: key {k:?} is not an IP address"))
-                    })?;
-                    let o: DiskOwner = a.next_value()?;
-                    if o.id.is_empty() || o.ifname.is_empty() {
-                        return Err(A::Error::custom(format!(
-                            "allocations[{k}]: empty id or ifname"
-                        )));
-                    }
-                    let owner = Owner { container_id: o.id, ifname: o.ifname };
-                    if m.insert(ip, owner).is_some() {
-                        return Err(A::Error::custom(format!("allocations: {ip} listed twice")));
-                    }
-                }
-                Ok(Allocations(m))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
+    allocations: UniqueMap<DiskOwner>,
 }
 
 /// What [`State::encode`] writes: the maps serialized as they are, without copies.
@@ -181,7 +141,17 @@ impl State {
             }
             st.last.insert(k, ip);
         }
-        st.allocations = d.allocations.0;
+        for (k, o) in d.allocations.0 {
+            let ip: IpAddr =
+                k.parse().map_err(|_| format!("allocations: key {k:?} is not an IP address"))?;
+            if o.id.is_empty() || o.ifname.is_empty() {
+                return Err(format!("allocations[{k}]: empty id or ifname"));
+            }
+            let owner = Owner { container_id: o.id, ifname: o.ifname };
+            if st.allocations.insert(ip, owner).is_some() {
+                return Err(format!("allocations: {ip} listed twice"));
+            }
+        }
         Ok(st)
     }
 
