@@ -181,9 +181,8 @@ def scale(rp):
     idle = [r for r in rows if "idle_ticks" in r and r["startup_s"] is not None]
     if idle:
         rp.w("Idle CPU (per-thread schedstat, exact; ticks as `ps` counts them) is what the window holds besides "
-             "waiting. No timer runs in ferryd on the file store (inotify, netlink events). With etcd the watch's "
-             "liveness probe runs: a progress request after 0.5 s of silence (`--etcd-failover-timeout`: "
-             "the price of finding a dead or partitioned member within a second). The safety-net sweep "
+             "waiting. No timer runs in ferryd on either store (inotify, netlink events; with etcd the watch "
+             "streams wait for etcd, and the kernel's TCP keepalive watches the connections). The safety-net sweep "
              "(`--resync`, default 60 s: a dump of every route and nexthop, the plan against the wanted set, "
              "the node files re-checked; nft runs only if nftables' generation moved) costs, per sweep: %s, "
              "so at the default period %s of a core." % (", ".join(

@@ -39,7 +39,7 @@ Store:
   --etcd-prefix P           [/coreos.com/network]
   --etcd-ca F  --etcd-cert F  --etcd-key F     TLS for etcd (https)
   --etcd-dial-timeout D     [2s]     --etcd-request-timeout D  [5s]   (10ms-10m)
-  --etcd-failover-timeout D [500ms]  abandon an unresponsive etcd member (or silent watch) after D
+  --etcd-failover-timeout D [500ms]  abandon an unresponsive etcd member after D
   --etcd-page-size N        [5000]  leases per answer when listing etcd (1-100000)
   --lease-ttl D             [24h] (1s-365d)   --renew-margin D  [1h] (0-365d; renew at ttl/2 at the latest)
 Node:

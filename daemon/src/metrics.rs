@@ -73,6 +73,8 @@ metrics! {
     gauge peers_encapsulated;
     /// etcd: the member in use, as its 1-based position in --store (0: none answered yet).
     gauge etcd_member;
+    /// etcd: lease watch streams open (2: on two members, so a partitioned one delays nothing).
+    gauge etcd_watch_streams;
     /// Peer routes in the kernel as wanted (wanted minus unreachable or blocked peers).
     gauge routes_programmed;
     /// The last full reconcile left the kernel as wanted (1) or failed (0).

@@ -1,9 +1,10 @@
 //! ferryd on a 3-member etcd cluster in the lab (each member in its own namespace on the underlay,
 //! 198.18.0.2-4), three ferryd nodes given all three endpoints, pods pinging across: the leader
-//! killed, a follower killed, a member partitioned from the nodes, a rolling restart (with TLS
-//! client certificates), every member stopped for 30 s. In each case: no ping lost on established
-//! paths, no established route removed, no subnet claimed twice, and the convergence time of a
-//! lease change made during or right after the fault is printed.
+//! killed, a follower killed, a member partitioned from the nodes, a member hung (SIGSTOP), a
+//! rolling restart (with TLS client certificates), every member stopped for 30 s, and idle nodes
+//! (which must send etcd nothing). In each case: no ping lost on established paths, no
+//! established route removed, no subnet claimed twice, and the convergence time of a lease
+//! change made during or right after the fault is printed.
 //!
 //! `FERRY_OUTAGE_SECS` shortens the 30 s full outage for a quick local run. The `bench_` tests are
 //! `#[ignore]`d: `bench/etcd_failover.sh` runs them (realistic etcd timings, repeated trials).
@@ -74,14 +75,27 @@ impl World {
     /// Write a new lease (a fake peer) and wait until every node routes it; returns the time
     /// from just before the write.
     fn lease_change(&mut self, what: &str) -> Duration {
+        // Through the running members only: etcdctl trying a dead one first would count too.
+        let live: Vec<usize> = (0..3).filter(|&k| self.etcd.members[k].proc.is_some()).collect();
+        self.lease_change_via(what, &live)
+    }
+
+    /// [`World::lease_change`], written through the given members.
+    fn lease_change_via(&mut self, what: &str, live: &[usize]) -> Duration {
         let n = self.extra.len();
         let (subnet, gw) = (format!("10.244.{}.0/24", 240 + n), format!("198.18.0.{}", 60 + n));
         let t0 = Instant::now();
         let value = format!(r#"{{"PublicIP":"{gw}","BackendType":"host-gw","BackendData":null}}"#);
-        // Through the running members only: etcdctl trying a dead one first would count too.
-        let live: Vec<usize> = (0..3).filter(|&k| self.etcd.members[k].proc.is_some()).collect();
         let put = ["put", &format!("{PREFIX}/subnets/{}", key(&subnet)), &value];
-        let o = self.etcd.etcdctl_on(&self.lab, &live, &put);
+        // A put that meets an election (a hung or killed leader) is refused: write it again.
+        let mut o = self.etcd.etcdctl_on(&self.lab, live, &put);
+        for _ in 0..3 {
+            if o.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            o = self.etcd.etcdctl_on(&self.lab, live, &put);
+        }
         assert!(o.status.success(), "etcdctl put: {}", String::from_utf8_lossy(&o.stderr));
         let n = self.lab.nodes.len();
         let ok = wait_for(T, || (0..n).all(|i| self.routes_it(i, &subnet, &gw)));
@@ -231,6 +245,65 @@ fn member_partitioned_from_the_nodes() {
         ms(healed)
     );
     w.finish("partition", &times);
+}
+
+/// Every node watches on two members (its `etcd_watch_streams` gauge).
+fn wait_two_streams(w: &World) {
+    for i in 0..w.lab.nodes.len() {
+        let two = wait_for(T, || {
+            let m = http_get(&w.lab, i, "/metrics").1;
+            m.lines().any(|l| l == "ferryd_etcd_watch_streams 2")
+        });
+        assert!(two, "node {i} does not watch on two members: {}", w.lab.log(i));
+    }
+}
+
+/// A member whose process hangs (SIGSTOP: its kernel still keeps the connections up, so no
+/// keepalive or reset tells anybody) while the nodes watch through it: lease changes still reach
+/// every node (on the watch's other stream), a node joins, and all is well after SIGCONT.
+#[test]
+fn member_hung_while_nodes_watch_through_it() {
+    let mut w = world(false, 100, 10, &[]);
+    wait_two_streams(&w);
+    let k = w.busiest_member();
+    let pid = w.etcd.members[k].proc.as_ref().expect("member running").pid();
+    w.etcd.members[k].proc.as_ref().unwrap().signal(libc::SIGSTOP);
+    let others: Vec<usize> = (0..3).filter(|&m| m != k).collect();
+    let during = w.lease_change_via("member hung", &others);
+    let (_, claim, routed) = w.join();
+    let later = w.lease_change_via("later in the hang", &others);
+    w.etcd.members[k].proc.as_ref().unwrap().signal(libc::SIGCONT);
+    assert!(w.etcd.wait_healthy(&w.lab, k, T), "member {k} (pid {pid}) back");
+    let resumed = w.lease_change("resumed");
+    let times = format!(
+        "member {k} hung: a lease written at once routed everywhere in {}, new node claimed {} / \
+         routed {}, then {}, after SIGCONT {}",
+        ms(during),
+        ms(claim),
+        ms(routed),
+        ms(later),
+        ms(resumed)
+    );
+    w.finish("member hung", &times);
+}
+
+/// Idle nodes (watches open on two members each, nothing changing) send etcd nothing at all:
+/// no progress request, no ping; a lease change afterwards still arrives everywhere.
+#[test]
+fn idle_nodes_send_etcd_nothing() {
+    let mut w = world(false, 100, 10, &[]);
+    wait_two_streams(&w);
+    std::thread::sleep(Duration::from_secs(1));
+    let name = "grpc_server_msg_received_total";
+    let before = etcd_counter(&w, name);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = etcd_counter(&w, name);
+    assert_eq!(after, before, "etcd received gRPC messages from idle nodes");
+    let took = w.lease_change("after the idle time");
+    w.finish(
+        "idle",
+        &format!("0 gRPC messages to etcd in 5 s; then a lease routed everywhere in {}", ms(took)),
+    );
 }
 
 #[test]

@@ -15,10 +15,12 @@
 //! Every request fails over between the members ([`members`]: one connection per endpoint, a short
 //! per-member deadline, the whole call bounded by `request_timeout`); transport failures map to
 //! [`StoreError::Unavailable`]. The clients connect lazily, so `connect` succeeds with etcd down.
-//! `watch` keeps one prefix watch stream open across calls and is cancel-safe (a received but
-//! unreturned batch is kept; a cancelled resync simply happens again on the next call). A watch
-//! stream that breaks or goes silent ([`watch`]) is resumed on another member from the last
-//! delivered revision; only a compaction past that revision makes it re-list.
+//! `watch` keeps the prefix watch open across calls, on two members at once where there are two
+//! ([`watch`]: an event arrives on whichever stream is alive, so a partitioned member delays
+//! nothing, and an idle ferryd exchanges no message with etcd), and is cancel-safe (a received
+//! but unreturned batch is kept; a cancelled resync simply happens again on the next call). A
+//! stream that breaks is replaced, from the last delivered revision; only a compaction past that
+//! revision makes it re-list.
 
 mod members;
 mod watch;
@@ -33,12 +35,13 @@ use etcd_client::{
     KeyValue, LeaseGrantOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchResponse,
 };
+use members::Dial;
 use members::Members;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use watch::Watching;
+use watch::{Got, WatchSet};
 
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +56,7 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// A member that does not answer within this long is abandoned for the next one (and one
     /// that has not answered within a fifth of it gets a second attempt on the next member); a
-    /// watch stream silent this long gets a progress request, and is resumed on another member
-    /// if that goes unanswered for half as long again.
+    /// watch stream's progress request (after a minute of silence) must be answered this fast.
     pub failover_timeout: Duration,
     /// CA bundle (PEM) to verify the servers; needed for `https://` endpoints.
     pub ca_file: Option<PathBuf>,
@@ -97,7 +99,7 @@ pub struct EtcdStore {
     members: Arc<Members>,
     prefix: String,
     page_size: usize,
-    watch: Option<Watching>,
+    watch: Option<WatchSet>,
     /// Look up the expiry of every etcd lease a listed or watched key is on (else a key on an
     /// etcd lease gets [`until_deleted`]).
     expiries: bool,
@@ -111,8 +113,6 @@ pub struct EtcdStore {
     live: usize,
 }
 
-/// HTTP/2 keepalive ping interval on a connection with an open stream (see `connect_options`).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Expiries remembered beyond the leases of the last listing (ids of renewed leases, learnt from
 /// watch events, pile up between listings) before the cache starts over.
 const EXPIRY_SLACK: usize = 10_000;
@@ -155,19 +155,12 @@ fn decode_config(v: &[u8]) -> Result<NetworkConfig> {
     })
 }
 
-/// The client options every member connection shares (TLS, keepalive, require-leader).
-fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(cfg.dial_timeout)
-        .with_timeout(cfg.request_timeout)
-        // HTTP/2 pings, only while a stream (the watch) is open: a last resort against a dead
-        // peer (the watch's progress probes find it much sooner). etcd closes the connection
-        // of a client that pings more often than its --grpc-keepalive-min-time (5 s), or at all
-        // without an open stream ("too_many_pings"), so: 10 s, and none on idle connections.
-        .with_keep_alive(KEEPALIVE_INTERVAL, cfg.request_timeout)
-        .with_keep_alive_while_idle(false)
-        // A member without a leader refuses at once ("no leader"): the call moves on.
-        .with_require_leader(true);
+/// The client options every member connection shares (TLS, timeouts, require-leader).
+fn connect_options(cfg: &EtcdConfig) -> Result<(ConnectOptions, Dial)> {
+    // A member without a leader refuses at once ("no leader"): the call moves on.
+    let opts = ConnectOptions::new().with_require_leader(true);
+    let mut dial =
+        Dial { connect_timeout: cfg.dial_timeout, request_timeout: cfg.request_timeout, tls: None };
     if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
         let mut tls = TlsOptions::new();
         if let Some(ca) = &cfg.ca_file {
@@ -180,9 +173,9 @@ fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
             (None, None) => {}
             _ => return Err(StoreError::Other("etcd cert_file and key_file go together".into())),
         }
-        opts = opts.with_tls(tls);
+        dial.tls = Some(tls);
     }
-    Ok(opts)
+    Ok((opts, dial))
 }
 
 /// etcd's answer to a read at a revision that was compacted away.
@@ -216,12 +209,6 @@ fn wrote(r: &TxnResponse, lease: i64) -> bool {
     r.succeeded() || (lease != 0 && txn_get(r).is_some_and(|kv| kv.lease() == lease))
 }
 
-/// A (re)created watch whose member is behind the revision it should resume from: etcd was
-/// restored or wiped, so the events in between never happen there (it would wait silently).
-fn went_back(resp: &WatchResponse, next: i64) -> bool {
-    resp.created() && resp.header().is_some_and(|h| h.revision() < next - 1)
-}
-
 impl EtcdStore {
     /// Build the member clients (lazy: no request is made; the first call reports an
     /// unreachable etcd). Counters go to a private [`Metrics`].
@@ -234,9 +221,9 @@ impl EtcdStore {
         if cfg.endpoints.is_empty() {
             return Err(StoreError::Other("no etcd endpoints configured".into()));
         }
-        let opts = connect_options(&cfg)?;
+        let (opts, dial) = connect_options(&cfg)?;
         let (failover, timeout) = (cfg.failover_timeout, cfg.request_timeout);
-        let members = Members::new(&cfg.endpoints, opts, failover, timeout, m).await?;
+        let members = Members::new(&cfg.endpoints, opts, dial, failover, timeout, m).await?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
         let members = Arc::new(members);
         Ok(EtcdStore {
@@ -489,14 +476,20 @@ impl EtcdStore {
         Ok((vec![WatchEvent::Resync(list)], rev))
     }
 
-    /// Turn one watch response into events; `None` if it carries none.
-    async fn events(&mut self, resp: &WatchResponse) -> Result<Option<(Vec<WatchEvent>, i64)>> {
-        let puts = resp.events().iter().filter(|e| e.event_type() == EventType::Put);
+    /// Turn one watch response into events, only those of revision `from` or later (the
+    /// earlier ones came on the other stream); `None` if it carries none.
+    async fn events(
+        &mut self,
+        resp: &WatchResponse,
+        from: i64,
+    ) -> Result<Option<(Vec<WatchEvent>, i64)>> {
+        let new = |e: &&etcd_client::Event| e.kv().is_some_and(|kv| kv.mod_revision() >= from);
+        let puts = resp.events().iter().filter(new).filter(|e| e.event_type() == EventType::Put);
         self.learn_expiry(puts.filter_map(|e| e.kv().map(|kv| kv.lease())).collect::<Vec<_>>())
             .await?;
         let mut out = Vec::with_capacity(resp.events().len());
         let mut rev = 0;
-        for ev in resp.events() {
+        for ev in resp.events().iter().filter(new) {
             let Some(kv) = ev.kv() else { continue };
             rev = rev.max(kv.mod_revision());
             if let Some(prev) = ev.prev_kv().filter(|p| p.lease() != kv.lease()) {
@@ -512,39 +505,6 @@ impl EtcdStore {
             }
         }
         Ok((!out.is_empty()).then_some((out, rev)))
-    }
-
-    /// The watch stream broke, went silent or was cancelled by its member: resume on another
-    /// member from the last delivered revision (no re-list, no event lost or repeated).
-    async fn restart_watch(&mut self, why: &str) -> Result<()> {
-        let Some(old) = self.watch.take() else { return Ok(()) };
-        let from = self.members.url(old.member);
-        self.members.failed(old.member, &format!("watch {why}"), why.contains("silent"));
-        metrics::inc(&self.members.metrics.etcd_watch_restarts_total);
-        let w = Watching::open(&self.members, &self.subnets_prefix(), old.next).await?;
-        let to = self.members.url(w.member);
-        info!("etcd: watch on {from} {why}; resumed from revision {} on {to}", old.next);
-        self.watch = Some(w);
-        Ok(())
-    }
-
-    /// The watch stream's next response (resuming it on another member as often as needed).
-    async fn next_response(&mut self) -> Result<WatchResponse> {
-        loop {
-            let failover = self.members.failover;
-            let w = self.watch.as_mut().expect("watch stream set");
-            if let Some(r) = &w.pending {
-                return Ok(r.clone());
-            }
-            match w.message(failover).await {
-                Ok(r) if r.canceled() && r.compact_revision() == 0 => {
-                    let why = format!("cancelled ({})", r.cancel_reason());
-                    self.restart_watch(&why).await?
-                }
-                Ok(r) => w.pending = Some(r),
-                Err(why) => self.restart_watch(&why).await?,
-            }
-        }
     }
 }
 
@@ -679,20 +639,22 @@ impl LeaseStore for EtcdStore {
     async fn watch(&mut self, revision: i64) -> Result<(Vec<WatchEvent>, i64)> {
         let next = revision + 1;
         if self.watch.as_ref().is_none_or(|w| w.next != next) {
-            self.watch = None;
-            self.watch = Some(Watching::open(&self.members, &self.subnets_prefix(), next).await?);
+            let prefix = self.subnets_prefix();
+            self.watch = Some(WatchSet::new(self.members.clone(), prefix, next));
         }
         loop {
-            let resp = self.next_response().await?;
-            let at = self.watch.as_ref().map_or(next, |w| w.next);
-            if resp.compact_revision() > 0 || went_back(&resp, at) {
-                metrics::inc(&self.members.metrics.etcd_watch_relists_total);
-                info!("etcd: watch cannot resume from revision {at} (compacted, or etcd's data went back): re-listing");
-                return self.resync().await;
-            }
-            let done = self.events(&resp).await?;
-            let w = self.watch.as_mut().expect("watch stream kept");
-            w.pending = None;
+            let w = self.watch.as_mut().expect("watch set");
+            let resp = match w.response().await? {
+                Got::Events(resp) => resp,
+                Got::Relist => {
+                    metrics::inc(&self.members.metrics.etcd_watch_relists_total);
+                    info!("etcd: watch cannot resume from revision {} (compacted, or etcd's data went back): re-listing", w.next);
+                    return self.resync().await;
+                }
+            };
+            let done = self.events(&resp, next).await?;
+            let w = self.watch.as_mut().expect("watch set kept");
+            w.taken();
             if let Some((events, rev)) = done {
                 w.next = rev + 1;
                 return Ok((events, rev));

@@ -14,13 +14,14 @@
 use super::map_err;
 use crate::metrics::{self, Metrics};
 use crate::store::{Result, StoreError};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tonic::transport::Endpoint;
 
 /// Pause between rounds when every member failed (doubles up to [`MAX_PAUSE`]).
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
@@ -38,8 +39,29 @@ const MIN_HEDGE: Duration = Duration::from_millis(10);
 /// (50,000 peers: ~0.8 s) can hold it past a deadline while the answer sits unread in a socket.
 const GRACE: Duration = Duration::from_millis(5);
 
+/// How a member connection is made (the transport under etcd-client's [`ConnectOptions`]).
+#[derive(Clone)]
+pub(super) struct Dial {
+    pub connect_timeout: Duration,
+    /// Bound of every unary request (and of a watch's creation).
+    pub request_timeout: Duration,
+    /// TLS for `https://` endpoints (and for endpoints without a scheme).
+    pub tls: Option<TlsOptions>,
+}
+
+/// TCP keepalive of every member connection: after this long without receiving anything the
+/// kernel probes the member every [`KEEPALIVE_INTERVAL`], and [`KEEPALIVE_PROBES`] unanswered
+/// probes break the connection (a partitioned member: about 8 s). It is the kernel's work alone:
+/// ferryd sleeps, and etcd's process does not see the probes (its kernel answers them). No
+/// HTTP/2 pings: they wake both sides, and etcd closes a connection pinged more often than every
+/// 5 s (its --grpc-keepalive-min-time).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+
 pub(super) struct Members {
     opts: ConnectOptions,
+    dial: Dial,
     /// Abandon an unresponsive member after this long (first round; later rounds wait longer).
     pub failover: Duration,
     /// Give up (`Unavailable`) after this long in all.
@@ -77,18 +99,19 @@ impl Members {
     pub async fn new(
         endpoints: &[String],
         opts: ConnectOptions,
+        dial: Dial,
         failover: Duration,
         request_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Members> {
         let mut members = Vec::with_capacity(endpoints.len());
         for url in endpoints {
-            let client = connect(url, &opts).await?;
+            let client = connect(url, &dial, &opts).await?;
             members.push(Member { url: url.clone(), client: Some(client), failed_at: None });
         }
         let current = (crate::lease::random_u64() % members.len().max(1) as u64) as usize;
         let state = Mutex::new(State { members, current, confirmed: false });
-        Ok(Members { opts, failover, request_timeout, metrics, state })
+        Ok(Members { opts, dial, failover, request_timeout, metrics, state })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -103,11 +126,12 @@ impl Members {
         self.state().members.len()
     }
 
-    /// The members to try, in order, each with its client (rebuilt where needed).
-    pub async fn candidates(&self) -> Vec<(usize, Client)> {
+    /// The members to try, in order, each with its client (rebuilt where needed), but `avoid`.
+    async fn candidates(&self, avoid: &[usize]) -> Vec<(usize, Client)> {
         let (idx, stale): (Vec<usize>, Vec<(usize, String)>) = {
             let s = self.state();
-            let idx = order(&s.members, s.current);
+            let mut idx = order(&s.members, s.current);
+            idx.retain(|i| !avoid.contains(i));
             let stale = idx
                 .iter()
                 .filter(|&&i| s.members[i].client.is_none())
@@ -116,7 +140,7 @@ impl Members {
             (idx, stale)
         };
         for (i, url) in stale {
-            if let Ok(c) = connect(&url, &self.opts).await {
+            if let Ok(c) = connect(&url, &self.dial, &self.opts).await {
                 self.state().members[i].client.get_or_insert(c);
             }
         }
@@ -124,10 +148,14 @@ impl Members {
         idx.into_iter().filter_map(|i| Some((i, s.members[i].client.clone()?))).collect()
     }
 
-    /// Member `i` answered: it becomes the current member (logged and counted if that changes).
-    pub fn succeeded(&self, i: usize) {
+    /// Member `i` answered: it becomes the current member (logged and counted if that changes)
+    /// if `current`, which a call that had to avoid some members (a second watch stream) is not.
+    fn answered(&self, i: usize, current: bool) {
         let mut s = self.state();
         s.members[i].failed_at = None;
+        if !current {
+            return;
+        }
         let (from, to) = (s.members[s.current].url.clone(), s.members[i].url.clone());
         let (moved, first) = (s.current != i, !s.confirmed);
         (s.current, s.confirmed) = (i, true);
@@ -179,14 +207,29 @@ impl Members {
     /// reads, watch creation, delete and revoke are idempotent, lease grants carry their own id
     /// (a second grant of it is recognised), and the create/renew transactions recognise their
     /// own committed write (see `wrote`).
-    pub async fn call_on<T, F, Fut>(&self, what: &str, mut call: F) -> Result<(usize, T)>
+    pub async fn call_on<T, F, Fut>(&self, what: &str, call: F) -> Result<(usize, T)>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_avoiding(what, &[], call).await
+    }
+
+    /// [`Members::call_on`] on the members but `avoid` (e.g. a second watch stream).
+    pub async fn call_avoiding<T, F, Fut>(
+        &self,
+        what: &str,
+        avoid: &[usize],
+        mut call: F,
+    ) -> Result<(usize, T)>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         // The clock starts once the member clients are (re)built: a reconnect must not eat the
         // request's deadline.
-        let mut plan = Plan { queue: self.candidates().await.into(), ..Plan::new() };
+        let queue = self.candidates(avoid).await.into();
+        let mut plan = Plan { queue, avoid: avoid.to_vec(), ..Plan::new() };
         let end = Instant::now() + self.request_timeout;
         let mut running: Vec<Attempt<Fut>> = Vec::new();
         let mut last = String::from("no member tried");
@@ -209,7 +252,7 @@ impl Members {
             };
             match done {
                 Some((i, Ok(v))) => {
-                    self.succeeded(i);
+                    self.answered(i, avoid.is_empty());
                     return Ok((i, v));
                 }
                 Some((i, Err(e))) => match map_err(e) {
@@ -218,7 +261,7 @@ impl Members {
                         (last, next_start) = (m, Instant::now());
                     }
                     other => {
-                        self.succeeded(i); // it answered, just not what we hoped
+                        self.answered(i, avoid.is_empty()); // it answered, just not as hoped
                         return Err(other);
                     }
                 },
@@ -256,7 +299,7 @@ impl Members {
                 return now + pause; // an election in progress: give it a moment
             }
             plan.refill_due = false;
-            plan.queue = self.candidates().await.into();
+            plan.queue = self.candidates(&plan.avoid).await.into();
         }
         let Some((member, client)) = plan.queue.pop_front() else { return end };
         let limit = self.limit(plan.started);
@@ -317,11 +360,14 @@ struct Plan {
     pause: Duration,
     /// Attempts started so far.
     started: usize,
+    /// Members this call must not use.
+    avoid: Vec<usize>,
 }
 
 impl Plan {
     fn new() -> Plan {
-        Plan { queue: VecDeque::new(), refill_due: false, pause: FIRST_PAUSE, started: 0 }
+        let (queue, pause, avoid) = (VecDeque::new(), FIRST_PAUSE, Vec::new());
+        Plan { queue, refill_due: false, pause, started: 0, avoid }
     }
 }
 
@@ -344,10 +390,35 @@ async fn first_done<R, Fut: Future<Output = R>>(
 }
 
 /// A client for one endpoint (lazy: no I/O happens here).
-async fn connect(url: &str, opts: &ConnectOptions) -> Result<Client> {
-    Client::connect([url], Some(opts.clone()))
+async fn connect(url: &str, dial: &Dial, opts: &ConnectOptions) -> Result<Client> {
+    let bad = |e: String| StoreError::Other(format!("etcd endpoint {url}: {e}"));
+    let channel = endpoint(url, dial).map_err(bad)?.connect_lazy();
+    Client::from_channel(etcd_client::Channel::Tonic(channel), Some(opts.clone()))
         .await
-        .map_err(|e| StoreError::Other(format!("etcd endpoint {url}: {e}")))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The transport of one endpoint: `http://` plain, `https://` with TLS, no scheme: TLS if it is
+/// configured.
+fn endpoint(url: &str, dial: &Dial) -> std::result::Result<Endpoint, String> {
+    let full = match (url.contains("://"), &dial.tls) {
+        (true, _) => url.to_string(),
+        (false, Some(_)) => format!("https://{url}"),
+        (false, None) => format!("http://{url}"),
+    };
+    let mut e = Endpoint::from_shared(full.clone()).map_err(|e| e.to_string())?;
+    if full.starts_with("https://") {
+        e = e.tls_config(dial.tls.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
+    } else if !full.starts_with("http://") {
+        return Err("expected an http:// or https:// URL".into());
+    } else if dial.tls.is_some() {
+        return Err("TLS is configured: the endpoint must be https://".into());
+    }
+    Ok(e.connect_timeout(dial.connect_timeout)
+        .timeout(dial.request_timeout)
+        .tcp_keepalive(Some(KEEPALIVE_IDLE))
+        .tcp_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .tcp_keepalive_retries(Some(KEEPALIVE_PROBES)))
 }
 
 #[cfg(test)]
