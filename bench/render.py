@@ -163,20 +163,21 @@ def scale(rp):
          "peers need not exist), ferryd started with the store already holding the leases (network 10.0.0.0/8, "
          "/24 subnets). Start-up = spawn (`nsenter` + ferryd) to the arrival of the last route's netlink event in "
          "that namespace. RSS 1 s after; steady RSS and idle CPU over the %s s after that (the default `--resync` "
-         "is 60 s, so the window holds no sweep); then one sweep asked for with SIGUSR2 and its CPU over 2 s. "
+         "is 60 s, so the window holds no sweep); then one sweep asked for with SIGUSR2 and its CPU over 2 s, and the "
+         "RSS after it (the sweep's code faulted back in). "
          "etcd %s, data on %s." % (next((str(r["idle_window_s"]) for r in rows if "idle_window_s" in r), "10"),
                                    sc.get("etcd_version", "?"), sc.get("etcd_data", "?")))
     rp.w()
-    rp.w("| store | leases | start-up s | routes | RSS KiB 1 s after (peak) | steady RSS KiB | idle CPU (window) | one sweep |")
-    rp.w("|---|---:|---:|---|---|---:|---|---|")
+    rp.w("| store | leases | start-up s | routes | RSS KiB 1 s after (peak) | steady RSS KiB | idle CPU (window) | one sweep | RSS KiB after it |")
+    rp.w("|---|---:|---:|---|---|---:|---|---|---:|")
     for r in rows:
         idle = "%.1f ms, %d ticks of 1/%d s (%d s)" % (r.get("idle_cpu_ms", float("nan")), r["idle_ticks"], r["hz"],
                                                       r["idle_window_s"]) if "idle_ticks" in r else ""
         sweep = "%.1f ms" % r["sweep_cpu_ms"] if "sweep_cpu_ms" in r else ""
         su = "%.3f" % r["startup_s"] if r["startup_s"] is not None else "did not converge"
-        rp.w("| %s | %d | %s | %d/%d | %d (%d) | %s | %s | %s |" % (
+        rp.w("| %s | %d | %s | %d/%d | %d (%d) | %s | %s | %s | %s |" % (
             r["store"], r["leases"], su, r["routes_in_table"], r["expected_routes"], r["rss_kib"], r["hwm_kib"],
-            r.get("rss_idle_kib") or "", idle, sweep))
+            r.get("rss_idle_kib") or "", idle, sweep, r.get("rss_after_sweep_kib") or ""))
     rp.w()
     idle = [r for r in rows if "idle_ticks" in r and r["startup_s"] is not None]
     if idle:

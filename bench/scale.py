@@ -249,7 +249,8 @@ def cold_start(ctx, kind, size, idle=False, keep=False, binary=None):
         a, a_ns = cpu_ticks(pid), cpu_ns(pid)
         os.kill(pid, signal.SIGUSR2)
         time.sleep(2)
-        r.update(sweep_ticks=cpu_ticks(pid) - a, sweep_cpu_ms=(cpu_ns(pid) - a_ns) / 1e6)
+        r.update(sweep_ticks=cpu_ticks(pid) - a, sweep_cpu_ms=(cpu_ns(pid) - a_ns) / 1e6,
+                 rss_after_sweep_kib=proc_status(pid, "VmRSS"))
     if os.environ.get("FERRY_BENCH_SMAPS") and startup is not None:  # where the RSS is
         r["smaps"] = smaps_top(pid)
         log("RSS by mapping: %s" % r["smaps"])

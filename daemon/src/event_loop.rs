@@ -270,6 +270,8 @@ impl EventLoop {
     }
 
     pub async fn run(mut self, mut inp: Inputs) -> i32 {
+        /// How long the loop must be quiet after start-up before its code pages are released.
+        const RELEASE_AFTER_QUIET: Duration = Duration::from_millis(500);
         let period = self.settings.resync;
         let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,8 +298,17 @@ impl EventLoop {
             },
             Some(_) => None,
         };
+        // Start-up code (and free heap) is let go of once the loop has been quiet for a moment
+        // after the start-up programming (see `memory`): the claim, the watch's set-up and the
+        // node files run after that programming, and what runs after the quiet moment is what
+        // a steady daemon runs.
+        let mut code_kept = true;
+        let mut release_at = None;
         loop {
             metrics::set(&self.metrics.loop_heartbeat_unix_ms, crate::log::unix_ms());
+            if code_kept && self.started {
+                release_at = Some(tokio::time::Instant::now() + RELEASE_AFTER_QUIET);
+            }
             let pass = tokio::select! {
                 biased;
                 // First: a loop that gets here answers, however busy its other inputs are.
@@ -320,6 +331,19 @@ impl EventLoop {
                 Some(()) = async { match usr2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                     info!("sweep requested (SIGUSR2)");
                     self.sweep()
+                }
+                _ = async { match release_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    (code_kept, release_at) = (false, None);
+                    let kib = crate::memory::release_code();
+                    // And the heap start-up left free (the claim, the watch's set-up, the node
+                    // files came after the start-up reconcile's own trim).
+                    // SAFETY: malloc_trim only releases free heap pages; it touches no live
+                    // allocation.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                    debug!("start-up over: advised the kernel to reclaim {kib} KiB of ferryd's code pages");
+                    None
                 }
             };
             if let Some(p) = pass {
@@ -485,8 +509,6 @@ impl EventLoop {
             let res = crate::log::info_as_debug(|| self.routes.reconcile(want, pass.retry));
             self.started = true;
             self.startup_summary(&res, t0.elapsed());
-            let kib = crate::memory::release_code();
-            debug!("start-up over: advised the kernel to reclaim {kib} KiB of ferryd's code pages");
             res
         };
         self.metrics.reconcile_seconds.observe(t0.elapsed());

@@ -6,7 +6,9 @@
 //! whole ferryd binary is resident: 3.5 MB of a 5,000-peer daemon's 5.3 MB. [`release_code`]
 //! asks the kernel to reclaim the binary's never-written pages (`MADV_PAGEOUT`, Linux 5.4+):
 //! they leave the page cache unless another process maps them, and whatever the steady loop
-//! runs is faulted back on its first use (from the page cache, or the binary on disk).
+//! runs is faulted back on its first use (from the page cache, or the binary on disk). The
+//! event loop calls it once it has been quiet for half a second after the start-up programming
+//! (the claim, the watch's set-up and the node files come after that programming).
 
 use std::io::Read;
 
