@@ -863,15 +863,20 @@ impl Cluster {
 
     fn etcdctl(&self, members: &[usize], args: &[&str]) -> std::process::Output {
         let eps: Vec<String> = members.iter().map(|&k| self.url(k)).collect();
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", eps.join(",")))
-            .args(["--command-timeout=10s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn etcdctl")
+        etcdctl_at(&eps, "10s", args)
     }
+}
+
+/// `etcdctl` against the given client URLs.
+fn etcdctl_at(urls: &[String], timeout: &str, args: &[&str]) -> std::process::Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", urls.join(",")))
+        .arg(format!("--command-timeout={timeout}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn etcdctl")
 }
 
 /// The watch runs on two members at once and merges them: every change arrives exactly once, in
@@ -915,14 +920,7 @@ async fn a_watch_on_two_members_delivers_each_change_once() {
             move || {
                 let ctl = |args: &[&str]| {
                     for _ in 0..20 {
-                        let o = Command::new("etcdctl")
-                            .env("ETCDCTL_API", "3")
-                            .arg(format!("--endpoints={}", c_eps.join(",")))
-                            .args(["--command-timeout=3s"])
-                            .args(args)
-                            .stdin(Stdio::null())
-                            .output()
-                            .unwrap();
+                        let o = etcdctl_at(&c_eps, "3s", args);
                         if o.status.success() {
                             return;
                         }
